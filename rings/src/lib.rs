@@ -1,0 +1,1 @@
+//! Lock-free SPSC and MPMC rings in shared memory, safe across processes.

@@ -1,0 +1,109 @@
+//! Configuration in sysctl.conf syntax.
+//!
+//! One registry of keys ([`registry`]) drives the parser, the error messages, the listing of
+//! effective values and `docs/config.md`. The parser produces the typed [`Config`] below; nothing
+//! else in levee reads configuration text.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+pub mod cores;
+
+pub use cores::CoreSet;
+
+/// A whole, validated configuration. Constructed only by the parser (or [`Config::builtin`]), so a
+/// value of this type has passed every check the registry describes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub engine: EngineConfig,
+    /// In the order their first key appeared in the file.
+    pub listeners: Vec<ListenerConfig>,
+    /// In the order their first key appeared in the file.
+    pub pools: Vec<PoolConfig>,
+}
+
+/// `engine.*`: the forwarder threads and their io_uring instances.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineConfig {
+    /// `engine.cores`: which CPUs get a forwarder thread.
+    pub cores: CoreSet,
+    /// `engine.ring_entries`: submission queue entries per forwarder (power of two).
+    pub ring_entries: u32,
+    /// `engine.buffer_size`: bytes in each provided receive buffer.
+    pub buffer_size: u32,
+    /// `engine.buffers`: provided receive buffers per forwarder (power of two).
+    pub buffers: u32,
+    /// `engine.max_conns`: client connections one forwarder holds at once.
+    pub max_conns: u32,
+    /// `engine.backlog`: listen(2) backlog of each listener socket.
+    pub backlog: u32,
+    /// `engine.connect_timeout`: budget for reaching a backend, all retries included.
+    pub connect_timeout: Duration,
+    /// `engine.connect_retries`: further backends tried after a failed connect.
+    pub connect_retries: u32,
+    /// `engine.idle_timeout`: a connection with no bytes either way for this long is closed.
+    pub idle_timeout: Duration,
+    /// `engine.drain_timeout`: on SIGTERM, how long connections in flight may take to finish.
+    pub drain_timeout: Duration,
+}
+
+/// `listener.NAME.*`
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenerConfig {
+    pub name: String,
+    /// `listener.NAME.addr`
+    pub addr: SocketAddr,
+    /// `listener.NAME.pool`, resolved: an index into [`Config::pools`].
+    pub pool: usize,
+}
+
+/// `pool.NAME.*`
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolConfig {
+    pub name: String,
+    /// `pool.NAME.balance`
+    pub balance: Balance,
+    /// `pool.NAME.hash_key`: what consistent hashing hashes.
+    pub hash_key: HashKey,
+    /// `pool.NAME.table_size`: maglev lookup table size, a prime.
+    pub table_size: u32,
+    /// `pool.NAME.bound`: bounded load factor; a backend above `bound × mean` is skipped.
+    /// `None` (the key set to 0) means only `max_conns` bounds a backend.
+    pub bound: Option<f64>,
+    /// In the order their first key appeared in the file.
+    pub backends: Vec<BackendConfig>,
+}
+
+/// `pool.NAME.backend.NAME.*`
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackendConfig {
+    pub name: String,
+    /// `pool.P.backend.B.addr`
+    pub addr: SocketAddr,
+    /// `pool.P.backend.B.weight`: relative share; 0 takes no new connections (drain).
+    pub weight: u32,
+    /// `pool.P.backend.B.max_conns`: connections this host opens to it at once; 0 = no cap.
+    pub max_conns: u32,
+}
+
+/// `pool.NAME.balance`
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    /// Maglev consistent hashing with bounded load (the default).
+    Maglev,
+    RoundRobin,
+    /// Smooth weighted round robin.
+    Weighted,
+    LeastConn,
+    /// Power of two random choices.
+    P2c,
+    /// Source-IP hash modulo the number of backends.
+    SourceHash,
+}
+
+/// `pool.NAME.hash_key`
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HashKey {
+    SourceIp,
+    SourceIpPort,
+}

@@ -1,0 +1,4 @@
+//! levee: an L4 TCP load balancer with thread-per-core io_uring forwarders.
+
+pub mod balance;
+pub mod config;
