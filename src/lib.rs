@@ -2,3 +2,5 @@
 
 pub mod balance;
 pub mod config;
+pub mod forward;
+pub mod stats;

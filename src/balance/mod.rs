@@ -20,3 +20,6 @@ pub trait Selector: Send {
     /// Must not allocate: it runs on the forwarding hot path.
     fn rank(&mut self, flow: u64, load: &PoolLoad, out: &mut [u16]) -> usize;
 }
+
+mod interim;
+pub use interim::{Balancer, flow_hash};

@@ -8,3 +8,15 @@ pub enum CoreSet {
     /// These CPU ids, ascending, without duplicates.
     List(Vec<usize>),
 }
+
+impl CoreSet {
+    /// The CPU ids to run forwarders on.
+    pub fn resolve(&self) -> Result<Vec<usize>, String> {
+        match self {
+            Self::List(ids) => Ok(ids.clone()),
+            Self::Auto => {
+                Ok((0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect())
+            }
+        }
+    }
+}

@@ -1,0 +1,861 @@
+//! The per-core forwarder: one thread, one io_uring, one event loop.
+//!
+//! Each loop turn publishes returned buffers, makes one `io_uring_enter` that submits everything
+//! queued and waits for at least one completion, then handles every completion that is ready.
+//! Nothing here blocks: sockets are only touched through the ring, except for the few cheap
+//! non-blocking calls around a connection's start and end (socket, setsockopt, getpeername).
+
+use std::io;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use io_uring::types::{CancelBuilder, Fd, TimeoutFlags, Timespec};
+use io_uring::{IoUring, cqueue, opcode, squeue};
+use tracing::{debug, warn};
+
+use super::PoolShared;
+use super::bufring::BufRing;
+use super::conn::{self, BufLinks, Conn, Flow, Recv, Shut, State};
+use super::sockopt::{backend_socket, peer_addr, reset_and_close, set_linger_zero};
+use super::token::{self, Dir, Kind};
+use super::uring::{self, Capabilities};
+use crate::balance::{MAX_CANDIDATES, Selector, flow_hash};
+use crate::config::EngineConfig;
+use crate::stats::{CloseReason, ForwarderStats};
+
+/// Completions handled per batch; more wait for the next batch of the same turn.
+const CQE_BATCH: usize = 256;
+
+/// Provided buffer group of the receive buffers.
+const BUFFER_GROUP: u16 = 0;
+
+/// After the drain deadline has closed everything, how long to wait for the kernel to finish the
+/// last cancelled operations before the thread exits anyway.
+const EXIT_GRACE_MS: u64 = 2_000;
+
+/// A listener socket as one forwarder sees it.
+struct Listener {
+    fd: Option<OwnedFd>,
+    pool: u16,
+    /// The multishot accept is in flight.
+    armed: bool,
+    /// Accept failed for want of resources (e.g. EMFILE): retried at the next tick rather than
+    /// at once, which would spin.
+    backoff: bool,
+}
+
+/// A pool as one forwarder sees it: the shared state plus this forwarder's own selector.
+struct Pool {
+    shared: Arc<PoolShared>,
+    selector: Box<dyn Selector>,
+}
+
+/// Everything a forwarder needs from the engine.
+pub struct Setup {
+    pub index: usize,
+    pub caps: Capabilities,
+    pub engine: EngineConfig,
+    /// This forwarder's own SO_REUSEPORT socket for each listener, with its pool index.
+    pub listeners: Vec<(OwnedFd, usize)>,
+    pub pools: Vec<Arc<PoolShared>>,
+    pub stats: Arc<ForwarderStats>,
+    pub stop: Arc<AtomicBool>,
+    /// An eventfd the engine writes to when `stop` is set.
+    pub wake: RawFd,
+}
+
+pub struct Forwarder {
+    // Dropped first: closing the ring cancels what is still in flight before the buffers go.
+    ring: IoUring,
+    bufs: BufRing,
+    links: BufLinks,
+    conns: Box<[Conn]>,
+    /// Free connection slots; a stack, so recently used slots (warm in cache) are reused first.
+    free: Vec<u32>,
+    /// One past the highest slot in use: the tick scans only below it.
+    high_slot: u32,
+    live: u32,
+    listeners: Vec<Listener>,
+    pools: Vec<Pool>,
+    /// Directions whose receive ended for want of buffers.
+    starved: Vec<(u32, Dir)>,
+    stats: Arc<ForwarderStats>,
+    stop: Arc<AtomicBool>,
+    wake: RawFd,
+    /// Coarse monotonic milliseconds, read once per loop turn.
+    now: u64,
+    tick: Timespec,
+    accepts_paused: bool,
+    /// Set once stopping: the drain deadline.
+    drain_until: Option<u64>,
+    connect_timeout_ms: u64,
+    connect_tries: usize,
+    idle_timeout_ms: u64,
+    drain_timeout_ms: u64,
+    /// Queue length of one direction at which its receive is paused, and where it resumes.
+    high_water: u32,
+    low_water: u32,
+    /// Starved receives resume once this many buffers are free again.
+    starve_resume: u32,
+}
+
+impl Forwarder {
+    /// Builds the ring and buffers. Runs on the forwarder's own thread (SINGLE_ISSUER).
+    pub fn new(setup: Setup) -> io::Result<Self> {
+        let e = &setup.engine;
+        let ring = uring::build(setup.caps, e.ring_entries)?;
+        let count = u16::try_from(e.buffers).map_err(|_| {
+            io::Error::new(io::ErrorKind::InvalidInput, "engine.buffers is above 32768")
+        })?;
+        let bufs = BufRing::new(&ring.submitter(), BUFFER_GROUP, count, e.buffer_size)?;
+        let max_conns = e.max_conns as usize;
+        let conns = (0..max_conns)
+            .map(|_| Conn::new())
+            .collect::<Vec<_>>()
+            .into_boxed_slice();
+        let free = (0..e.max_conns).rev().collect();
+        let listeners = setup
+            .listeners
+            .into_iter()
+            .map(|(fd, pool)| Listener {
+                fd: Some(fd),
+                pool: pool as u16,
+                armed: false,
+                backoff: false,
+            })
+            .collect();
+        let pools = setup
+            .pools
+            .into_iter()
+            .map(|shared| {
+                let selector = shared.balancer.selector(setup.index);
+                Pool { shared, selector }
+            })
+            .collect();
+        let idle_timeout_ms = millis(e.idle_timeout);
+        let tick_ms = if idle_timeout_ms == 0 {
+            1000
+        } else {
+            (idle_timeout_ms / 4).clamp(10, 1000)
+        };
+        let high_water = e.buffer_size.saturating_mul(4).max(64 * 1024);
+        Ok(Self {
+            ring,
+            links: BufLinks::new(count),
+            starve_resume: (u32::from(count) / 8).max(1),
+            bufs,
+            conns,
+            free,
+            high_slot: 0,
+            live: 0,
+            listeners,
+            pools,
+            starved: Vec::with_capacity(2 * max_conns),
+            stats: setup.stats,
+            stop: setup.stop,
+            wake: setup.wake,
+            now: coarse_now_ms(),
+            tick: Timespec::new()
+                .sec(tick_ms / 1000)
+                .nsec((tick_ms % 1000) as u32 * 1_000_000),
+            accepts_paused: false,
+            drain_until: None,
+            connect_timeout_ms: millis(e.connect_timeout).max(1),
+            connect_tries: (e.connect_retries as usize + 1).min(MAX_CANDIDATES),
+            idle_timeout_ms,
+            drain_timeout_ms: millis(e.drain_timeout),
+            high_water,
+            low_water: high_water / 2,
+        })
+    }
+
+    /// Runs until stopped and drained.
+    pub fn run(mut self) -> io::Result<()> {
+        self.push(
+            opcode::PollAdd::new(Fd(self.wake), libc::POLLIN as u32)
+                .build()
+                .user_data(token::encode(Kind::Wake, 0)),
+        );
+        self.arm_tick();
+        for i in 0..self.listeners.len() {
+            self.arm_accept(i);
+        }
+        // A stop requested before the first wait still counts.
+        if self.stop.load(Ordering::Acquire) {
+            self.begin_drain();
+        }
+        let mut cqes: [MaybeUninit<cqueue::Entry>; CQE_BATCH] =
+            [const { MaybeUninit::uninit() }; CQE_BATCH];
+        let mut batch = [(0u64, 0i32, 0u32); CQE_BATCH];
+        loop {
+            self.bufs.publish();
+            if let Err(e) = self.ring.submit_and_wait(1) {
+                match e.raw_os_error() {
+                    // Interrupted, or completions must be reaped before more can be submitted.
+                    Some(libc::EINTR | libc::EBUSY | libc::EAGAIN) => {}
+                    _ => return Err(e),
+                }
+            }
+            self.now = coarse_now_ms();
+            loop {
+                // Copy the batch out so the completion queue's borrow of the ring ends before
+                // the handlers push new submissions.
+                let n = {
+                    let mut cq = self.ring.completion();
+                    let got = cq.fill(&mut cqes);
+                    for (to, e) in batch.iter_mut().zip(got.iter()) {
+                        *to = (e.user_data(), e.result(), e.flags());
+                    }
+                    got.len()
+                };
+                for &(user_data, res, flags) in &batch[..n] {
+                    self.dispatch(user_data, res, flags);
+                }
+                if n < CQE_BATCH {
+                    break;
+                }
+            }
+            self.resume_starved();
+            if self.finished() {
+                return Ok(());
+            }
+        }
+    }
+
+    fn dispatch(&mut self, user_data: u64, res: i32, flags: u32) {
+        let Some((kind, index)) = token::decode(user_data) else {
+            warn!(user_data, "completion with an unknown token");
+            return;
+        };
+        match kind {
+            Kind::Ignore => {}
+            Kind::Accept => self.on_accept(index as usize, res, flags),
+            Kind::Wake => self.on_wake(),
+            Kind::Tick => self.on_tick(flags),
+            Kind::Connect => self.on_connect(index, res),
+            Kind::ConnectTimeout => self.on_operation_done(index),
+            Kind::Recv(dir) => self.on_recv(index, dir, res, flags),
+            Kind::Send(dir) => self.on_send(index, dir, res),
+            Kind::Shutdown(dir) => self.on_shutdown(index, dir),
+        }
+    }
+
+    // ---- submission -------------------------------------------------------------------------
+
+    /// Queues one submission, handing the queue to the kernel first if it is full.
+    ///
+    /// Every pointer inside `entry` must stay valid until the operation completes; the callers
+    /// point only into `self.conns`, the buffer ring and the pools, which outlive the ring's
+    /// operations (slots are reused only once their `inflight` count is zero).
+    fn push(&mut self, entry: squeue::Entry) {
+        self.reserve(1);
+        // SAFETY: see above; `reserve` made room, so this push cannot fail.
+        let pushed = unsafe { self.ring.submission().push(&entry) };
+        debug_assert!(pushed.is_ok());
+    }
+
+    /// Queues two linked submissions together, so a flush never splits the link.
+    fn push_linked(&mut self, first: squeue::Entry, second: squeue::Entry) {
+        self.reserve(2);
+        // SAFETY: as for `push`; there is room for both.
+        let pushed = unsafe { self.ring.submission().push_multiple(&[first, second]) };
+        debug_assert!(pushed.is_ok());
+    }
+
+    fn reserve(&mut self, n: usize) {
+        loop {
+            let sq = self.ring.submission();
+            if sq.capacity() - sq.len() >= n {
+                return;
+            }
+            drop(sq);
+            match self.ring.submit() {
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)
+                    ) =>
+                {
+                    std::thread::yield_now();
+                }
+                Err(e) => {
+                    // Only a broken ring fails here; nothing sensible remains but to stop.
+                    panic!("io_uring submit failed: {e}");
+                }
+            }
+        }
+    }
+
+    fn arm_tick(&mut self) {
+        let entry = opcode::Timeout::new(&self.tick)
+            .flags(TimeoutFlags::MULTISHOT)
+            .build()
+            .user_data(token::encode(Kind::Tick, 0));
+        self.push(entry);
+    }
+
+    fn arm_accept(&mut self, i: usize) {
+        let l = &mut self.listeners[i];
+        let Some(fd) = l.fd.as_ref().map(AsRawFd::as_raw_fd) else {
+            return;
+        };
+        if l.armed || l.backoff || self.accepts_paused || self.drain_until.is_some() {
+            return;
+        }
+        l.armed = true;
+        let entry = opcode::AcceptMulti::new(Fd(fd))
+            .flags(libc::SOCK_CLOEXEC)
+            .build()
+            .user_data(token::encode(Kind::Accept, i as u32));
+        self.push(entry);
+    }
+
+    /// Stops every armed accept (the forwarder is full or stopping).
+    fn cancel_accepts(&mut self) {
+        for i in 0..self.listeners.len() {
+            if self.listeners[i].armed {
+                let target = token::encode(Kind::Accept, i as u32);
+                self.push(
+                    opcode::AsyncCancel2::new(CancelBuilder::user_data(target))
+                        .build()
+                        .user_data(token::encode(Kind::Ignore, 0)),
+                );
+            }
+        }
+    }
+
+    /// Starts (or restarts) the multishot receive of a direction when it is wanted.
+    fn arm_recv(&mut self, slot: u32, dir: Dir) {
+        let c = &mut self.conns[slot as usize];
+        let ready = match dir {
+            Dir::Up => matches!(c.state, State::Connecting | State::Relaying),
+            Dir::Down => c.state == State::Relaying,
+        };
+        let f = c.flow(dir);
+        if !ready || f.recv != Recv::Idle || f.eof || f.paused || f.starved {
+            return;
+        }
+        let fd = c.source(dir);
+        c.flow_mut(dir).recv = Recv::Armed;
+        c.inflight += 1;
+        let entry = opcode::RecvMulti::new(Fd(fd), self.bufs.group())
+            .build()
+            .user_data(token::encode(Kind::Recv(dir), slot));
+        self.push(entry);
+    }
+
+    /// Sends the head of a direction's queue, or carries its FIN across once the queue is empty.
+    fn pump(&mut self, slot: u32, dir: Dir) {
+        let c = &mut self.conns[slot as usize];
+        if c.state != State::Relaying {
+            return;
+        }
+        let sink = c.sink(dir);
+        let f = c.flow_mut(dir);
+        if f.sending || f.shut != Shut::No {
+            return;
+        }
+        if f.is_empty() {
+            if f.eof {
+                f.shut = Shut::Sent;
+                c.inflight += 1;
+                let entry = opcode::Shutdown::new(Fd(sink), libc::SHUT_WR)
+                    .build()
+                    .user_data(token::encode(Kind::Shutdown(dir), slot));
+                self.push(entry);
+            }
+            return;
+        }
+        let (bid, offset) = (f.head, f.offset);
+        f.sending = true;
+        let len = self.links.head_len(f) - offset;
+        c.inflight += 1;
+        let entry = opcode::Send::new(Fd(sink), self.bufs.ptr(bid, offset), len)
+            .flags(libc::MSG_NOSIGNAL)
+            .build()
+            .user_data(token::encode(Kind::Send(dir), slot));
+        self.push(entry);
+    }
+
+    // ---- accept and connect -----------------------------------------------------------------
+
+    fn on_accept(&mut self, i: usize, res: i32, flags: u32) {
+        if !cqueue::more(flags) {
+            self.listeners[i].armed = false;
+        }
+        if res >= 0 {
+            self.stats.accepted.add(1);
+            match self.free.pop() {
+                Some(slot) => self.open_conn(slot, res, self.listeners[i].pool),
+                None => {
+                    // Raced with the pause below: more accepts were already on their way.
+                    reset_and_close(res);
+                    self.stats.close(CloseReason::OverCapacity);
+                }
+            }
+            if self.free.is_empty() && !self.accepts_paused {
+                // Full: leave further clients in the kernel's backlog rather than accept and
+                // drop them. Resumed when a slot frees.
+                self.accepts_paused = true;
+                self.cancel_accepts();
+            }
+        } else if res != -libc::ECANCELED {
+            self.stats.accept_errors.add(1);
+            let err = io::Error::from_raw_os_error(-res);
+            warn!(forwarder_listener = i, error = %err, "accept failed");
+            if matches!(
+                -res,
+                libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM
+            ) {
+                self.listeners[i].backoff = true;
+            }
+        }
+        if !self.listeners[i].armed {
+            if self.drain_until.is_some() {
+                // Stopping: the cancelled accept was the last user of this socket.
+                self.listeners[i].fd = None;
+            } else {
+                self.arm_accept(i);
+            }
+        }
+    }
+
+    fn open_conn(&mut self, slot: u32, client: RawFd, pool: u16) {
+        let deadline = self.now + self.connect_timeout_ms;
+        self.conns[slot as usize].open(client, pool, self.now, deadline);
+        self.live += 1;
+        self.high_slot = self.high_slot.max(slot + 1);
+
+        let p = &mut self.pools[usize::from(pool)];
+        let flow = match p.shared.hash_key {
+            Some(key) => peer_addr(client).map_or(0, |peer| flow_hash(&peer, key)),
+            None => 0,
+        };
+        let c = &mut self.conns[slot as usize];
+        let n = p.selector.rank(
+            flow,
+            &p.shared.load,
+            &mut c.candidates[..self.connect_tries],
+        );
+        c.candidate_count = n as u8;
+        if n == 0 {
+            self.close(slot, CloseReason::NoBackend, Reset::Client);
+            return;
+        }
+        // Receive from the client at once: its first bytes are ready when the backend is.
+        self.arm_recv(slot, Dir::Up);
+        self.connect_next(slot);
+    }
+
+    /// Tries the next candidate backend that has room, within the connect budget.
+    fn connect_next(&mut self, slot: u32) {
+        let c = &mut self.conns[slot as usize];
+        let load = &self.pools[usize::from(c.pool)].shared.load;
+        let mut chosen = None;
+        while c.next_candidate < c.candidate_count {
+            let b = c.candidates[usize::from(c.next_candidate)];
+            c.next_candidate += 1;
+            if load.try_acquire(usize::from(b)) {
+                chosen = Some(b);
+                break;
+            }
+        }
+        let Some(b) = chosen else {
+            let reason = if self.stats.connect_attempts.get() > 0 && c.next_candidate > 0 {
+                CloseReason::ConnectFailed
+            } else {
+                CloseReason::NoBackend
+            };
+            self.close(slot, reason, Reset::Client);
+            return;
+        };
+        c.acquired = Some(b);
+        let remaining = c.connect_deadline.saturating_sub(self.now);
+        if remaining == 0 {
+            self.stats.connect_timeouts.add(1);
+            self.close(slot, CloseReason::ConnectFailed, Reset::Client);
+            return;
+        }
+        let shared = &self.pools[usize::from(c.pool)].shared;
+        let addr = &shared.addrs[usize::from(b)];
+        let fd = match backend_socket(addr) {
+            Ok(fd) => fd,
+            Err(e) => {
+                warn!(error = %e, "cannot open a backend socket");
+                self.close(slot, CloseReason::LocalError, Reset::Client);
+                return;
+            }
+        };
+        c.backend = fd;
+        c.link_timeout = Timespec::new()
+            .sec(remaining / 1000)
+            .nsec((remaining % 1000) as u32 * 1_000_000);
+        c.inflight += 2;
+        let connect = opcode::Connect::new(Fd(fd), addr.as_ptr().cast(), addr.len())
+            .build()
+            .flags(squeue::Flags::IO_LINK)
+            .user_data(token::encode(Kind::Connect, slot));
+        let timeout = opcode::LinkTimeout::new(&c.link_timeout)
+            .build()
+            .user_data(token::encode(Kind::ConnectTimeout, slot));
+        self.stats.connect_attempts.add(1);
+        self.push_linked(connect, timeout);
+    }
+
+    fn on_connect(&mut self, slot: u32, res: i32) {
+        let c = &mut self.conns[slot as usize];
+        c.inflight -= 1;
+        if c.state == State::Closing {
+            self.maybe_free(slot);
+            return;
+        }
+        if res == 0 {
+            c.state = State::Relaying;
+            c.last_active = self.now;
+            self.arm_recv(slot, Dir::Down);
+            self.pump(slot, Dir::Up);
+            return;
+        }
+        self.stats.connect_failures.add(1);
+        if res == -libc::ECANCELED {
+            self.stats.connect_timeouts.add(1);
+        }
+        let pool = usize::from(c.pool);
+        if let Some(b) = c.acquired.take() {
+            self.pools[pool].shared.load.release(usize::from(b));
+            debug!(
+                backend = %self.pools[pool].shared.names[usize::from(b)],
+                error = %io::Error::from_raw_os_error(-res),
+                "connect failed; trying the next backend"
+            );
+        }
+        let fd = std::mem::replace(&mut c.backend, -1);
+        self.close_fd(fd);
+        self.connect_next(slot);
+    }
+
+    /// A completion that only ends an operation (the connect's linked timeout).
+    fn on_operation_done(&mut self, slot: u32) {
+        self.conns[slot as usize].inflight -= 1;
+        self.maybe_free(slot);
+    }
+
+    // ---- relay --------------------------------------------------------------------------------
+
+    fn on_recv(&mut self, slot: u32, dir: Dir, res: i32, flags: u32) {
+        let more = cqueue::more(flags);
+        let bid = cqueue::buffer_select(flags);
+        if bid.is_some() {
+            self.bufs.taken();
+        }
+        let c = &mut self.conns[slot as usize];
+        if !more {
+            c.inflight -= 1;
+            c.flow_mut(dir).recv = Recv::Idle;
+        }
+        if c.state == State::Closing {
+            if let Some(bid) = bid {
+                self.bufs.give_back(bid);
+            }
+            self.maybe_free(slot);
+            return;
+        }
+        if res > 0 {
+            let Some(bid) = bid else {
+                // Data without a buffer cannot happen with a buffer-select receive.
+                self.close(slot, CloseReason::LocalError, Reset::Both);
+                return;
+            };
+            c.last_active = self.now;
+            let f = c.flow_mut(dir);
+            self.links.push(f, bid, res as u32);
+            if f.queued >= self.high_water && !f.paused {
+                f.paused = true;
+                if f.recv == Recv::Armed {
+                    f.recv = Recv::Cancelling;
+                    let target = token::encode(Kind::Recv(dir), slot);
+                    self.push(
+                        opcode::AsyncCancel2::new(CancelBuilder::user_data(target))
+                            .build()
+                            .user_data(token::encode(Kind::Ignore, 0)),
+                    );
+                }
+            }
+            self.pump(slot, dir);
+        } else if res == 0 {
+            if let Some(bid) = bid {
+                self.bufs.give_back(bid);
+            }
+            c.flow_mut(dir).eof = true;
+            self.pump(slot, dir);
+        } else {
+            match -res {
+                libc::ENOBUFS => {
+                    c.flow_mut(dir).starved = true;
+                    let listed = &mut c.starved_listed[dir as usize];
+                    if !*listed {
+                        *listed = true;
+                        self.starved.push((slot, dir));
+                    }
+                }
+                libc::ECANCELED => {}
+                _ => {
+                    self.close(slot, conn::source_error(dir), Reset::Both);
+                    return;
+                }
+            }
+        }
+        if !more {
+            self.arm_recv(slot, dir);
+        }
+    }
+
+    fn on_send(&mut self, slot: u32, dir: Dir, res: i32) {
+        let c = &mut self.conns[slot as usize];
+        c.inflight -= 1;
+        let f = c.flow_mut(dir);
+        f.sending = false;
+        if c.state == State::Closing {
+            self.maybe_free(slot);
+            return;
+        }
+        if res <= 0 {
+            // A send of a non-empty buffer that moves nothing is as fatal as an error.
+            self.close(slot, conn::sink_error(dir), Reset::Both);
+            return;
+        }
+        let sent = res as u32;
+        match dir {
+            Dir::Up => self.stats.bytes_client_to_backend.add(u64::from(sent)),
+            Dir::Down => self.stats.bytes_backend_to_client.add(u64::from(sent)),
+        }
+        c.last_active = self.now;
+        let f = c.flow_mut(dir);
+        f.offset += sent;
+        if f.offset >= self.links.head_len(f) {
+            if let Some(bid) = self.links.pop(f) {
+                self.bufs.give_back(bid);
+            }
+        }
+        if f.paused && f.queued <= self.low_water {
+            f.paused = false;
+            self.arm_recv(slot, dir);
+        }
+        self.pump(slot, dir);
+    }
+
+    fn on_shutdown(&mut self, slot: u32, dir: Dir) {
+        let c = &mut self.conns[slot as usize];
+        c.inflight -= 1;
+        // A failed shutdown (the peer already gone) still ends this direction.
+        c.flow_mut(dir).shut = Shut::Done;
+        if c.state == State::Closing {
+            self.maybe_free(slot);
+        } else if c.up.shut == Shut::Done && c.down.shut == Shut::Done {
+            self.close(slot, CloseReason::Done, Reset::None);
+        }
+    }
+
+    /// Restarts receives that ran out of buffers, once enough have come back.
+    fn resume_starved(&mut self) {
+        if self.starved.is_empty() || self.bufs.available() < self.starve_resume {
+            return;
+        }
+        let list = std::mem::take(&mut self.starved);
+        for &(slot, dir) in &list {
+            let c = &mut self.conns[slot as usize];
+            c.starved_listed[dir as usize] = false;
+            c.flow_mut(dir).starved = false;
+            self.arm_recv(slot, dir);
+        }
+        // Keep the allocation: the list is bounded by two entries per slot.
+        self.starved = list;
+        self.starved.clear();
+    }
+
+    // ---- teardown -----------------------------------------------------------------------------
+
+    /// Ends a connection for `reason`: counts it once, optionally resets the peers, cancels what
+    /// is in flight, and frees the slot when the last operation has completed.
+    fn close(&mut self, slot: u32, reason: CloseReason, reset: Reset) {
+        let c = &mut self.conns[slot as usize];
+        if matches!(c.state, State::Closing | State::Free) {
+            return;
+        }
+        c.state = State::Closing;
+        self.stats.close(reason);
+        if matches!(reset, Reset::Client | Reset::Both) {
+            set_linger_zero(c.client);
+        }
+        if matches!(reset, Reset::Both) && c.backend >= 0 {
+            set_linger_zero(c.backend);
+        }
+        if c.inflight > 0 {
+            let (client, backend) = (c.client, c.backend);
+            for fd in [client, backend] {
+                if fd >= 0 {
+                    self.push(
+                        opcode::AsyncCancel2::new(CancelBuilder::fd(Fd(fd)).all())
+                            .build()
+                            .user_data(token::encode(Kind::Ignore, 0)),
+                    );
+                }
+            }
+        }
+        self.maybe_free(slot);
+    }
+
+    fn maybe_free(&mut self, slot: u32) {
+        let c = &mut self.conns[slot as usize];
+        if c.state != State::Closing || c.inflight > 0 {
+            return;
+        }
+        for dir in [Dir::Up, Dir::Down] {
+            let f: &mut Flow = c.flow_mut(dir);
+            while let Some(bid) = self.links.pop(f) {
+                self.bufs.give_back(bid);
+            }
+        }
+        if let Some(b) = c.acquired.take() {
+            self.pools[usize::from(c.pool)]
+                .shared
+                .load
+                .release(usize::from(b));
+        }
+        let (client, backend) = (c.client, c.backend);
+        c.state = State::Free;
+        c.client = -1;
+        c.backend = -1;
+        self.close_fd(client);
+        self.close_fd(backend);
+        self.free.push(slot);
+        self.live -= 1;
+        if self.accepts_paused && self.drain_until.is_none() {
+            self.accepts_paused = false;
+            for i in 0..self.listeners.len() {
+                self.arm_accept(i);
+            }
+        }
+    }
+
+    /// Closes a socket through the ring; success needs no completion.
+    fn close_fd(&mut self, fd: RawFd) {
+        if fd < 0 {
+            return;
+        }
+        self.push(
+            opcode::Close::new(Fd(fd))
+                .build()
+                .flags(squeue::Flags::SKIP_SUCCESS)
+                .user_data(token::encode(Kind::Ignore, 0)),
+        );
+    }
+
+    // ---- time and stopping ------------------------------------------------------------------
+
+    fn on_tick(&mut self, flags: u32) {
+        if !cqueue::more(flags) {
+            self.arm_tick();
+        }
+        if self.idle_timeout_ms > 0 {
+            for slot in 0..self.high_slot {
+                let c = &self.conns[slot as usize];
+                if c.state == State::Relaying && self.now - c.last_active >= self.idle_timeout_ms {
+                    self.close(slot, CloseReason::IdleTimeout, Reset::None);
+                }
+            }
+        }
+        if let Some(until) = self.drain_until {
+            if self.now >= until {
+                for slot in 0..self.high_slot {
+                    self.close(slot, CloseReason::DrainTimeout, Reset::Both);
+                }
+            }
+        }
+        while self.high_slot > 0 && self.conns[self.high_slot as usize - 1].state == State::Free {
+            self.high_slot -= 1;
+        }
+        for i in 0..self.listeners.len() {
+            if self.listeners[i].backoff {
+                self.listeners[i].backoff = false;
+                self.arm_accept(i);
+            }
+        }
+    }
+
+    fn on_wake(&mut self) {
+        if self.stop.load(Ordering::Acquire) {
+            self.begin_drain();
+        } else {
+            // Spurious: wait again.
+            self.push(
+                opcode::PollAdd::new(Fd(self.wake), libc::POLLIN as u32)
+                    .build()
+                    .user_data(token::encode(Kind::Wake, 0)),
+            );
+        }
+    }
+
+    fn begin_drain(&mut self) {
+        if self.drain_until.is_some() {
+            return;
+        }
+        self.drain_until = Some(self.now + self.drain_timeout_ms);
+        self.cancel_accepts();
+        for l in &mut self.listeners {
+            if !l.armed {
+                l.fd = None;
+            }
+        }
+        if self.drain_timeout_ms == 0 {
+            for slot in 0..self.high_slot {
+                self.close(slot, CloseReason::DrainTimeout, Reset::Both);
+            }
+        }
+    }
+
+    /// Stopping, and nothing left: every connection freed and every listener closed (or the
+    /// grace period after the drain deadline is over).
+    fn finished(&self) -> bool {
+        let Some(until) = self.drain_until else {
+            return false;
+        };
+        let idle = self.live == 0 && self.listeners.iter().all(|l| l.fd.is_none());
+        if !idle && self.now >= until + EXIT_GRACE_MS {
+            warn!(
+                live = self.live,
+                "operations still in flight after the drain deadline; exiting"
+            );
+            return true;
+        }
+        idle
+    }
+}
+
+/// Which sockets a close resets (SO_LINGER 0, so the peer sees RST rather than FIN).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reset {
+    None,
+    Client,
+    Both,
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Milliseconds on the coarse monotonic clock: a vDSO read without a syscall, good to a few ms,
+/// which is all timeouts need.
+fn coarse_now_ms() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC_COARSE always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    (ts.tv_sec as u64) * 1000 + (ts.tv_nsec as u64) / 1_000_000
+}

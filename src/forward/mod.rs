@@ -1,0 +1,277 @@
+//! The engine: one pinned forwarder thread per configured core, each with its own io_uring and
+//! its own SO_REUSEPORT socket per listener. Forwarders share nothing on the data path but the
+//! pools' load counters.
+
+mod bufring;
+mod conn;
+mod forwarder;
+mod listener;
+mod sockopt;
+mod token;
+pub mod uring;
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+use socket2::SockAddr;
+use tracing::{info, warn};
+
+use crate::balance::{Balancer, PoolLoad};
+use crate::config::{Balance, Config, HashKey};
+use crate::stats::{ForwarderStats, Totals};
+use forwarder::{Forwarder, Setup};
+
+/// A pool as every forwarder shares it.
+pub struct PoolShared {
+    pub name: String,
+    pub load: PoolLoad,
+    pub balancer: Balancer,
+    /// Backend addresses, ready for connect(2); the kernel reads them during a connect.
+    pub addrs: Vec<SockAddr>,
+    pub names: Vec<String>,
+    /// What to hash for the selector, or `None` when its algorithm ignores the flow.
+    pub hash_key: Option<HashKey>,
+}
+
+/// Why the engine could not start.
+#[derive(Debug)]
+pub enum StartError {
+    Uring(uring::ProbeError),
+    Cores(String),
+    Listen {
+        listener: String,
+        addr: SocketAddr,
+        error: io::Error,
+    },
+    Forwarder {
+        index: usize,
+        error: io::Error,
+    },
+    Io(io::Error),
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Uring(e) => e.fmt(f),
+            Self::Cores(e) => write!(f, "engine.cores: {e}"),
+            Self::Listen {
+                listener,
+                addr,
+                error,
+            } => {
+                write!(f, "listener.{listener}: cannot listen on {addr}: {error}")
+            }
+            Self::Forwarder { index, error } => {
+                write!(f, "forwarder {index} failed to start: {error}")
+            }
+            Self::Io(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// Running forwarders.
+pub struct Engine {
+    threads: Vec<JoinHandle<io::Result<()>>>,
+    stats: Vec<Arc<ForwarderStats>>,
+    pools: Vec<Arc<PoolShared>>,
+    stop: Arc<AtomicBool>,
+    wake: OwnedFd,
+    addrs: Vec<SocketAddr>,
+}
+
+impl Engine {
+    /// Probes io_uring, binds every listener and starts the forwarders. Returns once every
+    /// forwarder is ready to accept.
+    pub fn start(cfg: &Config) -> Result<Self, StartError> {
+        let caps = uring::probe().map_err(StartError::Uring)?;
+        let cores = cfg.engine.cores.resolve().map_err(StartError::Cores)?;
+        let pools: Vec<Arc<PoolShared>> = cfg
+            .pools
+            .iter()
+            .map(|p| {
+                let hashes = matches!(p.balance, Balance::Maglev | Balance::SourceHash);
+                Arc::new(PoolShared {
+                    name: p.name.clone(),
+                    load: PoolLoad::new(p),
+                    balancer: Balancer::new(p),
+                    addrs: p.backends.iter().map(|b| SockAddr::from(b.addr)).collect(),
+                    names: p.backends.iter().map(|b| b.name.clone()).collect(),
+                    hash_key: hashes.then_some(p.hash_key),
+                })
+            })
+            .collect();
+
+        // One socket per listener per forwarder. The first decides the port, so a listener on
+        // port 0 gets one ephemeral port shared by all its sockets.
+        let mut addrs = Vec::with_capacity(cfg.listeners.len());
+        let mut sockets: Vec<Vec<(OwnedFd, usize)>> =
+            (0..cores.len()).map(|_| Vec::new()).collect();
+        for l in &cfg.listeners {
+            let mut addr = l.addr;
+            for per_core in &mut sockets {
+                let fd = listener::open(addr, cfg.engine.backlog).map_err(|error| {
+                    StartError::Listen {
+                        listener: l.name.clone(),
+                        addr,
+                        error,
+                    }
+                })?;
+                if addr.port() == 0 {
+                    addr = local_addr(&fd).map_err(StartError::Io)?;
+                }
+                per_core.push((fd, l.pool));
+            }
+            addrs.push(addr);
+        }
+
+        // SAFETY: plain eventfd(2) call; the result is checked before use.
+        let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if raw < 0 {
+            return Err(StartError::Io(io::Error::last_os_error()));
+        }
+        // SAFETY: `raw` is a fresh descriptor owned by nobody else.
+        let wake = unsafe { OwnedFd::from_raw_fd(raw) };
+        let stop = Arc::new(AtomicBool::new(false));
+        let stats: Vec<_> = cores
+            .iter()
+            .map(|_| Arc::new(ForwarderStats::default()))
+            .collect();
+
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let mut threads = Vec::with_capacity(cores.len());
+        for (index, (core, listeners)) in cores.iter().copied().zip(sockets).enumerate() {
+            let setup = Setup {
+                index,
+                caps,
+                engine: cfg.engine.clone(),
+                listeners,
+                pools: pools.clone(),
+                stats: stats[index].clone(),
+                stop: stop.clone(),
+                wake: wake.as_raw_fd(),
+            };
+            let ready = ready_tx.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("levee-fwd-{index}"))
+                .spawn(move || {
+                    if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
+                        warn!(
+                            forwarder = index,
+                            cpu = core,
+                            "could not pin the forwarder to its CPU"
+                        );
+                    }
+                    match Forwarder::new(setup) {
+                        Ok(fwd) => {
+                            let _ = ready.send((index, Ok(())));
+                            fwd.run()
+                        }
+                        Err(e) => {
+                            let kind = e.kind();
+                            let msg = e.to_string();
+                            let _ = ready.send((index, Err(e)));
+                            Err(io::Error::new(kind, msg))
+                        }
+                    }
+                })
+                .map_err(StartError::Io)?;
+            threads.push(spawned);
+        }
+        drop(ready_tx);
+
+        let engine = Self {
+            threads,
+            stats,
+            pools,
+            stop,
+            wake,
+            addrs,
+        };
+        for _ in 0..cores.len() {
+            match ready_rx.recv() {
+                Ok((_, Ok(()))) => {}
+                Ok((index, Err(error))) => {
+                    engine.stop();
+                    let _ = engine.join();
+                    return Err(StartError::Forwarder { index, error });
+                }
+                Err(_) => {
+                    engine.stop();
+                    let _ = engine.join();
+                    return Err(StartError::Io(io::Error::other(
+                        "a forwarder thread died at start",
+                    )));
+                }
+            }
+        }
+        info!(
+            forwarders = cores.len(),
+            cpus = ?cores,
+            defer_taskrun = caps.defer_taskrun,
+            "forwarders ready"
+        );
+        Ok(engine)
+    }
+
+    /// The address each listener is bound to, in configuration order (with the real port when
+    /// the configuration asked for port 0).
+    pub fn listener_addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// The pools as the forwarders see them: live load, backend names.
+    pub fn pools(&self) -> &[Arc<PoolShared>] {
+        &self.pools
+    }
+
+    /// Counters summed over the forwarders, now.
+    pub fn totals(&self) -> Totals {
+        Totals::sum(self.stats.iter().map(|s| &**s))
+    }
+
+    /// Asks every forwarder to stop accepting and drain. Returns at once.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Release);
+        let one: u64 = 1;
+        // SAFETY: writing 8 bytes from a valid u64 to our own eventfd.
+        unsafe { libc::write(self.wake.as_raw_fd(), (&raw const one).cast(), 8) };
+    }
+
+    /// Waits for every forwarder to finish; returns the final counters, or the first error a
+    /// forwarder stopped with.
+    pub fn join(self) -> io::Result<Totals> {
+        let mut first_error = None;
+        for (i, t) in self.threads.into_iter().enumerate() {
+            match t.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    first_error
+                        .get_or_insert(io::Error::new(e.kind(), format!("forwarder {i}: {e}")));
+                }
+                Err(_) => {
+                    first_error.get_or_insert(io::Error::other(format!("forwarder {i} panicked")));
+                }
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(Totals::sum(self.stats.iter().map(|s| &**s))),
+        }
+    }
+}
+
+fn local_addr(fd: &OwnedFd) -> io::Result<SocketAddr> {
+    socket2::SockRef::from(fd)
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| io::Error::other("listener bound to a non-IP address"))
+}

@@ -1,0 +1,43 @@
+//! The few socket calls made outside the ring, at a connection's start and end. Each is a
+//! cheap, non-blocking system call on a socket levee owns.
+
+use std::io;
+use std::mem::ManuallyDrop;
+use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, IntoRawFd, RawFd};
+use std::time::Duration;
+
+use socket2::{SockAddr, Socket, Type};
+
+/// Opens a socket for connecting to `addr`, with TCP_NODELAY so small writes leave at once.
+pub fn backend_socket(addr: &SockAddr) -> io::Result<RawFd> {
+    let socket = Socket::new(addr.domain(), Type::STREAM.cloexec(), None)?;
+    socket.set_tcp_nodelay(true)?;
+    Ok(socket.into_raw_fd())
+}
+
+/// Runs `f` on the socket `fd` without taking ownership of it.
+fn with_socket<T>(fd: RawFd, f: impl FnOnce(&Socket) -> T) -> T {
+    // SAFETY: callers pass a socket they own and keep open for the duration of the call;
+    // ManuallyDrop keeps this borrowed view from closing it.
+    let socket = ManuallyDrop::new(unsafe { Socket::from_raw_fd(fd) });
+    f(&socket)
+}
+
+/// The client's address, for hashing.
+pub fn peer_addr(fd: RawFd) -> Option<SocketAddr> {
+    with_socket(fd, |s| s.peer_addr().ok()?.as_socket())
+}
+
+/// Makes the next close send RST instead of FIN, so the peer learns the connection failed.
+/// A failure only means the close sends FIN.
+pub fn set_linger_zero(fd: RawFd) {
+    let _ = with_socket(fd, |s| s.set_linger(Some(Duration::ZERO)));
+}
+
+/// Refuses a just-accepted connection: RST, then close.
+pub fn reset_and_close(fd: RawFd) {
+    set_linger_zero(fd);
+    // SAFETY: `fd` was just accepted and is owned by the caller, who never uses it again.
+    unsafe { libc::close(fd) };
+}

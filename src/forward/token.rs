@@ -1,0 +1,98 @@
+//! `user_data` of each io_uring operation: what it was and whose it is.
+//!
+//! The kind sits in the top byte and the owner's index (a connection slot or a listener) in the
+//! low 32 bits, so a completion finds its owner with one shift and one mask.
+
+/// Direction of a relay: `Up` carries client bytes to the backend, `Down` backend bytes to the
+/// client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dir {
+    Up = 0,
+    Down = 1,
+}
+
+/// What an operation was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Nobody waits for this completion (close, cancel).
+    Ignore,
+    /// Multishot accept on a listener; the index is the listener's.
+    Accept,
+    /// The engine asked the forwarders to stop.
+    Wake,
+    /// The periodic timer: idle timeouts, drain deadline, re-arming.
+    Tick,
+    Connect,
+    ConnectTimeout,
+    /// Multishot receive on the source side of a direction.
+    Recv(Dir),
+    /// Send on the destination side of a direction.
+    Send(Dir),
+    /// `shutdown(SHUT_WR)` on the destination side of a direction.
+    Shutdown(Dir),
+}
+
+impl Kind {
+    const fn code(self) -> u64 {
+        match self {
+            Self::Ignore => 0,
+            Self::Accept => 1,
+            Self::Wake => 2,
+            Self::Tick => 3,
+            Self::Connect => 4,
+            Self::ConnectTimeout => 5,
+            Self::Recv(Dir::Up) => 6,
+            Self::Recv(Dir::Down) => 7,
+            Self::Send(Dir::Up) => 8,
+            Self::Send(Dir::Down) => 9,
+            Self::Shutdown(Dir::Up) => 10,
+            Self::Shutdown(Dir::Down) => 11,
+        }
+    }
+
+    const fn from_code(code: u64) -> Option<Self> {
+        Some(match code {
+            0 => Self::Ignore,
+            1 => Self::Accept,
+            2 => Self::Wake,
+            3 => Self::Tick,
+            4 => Self::Connect,
+            5 => Self::ConnectTimeout,
+            6 => Self::Recv(Dir::Up),
+            7 => Self::Recv(Dir::Down),
+            8 => Self::Send(Dir::Up),
+            9 => Self::Send(Dir::Down),
+            10 => Self::Shutdown(Dir::Up),
+            11 => Self::Shutdown(Dir::Down),
+            _ => return None,
+        })
+    }
+}
+
+pub const fn encode(kind: Kind, index: u32) -> u64 {
+    (kind.code() << 56) | index as u64
+}
+
+/// Splits a `user_data` into kind and index; `None` for a value levee never submitted.
+pub const fn decode(user_data: u64) -> Option<(Kind, u32)> {
+    match Kind::from_code(user_data >> 56) {
+        Some(kind) => Some((kind, user_data as u32)),
+        None => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_round_trips_with_its_index() {
+        for code in 0..12 {
+            let kind = Kind::from_code(code).expect("codes 0..12 are kinds");
+            for index in [0, 1, 77, u32::MAX] {
+                assert_eq!(decode(encode(kind, index)), Some((kind, index)));
+            }
+        }
+        assert_eq!(decode(12 << 56), None);
+    }
+}

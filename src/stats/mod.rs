@@ -1,0 +1,172 @@
+//! Counters: one set per forwarder, written only by that forwarder, read by anyone.
+//!
+//! Each counter is an atomic updated with relaxed loads and stores by its single writer, so the
+//! hot path pays a plain add; readers sum the forwarders' sets when asked.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Why levee closed a connection. Every accepted connection ends with exactly one of these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+pub enum CloseReason {
+    /// Both sides finished (FIN both ways) and everything was relayed.
+    Done = 0,
+    /// The client reset the connection or its socket failed.
+    ClientError,
+    /// The backend reset the connection or its socket failed.
+    BackendError,
+    /// No bytes either way for `engine.idle_timeout`.
+    IdleTimeout,
+    /// Every candidate backend was down, draining or at its cap.
+    NoBackend,
+    /// Connects to every candidate failed or the connect budget ran out.
+    ConnectFailed,
+    /// The forwarder already held `engine.max_conns` connections.
+    OverCapacity,
+    /// Still open when `engine.drain_timeout` ran out at shutdown.
+    DrainTimeout,
+    /// A socket call failed before the relay could start (e.g. out of file descriptors).
+    LocalError,
+}
+
+impl CloseReason {
+    pub const ALL: [CloseReason; 9] = [
+        Self::Done,
+        Self::ClientError,
+        Self::BackendError,
+        Self::IdleTimeout,
+        Self::NoBackend,
+        Self::ConnectFailed,
+        Self::OverCapacity,
+        Self::DrainTimeout,
+        Self::LocalError,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Done => "done",
+            Self::ClientError => "client_error",
+            Self::BackendError => "backend_error",
+            Self::IdleTimeout => "idle_timeout",
+            Self::NoBackend => "no_backend",
+            Self::ConnectFailed => "connect_failed",
+            Self::OverCapacity => "over_capacity",
+            Self::DrainTimeout => "drain_timeout",
+            Self::LocalError => "local_error",
+        }
+    }
+}
+
+/// A monotonically increasing count with a single writer.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Adds `n`. Only the owning forwarder calls this, so load-then-store loses nothing and
+    /// avoids a locked read-modify-write on the hot path.
+    #[inline]
+    pub fn add(&self, n: u64) {
+        self.0.store(
+            self.0.load(Ordering::Relaxed).wrapping_add(n),
+            Ordering::Relaxed,
+        );
+    }
+
+    #[inline]
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// One forwarder's counters.
+#[derive(Debug, Default)]
+pub struct ForwarderStats {
+    pub accepted: Counter,
+    pub accept_errors: Counter,
+    pub connect_attempts: Counter,
+    pub connect_failures: Counter,
+    pub connect_timeouts: Counter,
+    pub bytes_client_to_backend: Counter,
+    pub bytes_backend_to_client: Counter,
+    pub closed: [Counter; CloseReason::ALL.len()],
+}
+
+impl ForwarderStats {
+    #[inline]
+    pub fn close(&self, reason: CloseReason) {
+        self.closed[reason as usize].add(1);
+    }
+
+    pub fn closed(&self, reason: CloseReason) -> u64 {
+        self.closed[reason as usize].get()
+    }
+
+    /// Connections accepted and not yet closed.
+    pub fn active(&self) -> u64 {
+        let closed: u64 = self.closed.iter().map(Counter::get).sum();
+        self.accepted.get().saturating_sub(closed)
+    }
+}
+
+/// The sum of several forwarders' counters at one moment.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Totals {
+    pub accepted: u64,
+    pub accept_errors: u64,
+    pub connect_attempts: u64,
+    pub connect_failures: u64,
+    pub connect_timeouts: u64,
+    pub bytes_client_to_backend: u64,
+    pub bytes_backend_to_client: u64,
+    pub closed: [u64; CloseReason::ALL.len()],
+}
+
+impl Totals {
+    pub fn sum<'a>(stats: impl IntoIterator<Item = &'a ForwarderStats>) -> Self {
+        let mut t = Self::default();
+        for s in stats {
+            t.accepted += s.accepted.get();
+            t.accept_errors += s.accept_errors.get();
+            t.connect_attempts += s.connect_attempts.get();
+            t.connect_failures += s.connect_failures.get();
+            t.connect_timeouts += s.connect_timeouts.get();
+            t.bytes_client_to_backend += s.bytes_client_to_backend.get();
+            t.bytes_backend_to_client += s.bytes_backend_to_client.get();
+            for (sum, c) in t.closed.iter_mut().zip(&s.closed) {
+                *sum += c.get();
+            }
+        }
+        t
+    }
+
+    pub fn closed(&self, reason: CloseReason) -> u64 {
+        self.closed[reason as usize]
+    }
+
+    pub fn active(&self) -> u64 {
+        self.accepted.saturating_sub(self.closed.iter().sum())
+    }
+}
+
+impl fmt::Display for Totals {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "accepted={} active={} bytes_in={} bytes_out={} connect_attempts={} \
+             connect_failures={} connect_timeouts={} accept_errors={}",
+            self.accepted,
+            self.active(),
+            self.bytes_client_to_backend,
+            self.bytes_backend_to_client,
+            self.connect_attempts,
+            self.connect_failures,
+            self.connect_timeouts,
+            self.accept_errors,
+        )?;
+        for r in CloseReason::ALL {
+            write!(f, " closed_{}={}", r.name(), self.closed(r))?;
+        }
+        Ok(())
+    }
+}
