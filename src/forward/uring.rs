@@ -67,7 +67,24 @@ const REQUIRED: &[(u8, &str)] = &[
 ];
 
 /// Checks that io_uring works here and has every operation levee needs.
+///
+/// Runs on a short-lived thread of its own: tearing a ring down queues task work to the thread
+/// that created it, which interrupts that thread's next blocking socket call that has a timeout
+/// (EINTR). The caller's thread is left alone.
 pub fn probe() -> Result<Capabilities, ProbeError> {
+    std::thread::Builder::new()
+        .name("levee-probe".into())
+        .spawn(probe_here)
+        .map_err(ProbeError::Unavailable)?
+        .join()
+        .unwrap_or_else(|_| {
+            Err(ProbeError::Unavailable(io::Error::other(
+                "the probe panicked",
+            )))
+        })
+}
+
+fn probe_here() -> Result<Capabilities, ProbeError> {
     let ring = IoUring::new(8).map_err(ProbeError::Unavailable)?;
     let mut probe = Probe::new();
     ring.submitter()
