@@ -2,5 +2,6 @@
 
 pub mod balance;
 pub mod config;
+pub mod demo;
 pub mod forward;
 pub mod stats;

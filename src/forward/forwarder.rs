@@ -220,6 +220,8 @@ impl Forwarder {
             }
             self.resume_starved();
             if self.finished() {
+                // Hand the last closes to the kernel before the ring goes away.
+                self.ring.submit()?;
                 return Ok(());
             }
         }
