@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 pub mod cores;
+mod value;
 
 pub use cores::CoreSet;
 
