@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 pub mod cores;
+mod names;
 mod value;
 
 pub use cores::CoreSet;
@@ -17,6 +18,7 @@ pub use cores::CoreSet;
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub engine: EngineConfig,
+    pub log: LogConfig,
     /// In the order their first key appeared in the file.
     pub listeners: Vec<ListenerConfig>,
     /// In the order their first key appeared in the file.
@@ -46,6 +48,23 @@ pub struct EngineConfig {
     pub idle_timeout: Duration,
     /// `engine.drain_timeout`: on SIGTERM, how long connections in flight may take to finish.
     pub drain_timeout: Duration,
+}
+
+/// `log.*`
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogConfig {
+    /// `log.level`: least severe messages logged.
+    pub level: LogLevel,
+}
+
+/// `log.level`, most severe first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
 }
 
 /// `listener.NAME.*`
