@@ -8,10 +8,13 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 pub mod cores;
+mod error;
 mod names;
+pub mod registry;
 mod value;
 
 pub use cores::CoreSet;
+pub use error::{ConfigError, ConfigErrors, ErrorKind};
 
 /// A whole, validated configuration. Constructed only by the parser (or [`Config::builtin`]), so a
 /// value of this type has passed every check the registry describes.
@@ -50,11 +53,25 @@ pub struct EngineConfig {
     pub drain_timeout: Duration,
 }
 
+/// Every engine setting at its default.
+impl Default for EngineConfig {
+    fn default() -> Self {
+        registry::with_defaults()
+    }
+}
+
 /// `log.*`
 #[derive(Debug, Clone, PartialEq)]
 pub struct LogConfig {
     /// `log.level`: least severe messages logged.
     pub level: LogLevel,
+}
+
+/// Every log setting at its default.
+impl Default for LogConfig {
+    fn default() -> Self {
+        registry::with_defaults()
+    }
 }
 
 /// `log.level`, most severe first.
