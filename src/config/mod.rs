@@ -5,16 +5,32 @@
 //! else in levee reads configuration text.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
 pub mod cores;
 mod error;
+mod file;
 mod names;
+mod parse;
 pub mod registry;
 mod value;
 
 pub use cores::CoreSet;
 pub use error::{ConfigError, ConfigErrors, ErrorKind};
+pub use file::MAX_FILE_SIZE;
+pub use parse::{MAX_BACKENDS, MAX_ERRORS};
+
+/// Reads and parses the configuration file at `path`; messages name the file as given.
+/// Reports every problem at once; a file that cannot be read is one problem without a line.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    file::load(path)
+}
+
+/// Parses configuration text; `file` names it in messages. Reports every problem at once.
+pub fn parse(text: &str, file: &str) -> Result<Config, ConfigErrors> {
+    parse::parse(text, file)
+}
 
 /// A whole, validated configuration. Constructed only by the parser (or [`Config::builtin`]), so a
 /// value of this type has passed every check the registry describes.
