@@ -9,6 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 pub mod cores;
+mod effective;
 mod error;
 mod file;
 mod names;
@@ -30,6 +31,13 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
 /// Parses configuration text; `file` names it in messages. Reports every problem at once.
 pub fn parse(text: &str, file: &str) -> Result<Config, ConfigErrors> {
     parse::parse(text, file)
+}
+
+/// Every effective key with its value, one `key = value` per line in registry order (engine,
+/// log, each listener, each pool followed by its backends). [`parse`] reads it back to the
+/// same configuration.
+pub fn listing(cfg: &Config) -> String {
+    effective::listing(cfg)
 }
 
 /// A whole, validated configuration. Constructed only by the parser (or [`Config::builtin`]), so a
