@@ -9,6 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 pub mod cores;
+mod docs;
 mod effective;
 mod error;
 mod file;
@@ -38,6 +39,11 @@ pub fn parse(text: &str, file: &str) -> Result<Config, ConfigErrors> {
 /// same configuration.
 pub fn listing(cfg: &Config) -> String {
     effective::listing(cfg)
+}
+
+/// The content of `docs/config.md`: the syntax, an example, the error format and every key.
+pub fn docs_markdown() -> String {
+    docs::docs_markdown()
 }
 
 /// A whole, validated configuration. Constructed only by the parser (or [`Config::builtin`]), so a
