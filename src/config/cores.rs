@@ -139,14 +139,14 @@ impl fmt::Display for CoreSet {
         };
         let mut i = 0;
         while i < ids.len() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
             let start = ids[i];
             let mut end = start;
-            while i + 1 < ids.len() && ids[i + 1] == end + 1 {
+            while i + 1 < ids.len() && Some(ids[i + 1]) == end.checked_add(1) {
                 i += 1;
                 end = ids[i];
-            }
-            if start != ids[0] {
-                f.write_str(",")?;
             }
             match end - start {
                 0 => write!(f, "{start}")?,
@@ -200,6 +200,9 @@ mod tests {
         assert_eq!(list(&[0, 1, 2, 3, 5, 7, 8, 9]).to_string(), "0-3,5,7-9");
         assert_eq!(list(&[0, 1, 4]).to_string(), "0,1,4");
         assert_eq!(list(&[6]).to_string(), "6");
+        assert_eq!(list(&[usize::MAX]).to_string(), usize::MAX.to_string());
+        // Hand-built lists need not be canonical; each id still shows once per entry.
+        assert_eq!(list(&[1, 0, 1]).to_string(), "1,0,1");
         for text in ["auto", "0-3,5,7-9", "0,1,4", "2"] {
             assert_eq!(CoreSet::parse(text).map(|c| c.to_string()), Ok(text.into()));
         }
