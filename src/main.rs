@@ -1,1 +1,276 @@
-fn main() {}
+//! The `levee` command: run a configuration, check one, or show its effective values.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use nix::sys::signal::{SigSet, Signal};
+use tracing::{error, info, warn};
+
+use levee::config::{self, Config};
+use levee::demo;
+use levee::forward::Engine;
+
+/// Exit status for a configuration that does not validate.
+const EXIT_CONFIG: u8 = 2;
+/// Exit status for a failure at or after start.
+const EXIT_FAILURE: u8 = 1;
+
+#[derive(Parser)]
+#[command(
+    name = "levee",
+    version,
+    about = "L4 TCP load balancer with thread-per-core io_uring forwarders",
+    long_about = "L4 TCP load balancer with thread-per-core io_uring forwarders.\n\n\
+                  Without a command, levee runs a built-in configuration: it listens on \
+                  127.0.0.1:8080 in front of three small HTTP backends it starts on loopback."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a configuration until SIGTERM or Ctrl-C, then drain and exit.
+    Run {
+        /// Configuration file in sysctl.conf syntax.
+        #[arg(short = 'c', long = "config", value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Validate a configuration and exit: 0 when valid, 2 with every error listed otherwise.
+    Check {
+        #[arg(short = 'c', long = "config", value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Print every key with its effective value (`-a` in sysctl terms), defaults included.
+    Show {
+        /// Configuration file; without it, the built-in default is shown.
+        #[arg(short = 'c', long = "config", value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // Block the stop signals before any thread starts (demo backends, forwarders), so every
+    // thread inherits the mask and only the sigwait in `run` ever sees them.
+    if let Err(e) = stop_signals().thread_block() {
+        eprintln!("levee: cannot block SIGTERM and SIGINT: {e}");
+        return ExitCode::from(EXIT_FAILURE);
+    }
+    match cli.command {
+        None => run_builtin(),
+        Some(Command::Run { config }) => match load(&config) {
+            Ok(cfg) => run(&cfg, None),
+            Err(code) => code,
+        },
+        Some(Command::Check { config }) => match load(&config) {
+            Ok(cfg) => {
+                let backends: usize = cfg.pools.iter().map(|p| p.backends.len()).sum();
+                println!(
+                    "{}: ok ({} listeners, {} pools, {} backends)",
+                    config.display(),
+                    cfg.listeners.len(),
+                    cfg.pools.len(),
+                    backends
+                );
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Some(Command::Show { config: Some(path) }) => match load(&path) {
+            Ok(cfg) => {
+                print!("{}", config::listing(&cfg));
+                ExitCode::SUCCESS
+            }
+            Err(code) => code,
+        },
+        Some(Command::Show { config: None }) => {
+            let placeholders: Vec<std::net::SocketAddr> = (1..=DEMO_BACKENDS as u16)
+                .map(|port| ([127, 0, 0, 1], port).into())
+                .collect();
+            match builtin_config(&placeholders) {
+                Ok(cfg) => {
+                    println!(
+                        "# built-in default; the demo backends get ephemeral ports at start \
+                         (shown here as 1, 2, 3)"
+                    );
+                    print!("{}", config::listing(&cfg));
+                    ExitCode::SUCCESS
+                }
+                Err(code) => code,
+            }
+        }
+    }
+}
+
+fn load(path: &Path) -> Result<Config, ExitCode> {
+    config::load(path).map_err(|errors| {
+        eprint!("{errors}");
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+const DEMO_BACKENDS: usize = 3;
+
+/// The built-in default, with the demo backends' addresses filled in. It goes through the same
+/// parser as any file, so it is checked like one.
+fn builtin_config(backends: &[std::net::SocketAddr]) -> Result<Config, ExitCode> {
+    let mut text = String::from(
+        "# levee built-in default: one listener in front of the built-in demo backends.\n\
+         listener.default.addr = 127.0.0.1:8080\n\
+         listener.default.pool = demo\n\
+         # Round robin, so that successive requests from one client visit every backend.\n\
+         pool.demo.balance = round_robin\n",
+    );
+    for (i, addr) in backends.iter().enumerate() {
+        text.push_str(&format!("pool.demo.backend.demo{}.addr = {addr}\n", i + 1));
+    }
+    config::parse(&text, "<built-in>").map_err(|errors| {
+        eprint!("{errors}");
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+fn run_builtin() -> ExitCode {
+    init_logging(&config::LogLevel::Info);
+    let backends = match demo::start(DEMO_BACKENDS) {
+        Ok(b) => b,
+        Err(e) => {
+            error!(error = %e, "cannot start the built-in demo backends");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let addrs: Vec<_> = backends.iter().map(|b| b.addr).collect();
+    let cfg = match builtin_config(&addrs) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let started: Vec<String> = backends
+        .iter()
+        .map(|b| format!("{} on {}", b.name, b.addr))
+        .collect();
+    info!("no configuration given: running the built-in default");
+    info!(
+        "started {} built-in HTTP backends: {}",
+        backends.len(),
+        started.join(", ")
+    );
+    run(&cfg, Some(()))
+}
+
+/// Starts the engine on `cfg`, waits for SIGTERM or SIGINT, drains and exits.
+fn run(cfg: &Config, builtin: Option<()>) -> ExitCode {
+    if builtin.is_none() {
+        init_logging(&cfg.log.level);
+    }
+    raise_fd_limit(cfg);
+
+    let engine = match Engine::start(cfg) {
+        Ok(e) => e,
+        Err(e) => {
+            error!("{e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    for (l, addr) in cfg.listeners.iter().zip(engine.listener_addrs()) {
+        let pool = &cfg.pools[l.pool];
+        info!(
+            "listener {} on {addr} -> pool {} ({} backends, balance {})",
+            l.name,
+            pool.name,
+            pool.backends.len(),
+            pool.balance
+        );
+    }
+    if builtin.is_some() {
+        let addr = engine.listener_addrs()[0];
+        info!("try it: curl http://{addr}/");
+        info!("load it: wrk -t1 -c50 -d10s --latency http://{addr}/");
+        info!(
+            "run your own configuration with: levee run -c FILE (levee check -c FILE validates it)"
+        );
+    }
+    info!("Ctrl-C or SIGTERM stops accepting and drains connections in flight");
+
+    match stop_signals().wait() {
+        Ok(sig) => info!(
+            signal = %sig,
+            drain_timeout = ?cfg.engine.drain_timeout,
+            "stopping: no new connections; draining those in flight (signal again to close them now)"
+        ),
+        Err(e) => warn!(error = %e, "waiting for signals failed; stopping"),
+    }
+    engine.stop();
+    let stopper = engine.stopper();
+    // A second signal cuts the drain short. The thread dies with the process.
+    let _ = std::thread::Builder::new()
+        .name("levee-signals".into())
+        .spawn(move || {
+            if let Ok(sig) = stop_signals().wait() {
+                warn!(signal = %sig, "stopping now: closing connections still in flight");
+                stopper.stop_now();
+            }
+        });
+    match engine.join() {
+        Ok(totals) => {
+            info!("stopped: {totals}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            error!("{e}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+fn stop_signals() -> SigSet {
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGTERM);
+    signals.add(Signal::SIGINT);
+    signals
+}
+
+fn init_logging(level: &config::LogLevel) {
+    let default = level.name();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+}
+
+/// Each connection holds two descriptors; raise the soft limit to the hard one and say so when
+/// even that is short of what the configuration may use.
+fn raise_fd_limit(cfg: &Config) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    let forwarders = cfg.engine.cores.resolve().map_or(1, |c| c.len()) as u64;
+    let needed = forwarders * u64::from(cfg.engine.max_conns) * 2
+        + forwarders * cfg.listeners.len() as u64
+        + 64;
+    // Raising the hard limit needs privilege; where it is refused, take what the hard limit allows.
+    let target = needed.max(soft);
+    let limit = if setrlimit(Resource::RLIMIT_NOFILE, target, target.max(hard)).is_ok() {
+        target
+    } else if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        hard
+    } else {
+        soft
+    };
+    if needed > limit {
+        let reachable = limit.saturating_sub(64) / 2;
+        warn!(
+            "the open-file limit ({limit}) allows about {reachable} connections in all, fewer than \
+             engine.max_conns x forwarders = {}: past that, accepts fail and are counted; \
+             raise `ulimit -n` to {needed} or lower engine.max_conns",
+            u64::from(cfg.engine.max_conns) * forwarders
+        );
+    }
+}

@@ -5,17 +5,53 @@
 //! else in levee reads configuration text.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
 pub mod cores;
+mod docs;
+mod effective;
+mod error;
+mod file;
+mod names;
+mod parse;
+pub mod registry;
+mod value;
 
 pub use cores::CoreSet;
+pub use error::{ConfigError, ConfigErrors, ErrorKind};
+pub use file::MAX_FILE_SIZE;
+pub use parse::{MAX_BACKENDS, MAX_ERRORS};
 
-/// A whole, validated configuration. Constructed only by the parser (or [`Config::builtin`]), so a
+/// Reads and parses the configuration file at `path`; messages name the file as given.
+/// Reports every problem at once; a file that cannot be read is one problem without a line.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    file::load(path)
+}
+
+/// Parses configuration text; `file` names it in messages. Reports every problem at once.
+pub fn parse(text: &str, file: &str) -> Result<Config, ConfigErrors> {
+    parse::parse(text, file)
+}
+
+/// Every effective key with its value, one `key = value` per line in registry order (engine,
+/// log, each listener, each pool followed by its backends). [`parse`] reads it back to the
+/// same configuration.
+pub fn listing(cfg: &Config) -> String {
+    effective::listing(cfg)
+}
+
+/// The content of `docs/config.md`: the syntax, an example, the error format and every key.
+pub fn docs_markdown() -> String {
+    docs::docs_markdown()
+}
+
+/// A whole, validated configuration. Constructed only by the parser, so a
 /// value of this type has passed every check the registry describes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub engine: EngineConfig,
+    pub log: LogConfig,
     /// In the order their first key appeared in the file.
     pub listeners: Vec<ListenerConfig>,
     /// In the order their first key appeared in the file.
@@ -45,6 +81,37 @@ pub struct EngineConfig {
     pub idle_timeout: Duration,
     /// `engine.drain_timeout`: on SIGTERM, how long connections in flight may take to finish.
     pub drain_timeout: Duration,
+}
+
+/// Every engine setting at its default.
+impl Default for EngineConfig {
+    fn default() -> Self {
+        registry::with_defaults()
+    }
+}
+
+/// `log.*`
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogConfig {
+    /// `log.level`: least severe messages logged.
+    pub level: LogLevel,
+}
+
+/// Every log setting at its default.
+impl Default for LogConfig {
+    fn default() -> Self {
+        registry::with_defaults()
+    }
+}
+
+/// `log.level`, most severe first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
 }
 
 /// `listener.NAME.*`

@@ -9,19 +9,19 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use io_uring::types::{CancelBuilder, Fd, TimeoutFlags, Timespec};
 use io_uring::{IoUring, cqueue, opcode, squeue};
 use tracing::{debug, warn};
 
-use super::PoolShared;
 use super::bufring::BufRing;
 use super::conn::{self, BufLinks, Conn, Flow, Recv, Shut, State};
 use super::sockopt::{backend_socket, peer_addr, reset_and_close, set_linger_zero};
 use super::token::{self, Dir, Kind};
 use super::uring::{self, Capabilities};
+use super::{PoolShared, StopFlags};
 use crate::balance::{MAX_CANDIDATES, Selector, flow_hash};
 use crate::config::EngineConfig;
 use crate::stats::{CloseReason, ForwarderStats};
@@ -62,7 +62,7 @@ pub struct Setup {
     pub listeners: Vec<(OwnedFd, usize)>,
     pub pools: Vec<Arc<PoolShared>>,
     pub stats: Arc<ForwarderStats>,
-    pub stop: Arc<AtomicBool>,
+    pub stop: Arc<StopFlags>,
     /// An eventfd the engine writes to when `stop` is set.
     pub wake: RawFd,
 }
@@ -83,7 +83,7 @@ pub struct Forwarder {
     /// Directions whose receive ended for want of buffers.
     starved: Vec<(u32, Dir)>,
     stats: Arc<ForwarderStats>,
-    stop: Arc<AtomicBool>,
+    stop: Arc<StopFlags>,
     wake: RawFd,
     /// Coarse monotonic milliseconds, read once per loop turn.
     now: u64,
@@ -184,7 +184,7 @@ impl Forwarder {
             self.arm_accept(i);
         }
         // A stop requested before the first wait still counts.
-        if self.stop.load(Ordering::Acquire) {
+        if self.stop.requested.load(Ordering::Acquire) {
             self.begin_drain();
         }
         let mut cqes: [MaybeUninit<cqueue::Entry>; CQE_BATCH] =
@@ -772,7 +772,7 @@ impl Forwarder {
             }
         }
         if let Some(until) = self.drain_until {
-            if self.now >= until {
+            if self.now >= until || self.stop.hurry.load(Ordering::Acquire) {
                 for slot in 0..self.high_slot {
                     self.close(slot, CloseReason::DrainTimeout, Reset::Both);
                 }
@@ -790,7 +790,7 @@ impl Forwarder {
     }
 
     fn on_wake(&mut self) {
-        if self.stop.load(Ordering::Acquire) {
+        if self.stop.requested.load(Ordering::Acquire) {
             self.begin_drain();
         } else {
             // Spurious: wait again.

@@ -7,6 +7,23 @@ use std::os::fd::OwnedFd;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
+/// Fails with `AddrInUse` when anything already listens on `addr`, even with SO_REUSEPORT:
+/// a second levee on the same port would otherwise silently take half the connections.
+pub fn ensure_free(addr: SocketAddr) -> io::Result<()> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let probe = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.cloexec(),
+        Some(Protocol::TCP),
+    )?;
+    // Without SO_REUSEPORT, bind fails if any socket holds the address; SO_REUSEADDR still lets
+    // it succeed over connections lingering in TIME_WAIT from an earlier run.
+    probe.set_reuse_address(true)?;
+    probe.bind(&addr.into())
+}
+
 /// Opens a listening socket on `addr` that other sockets of this process can share.
 pub fn open(addr: SocketAddr, backlog: u32) -> io::Result<OwnedFd> {
     let socket = Socket::new(

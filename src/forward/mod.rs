@@ -60,7 +60,7 @@ impl fmt::Display for StartError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Uring(e) => e.fmt(f),
-            Self::Cores(e) => write!(f, "engine.cores: {e}"),
+            Self::Cores(e) => e.fmt(f),
             Self::Listen {
                 listener,
                 addr,
@@ -78,13 +78,46 @@ impl fmt::Display for StartError {
 
 impl std::error::Error for StartError {}
 
+/// How the engine is asked to stop: first gracefully, then, if asked again, at once.
+#[derive(Debug, Default)]
+pub struct StopFlags {
+    /// Stop accepting and drain.
+    pub requested: AtomicBool,
+    /// Cut the drain short: close what is still open.
+    pub hurry: AtomicBool,
+}
+
+/// Asks a running engine to stop, from any thread.
+#[derive(Clone)]
+pub struct Stopper {
+    flags: Arc<StopFlags>,
+    /// An eventfd every forwarder polls; written once to wake them.
+    wake: Arc<OwnedFd>,
+}
+
+impl Stopper {
+    /// Stop accepting; connections in flight get up to `engine.drain_timeout` to finish.
+    pub fn stop(&self) {
+        self.flags.requested.store(true, Ordering::Release);
+        let one: u64 = 1;
+        // SAFETY: writing 8 bytes from a valid u64 to our own eventfd. A failure means the
+        // counter is already non-zero, so the forwarders are woken anyway.
+        unsafe { libc::write(self.wake.as_raw_fd(), (&raw const one).cast(), 8) };
+    }
+
+    /// Stop now: like [`Self::stop`], and close connections still open at the next tick.
+    pub fn stop_now(&self) {
+        self.flags.hurry.store(true, Ordering::Release);
+        self.stop();
+    }
+}
+
 /// Running forwarders.
 pub struct Engine {
     threads: Vec<JoinHandle<io::Result<()>>>,
     stats: Vec<Arc<ForwarderStats>>,
     pools: Vec<Arc<PoolShared>>,
-    stop: Arc<AtomicBool>,
-    wake: OwnedFd,
+    stopper: Stopper,
     addrs: Vec<SocketAddr>,
 }
 
@@ -117,6 +150,11 @@ impl Engine {
             (0..cores.len()).map(|_| Vec::new()).collect();
         for l in &cfg.listeners {
             let mut addr = l.addr;
+            listener::ensure_free(addr).map_err(|error| StartError::Listen {
+                listener: l.name.clone(),
+                addr,
+                error,
+            })?;
             for per_core in &mut sockets {
                 let fd = listener::open(addr, cfg.engine.backlog).map_err(|error| {
                     StartError::Listen {
@@ -139,8 +177,8 @@ impl Engine {
             return Err(StartError::Io(io::Error::last_os_error()));
         }
         // SAFETY: `raw` is a fresh descriptor owned by nobody else.
-        let wake = unsafe { OwnedFd::from_raw_fd(raw) };
-        let stop = Arc::new(AtomicBool::new(false));
+        let wake = Arc::new(unsafe { OwnedFd::from_raw_fd(raw) });
+        let stop = Arc::new(StopFlags::default());
         let stats: Vec<_> = cores
             .iter()
             .map(|_| Arc::new(ForwarderStats::default()))
@@ -192,8 +230,7 @@ impl Engine {
             threads,
             stats,
             pools,
-            stop,
-            wake,
+            stopper: Stopper { flags: stop, wake },
             addrs,
         };
         for _ in 0..cores.len() {
@@ -240,10 +277,12 @@ impl Engine {
 
     /// Asks every forwarder to stop accepting and drain. Returns at once.
     pub fn stop(&self) {
-        self.stop.store(true, Ordering::Release);
-        let one: u64 = 1;
-        // SAFETY: writing 8 bytes from a valid u64 to our own eventfd.
-        unsafe { libc::write(self.wake.as_raw_fd(), (&raw const one).cast(), 8) };
+        self.stopper.stop();
+    }
+
+    /// A handle that can stop this engine from another thread.
+    pub fn stopper(&self) -> Stopper {
+        self.stopper.clone()
     }
 
     /// Waits for every forwarder to finish; returns the final counters, or the first error a

@@ -9,7 +9,8 @@ use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use levee::config::{
-    BackendConfig, Balance, Config, CoreSet, EngineConfig, HashKey, ListenerConfig, PoolConfig,
+    BackendConfig, Balance, Config, CoreSet, EngineConfig, HashKey, ListenerConfig, LogConfig,
+    PoolConfig,
 };
 use levee::forward::Engine;
 
@@ -56,6 +57,7 @@ pub fn pool(name: &str, balance: Balance, backends: &[SocketAddr]) -> PoolConfig
 pub fn single(pool: PoolConfig) -> Config {
     Config {
         engine: engine_config(),
+        log: LogConfig::default(),
         listeners: vec![ListenerConfig {
             name: "test".into(),
             addr: "127.0.0.1:0".parse().expect("literal"),

@@ -1,0 +1,915 @@
+//! The registry: every configuration key, once.
+//!
+//! Each [`KeySpec`] holds a key's name pattern, type and bounds, default, unit, description,
+//! whether it may change at runtime, and where its value lands in [`Config`]. The parser, the
+//! error messages, the listing of effective values, runtime `get`/`set` and `docs/config.md`
+//! are all driven by [`KEYS`]. Adding a key means adding one entry here (and, for a new
+//! setting, its field in the typed struct).
+//!
+//! [`Config`]: super::Config
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use super::value::{self, CountRule};
+use super::{
+    BackendConfig, Balance, CoreSet, EngineConfig, HashKey, ListenerConfig, LogConfig, LogLevel,
+    PoolConfig,
+};
+
+/// Which object a key belongs to, which also says how many `NAME` segments its pattern has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Scope {
+    Engine,
+    Log,
+    Listener,
+    Pool,
+    Backend,
+}
+
+impl Scope {
+    /// What an object of this scope is called in messages.
+    pub fn noun(self) -> &'static str {
+        match self {
+            Scope::Engine => "engine",
+            Scope::Log => "log",
+            Scope::Listener => "listener",
+            Scope::Pool => "pool",
+            Scope::Backend => "backend",
+        }
+    }
+}
+
+/// One configuration key.
+pub struct KeySpec {
+    /// Dotted name; each `NAME` segment stands for a listener, pool or backend name.
+    pub name: &'static str,
+    /// Canonical default text; `None` when the key must be set.
+    pub default: Option<&'static str>,
+    /// What the value measures, for the docs (empty where nothing applies).
+    pub unit: &'static str,
+    /// Whether a running levee can take a new value without a restart.
+    pub runtime: bool,
+    /// One line for the docs and the listing.
+    pub description: &'static str,
+    pub(crate) slot: Slot,
+}
+
+/// Where a key's value lands: the scope picks the struct, the field picks the member.
+pub(crate) enum Slot {
+    Engine(Field<EngineConfig>),
+    Log(Field<LogConfig>),
+    Listener(Field<ListenerDraft>),
+    Pool(Field<PoolConfig>),
+    Backend(Field<BackendConfig>),
+}
+
+/// A listener while its file is read: the pool is still a name, resolved to an index into
+/// [`Config::pools`](super::Config::pools) once every pool is known.
+#[derive(Debug, Clone)]
+pub(crate) struct ListenerDraft {
+    pub(crate) config: ListenerConfig,
+    pub(crate) pool: String,
+}
+
+/// A value type with its bounds, and how to read and write it in a `T`.
+pub(crate) enum Field<T: 'static> {
+    Cores {
+        get: fn(&T) -> &CoreSet,
+        set: fn(&mut T, CoreSet),
+    },
+    Count {
+        min: u32,
+        max: u32,
+        rule: CountRule,
+        get: fn(&T) -> u32,
+        set: fn(&mut T, u32),
+    },
+    /// Bytes, written with an optional K, M or G.
+    Size {
+        min: u32,
+        max: u32,
+        get: fn(&T) -> u32,
+        set: fn(&mut T, u32),
+    },
+    /// Whole milliseconds, written with ms, s, m or h.
+    Duration {
+        min: Duration,
+        max: Duration,
+        get: fn(&T) -> Duration,
+        set: fn(&mut T, Duration),
+    },
+    /// `0` for none, else a decimal in `min..=max`.
+    Factor {
+        min: f64,
+        max: f64,
+        get: fn(&T) -> Option<f64>,
+        set: fn(&mut T, Option<f64>),
+    },
+    /// One of `names`; `set` returns false for a name it does not know.
+    Choice {
+        names: &'static [&'static str],
+        get: fn(&T) -> &'static str,
+        set: fn(&mut T, &str) -> bool,
+    },
+    Addr {
+        /// Listeners may bind port 0 (the kernel picks one); backends cannot be reached there.
+        port_zero: bool,
+        get: fn(&T) -> SocketAddr,
+        set: fn(&mut T, SocketAddr),
+    },
+    PoolName {
+        get: fn(&T) -> &str,
+        set: fn(&mut T, String),
+    },
+}
+
+impl<T> Field<T> {
+    /// Reads `text` and stores the value in `target`, or says what was expected.
+    pub(crate) fn parse_into(&self, target: &mut T, text: &str) -> Result<(), String> {
+        match self {
+            Field::Cores { set, .. } => set(target, CoreSet::parse(text)?),
+            Field::Count {
+                min,
+                max,
+                rule,
+                set,
+                ..
+            } => set(target, value::parse_count(text, *min, *max, *rule)?),
+            Field::Size { min, max, set, .. } => set(target, value::parse_size(text, *min, *max)?),
+            Field::Duration { min, max, set, .. } => {
+                set(target, value::parse_duration(text, *min, *max)?);
+            }
+            Field::Factor { min, max, set, .. } => {
+                set(target, value::parse_factor(text, *min, *max)?);
+            }
+            Field::Choice { names, set, .. } => {
+                if !set(target, text) {
+                    return Err(format!(
+                        "expected one of {}, {}",
+                        names.join(", "),
+                        value::found(text)
+                    ));
+                }
+            }
+            Field::Addr { port_zero, set, .. } => set(target, value::parse_addr(text, *port_zero)?),
+            Field::PoolName { set, .. } => set(target, value::parse_name(text)?),
+        }
+        Ok(())
+    }
+
+    /// The value in `target` as canonical text, which [`Field::parse_into`] reads back.
+    pub(crate) fn format(&self, target: &T) -> String {
+        match self {
+            Field::Cores { get, .. } => get(target).to_string(),
+            Field::Count { get, .. } => get(target).to_string(),
+            Field::Size { get, .. } => value::format_size(get(target)),
+            Field::Duration { get, .. } => value::format_duration(get(target)),
+            Field::Factor { get, .. } => value::format_factor(get(target)),
+            Field::Choice { get, .. } => get(target).to_string(),
+            Field::Addr { get, .. } => get(target).to_string(),
+            Field::PoolName { get, .. } => get(target).to_string(),
+        }
+    }
+
+    fn type_text(&self) -> String {
+        match self {
+            Field::Cores { .. } => "CPU set: auto, or ids and ranges like 0-3,8".to_string(),
+            Field::Count { min, max, rule, .. } => value::describe_count(*min, *max, *rule),
+            Field::Size { min, max, .. } => format!(
+                "size from {} to {} (bytes, or with K, M, G)",
+                value::format_size(*min),
+                value::format_size(*max)
+            ),
+            Field::Duration { min, max, .. } => format!(
+                "duration from {} to {} (ms, s, m, h)",
+                value::format_duration(*min),
+                value::format_duration(*max)
+            ),
+            Field::Factor { min, max, .. } => {
+                format!("0, or a decimal from {min} to {max} (up to 3 decimals)")
+            }
+            Field::Choice { names, .. } => format!("one of {}", names.join(", ")),
+            Field::Addr {
+                port_zero: true, ..
+            } => "IP:port, IPv6 in brackets".to_string(),
+            Field::Addr {
+                port_zero: false, ..
+            } => "IP:port (port 1 or above), IPv6 in brackets".to_string(),
+            Field::PoolName { .. } => "name of a pool".to_string(),
+        }
+    }
+
+    /// What to write after `=` in a hint for a missing key.
+    fn placeholder(&self) -> &'static str {
+        match self {
+            Field::Addr { .. } => "IP:PORT",
+            Field::PoolName { .. } => "POOL",
+            _ => "VALUE",
+        }
+    }
+}
+
+/// A struct that keys of one scope write into: how to make a blank one and find its fields.
+pub(crate) trait Target: Sized + 'static {
+    /// Every member zero or empty; [`with_defaults`] then applies the registry's defaults.
+    fn blank() -> Self;
+    fn field(slot: &Slot) -> Option<&Field<Self>>;
+}
+
+/// A `T` holding every default from the registry; required members stay blank.
+pub(crate) fn with_defaults<T: Target>() -> T {
+    let mut target = T::blank();
+    for spec in KEYS {
+        if let (Some(field), Some(default)) = (T::field(&spec.slot), spec.default) {
+            // Every default parses: the registry's tests check each one.
+            let _ = field.parse_into(&mut target, default);
+        }
+    }
+    target
+}
+
+const UNSPECIFIED: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0);
+
+impl Target for EngineConfig {
+    fn blank() -> Self {
+        EngineConfig {
+            cores: CoreSet::Auto,
+            ring_entries: 0,
+            buffer_size: 0,
+            buffers: 0,
+            max_conns: 0,
+            backlog: 0,
+            connect_timeout: Duration::ZERO,
+            connect_retries: 0,
+            idle_timeout: Duration::ZERO,
+            drain_timeout: Duration::ZERO,
+        }
+    }
+    fn field(slot: &Slot) -> Option<&Field<Self>> {
+        match slot {
+            Slot::Engine(field) => Some(field),
+            _ => None,
+        }
+    }
+}
+
+impl Target for LogConfig {
+    fn blank() -> Self {
+        LogConfig {
+            level: LogLevel::Info,
+        }
+    }
+    fn field(slot: &Slot) -> Option<&Field<Self>> {
+        match slot {
+            Slot::Log(field) => Some(field),
+            _ => None,
+        }
+    }
+}
+
+impl Target for ListenerDraft {
+    fn blank() -> Self {
+        ListenerDraft {
+            config: ListenerConfig {
+                name: String::new(),
+                addr: UNSPECIFIED,
+                pool: 0,
+            },
+            pool: String::new(),
+        }
+    }
+    fn field(slot: &Slot) -> Option<&Field<Self>> {
+        match slot {
+            Slot::Listener(field) => Some(field),
+            _ => None,
+        }
+    }
+}
+
+impl Target for PoolConfig {
+    fn blank() -> Self {
+        PoolConfig {
+            name: String::new(),
+            balance: Balance::Maglev,
+            hash_key: HashKey::SourceIp,
+            table_size: 0,
+            bound: None,
+            backends: Vec::new(),
+        }
+    }
+    fn field(slot: &Slot) -> Option<&Field<Self>> {
+        match slot {
+            Slot::Pool(field) => Some(field),
+            _ => None,
+        }
+    }
+}
+
+impl Target for BackendConfig {
+    fn blank() -> Self {
+        BackendConfig {
+            name: String::new(),
+            addr: UNSPECIFIED,
+            weight: 0,
+            max_conns: 0,
+        }
+    }
+    fn field(slot: &Slot) -> Option<&Field<Self>> {
+        match slot {
+            Slot::Backend(field) => Some(field),
+            _ => None,
+        }
+    }
+}
+
+/// Reads `text` into a scratch `T`, returning the canonical text of the value.
+fn check_with<T: Target>(field: &Field<T>, text: &str) -> Result<String, String> {
+    let mut scratch = T::blank();
+    field.parse_into(&mut scratch, text)?;
+    Ok(field.format(&scratch))
+}
+
+/// Runs `$body` with `$field` bound to the slot's field, whatever its scope.
+macro_rules! with_field {
+    ($slot:expr, $field:ident => $body:expr) => {
+        match $slot {
+            Slot::Engine($field) => $body,
+            Slot::Log($field) => $body,
+            Slot::Listener($field) => $body,
+            Slot::Pool($field) => $body,
+            Slot::Backend($field) => $body,
+        }
+    };
+}
+
+impl KeySpec {
+    pub fn scope(&self) -> Scope {
+        match self.slot {
+            Slot::Engine(_) => Scope::Engine,
+            Slot::Log(_) => Scope::Log,
+            Slot::Listener(_) => Scope::Listener,
+            Slot::Pool(_) => Scope::Pool,
+            Slot::Backend(_) => Scope::Backend,
+        }
+    }
+
+    pub fn is_required(&self) -> bool {
+        self.default.is_none()
+    }
+
+    /// The type and its bounds in words, like "power of two from 64 to 32768".
+    pub fn type_text(&self) -> String {
+        with_field!(&self.slot, field => field.type_text())
+    }
+
+    /// Checks a value for this key without a configuration to put it in; returns its
+    /// canonical text or says what was expected.
+    pub fn check(&self, text: &str) -> Result<String, String> {
+        with_field!(&self.slot, field => check_with(field, text))
+    }
+
+    /// What to write after `=` in a hint, like `IP:PORT`.
+    pub(crate) fn placeholder(&self) -> &'static str {
+        with_field!(&self.slot, field => field.placeholder())
+    }
+}
+
+/// The result of looking a key up in the registry.
+#[derive(Debug, PartialEq)]
+pub enum Lookup<'k> {
+    /// The key is `spec`'s pattern with `names` in its `NAME` segments, in order.
+    Found {
+        spec: &'static KeySpec,
+        names: Vec<&'k str>,
+    },
+    /// The key has a known shape but a name segment breaks the naming rule.
+    BadName {
+        spec: &'static KeySpec,
+        /// What the name names: `listener`, `pool` or `backend`.
+        role: &'k str,
+        name: &'k str,
+    },
+    /// No key has this shape; [`suggest`] may find a near one.
+    Unknown,
+}
+
+impl std::fmt::Debug for KeySpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeySpec").field("name", &self.name).finish()
+    }
+}
+
+impl PartialEq for KeySpec {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+    }
+}
+
+/// Placeholder segment in key patterns.
+pub const NAME: &str = "NAME";
+
+/// Longest key a "did you mean" is computed for; longer ones are not typos.
+const MAX_SUGGEST_LEN: usize = 200;
+
+pub fn lookup(key: &str) -> Lookup<'_> {
+    let segments: Vec<&str> = key.split('.').collect();
+    for spec in KEYS {
+        let pattern = spec.name.split('.');
+        if pattern.clone().count() != segments.len()
+            || !pattern
+                .clone()
+                .zip(&segments)
+                .all(|(p, s)| p == NAME || p == *s)
+        {
+            continue;
+        }
+        let mut names = Vec::new();
+        for (i, (p, s)) in pattern.zip(&segments).enumerate() {
+            if p != NAME {
+                continue;
+            }
+            if !value::is_valid_name(s) {
+                let role = match i.checked_sub(1).and_then(|r| segments.get(r)) {
+                    Some(role) => *role,
+                    None => "object",
+                };
+                return Lookup::BadName {
+                    spec,
+                    role,
+                    name: s,
+                };
+            }
+            names.push(*s);
+        }
+        return Lookup::Found { spec, names };
+    }
+    Lookup::Unknown
+}
+
+/// The known key nearest to `key`, with `key`'s own segments standing in for `NAME`s, when it
+/// is near enough to be a typo.
+pub fn suggest(key: &str) -> Option<String> {
+    if key.len() > MAX_SUGGEST_LEN {
+        return None;
+    }
+    let segments: Vec<&str> = key.split('.').collect();
+    KEYS.iter()
+        .map(|spec| {
+            let candidate: Vec<&str> = spec
+                .name
+                .split('.')
+                .enumerate()
+                .map(|(i, p)| match (p, segments.get(i)) {
+                    (NAME, Some(s)) if value::is_valid_name(s) => *s,
+                    _ => p,
+                })
+                .collect();
+            let candidate = candidate.join(".");
+            (value::edit_distance(key, &candidate), candidate)
+        })
+        .filter(|(distance, candidate)| *distance <= 3 && *distance * 4 <= candidate.len())
+        .min_by_key(|(distance, _)| *distance)
+        .map(|(_, candidate)| candidate)
+}
+
+/// The key for `pattern` with `names` in its `NAME` segments, in order.
+pub fn instantiate(pattern: &str, names: &[&str]) -> String {
+    let mut names = names.iter();
+    pattern
+        .split('.')
+        .map(|p| match p {
+            NAME => names.next().copied().unwrap_or(NAME),
+            _ => p,
+        })
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+const fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+const SECOND: u64 = 1000;
+const MINUTE: u64 = 60 * SECOND;
+const HOUR: u64 = 60 * MINUTE;
+
+/// Every key, in listing order: engine, log, then per listener, per pool, per backend.
+pub static KEYS: &[KeySpec] = &[
+    KeySpec {
+        name: "engine.cores",
+        default: Some("auto"),
+        unit: "CPUs",
+        runtime: false,
+        description: "CPUs that each run one pinned forwarder thread; auto means every CPU this process may use",
+        slot: Slot::Engine(Field::Cores {
+            get: |e| &e.cores,
+            set: |e, v| e.cores = v,
+        }),
+    },
+    KeySpec {
+        name: "engine.ring_entries",
+        default: Some("4096"),
+        unit: "entries",
+        runtime: false,
+        description: "io_uring submission queue entries per forwarder",
+        slot: Slot::Engine(Field::Count {
+            min: 64,
+            max: 32768,
+            rule: CountRule::PowerOfTwo,
+            get: |e| e.ring_entries,
+            set: |e, v| e.ring_entries = v,
+        }),
+    },
+    KeySpec {
+        name: "engine.buffer_size",
+        default: Some("16K"),
+        unit: "bytes",
+        runtime: false,
+        description: "Size of each provided receive buffer; one buffer holds one read from a socket",
+        slot: Slot::Engine(Field::Size {
+            min: 1 << 10,
+            max: 1 << 20,
+            get: |e| e.buffer_size,
+            set: |e, v| e.buffer_size = v,
+        }),
+    },
+    KeySpec {
+        name: "engine.buffers",
+        default: Some("2048"),
+        unit: "buffers",
+        runtime: false,
+        description: "Provided receive buffers per forwarder; with buffer_size, bounds its receive memory",
+        slot: Slot::Engine(Field::Count {
+            min: 16,
+            max: 32768,
+            rule: CountRule::PowerOfTwo,
+            get: |e| e.buffers,
+            set: |e, v| e.buffers = v,
+        }),
+    },
+    KeySpec {
+        name: "engine.max_conns",
+        default: Some("16384"),
+        unit: "connections",
+        runtime: false,
+        description: "Most client connections one forwarder holds at once",
+        slot: Slot::Engine(Field::Count {
+            min: 1,
+            max: 1 << 20,
+            rule: CountRule::Any,
+            get: |e| e.max_conns,
+            set: |e, v| e.max_conns = v,
+        }),
+    },
+    KeySpec {
+        name: "engine.backlog",
+        default: Some("4096"),
+        unit: "connections",
+        runtime: false,
+        description: "listen(2) backlog of each listener socket (the kernel caps it at net.core.somaxconn)",
+        slot: Slot::Engine(Field::Count {
+            min: 1,
+            max: 65535,
+            rule: CountRule::Any,
+            get: |e| e.backlog,
+            set: |e, v| e.backlog = v,
+        }),
+    },
+    KeySpec {
+        name: "engine.connect_timeout",
+        default: Some("5s"),
+        unit: "time",
+        runtime: true,
+        description: "Time allowed for reaching a backend, all retries included",
+        slot: Slot::Engine(Field::Duration {
+            min: ms(1),
+            max: ms(5 * MINUTE),
+            get: |e| e.connect_timeout,
+            set: |e, v| e.connect_timeout = v,
+        }),
+    },
+    KeySpec {
+        name: "engine.connect_retries",
+        default: Some("2"),
+        unit: "backends",
+        runtime: true,
+        description: "Further backends tried after a connect fails, within connect_timeout",
+        slot: Slot::Engine(Field::Count {
+            min: 0,
+            max: 7,
+            rule: CountRule::Any,
+            get: |e| e.connect_retries,
+            set: |e, v| e.connect_retries = v,
+        }),
+    },
+    KeySpec {
+        name: "engine.idle_timeout",
+        default: Some("5m"),
+        unit: "time",
+        runtime: true,
+        description: "Close a connection after this long without a byte in either direction; 0 = never",
+        slot: Slot::Engine(Field::Duration {
+            min: Duration::ZERO,
+            max: ms(24 * HOUR),
+            get: |e| e.idle_timeout,
+            set: |e, v| e.idle_timeout = v,
+        }),
+    },
+    KeySpec {
+        name: "engine.drain_timeout",
+        default: Some("10s"),
+        unit: "time",
+        runtime: false,
+        description: "On SIGTERM, time connections in flight get to finish before they are closed",
+        slot: Slot::Engine(Field::Duration {
+            min: Duration::ZERO,
+            max: ms(HOUR),
+            get: |e| e.drain_timeout,
+            set: |e, v| e.drain_timeout = v,
+        }),
+    },
+    KeySpec {
+        name: "log.level",
+        default: Some("info"),
+        unit: "",
+        runtime: true,
+        description: "Least severe messages logged",
+        slot: Slot::Log(Field::Choice {
+            names: LogLevel::NAMES,
+            get: |l| l.level.name(),
+            set: |l, v| LogLevel::from_name(v).map(|v| l.level = v).is_some(),
+        }),
+    },
+    KeySpec {
+        name: "listener.NAME.addr",
+        default: None,
+        unit: "",
+        runtime: false,
+        description: "Address and port to accept client connections on; port 0 lets the kernel pick",
+        slot: Slot::Listener(Field::Addr {
+            port_zero: true,
+            get: |l| l.config.addr,
+            set: |l, v| l.config.addr = v,
+        }),
+    },
+    KeySpec {
+        name: "listener.NAME.pool",
+        default: None,
+        unit: "",
+        runtime: false,
+        description: "Pool whose backends serve this listener's connections",
+        slot: Slot::Listener(Field::PoolName {
+            get: |l| &l.pool,
+            set: |l, v| l.pool = v,
+        }),
+    },
+    KeySpec {
+        name: "pool.NAME.balance",
+        default: Some("maglev"),
+        unit: "",
+        runtime: false,
+        description: "How a backend is chosen for each new connection",
+        slot: Slot::Pool(Field::Choice {
+            names: Balance::NAMES,
+            get: |p| p.balance.name(),
+            set: |p, v| Balance::from_name(v).map(|v| p.balance = v).is_some(),
+        }),
+    },
+    KeySpec {
+        name: "pool.NAME.hash_key",
+        default: Some("src_ip"),
+        unit: "",
+        runtime: false,
+        description: "What maglev and source_hash hash: the client's IP, or its IP and port",
+        slot: Slot::Pool(Field::Choice {
+            names: HashKey::NAMES,
+            get: |p| p.hash_key.name(),
+            set: |p, v| HashKey::from_name(v).map(|v| p.hash_key = v).is_some(),
+        }),
+    },
+    KeySpec {
+        name: "pool.NAME.table_size",
+        default: Some("65537"),
+        unit: "slots",
+        runtime: false,
+        description: "Maglev lookup table size; at least the number of backends, ideally 100 times it",
+        slot: Slot::Pool(Field::Count {
+            min: 7,
+            max: 1_000_003,
+            rule: CountRule::Prime,
+            get: |p| p.table_size,
+            set: |p, v| p.table_size = v,
+        }),
+    },
+    KeySpec {
+        name: "pool.NAME.bound",
+        default: Some("0"),
+        unit: "x mean load",
+        runtime: true,
+        description: "Bounded load: skip a backend holding more than bound times the pool's mean connections; 0 = no bound",
+        slot: Slot::Pool(Field::Factor {
+            min: 1.0,
+            max: 100.0,
+            get: |p| p.bound,
+            set: |p, v| p.bound = v,
+        }),
+    },
+    KeySpec {
+        name: "pool.NAME.backend.NAME.addr",
+        default: None,
+        unit: "",
+        runtime: false,
+        description: "Address and port of the backend",
+        slot: Slot::Backend(Field::Addr {
+            port_zero: false,
+            get: |b| b.addr,
+            set: |b, v| b.addr = v,
+        }),
+    },
+    KeySpec {
+        name: "pool.NAME.backend.NAME.weight",
+        default: Some("100"),
+        unit: "share",
+        runtime: true,
+        description: "Relative share of new connections; 0 drains the backend (no new connections)",
+        slot: Slot::Backend(Field::Count {
+            min: 0,
+            max: 1_000_000,
+            rule: CountRule::Any,
+            get: |b| b.weight,
+            set: |b, v| b.weight = v,
+        }),
+    },
+    KeySpec {
+        name: "pool.NAME.backend.NAME.max_conns",
+        default: Some("0"),
+        unit: "connections",
+        runtime: true,
+        description: "Most connections open to the backend from this host, all processes together; 0 = no cap",
+        slot: Slot::Backend(Field::Count {
+            min: 0,
+            max: 1 << 20,
+            rule: CountRule::Any,
+            get: |b| b.max_conns,
+            set: |b, v| b.max_conns = v,
+        }),
+    },
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name_count(scope: Scope) -> usize {
+        match scope {
+            Scope::Engine | Scope::Log => 0,
+            Scope::Listener | Scope::Pool => 1,
+            Scope::Backend => 2,
+        }
+    }
+
+    #[test]
+    fn patterns_fit_their_scope() {
+        for spec in KEYS {
+            let names = spec.name.split('.').filter(|s| *s == NAME).count();
+            assert_eq!(names, name_count(spec.scope()), "{}", spec.name);
+            let prefix = match spec.scope() {
+                Scope::Engine => "engine.",
+                Scope::Log => "log.",
+                Scope::Listener => "listener.NAME.",
+                Scope::Pool => "pool.NAME.",
+                Scope::Backend => "pool.NAME.backend.NAME.",
+            };
+            assert!(spec.name.starts_with(prefix), "{}", spec.name);
+            assert!(!spec.description.is_empty() && !spec.description.contains('\n'));
+            assert!(!spec.description.contains('|'), "breaks the docs table");
+        }
+    }
+
+    #[test]
+    fn keys_are_in_scope_order_and_unique() {
+        assert!(KEYS.windows(2).all(|w| w[0].scope() <= w[1].scope()));
+        for (i, a) in KEYS.iter().enumerate() {
+            for b in &KEYS[i + 1..] {
+                assert_ne!(a.name, b.name);
+            }
+        }
+    }
+
+    #[test]
+    fn no_key_matches_two_patterns() {
+        for spec in KEYS {
+            let key = instantiate(spec.name, &["a", "b"]);
+            let matching: Vec<&str> = KEYS
+                .iter()
+                .filter(|other| {
+                    let p: Vec<&str> = other.name.split('.').collect();
+                    let k: Vec<&str> = key.split('.').collect();
+                    p.len() == k.len() && p.iter().zip(&k).all(|(p, k)| *p == NAME || p == k)
+                })
+                .map(|s| s.name)
+                .collect();
+            assert_eq!(matching, [spec.name]);
+        }
+    }
+
+    #[test]
+    fn every_default_is_valid_and_canonical() {
+        for spec in KEYS {
+            if let Some(default) = spec.default {
+                assert_eq!(spec.check(default).as_deref(), Ok(default), "{}", spec.name);
+            }
+        }
+    }
+
+    #[test]
+    fn every_choice_round_trips() {
+        for spec in KEYS {
+            with_field!(&spec.slot, field => {
+                if let Field::Choice { names, .. } = field {
+                    for name in *names {
+                        assert_eq!(spec.check(name).as_deref(), Ok(*name), "{}", spec.name);
+                    }
+                }
+            });
+        }
+    }
+
+    #[test]
+    fn defaults_land_in_the_structs() {
+        let engine: EngineConfig = with_defaults();
+        assert_eq!(engine.cores, CoreSet::Auto);
+        assert_eq!(engine.ring_entries, 4096);
+        assert_eq!(engine.buffer_size, 16384);
+        assert_eq!(engine.buffers, 2048);
+        assert_eq!(engine.max_conns, 16384);
+        assert_eq!(engine.backlog, 4096);
+        assert_eq!(engine.connect_timeout, ms(5000));
+        assert_eq!(engine.connect_retries, 2);
+        assert_eq!(engine.idle_timeout, ms(300_000));
+        assert_eq!(engine.drain_timeout, ms(10_000));
+        let pool: PoolConfig = with_defaults();
+        assert_eq!(pool.balance, Balance::Maglev);
+        assert_eq!(pool.hash_key, HashKey::SourceIp);
+        assert_eq!(pool.table_size, 65537);
+        assert_eq!(pool.bound, None);
+        let backend: BackendConfig = with_defaults();
+        assert_eq!((backend.weight, backend.max_conns), (100, 0));
+    }
+
+    #[test]
+    fn lookup_finds_names_and_rejects_bad_ones() {
+        match lookup("pool.web.backend.b-1.weight") {
+            Lookup::Found { spec, names } => {
+                assert_eq!(spec.name, "pool.NAME.backend.NAME.weight");
+                assert_eq!(names, ["web", "b-1"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        match lookup("pool.web.backend.b!.addr") {
+            Lookup::BadName { role, name, .. } => assert_eq!((role, name), ("backend", "b!")),
+            other => panic!("{other:?}"),
+        }
+        match lookup("listener..addr") {
+            Lookup::BadName { role, name, .. } => assert_eq!((role, name), ("listener", "")),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn lookup_suggests_near_keys_only() {
+        let suggestion = |key| match lookup(key) {
+            Lookup::Unknown => suggest(key),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            suggestion("engine.ring_entires").as_deref(),
+            Some("engine.ring_entries")
+        );
+        assert_eq!(
+            suggestion("pool.web.balanse").as_deref(),
+            Some("pool.web.balance")
+        );
+        assert_eq!(
+            suggestion("pool.web.backend.b1.wieght").as_deref(),
+            Some("pool.web.backend.b1.weight")
+        );
+        assert_eq!(
+            suggestion("pol.web.balance").as_deref(),
+            Some("pool.web.balance")
+        );
+        assert_eq!(suggestion("engine.threads"), None);
+        assert_eq!(suggestion("x"), None);
+        assert_eq!(suggestion(&"a.".repeat(1000)), None);
+    }
+
+    #[test]
+    fn instantiates_patterns() {
+        assert_eq!(
+            instantiate("pool.NAME.backend.NAME.addr", &["web", "b1"]),
+            "pool.web.backend.b1.addr"
+        );
+        assert_eq!(instantiate("engine.cores", &[]), "engine.cores");
+    }
+}
