@@ -1,0 +1,248 @@
+//! The `levee` command as an operator runs it: real processes, real files, real signals.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{Backend, IO_TIMEOUT};
+
+fn levee() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_levee"))
+}
+
+/// A configuration file in a fresh temporary directory.
+fn config_file(name: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("levee-cli-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("levee.conf");
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output().expect("run levee")
+}
+
+/// A free loopback port, for a listener that must have a known address.
+fn free_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr")
+}
+
+fn wait_for_listener(addr: SocketAddr, child: &mut Child) {
+    let deadline = Instant::now() + IO_TIMEOUT;
+    loop {
+        if TcpStream::connect(addr).is_ok() {
+            return;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("levee exited before listening: {status}");
+        }
+        assert!(Instant::now() < deadline, "levee never listened on {addr}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn sigterm(child: &Child) {
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("kill");
+}
+
+fn wait_with_timeout(child: &mut Child) -> std::process::ExitStatus {
+    let deadline = Instant::now() + IO_TIMEOUT;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("levee did not exit after SIGTERM");
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn check_accepts_a_valid_file() {
+    let path = config_file(
+        "valid",
+        "listener.web.addr = 127.0.0.1:18080\nlistener.web.pool = web\n\
+         pool.web.backend.a.addr = 127.0.0.1:9\n",
+    );
+    let out = run(levee().arg("check").arg("-c").arg(&path));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("ok (1 listeners, 1 pools, 1 backends)"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn check_reports_every_error_with_file_and_line_and_exits_2() {
+    let path = config_file(
+        "invalid",
+        "engine.idle_timeout = 30\nlistener.web.addr = 127.0.0.1:18081\n\
+         listener.web.pool = webb\npool.web.backend.a.addr = 127.0.0.1:9\npool.web.balanse = maglev\n",
+    );
+    let out = run(levee().arg("check").arg("-c").arg(&path));
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let file = path.display().to_string();
+    for expected in [
+        format!("{file}:1: engine.idle_timeout: expected a duration with a unit"),
+        format!("{file}:3: listener.web.pool: no pool named `webb`"),
+        format!("{file}:5: pool.web.balanse: unknown key; did you mean `pool.web.balance`?"),
+    ] {
+        assert!(
+            stderr.contains(&expected),
+            "missing {expected:?} in:\n{stderr}"
+        );
+    }
+}
+
+#[test]
+fn run_refuses_a_bad_file_without_starting() {
+    let addr = free_port();
+    let path = config_file(
+        "bad-run",
+        &format!("listener.web.addr = {addr}\nlistener.web.pool = nope\n"),
+    );
+    let out = run(levee().arg("run").arg("-c").arg(&path));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        TcpStream::connect(addr).is_err(),
+        "nothing may listen on a bad configuration"
+    );
+}
+
+#[test]
+fn check_names_an_unreadable_file() {
+    let out = run(levee().args(["check", "-c", "/nonexistent/levee.conf"]));
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.starts_with("/nonexistent/levee.conf: "), "{stderr}");
+}
+
+#[test]
+fn show_lists_effective_values_that_parse_back() {
+    let path = config_file(
+        "show",
+        "listener.web.addr = 127.0.0.1:18082\nlistener.web.pool = web\n\
+         pool.web.backend.a.addr = 127.0.0.1:9\npool.web.backend.a.weight = 7\n",
+    );
+    let out = run(levee().arg("show").arg("-c").arg(&path));
+    assert!(out.status.success());
+    let listing = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        listing.contains("pool.web.backend.a.weight = 7\n"),
+        "{listing}"
+    );
+    assert!(
+        listing.contains("engine.connect_timeout = 5s\n"),
+        "defaults are listed: {listing}"
+    );
+    let again = config_file("show-again", &listing);
+    assert!(
+        run(levee().arg("check").arg("-c").arg(&again))
+            .status
+            .success()
+    );
+}
+
+#[test]
+fn run_serves_and_sigterm_drains_and_exits_zero() {
+    let backend = Backend::named("through levee");
+    let addr = free_port();
+    let path = config_file(
+        "serve",
+        &format!(
+            "engine.cores = 0\nlistener.web.addr = {addr}\nlistener.web.pool = web\n\
+             pool.web.backend.a.addr = {}\n",
+            backend.addr
+        ),
+    );
+    let mut child = levee()
+        .arg("run")
+        .arg("-c")
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    wait_for_listener(addr, &mut child);
+    let mut c = TcpStream::connect(addr).expect("connect");
+    c.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
+    let mut got = Vec::new();
+    c.read_to_end(&mut got).expect("read");
+    assert_eq!(got, b"through levee");
+    drop(c);
+    sigterm(&child);
+    let status = wait_with_timeout(&mut child);
+    assert!(status.success(), "{status}");
+    let mut log = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut log)
+        .expect("log");
+    assert!(log.contains("stopped: accepted="), "{log}");
+    assert!(
+        log.contains("closed_drain_timeout=0"),
+        "nothing was left to cut short: {log}"
+    );
+}
+
+#[test]
+fn no_arguments_runs_the_built_in_default() {
+    let default: SocketAddr = "127.0.0.1:8080".parse().expect("literal");
+    if TcpListener::bind(default).is_err() {
+        eprintln!("skipped: 127.0.0.1:8080 is in use on this machine");
+        return;
+    }
+    let mut child = levee()
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    wait_for_listener(default, &mut child);
+    let mut bodies = Vec::new();
+    for _ in 0..6 {
+        let mut c = TcpStream::connect(default).expect("connect");
+        c.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
+        c.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .expect("write");
+        let mut got = String::new();
+        c.read_to_string(&mut got).expect("read");
+        assert!(got.starts_with("HTTP/1.1 200 OK"), "{got}");
+        bodies.push(got);
+    }
+    assert!(
+        bodies.iter().any(|b| b.contains("demo backend demo")),
+        "{bodies:?}"
+    );
+    sigterm(&child);
+    assert!(wait_with_timeout(&mut child).success());
+    let mut log = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut log)
+        .expect("log");
+    assert!(
+        log.contains("curl http://127.0.0.1:8080/"),
+        "the log says how to try it: {log}"
+    );
+    assert!(log.contains("started 3 built-in HTTP backends"), "{log}");
+}
