@@ -743,9 +743,27 @@ pool.web.balance = maglev
 pool.web.hash_key = src_ip
 pool.web.table_size = 65537
 pool.web.bound = 1.5
+pool.web.check.type = none
+pool.web.check.interval = 2s
+pool.web.check.timeout = 1s
+pool.web.check.rise = 2
+pool.web.check.fall = 3
+pool.web.check.send =\x20
+pool.web.check.expect =\x20
+pool.web.eject.failures = 5
+pool.web.eject.time = 10s
+pool.web.eject.max_time = 5m
+pool.web.eject.max_percent = 50
+pool.web.slowstart = 0
+pool.web.all_down = refuse
 pool.web.backend.b1.addr = [::1]:80
 pool.web.backend.b1.weight = 100
 pool.web.backend.b1.max_conns = 0
+pool.web.backend.b1.state = up
+pool.web.backend.b1.check.interval = 0
+pool.web.backend.b1.check.timeout = 0
+pool.web.backend.b1.check.rise = 0
+pool.web.backend.b1.check.fall = 0
 "
     );
 }
@@ -801,7 +819,7 @@ fn get_and_set_runtime_keys() {
 
 #[test]
 fn the_registry_describes_every_key() {
-    assert_eq!(KEYS.len(), 20);
+    assert_eq!(KEYS.len(), 38);
     let runtime: Vec<&str> = KEYS.iter().filter(|k| k.runtime).map(|k| k.name).collect();
     assert_eq!(
         runtime,
@@ -813,6 +831,7 @@ fn the_registry_describes_every_key() {
             "pool.NAME.bound",
             "pool.NAME.backend.NAME.weight",
             "pool.NAME.backend.NAME.max_conns",
+            "pool.NAME.backend.NAME.state",
         ]
     );
     let required: Vec<&str> = KEYS
@@ -980,13 +999,48 @@ fn backend_strategy() -> impl Strategy<Value = config::BackendConfig> {
         1..=u16::MAX,
         0..=1_000_000u32,
         0..=(1u32 << 20),
+        prop::sample::select(config::AdminState::NAMES),
+        duration_strategy(0, 3_600_000),
+        0..=100u32,
     )
-        .prop_map(|(ip, port, weight, max_conns)| config::BackendConfig {
-            name: String::new(),
-            addr: SocketAddr::new(ip, port),
-            weight,
-            max_conns,
+        .prop_map(|(ip, port, weight, max_conns, state, interval, rise)| {
+            let mut b = config::BackendConfig::new("", SocketAddr::new(ip, port));
+            b.weight = weight;
+            b.max_conns = max_conns;
+            b.state = config::AdminState::from_name(state).unwrap_or(config::AdminState::Up);
+            b.check_interval = interval;
+            b.check_rise = rise;
+            b
         })
+}
+
+fn health_strategy() -> impl Strategy<Value = config::HealthConfig> {
+    (
+        prop::sample::select(config::CheckKind::NAMES),
+        duration_strategy(10, 3_600_000),
+        1..=100u32,
+        prop::collection::vec(any::<u8>(), 0..40),
+        prop::collection::vec(any::<u8>(), 0..40),
+        0..=10_000u32,
+        duration_strategy(0, 3_600_000),
+        prop::sample::select(config::AllDown::NAMES),
+    )
+        .prop_map(
+            |(check, interval, fall, send, expect, failures, slowstart, all_down)| {
+                config::HealthConfig {
+                    check: config::CheckKind::from_name(check).unwrap_or(config::CheckKind::None),
+                    interval,
+                    fall,
+                    send,
+                    expect,
+                    eject_failures: failures,
+                    slowstart,
+                    all_down: config::AllDown::from_name(all_down)
+                        .unwrap_or(config::AllDown::Refuse),
+                    ..config::HealthConfig::default()
+                }
+            },
+        )
 }
 
 fn pool_strategy() -> impl Strategy<Value = config::PoolConfig> {
@@ -1000,9 +1054,10 @@ fn pool_strategy() -> impl Strategy<Value = config::PoolConfig> {
         ],
         name_strategy(),
         prop::collection::vec(backend_strategy(), 1..7),
+        health_strategy(),
     )
         .prop_map(
-            |(balance, hash_key, table_size, bound, prefix, mut backends)| {
+            |(balance, hash_key, table_size, bound, prefix, mut backends, health)| {
                 for (i, b) in backends.iter_mut().enumerate() {
                     b.name = format!("{prefix}{i}");
                 }
@@ -1012,6 +1067,7 @@ fn pool_strategy() -> impl Strategy<Value = config::PoolConfig> {
                     hash_key: HashKey::from_name(hash_key).unwrap_or(HashKey::SourceIp),
                     table_size,
                     bound,
+                    health,
                     backends,
                 }
             },
@@ -1110,4 +1166,53 @@ fn config_strategy() -> impl Strategy<Value = Config> {
                 }
             },
         )
+}
+
+// ---- health keys -------------------------------------------------------------------------------
+
+#[test]
+fn health_checks_take_escaped_bytes_and_backend_overrides() {
+    let cfg = parse_ok(&format!(
+        "{MINIMAL}pool.web.check.type = tcp
+pool.web.check.send = GET /health HTTP/1.0\\r\\n\\r\\n
+pool.web.check.expect = HTTP/1.\\x30
+pool.web.check.interval = 250ms
+pool.web.slowstart = 30s
+pool.web.all_down = try_anyway
+pool.web.backend.b1.state = drain
+pool.web.backend.b1.check.fall = 7
+"
+    ));
+    let h = &cfg.pools[0].health;
+    assert_eq!(h.check, config::CheckKind::Tcp);
+    assert_eq!(h.send, b"GET /health HTTP/1.0\r\n\r\n");
+    assert_eq!(h.expect, b"HTTP/1.0");
+    assert_eq!(h.interval, ms(250));
+    assert_eq!(h.slowstart, ms(30_000));
+    assert_eq!(h.all_down, config::AllDown::TryAnyway);
+    let b = &cfg.pools[0].backends[0];
+    assert_eq!(b.state, config::AdminState::Drain);
+    assert_eq!((b.check_fall, b.check_rise), (7, 0));
+    assert!(
+        config::listing(&cfg).contains("pool.web.check.send = GET /health HTTP/1.0\\r\\n\\r\\n\n")
+    );
+}
+
+#[test]
+fn bad_escapes_and_long_check_strings_are_errors() {
+    assert_eq!(
+        errors(&format!("{MINIMAL}pool.web.check.send = a\\qb\n")),
+        "levee.conf:4: pool.web.check.send: expected an escape among \\r \\n \\t \\\\ \\xHH, found `a\\qb`"
+    );
+    assert_eq!(
+        errors(&format!("{MINIMAL}pool.web.check.expect = \\x4\n")),
+        "levee.conf:4: pool.web.check.expect: expected two hex digits after \\x, found `\\x4`"
+    );
+    assert_eq!(
+        errors(&format!(
+            "{MINIMAL}pool.web.check.send = {}\n",
+            "a".repeat(1025)
+        )),
+        "levee.conf:4: pool.web.check.send: expected at most 1024 bytes, found 1025"
+    );
 }

@@ -137,8 +137,95 @@ pub struct PoolConfig {
     /// `pool.NAME.bound`: bounded load factor; a backend above `bound × mean` is skipped.
     /// `None` (the key set to 0) means only `max_conns` bounds a backend.
     pub bound: Option<f64>,
+    /// Health checks, passive ejection, slow start.
+    pub health: HealthConfig,
     /// In the order their first key appeared in the file.
     pub backends: Vec<BackendConfig>,
+}
+
+impl PoolConfig {
+    /// A pool with every setting at its default and these backends.
+    pub fn new(name: impl Into<String>, backends: Vec<BackendConfig>) -> Self {
+        let mut pool: Self = registry::with_defaults();
+        pool.name = name.into();
+        pool.backends = backends;
+        pool
+    }
+}
+
+impl BackendConfig {
+    /// A backend with every setting at its default.
+    pub fn new(name: impl Into<String>, addr: SocketAddr) -> Self {
+        let mut backend: Self = registry::with_defaults();
+        backend.name = name.into();
+        backend.addr = addr;
+        backend
+    }
+}
+
+/// `pool.NAME.check.*`, `pool.NAME.eject.*`, `pool.NAME.slowstart`, `pool.NAME.all_down`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthConfig {
+    /// `check.type`: how backends are probed, if at all.
+    pub check: CheckKind,
+    /// `check.interval`: time between the starts of two checks of one backend.
+    pub interval: Duration,
+    /// `check.timeout`: a check not passed within this time has failed.
+    pub timeout: Duration,
+    /// `check.rise`: consecutive passed checks that bring a down backend up.
+    pub rise: u32,
+    /// `check.fall`: consecutive failed checks that take an up backend down.
+    pub fall: u32,
+    /// `check.send`: bytes sent once connected (empty: send nothing).
+    pub send: Vec<u8>,
+    /// `check.expect`: the reply must start with these bytes (empty: connecting is enough).
+    pub expect: Vec<u8>,
+    /// `eject.failures`: consecutive connect failures, or consecutive resets, seen by the
+    /// forwarders that eject a backend; 0 turns passive ejection off.
+    pub eject_failures: u32,
+    /// `eject.time`: cool-down of a first ejection; it doubles with each repeat offence.
+    pub eject_time: Duration,
+    /// `eject.max_time`: the longest cool-down.
+    pub eject_max_time: Duration,
+    /// `eject.max_percent`: share of the pool's backends that may be ejected at once.
+    pub eject_max_percent: u32,
+    /// `slowstart`: a backend coming up ramps its weight from nothing to full over this time.
+    pub slowstart: Duration,
+    /// `all_down`: what a new connection gets when no backend is up.
+    pub all_down: AllDown,
+}
+
+/// Every health setting at its default.
+impl Default for HealthConfig {
+    fn default() -> Self {
+        registry::with_defaults::<PoolConfig>().health
+    }
+}
+
+/// `pool.NAME.check.type`
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckKind {
+    /// No active checks: only passive ejection and the operator change a backend's state.
+    None,
+    /// Connect (then send and expect, when set).
+    Tcp,
+}
+
+/// `pool.NAME.all_down`
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AllDown {
+    /// Close the client's connection at once (RST), counted as `no_backend`.
+    Refuse,
+    /// Ignore health and try the backends anyway, as if all were up (drained ones excepted).
+    TryAnyway,
+}
+
+/// `pool.NAME.backend.NAME.state`
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminState {
+    Up,
+    /// No new connections; established ones continue to their end.
+    Drain,
 }
 
 /// `pool.NAME.backend.NAME.*`
@@ -151,6 +238,13 @@ pub struct BackendConfig {
     pub weight: u32,
     /// `pool.P.backend.B.max_conns`: connections this host opens to it at once; 0 = no cap.
     pub max_conns: u32,
+    /// `pool.P.backend.B.state`: the operator's say.
+    pub state: AdminState,
+    /// `pool.P.backend.B.check.*`: this backend's own check settings; 0 takes the pool's.
+    pub check_interval: Duration,
+    pub check_timeout: Duration,
+    pub check_rise: u32,
+    pub check_fall: u32,
 }
 
 /// `pool.NAME.balance`

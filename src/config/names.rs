@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use super::{Balance, HashKey, LogLevel};
+use super::{AdminState, AllDown, Balance, CheckKind, HashKey, LogLevel};
 
 macro_rules! value_names {
     ($ty:ident { $($variant:ident => $name:literal),+ $(,)? }) => {
@@ -47,6 +47,21 @@ value_names!(Balance {
 value_names!(HashKey {
     SourceIp => "src_ip",
     SourceIpPort => "src_ip_port",
+});
+
+value_names!(CheckKind {
+    None => "none",
+    Tcp => "tcp",
+});
+
+value_names!(AllDown {
+    Refuse => "refuse",
+    TryAnyway => "try_anyway",
+});
+
+value_names!(AdminState {
+    Up => "up",
+    Drain => "drain",
 });
 
 value_names!(LogLevel {

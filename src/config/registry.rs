@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use super::value::{self, CountRule};
 use super::{
-    BackendConfig, Balance, CoreSet, EngineConfig, HashKey, ListenerConfig, LogConfig, LogLevel,
-    PoolConfig,
+    AdminState, AllDown, BackendConfig, Balance, CheckKind, CoreSet, EngineConfig, HashKey,
+    HealthConfig, ListenerConfig, LogConfig, LogLevel, PoolConfig,
 };
 
 /// Which object a key belongs to, which also says how many `NAME` segments its pattern has.
@@ -122,6 +122,12 @@ pub(crate) enum Field<T: 'static> {
         get: fn(&T) -> &str,
         set: fn(&mut T, String),
     },
+    /// Bytes written as text with escapes, at most `max_len` of them.
+    Bytes {
+        max_len: usize,
+        get: fn(&T) -> &[u8],
+        set: fn(&mut T, Vec<u8>),
+    },
 }
 
 impl<T> Field<T> {
@@ -154,6 +160,7 @@ impl<T> Field<T> {
             }
             Field::Addr { port_zero, set, .. } => set(target, value::parse_addr(text, *port_zero)?),
             Field::PoolName { set, .. } => set(target, value::parse_name(text)?),
+            Field::Bytes { max_len, set, .. } => set(target, value::parse_bytes(text, *max_len)?),
         }
         Ok(())
     }
@@ -169,6 +176,7 @@ impl<T> Field<T> {
             Field::Choice { get, .. } => get(target).to_string(),
             Field::Addr { get, .. } => get(target).to_string(),
             Field::PoolName { get, .. } => get(target).to_string(),
+            Field::Bytes { get, .. } => value::format_bytes(get(target)),
         }
     }
 
@@ -197,6 +205,9 @@ impl<T> Field<T> {
                 port_zero: false, ..
             } => "IP:port (port 1 or above), IPv6 in brackets".to_string(),
             Field::PoolName { .. } => "name of a pool".to_string(),
+            Field::Bytes { max_len, .. } => {
+                format!("text of up to {max_len} bytes; escapes \\r \\n \\t \\\\ \\xHH")
+            }
         }
     }
 
@@ -295,6 +306,21 @@ impl Target for PoolConfig {
             hash_key: HashKey::SourceIp,
             table_size: 0,
             bound: None,
+            health: HealthConfig {
+                check: CheckKind::None,
+                interval: Duration::ZERO,
+                timeout: Duration::ZERO,
+                rise: 0,
+                fall: 0,
+                send: Vec::new(),
+                expect: Vec::new(),
+                eject_failures: 0,
+                eject_time: Duration::ZERO,
+                eject_max_time: Duration::ZERO,
+                eject_max_percent: 0,
+                slowstart: Duration::ZERO,
+                all_down: AllDown::Refuse,
+            },
             backends: Vec::new(),
         }
     }
@@ -313,6 +339,11 @@ impl Target for BackendConfig {
             addr: UNSPECIFIED,
             weight: 0,
             max_conns: 0,
+            state: AdminState::Up,
+            check_interval: Duration::ZERO,
+            check_timeout: Duration::ZERO,
+            check_rise: 0,
+            check_fall: 0,
         }
     }
     fn field(slot: &Slot) -> Option<&Field<Self>> {
@@ -716,6 +747,183 @@ pub static KEYS: &[KeySpec] = &[
         }),
     },
     KeySpec {
+        name: "pool.NAME.check.type",
+        default: Some("none"),
+        unit: "",
+        runtime: false,
+        description: "Active health checks: none, or tcp (connect; then send check.send and expect check.expect when set)",
+        slot: Slot::Pool(Field::Choice {
+            names: CheckKind::NAMES,
+            get: |p| p.health.check.name(),
+            set: |p, v| {
+                CheckKind::from_name(v)
+                    .map(|v| p.health.check = v)
+                    .is_some()
+            },
+        }),
+    },
+    KeySpec {
+        name: "pool.NAME.check.interval",
+        default: Some("2s"),
+        unit: "time",
+        runtime: false,
+        description: "Time between the starts of two checks of one backend",
+        slot: Slot::Pool(Field::Duration {
+            min: ms(10),
+            max: ms(HOUR),
+            get: |p| p.health.interval,
+            set: |p, v| p.health.interval = v,
+        }),
+    },
+    KeySpec {
+        name: "pool.NAME.check.timeout",
+        default: Some("1s"),
+        unit: "time",
+        runtime: false,
+        description: "A check not passed within this time has failed",
+        slot: Slot::Pool(Field::Duration {
+            min: ms(1),
+            max: ms(MINUTE),
+            get: |p| p.health.timeout,
+            set: |p, v| p.health.timeout = v,
+        }),
+    },
+    KeySpec {
+        name: "pool.NAME.check.rise",
+        default: Some("2"),
+        unit: "checks",
+        runtime: false,
+        description: "Consecutive passed checks that bring a down backend up",
+        slot: Slot::Pool(Field::Count {
+            min: 1,
+            max: 100,
+            rule: CountRule::Any,
+            get: |p| p.health.rise,
+            set: |p, v| p.health.rise = v,
+        }),
+    },
+    KeySpec {
+        name: "pool.NAME.check.fall",
+        default: Some("3"),
+        unit: "checks",
+        runtime: false,
+        description: "Consecutive failed checks that take an up backend down",
+        slot: Slot::Pool(Field::Count {
+            min: 1,
+            max: 100,
+            rule: CountRule::Any,
+            get: |p| p.health.fall,
+            set: |p, v| p.health.fall = v,
+        }),
+    },
+    KeySpec {
+        name: "pool.NAME.check.send",
+        default: Some(""),
+        unit: "",
+        runtime: false,
+        description: "Bytes a tcp check sends once connected, like GET /health HTTP/1.0\\r\\n\\r\\n; empty sends nothing",
+        slot: Slot::Pool(Field::Bytes {
+            max_len: 1024,
+            get: |p| &p.health.send,
+            set: |p, v| p.health.send = v,
+        }),
+    },
+    KeySpec {
+        name: "pool.NAME.check.expect",
+        default: Some(""),
+        unit: "",
+        runtime: false,
+        description: "A tcp check passes only if the reply starts with these bytes, like HTTP/1.1 200; empty: connecting is enough",
+        slot: Slot::Pool(Field::Bytes {
+            max_len: 1024,
+            get: |p| &p.health.expect,
+            set: |p, v| p.health.expect = v,
+        }),
+    },
+    KeySpec {
+        name: "pool.NAME.eject.failures",
+        default: Some("5"),
+        unit: "failures",
+        runtime: false,
+        description: "Consecutive connect failures, or consecutive resets, seen by the forwarders that eject a backend; 0 = never",
+        slot: Slot::Pool(Field::Count {
+            min: 0,
+            max: 10_000,
+            rule: CountRule::Any,
+            get: |p| p.health.eject_failures,
+            set: |p, v| p.health.eject_failures = v,
+        }),
+    },
+    KeySpec {
+        name: "pool.NAME.eject.time",
+        default: Some("10s"),
+        unit: "time",
+        runtime: false,
+        description: "How long a first ejection lasts; each repeat offence doubles it",
+        slot: Slot::Pool(Field::Duration {
+            min: ms(1),
+            max: ms(HOUR),
+            get: |p| p.health.eject_time,
+            set: |p, v| p.health.eject_time = v,
+        }),
+    },
+    KeySpec {
+        name: "pool.NAME.eject.max_time",
+        default: Some("5m"),
+        unit: "time",
+        runtime: false,
+        description: "The longest an ejection lasts, however often the backend offends",
+        slot: Slot::Pool(Field::Duration {
+            min: ms(1),
+            max: ms(24 * HOUR),
+            get: |p| p.health.eject_max_time,
+            set: |p, v| p.health.eject_max_time = v,
+        }),
+    },
+    KeySpec {
+        name: "pool.NAME.eject.max_percent",
+        default: Some("50"),
+        unit: "% of backends",
+        runtime: false,
+        description: "Most of the pool's backends ejected at once; at least one may always be ejected unless 0",
+        slot: Slot::Pool(Field::Count {
+            min: 0,
+            max: 100,
+            rule: CountRule::Any,
+            get: |p| p.health.eject_max_percent,
+            set: |p, v| p.health.eject_max_percent = v,
+        }),
+    },
+    KeySpec {
+        name: "pool.NAME.slowstart",
+        default: Some("0"),
+        unit: "time",
+        runtime: false,
+        description: "A backend coming up ramps its share from nothing to full over this time; 0 = at once",
+        slot: Slot::Pool(Field::Duration {
+            min: Duration::ZERO,
+            max: ms(HOUR),
+            get: |p| p.health.slowstart,
+            set: |p, v| p.health.slowstart = v,
+        }),
+    },
+    KeySpec {
+        name: "pool.NAME.all_down",
+        default: Some("refuse"),
+        unit: "",
+        runtime: false,
+        description: "When no backend is up: refuse new connections at once, or try_anyway (ignore health; drained backends excepted)",
+        slot: Slot::Pool(Field::Choice {
+            names: AllDown::NAMES,
+            get: |p| p.health.all_down.name(),
+            set: |p, v| {
+                AllDown::from_name(v)
+                    .map(|v| p.health.all_down = v)
+                    .is_some()
+            },
+        }),
+    },
+    KeySpec {
         name: "pool.NAME.backend.NAME.addr",
         default: None,
         unit: "",
@@ -753,6 +961,72 @@ pub static KEYS: &[KeySpec] = &[
             rule: CountRule::Any,
             get: |b| b.max_conns,
             set: |b, v| b.max_conns = v,
+        }),
+    },
+    KeySpec {
+        name: "pool.NAME.backend.NAME.state",
+        default: Some("up"),
+        unit: "",
+        runtime: true,
+        description: "up, or drain: no new connections while established ones continue to their end",
+        slot: Slot::Backend(Field::Choice {
+            names: AdminState::NAMES,
+            get: |b| b.state.name(),
+            set: |b, v| AdminState::from_name(v).map(|v| b.state = v).is_some(),
+        }),
+    },
+    KeySpec {
+        name: "pool.NAME.backend.NAME.check.interval",
+        default: Some("0"),
+        unit: "time",
+        runtime: false,
+        description: "This backend's own check.interval; 0 takes the pool's",
+        slot: Slot::Backend(Field::Duration {
+            min: Duration::ZERO,
+            max: ms(HOUR),
+            get: |b| b.check_interval,
+            set: |b, v| b.check_interval = v,
+        }),
+    },
+    KeySpec {
+        name: "pool.NAME.backend.NAME.check.timeout",
+        default: Some("0"),
+        unit: "time",
+        runtime: false,
+        description: "This backend's own check.timeout; 0 takes the pool's",
+        slot: Slot::Backend(Field::Duration {
+            min: Duration::ZERO,
+            max: ms(MINUTE),
+            get: |b| b.check_timeout,
+            set: |b, v| b.check_timeout = v,
+        }),
+    },
+    KeySpec {
+        name: "pool.NAME.backend.NAME.check.rise",
+        default: Some("0"),
+        unit: "checks",
+        runtime: false,
+        description: "This backend's own check.rise; 0 takes the pool's",
+        slot: Slot::Backend(Field::Count {
+            min: 0,
+            max: 100,
+            rule: CountRule::Any,
+            get: |b| b.check_rise,
+            set: |b, v| b.check_rise = v,
+        }),
+    },
+    KeySpec {
+        name: "pool.NAME.backend.NAME.check.fall",
+        default: Some("0"),
+        unit: "checks",
+        runtime: false,
+        description: "This backend's own check.fall; 0 takes the pool's",
+        slot: Slot::Backend(Field::Count {
+            min: 0,
+            max: 100,
+            rule: CountRule::Any,
+            get: |b| b.check_fall,
+            set: |b, v| b.check_fall = v,
         }),
     },
 ];

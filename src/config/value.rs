@@ -306,6 +306,71 @@ pub fn parse_name(text: &str) -> Result<String, String> {
     }
 }
 
+/// Bytes written as text with C-style escapes: `\r`, `\n`, `\t`, `\\`, `\xHH`. Values are
+/// trimmed, so a leading or trailing space is written `\x20`.
+pub fn parse_bytes(text: &str, max_len: usize) -> Result<Vec<u8>, String> {
+    let mut out = Vec::with_capacity(text.len());
+    let mut bytes = text.bytes();
+    while let Some(b) = bytes.next() {
+        if b != b'\\' {
+            out.push(b);
+            continue;
+        }
+        let escaped = match bytes.next() {
+            Some(b'r') => b'\r',
+            Some(b'n') => b'\n',
+            Some(b't') => b'\t',
+            Some(b'\\') => b'\\',
+            Some(b'x') => {
+                let hex = [bytes.next(), bytes.next()];
+                let digits = hex.iter().map(|d| d.and_then(|d| (d as char).to_digit(16)));
+                match digits.collect::<Option<Vec<u32>>>() {
+                    Some(d) => (d[0] * 16 + d[1]) as u8,
+                    None => {
+                        return Err(format!(
+                            "expected two hex digits after \\x, {}",
+                            found(text)
+                        ));
+                    }
+                }
+            }
+            _ => {
+                return Err(format!(
+                    "expected an escape among \\r \\n \\t \\\\ \\xHH, {}",
+                    found(text)
+                ));
+            }
+        };
+        out.push(escaped);
+    }
+    if out.len() > max_len {
+        return Err(format!(
+            "expected at most {max_len} bytes, found {}",
+            out.len()
+        ));
+    }
+    Ok(out)
+}
+
+/// Canonical text of bytes: printable ASCII as is, everything else escaped.
+pub fn format_bytes(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    let last = bytes.len().saturating_sub(1);
+    for (i, &b) in bytes.iter().enumerate() {
+        match b {
+            b'\r' => out.push_str("\\r"),
+            b'\n' => out.push_str("\\n"),
+            b'\t' => out.push_str("\\t"),
+            b'\\' => out.push_str("\\\\"),
+            // Spaces at either end would be trimmed away when read back.
+            b' ' if i == 0 || i == last => out.push_str("\\x20"),
+            0x20..=0x7e => out.push(b as char),
+            _ => out.push_str(&format!("\\x{b:02x}")),
+        }
+    }
+    out
+}
+
 /// Levenshtein distance over chars, for "did you mean" suggestions.
 pub fn edit_distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();

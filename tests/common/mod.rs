@@ -34,23 +34,15 @@ pub fn engine_config() -> EngineConfig {
 }
 
 pub fn pool(name: &str, balance: Balance, backends: &[SocketAddr]) -> PoolConfig {
-    PoolConfig {
-        name: name.into(),
-        balance,
-        hash_key: HashKey::SourceIpPort,
-        table_size: 65537,
-        bound: None,
-        backends: backends
-            .iter()
-            .enumerate()
-            .map(|(i, &addr)| BackendConfig {
-                name: format!("b{i}"),
-                addr,
-                weight: 100,
-                max_conns: 0,
-            })
-            .collect(),
-    }
+    let backends = backends
+        .iter()
+        .enumerate()
+        .map(|(i, &addr)| BackendConfig::new(format!("b{i}"), addr))
+        .collect();
+    let mut pool = PoolConfig::new(name, backends);
+    pool.balance = balance;
+    pool.hash_key = HashKey::SourceIpPort;
+    pool
 }
 
 /// One listener on an ephemeral loopback port in front of `pool`.
