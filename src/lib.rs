@@ -4,4 +4,5 @@ pub mod balance;
 pub mod config;
 pub mod demo;
 pub mod forward;
+pub mod health;
 pub mod stats;

@@ -22,8 +22,9 @@ use super::sockopt::{backend_socket, peer_addr, reset_and_close, set_linger_zero
 use super::token::{self, Dir, Kind};
 use super::uring::{self, Capabilities};
 use super::{PoolShared, StopFlags};
+use crate::balance::{BackendState, PoolLoad};
 use crate::balance::{MAX_CANDIDATES, Selector, flow_hash};
-use crate::config::EngineConfig;
+use crate::config::{AllDown, EngineConfig};
 use crate::stats::{CloseReason, ForwarderStats};
 
 /// Completions handled per batch; more wait for the next batch of the same turn.
@@ -438,11 +439,11 @@ impl Forwarder {
             None => 0,
         };
         let c = &mut self.conns[slot as usize];
-        let n = p.selector.rank(
-            flow,
-            &p.shared.load,
-            &mut c.candidates[..self.connect_tries],
-        );
+        let out = &mut c.candidates[..self.connect_tries];
+        let mut n = p.selector.rank(flow, &p.shared.load, out);
+        if n == 0 && p.shared.all_down == AllDown::TryAnyway && none_up(&p.shared.load) {
+            n = rank_ignoring_health(&p.shared.load, flow, out);
+        }
         c.candidate_count = n as u8;
         if n == 0 {
             self.close(slot, CloseReason::NoBackend, Reset::Client);
@@ -515,7 +516,15 @@ impl Forwarder {
             self.maybe_free(slot);
             return;
         }
+        let pool = usize::from(c.pool);
         if res == 0 {
+            if let Some(b) = c.acquired {
+                self.pools[pool]
+                    .shared
+                    .health
+                    .signals
+                    .connected(usize::from(b));
+            }
             c.state = State::Relaying;
             c.last_active = self.now;
             self.arm_recv(slot, Dir::Down);
@@ -526,9 +535,10 @@ impl Forwarder {
         if res == -libc::ECANCELED {
             self.stats.connect_timeouts.add(1);
         }
-        let pool = usize::from(c.pool);
         if let Some(b) = c.acquired.take() {
-            self.pools[pool].shared.load.release(usize::from(b));
+            let shared = &self.pools[pool].shared;
+            shared.health.signals.connect_failed(usize::from(b));
+            shared.load.release(usize::from(b));
             debug!(
                 backend = %self.pools[pool].shared.names[usize::from(b)],
                 error = %io::Error::from_raw_os_error(-res),
@@ -690,6 +700,14 @@ impl Forwarder {
         }
         c.state = State::Closing;
         self.stats.close(reason);
+        if let Some(b) = c.acquired {
+            let signals = &self.pools[usize::from(c.pool)].shared.health.signals;
+            match reason {
+                CloseReason::Done => signals.finished_cleanly(usize::from(b)),
+                CloseReason::BackendError => signals.reset(usize::from(b)),
+                _ => {}
+            }
+        }
         if matches!(reset, Reset::Client | Reset::Both) {
             set_linger_zero(c.client);
         }
@@ -836,6 +854,33 @@ impl Forwarder {
         }
         idle
     }
+}
+
+/// Whether health has taken every backend out (as opposed to every backend being full).
+fn none_up(load: &PoolLoad) -> bool {
+    (0..load.len()).all(|i| load.state(i) != BackendState::Up)
+}
+
+/// The ranking when no backend is up and the pool says `all_down = try_anyway`: every backend
+/// but drained ones, starting from the flow's hash, as long as it is under its `max_conns`.
+fn rank_ignoring_health(load: &PoolLoad, flow: u64, out: &mut [u16]) -> usize {
+    let n = load.len();
+    if n == 0 {
+        return 0;
+    }
+    let start = (flow % n as u64) as usize;
+    let mut k = 0;
+    for i in (0..n).map(|j| (start + j) % n) {
+        if k == out.len() {
+            break;
+        }
+        let max = load.max_conns(i);
+        if load.state(i) != BackendState::Drain && (max == 0 || load.active(i) < max) {
+            out[k] = i as u16;
+            k += 1;
+        }
+    }
+    k
 }
 
 /// Which sockets a close resets (SO_LINGER 0, so the peer sees RST rather than FIN).

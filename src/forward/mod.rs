@@ -23,7 +23,8 @@ use socket2::SockAddr;
 use tracing::{info, warn};
 
 use crate::balance::{Balancer, PoolLoad};
-use crate::config::{Balance, Config, HashKey};
+use crate::config::{AllDown, Balance, Config, HashKey};
+use crate::health::{Monitor, PoolHealth};
 use crate::stats::{ForwarderStats, Totals};
 use forwarder::{Forwarder, Setup};
 
@@ -37,6 +38,10 @@ pub struct PoolShared {
     pub names: Vec<String>,
     /// What to hash for the selector, or `None` when its algorithm ignores the flow.
     pub hash_key: Option<HashKey>,
+    /// Backend health: what forwarders report, what the monitor decided.
+    pub health: PoolHealth,
+    /// What a new connection gets when no backend is up.
+    pub all_down: AllDown,
 }
 
 /// Why the engine could not start.
@@ -119,6 +124,7 @@ pub struct Engine {
     pools: Vec<Arc<PoolShared>>,
     stopper: Stopper,
     addrs: Vec<SocketAddr>,
+    monitor: Option<Monitor>,
 }
 
 impl Engine {
@@ -139,6 +145,8 @@ impl Engine {
                     addrs: p.backends.iter().map(|b| SockAddr::from(b.addr)).collect(),
                     names: p.backends.iter().map(|b| b.name.clone()).collect(),
                     hash_key: hashes.then_some(p.hash_key),
+                    health: PoolHealth::new(p),
+                    all_down: p.health.all_down,
                 })
             })
             .collect();
@@ -226,12 +234,13 @@ impl Engine {
         }
         drop(ready_tx);
 
-        let engine = Self {
+        let mut engine = Self {
             threads,
             stats,
             pools,
             stopper: Stopper { flags: stop, wake },
             addrs,
+            monitor: None,
         };
         for _ in 0..cores.len() {
             match ready_rx.recv() {
@@ -256,6 +265,14 @@ impl Engine {
             defer_taskrun = caps.defer_taskrun,
             "forwarders ready"
         );
+        match Monitor::start(&engine.pools, &cfg.pools) {
+            Ok(m) => engine.monitor = Some(m),
+            Err(e) => {
+                engine.stop();
+                let _ = engine.join();
+                return Err(StartError::Io(e));
+            }
+        }
         Ok(engine)
     }
 
@@ -287,7 +304,10 @@ impl Engine {
 
     /// Waits for every forwarder to finish; returns the final counters, or the first error a
     /// forwarder stopped with.
-    pub fn join(self) -> io::Result<Totals> {
+    pub fn join(mut self) -> io::Result<Totals> {
+        if let Some(m) = self.monitor.take() {
+            m.stop();
+        }
         let mut first_error = None;
         for (i, t) in self.threads.into_iter().enumerate() {
             match t.join() {

@@ -170,3 +170,165 @@ pub fn read_all(s: &mut TcpStream) -> io::Result<Vec<u8>> {
     s.read_to_end(&mut v)?;
     Ok(v)
 }
+
+/// Environment variable that turns a test binary into a backend process (see
+/// [`BackendProcess`]): `NAME|ADDR|MODE`.
+pub const CHILD_BACKEND: &str = "LEVEE_TEST_BACKEND";
+
+/// A backend in a process of its own, so a test can kill it like a real crash: the test binary
+/// re-executed with [`CHILD_BACKEND`] set, running only the entry test named `entry`, which calls
+/// [`child_backend_main`].
+pub struct BackendProcess {
+    child: Option<std::process::Child>,
+    pub name: String,
+    pub addr: SocketAddr,
+}
+
+/// How a [`BackendProcess`] treats each connection.
+#[derive(Debug, Clone, Copy)]
+pub enum Mode {
+    /// Answers each line it receives with its own name and a newline.
+    Named,
+    /// Accepts, then resets the connection at once.
+    Reset,
+}
+
+impl BackendProcess {
+    pub fn spawn(entry: &str, name: &str, addr: SocketAddr, mode: Mode) -> Self {
+        use std::io::BufRead;
+        let mode = match mode {
+            Mode::Named => "named",
+            Mode::Reset => "reset",
+        };
+        let mut child = std::process::Command::new(std::env::current_exe().expect("test binary"))
+            .args(["--exact", entry, "--nocapture", "--test-threads=1"])
+            .env(CHILD_BACKEND, format!("{name}|{addr}|{mode}"))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn backend process");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = io::BufReader::new(stdout).lines();
+        loop {
+            match lines.next() {
+                // libtest prints "test NAME ... " without a newline just before.
+                Some(Ok(line)) if line.ends_with("levee-test-backend ready") => break,
+                Some(Ok(_)) => {}
+                _ => panic!("backend process {name} exited before it was ready"),
+            }
+        }
+        // Keep draining its stdout so it never blocks on a full pipe.
+        thread::spawn(move || for _ in lines {});
+        Self {
+            child: Some(child),
+            name: name.into(),
+            addr,
+        }
+    }
+
+    /// SIGKILL, as a crash would: the kernel closes its sockets.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for BackendProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The body of a backend process; returns at once when [`CHILD_BACKEND`] is not set, so the entry
+/// test passes as a no-op in a normal run.
+pub fn child_backend_main() {
+    let Ok(spec) = std::env::var(CHILD_BACKEND) else {
+        return;
+    };
+    let mut parts = spec.split('|');
+    let (Some(name), Some(addr), Some(mode)) = (parts.next(), parts.next(), parts.next()) else {
+        panic!("bad {CHILD_BACKEND}: {spec}");
+    };
+    let addr: SocketAddr = addr.parse().expect("backend address");
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )
+    .expect("socket");
+    socket.set_reuse_address(true).expect("reuseaddr");
+    socket.bind(&addr.into()).expect("bind backend address");
+    socket.listen(1024).expect("listen");
+    let listener: TcpListener = socket.into();
+    println!("levee-test-backend ready");
+    let reply = format!("{name}\n").into_bytes();
+    for stream in listener.incoming() {
+        let Ok(mut s) = stream else { continue };
+        match mode {
+            "reset" => {
+                let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+            }
+            _ => {
+                let reply = reply.clone();
+                thread::spawn(move || {
+                    let mut buf = [0u8; 1024];
+                    loop {
+                        match s.read(&mut buf) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => {
+                                let lines = buf[..n].iter().filter(|&&b| b == b'\n').count();
+                                for _ in 0..lines {
+                                    if s.write_all(&reply).is_err() {
+                                        return;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// A fresh loopback address nobody listens on yet (for a backend that is to be restarted on it).
+pub fn fresh_addr() -> SocketAddr {
+    refused_addr()
+}
+
+/// One request on a new connection to `addr`: send a line, read the name that answers.
+/// `Err` for any failure, which the caller counts.
+pub fn ask(addr: SocketAddr) -> io::Result<String> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(b"who\n")?;
+    let mut got = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        match s.read(&mut byte)? {
+            0 => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "closed before a reply",
+                ));
+            }
+            _ if byte[0] == b'\n' => break,
+            _ => got.push(byte[0]),
+        }
+    }
+    String::from_utf8(got).map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "not text"))
+}
+
+/// Polls `cond` every 10 ms until it holds; panics with `what` after [`IO_TIMEOUT`].
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + IO_TIMEOUT;
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+}

@@ -1,0 +1,404 @@
+//! The monitor thread: one `poll` loop over every backend's active check, plus a short tick for
+//! passive ejection, cool-downs, drains and slow-start ramps.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tracing::{debug, info, warn};
+
+use super::Status;
+use super::probe::{Probe, Step};
+use crate::balance::BackendState;
+use crate::config::{CheckKind, HealthConfig, PoolConfig};
+use crate::forward::PoolShared;
+
+/// Longest the loop sleeps: how soon streaks, drains and ramps are acted on.
+const TICK: Duration = Duration::from_millis(50);
+
+/// The running monitor. Dropping it stops the thread.
+pub struct Monitor {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Monitor {
+    /// Starts monitoring `pools`, whose configurations are `configs` (same order).
+    pub fn start(pools: &[Arc<PoolShared>], configs: &[PoolConfig]) -> io::Result<Self> {
+        let now = Instant::now();
+        let mut tracked = Vec::new();
+        for (p, cfg) in configs.iter().enumerate() {
+            let n = cfg.backends.len().max(1) as u32;
+            for (i, b) in cfg.backends.iter().enumerate() {
+                let check = (cfg.health.check == CheckKind::Tcp).then(|| Check::of(&cfg.health, b));
+                // Spread the first checks over one interval so a large pool is not probed at once.
+                let first = check
+                    .as_ref()
+                    .map_or(now, |c| now + c.interval * i as u32 / n);
+                tracked.push(Tracked {
+                    pool: p,
+                    index: i,
+                    label: format!("{}/{} ({})", cfg.name, b.name, b.addr),
+                    addr: b.addr,
+                    weight: b.weight,
+                    check,
+                    probe: None,
+                    next_check: first,
+                    passes: 0,
+                    fails: 0,
+                    check_down: false,
+                    ejected_until: None,
+                    offences: 0,
+                    offences_expire: None,
+                    ramp_from: None,
+                    held_back: false,
+                    serving: None,
+                });
+            }
+        }
+        let pools: Vec<Arc<PoolShared>> = pools.to_vec();
+        let settings: Vec<HealthConfig> = configs.iter().map(|c| c.health.clone()).collect();
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name("levee-health".into())
+                .spawn(move || {
+                    Loop {
+                        pools,
+                        settings,
+                        tracked,
+                    }
+                    .run(&stop);
+                })?
+        };
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops the thread and waits for it (at most one tick).
+    pub fn stop(mut self) {
+        self.halt();
+    }
+
+    fn halt(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
+/// One backend's check settings, the pool's with the backend's overrides.
+struct Check {
+    interval: Duration,
+    timeout: Duration,
+    rise: u32,
+    fall: u32,
+}
+
+impl Check {
+    fn of(pool: &HealthConfig, b: &crate::config::BackendConfig) -> Self {
+        let or = |own: Duration, pool: Duration| if own.is_zero() { pool } else { own };
+        let or_n = |own: u32, pool: u32| if own == 0 { pool } else { own };
+        Self {
+            interval: or(b.check_interval, pool.interval),
+            timeout: or(b.check_timeout, pool.timeout),
+            rise: or_n(b.check_rise, pool.rise),
+            fall: or_n(b.check_fall, pool.fall),
+        }
+    }
+}
+
+/// What the monitor knows of one backend.
+struct Tracked {
+    pool: usize,
+    index: usize,
+    /// `pool/backend (addr)`, for the log.
+    label: String,
+    addr: SocketAddr,
+    /// Configured weight: the full weight slow start ramps to.
+    weight: u32,
+    check: Option<Check>,
+    probe: Option<Probe>,
+    next_check: Instant,
+    /// Consecutive passed and failed checks.
+    passes: u32,
+    fails: u32,
+    /// Failed `fall` checks and has not passed `rise` since.
+    check_down: bool,
+    ejected_until: Option<Instant>,
+    /// Ejections so far; each doubles the next cool-down. Forgotten after a clean spell.
+    offences: u32,
+    offences_expire: Option<Instant>,
+    ramp_from: Option<Instant>,
+    /// An ejection was held back by `eject.max_percent`; logged once per spell.
+    held_back: bool,
+    /// Whether it took new connections at the last apply; `None` before the first.
+    serving: Option<bool>,
+}
+
+struct Loop {
+    pools: Vec<Arc<PoolShared>>,
+    settings: Vec<HealthConfig>,
+    tracked: Vec<Tracked>,
+}
+
+impl Loop {
+    fn run(mut self, stop: &AtomicBool) {
+        let mut fds: Vec<libc::pollfd> = Vec::with_capacity(self.tracked.len());
+        let mut owners: Vec<usize> = Vec::with_capacity(self.tracked.len());
+        while !stop.load(Ordering::Acquire) {
+            let now = Instant::now();
+            self.passive(now);
+            for t in 0..self.tracked.len() {
+                self.checks(t, now);
+                self.apply(t, now);
+            }
+            let mut wake = now + TICK;
+            fds.clear();
+            owners.clear();
+            for (i, t) in self.tracked.iter().enumerate() {
+                if let Some(p) = &t.probe {
+                    fds.push(libc::pollfd {
+                        fd: p.fd(),
+                        events: p.events(),
+                        revents: 0,
+                    });
+                    owners.push(i);
+                    wake = wake.min(p.deadline);
+                } else if t.check.is_some() {
+                    wake = wake.min(t.next_check);
+                }
+            }
+            let timeout = wake
+                .saturating_duration_since(now)
+                .as_millis()
+                .min(TICK.as_millis()) as i32;
+            // SAFETY: `fds` holds `fds.len()` initialised pollfds for the duration of the call.
+            let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
+            if ready <= 0 {
+                continue;
+            }
+            for (fd, &t) in fds.iter().zip(&owners) {
+                if fd.revents != 0 {
+                    self.on_ready(t, fd.revents);
+                }
+            }
+        }
+    }
+
+    /// Acts on the failure streaks the forwarders report: ejects, within `eject.max_percent`.
+    fn passive(&mut self, now: Instant) {
+        for t in 0..self.tracked.len() {
+            let (pool, index) = (self.tracked[t].pool, self.tracked[t].index);
+            let s = &self.settings[pool];
+            let tr = &mut self.tracked[t];
+            if let Some(until) = tr.ejected_until {
+                if now >= until {
+                    tr.ejected_until = None;
+                    tr.offences_expire = Some(now + s.eject_max_time);
+                    self.pools[pool].health.signals.clear(index);
+                    info!(backend = %tr.label, "returns from ejection");
+                }
+                continue;
+            }
+            if tr.offences_expire.is_some_and(|at| now >= at) {
+                tr.offences = 0;
+                tr.offences_expire = None;
+            }
+            if s.eject_failures == 0 || tr.check_down || self.pools[pool].health.drained(index) {
+                continue;
+            }
+            let Some((streak, what)) = self.pools[pool]
+                .health
+                .signals
+                .over(index, s.eject_failures)
+            else {
+                tr.held_back = false;
+                continue;
+            };
+            let size = self.tracked.iter().filter(|o| o.pool == pool).count();
+            let ejected = self
+                .tracked
+                .iter()
+                .filter(|o| o.pool == pool && o.ejected_until.is_some())
+                .count();
+            let allowed = match s.eject_max_percent {
+                0 => 0,
+                pct => (size * pct as usize / 100).max(1),
+            };
+            let tr = &mut self.tracked[t];
+            let health = &self.pools[pool].health;
+            if ejected >= allowed {
+                if !tr.held_back {
+                    tr.held_back = true;
+                    health.count(index, |b| &b.ejections_held_back);
+                    warn!(
+                        backend = %tr.label,
+                        "not ejected after {streak} consecutive {what}: {ejected} of the pool's {size} \
+                         backends are ejected already (eject.max_percent = {})",
+                        s.eject_max_percent
+                    );
+                }
+                continue;
+            }
+            tr.held_back = false;
+            tr.offences += 1;
+            let doubling = 1u32 << (tr.offences - 1).min(20);
+            let cooldown = s.eject_time.saturating_mul(doubling).min(s.eject_max_time);
+            tr.ejected_until = Some(now + cooldown);
+            tr.offences_expire = None;
+            health.signals.clear(index);
+            health.count(index, |b| &b.ejections);
+            warn!(
+                backend = %tr.label,
+                "ejected for {cooldown:?}: {streak} consecutive {what} seen by the forwarders \
+                 (offence {})",
+                tr.offences
+            );
+        }
+    }
+
+    /// Starts a due check, or fails one past its deadline.
+    fn checks(&mut self, t: usize, now: Instant) {
+        let tr = &mut self.tracked[t];
+        let Some(check) = &tr.check else { return };
+        if let Some(p) = &tr.probe {
+            if now >= p.deadline {
+                tr.probe = None;
+                let timeout = check.timeout;
+                self.settle(t, Err(format!("no answer within {timeout:?}")));
+            }
+            return;
+        }
+        if now < tr.next_check {
+            return;
+        }
+        // Keep the schedule on its grid, but never try to catch up on missed checks.
+        tr.next_check = (tr.next_check + check.interval).max(now);
+        match Probe::start(tr.addr, now + check.timeout) {
+            Ok(p) => tr.probe = Some(p),
+            Err(e) => self.settle(t, Err(e)),
+        }
+    }
+
+    fn on_ready(&mut self, t: usize, revents: i16) {
+        let s = &self.settings[self.tracked[t].pool];
+        let Some(p) = self.tracked[t].probe.as_mut() else {
+            return;
+        };
+        let outcome = match p.step(revents, &s.send, &s.expect) {
+            Step::Pending => return,
+            Step::Passed => Ok(()),
+            Step::Failed(why) => Err(why),
+        };
+        self.tracked[t].probe = None;
+        self.settle(t, outcome);
+    }
+
+    /// Counts a finished check and moves the backend up or down on `rise` and `fall`.
+    fn settle(&mut self, t: usize, outcome: Result<(), String>) {
+        let (pool, index) = (self.tracked[t].pool, self.tracked[t].index);
+        let health = &self.pools[pool].health;
+        let tr = &mut self.tracked[t];
+        let Some(check) = &tr.check else { return };
+        match outcome {
+            Ok(()) => {
+                health.count(index, |b| &b.checks_passed);
+                tr.passes += 1;
+                tr.fails = 0;
+                if tr.check_down && tr.passes >= check.rise {
+                    tr.check_down = false;
+                    health.record(index, |b| &b.last_up_after, tr.passes);
+                    info!(backend = %tr.label, "is up: {} consecutive checks passed", tr.passes);
+                }
+            }
+            Err(why) => {
+                health.count(index, |b| &b.checks_failed);
+                debug!(backend = %tr.label, reason = %why, "check failed");
+                tr.fails += 1;
+                tr.passes = 0;
+                if !tr.check_down && tr.fails >= check.fall {
+                    tr.check_down = true;
+                    health.record(index, |b| &b.last_down_after, tr.fails);
+                    health.count(index, |b| &b.downs);
+                    warn!(
+                        backend = %tr.label,
+                        "is down: {} consecutive checks failed (last: {why})",
+                        tr.fails
+                    );
+                }
+            }
+        }
+    }
+
+    /// Writes the backend's state and effective weight where the forwarders read them.
+    fn apply(&mut self, t: usize, now: Instant) {
+        let (pool, index) = (self.tracked[t].pool, self.tracked[t].index);
+        let slowstart = self.settings[pool].slowstart;
+        let shared = &self.pools[pool];
+        let drained = shared.health.drained(index);
+        let tr = &mut self.tracked[t];
+        let status = if drained {
+            Status::Drain
+        } else if tr.ejected_until.is_some() {
+            Status::Ejected
+        } else if tr.check_down {
+            Status::Down
+        } else {
+            Status::Up
+        };
+        let serving = status == Status::Up;
+        match tr.serving {
+            Some(false) if serving => {
+                shared.health.count(index, |b| &b.ups);
+                if !slowstart.is_zero() {
+                    tr.ramp_from = Some(now);
+                }
+                info!(backend = %tr.label, "takes new connections again");
+            }
+            Some(true) if !serving && drained => {
+                info!(backend = %tr.label, "draining: no new connections, established ones continue");
+            }
+            _ => {}
+        }
+        tr.serving = Some(serving);
+        let mut status = status;
+        let mut weight = tr.weight;
+        if let Some(from) = tr.ramp_from {
+            let elapsed = now.saturating_duration_since(from);
+            if serving && elapsed < slowstart {
+                // At least 1, so a ramping backend is never mistaken for a drained one.
+                let share = elapsed.as_secs_f64() / slowstart.as_secs_f64();
+                weight = ((f64::from(tr.weight) * share) as u32).clamp(1, tr.weight.max(1));
+                status = Status::Ramping;
+            } else {
+                tr.ramp_from = None;
+            }
+        }
+        let state = match status {
+            Status::Up | Status::Ramping => BackendState::Up,
+            Status::Down | Status::Ejected => BackendState::Down,
+            Status::Drain => BackendState::Drain,
+        };
+        if shared.load.state(index) != state {
+            shared.load.set_state(index, state);
+        }
+        if shared.load.weight(index) != weight {
+            shared.load.set_weight(index, weight);
+        }
+        shared.health.set_status(index, status);
+    }
+}
