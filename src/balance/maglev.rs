@@ -1,0 +1,288 @@
+//! Maglev consistent hashing (Eisenbud et al., "Maglev: A Fast and Reliable Software Network
+//! Load Balancer", NSDI 2016, §3.4), weighted, with bounded load.
+//!
+//! **Table.** Each backend walks its own permutation of the `M` table slots (`M` prime): it
+//! starts at `offset` and steps by `skip`, and in its turn takes the first slot of its
+//! permutation still free, until every slot is taken. `offset` and `skip` come from XXH64 of the
+//! backend's **name** with fixed seeds ([`OFFSET_SEED`], [`SKIP_SEED`]), never from its index,
+//! address or anything process-local: the same names, weights and `M` give the same table in
+//! every process on every host, so several levee hosts behind one ECMP group send a flow to the
+//! same backend. Turns within a round also go by name (byte order), not by position in the
+//! config: list the backends in another order and each keeps its slots. Rename a backend and it
+//! moves.
+//!
+//! **Weights.** Turns are handed out in proportion to weight, in the manner of Envoy's weighted
+//! Maglev: a backend of the largest weight `w_max` takes a turn every round, one of weight `w`
+//! takes its turns (counted from 0) `k` in round `ceil(k × w_max / w)`. A backend of weight `w`
+//! so ends with `≈ w / W` of the table and one of weight 0 with none. With equal weights this is
+//! the paper's round-robin population, and every backend gets `⌊M/N⌋` or `⌈M/N⌉` slots.
+//!
+//! **Disruption.** Removing a backend frees its slots; the rebuild also moves a small share of
+//! other backends' slots, because the population order changes after the first freed slot (the
+//! paper trades this for balance). Skipping a backend that is down, draining or full moves only
+//! that backend's flows: the preference order below is fixed by the table.
+//!
+//! **Preference order** for a flow with hash `h`: the backend at slot `h mod M`, then the next
+//! distinct backends found walking the following slots (wrapping), skipping those without room
+//! ([`PoolLoad::has_room`], which also applies the bounded-load cap of Mirrokni, Thorup and
+//! Zadimoghaddam, 2016). The walk stops when `out` is full, when every backend in the table has
+//! been looked at, or after `M` slots, so a pool where every backend is full costs at most one
+//! pass over the table.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::sync::Arc;
+
+use super::hash::xxh64;
+use super::{BuildError, PoolLoad, Selector};
+use crate::config::BackendConfig;
+
+/// Seed of the hash of a backend's name that gives its permutation's first slot.
+pub const OFFSET_SEED: u64 = 0x6d61_676c_6576_6f66; // "maglevof"
+/// Seed of the hash of a backend's name that gives its permutation's step.
+pub const SKIP_SEED: u64 = 0x6d61_676c_6576_736b; // "maglevsk"
+
+/// The paper's table size for small pools: a prime, enough for ≤ 1 % imbalance up to ~650
+/// backends.
+pub const DEFAULT_TABLE_SIZE: u32 = 65537;
+/// Largest table accepted: 2 bytes a slot, so 32 MiB per pool at most.
+pub const MAX_TABLE_SIZE: u32 = 1 << 24;
+/// Most backends a pool may have: indices are `u16`, and one value marks an empty slot.
+pub const MAX_BACKENDS: usize = EMPTY_SLOT as usize;
+/// Slot value of a table with no backend of weight above 0.
+pub const EMPTY_SLOT: u16 = u16::MAX;
+
+/// Whether `n` is prime (trial division: `n` ≤ 2^32 needs at most 2^15 divisions, once per
+/// table build).
+pub fn is_prime(n: u32) -> bool {
+    if n < 4 {
+        return n >= 2;
+    }
+    if n % 2 == 0 {
+        return false;
+    }
+    let n = u64::from(n);
+    let mut d = 3u64;
+    while d * d <= n {
+        if n % d == 0 {
+            return false;
+        }
+        d += 2;
+    }
+    true
+}
+
+/// A Maglev lookup table: slot → backend index. Built once per pool and backend set, then shared
+/// read-only (in an [`Arc`]) by every forwarder's [`Maglev`] selector.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MaglevTable {
+    slots: Box<[u16]>,
+    /// Backends in the set the table was built from, whatever their weight.
+    backends: usize,
+    /// Backends that own at least one slot.
+    distinct: usize,
+}
+
+/// One backend's state while the table is populated.
+struct Permutation {
+    /// Next slot of its permutation to try.
+    next: u32,
+    skip: u32,
+    weight: u64,
+    taken: u64,
+}
+
+impl MaglevTable {
+    /// Populates a table of `size` slots for `backends` (index `i` in the table is
+    /// `backends[i]`), by name and weight as the module documentation describes.
+    ///
+    /// `size` must be a prime of at least the number of backends and at most
+    /// [`MAX_TABLE_SIZE`]; a pool may have at most [`MAX_BACKENDS`] backends.
+    pub fn new(backends: &[BackendConfig], size: u32) -> Result<Self, BuildError> {
+        if backends.len() > MAX_BACKENDS {
+            return Err(BuildError::TooManyBackends {
+                count: backends.len(),
+                max: MAX_BACKENDS,
+            });
+        }
+        if !is_prime(size) {
+            return Err(BuildError::TableSizeNotPrime(size));
+        }
+        if (size as usize) < backends.len() || size > MAX_TABLE_SIZE {
+            return Err(BuildError::TableSizeOutOfRange {
+                size,
+                min: backends.len(),
+                max: MAX_TABLE_SIZE,
+            });
+        }
+        let m = u64::from(size);
+        let mut perms: Vec<Permutation> = backends
+            .iter()
+            .map(|b| Permutation {
+                next: (xxh64(b.name.as_bytes(), OFFSET_SEED) % m) as u32,
+                skip: (xxh64(b.name.as_bytes(), SKIP_SEED) % (m - 1) + 1) as u32,
+                weight: u64::from(b.weight),
+                taken: 0,
+            })
+            .collect();
+        let w_max = perms.iter().map(|p| p.weight).max().unwrap_or(0);
+
+        // Position of each backend in the order of turns within a round: by name, so the
+        // table does not depend on the order of the config.
+        let mut by_name: Vec<usize> = (0..backends.len()).collect();
+        by_name.sort_by(|&a, &b| backends[a].name.cmp(&backends[b].name).then(a.cmp(&b)));
+
+        let mut slots = vec![EMPTY_SLOT; size as usize].into_boxed_slice();
+        let mut distinct = 0;
+        if w_max > 0 {
+            // Turns in order of (round, name); a heap gives each backend's next turn directly,
+            // so skewed weights cost O(M log N) rather than a pass over every backend per round.
+            let mut turns: BinaryHeap<Reverse<(u64, usize)>> = by_name
+                .iter()
+                .enumerate()
+                .filter(|&(_, &i)| perms[i].weight > 0)
+                .map(|(pos, _)| Reverse((0, pos)))
+                .collect();
+            distinct = turns.len();
+            let mut filled = 0;
+            while let Some(Reverse((_, pos))) = turns.pop() {
+                let i = by_name[pos];
+                let p = &mut perms[i];
+                // M is prime and 1 ≤ skip < M, so the permutation visits every slot within M
+                // steps, and a free slot remains until the table is full: this loop ends.
+                let slot = loop {
+                    let c = p.next as usize;
+                    p.next += p.skip;
+                    if p.next >= size {
+                        p.next -= size;
+                    }
+                    if slots[c] == EMPTY_SLOT {
+                        break c;
+                    }
+                };
+                slots[slot] = i as u16;
+                filled += 1;
+                if filled == slots.len() {
+                    break;
+                }
+                p.taken += 1;
+                turns.push(Reverse(((p.taken * w_max).div_ceil(p.weight), pos)));
+            }
+        }
+        Ok(Self {
+            slots,
+            backends: backends.len(),
+            distinct,
+        })
+    }
+
+    /// Number of slots, `M`.
+    pub fn size(&self) -> u32 {
+        self.slots.len() as u32
+    }
+
+    /// Number of backends in the set the table was built from.
+    pub fn backends(&self) -> usize {
+        self.backends
+    }
+
+    /// The slots: a backend index, or [`EMPTY_SLOT`] everywhere when no backend has weight.
+    pub fn slots(&self) -> &[u16] {
+        &self.slots
+    }
+
+    /// The first choice for a flow, ignoring load: the backend at slot `flow mod M`.
+    pub fn lookup(&self, flow: u64) -> Option<u16> {
+        let b = self.slots[self.slot_of(flow)];
+        (b != EMPTY_SLOT).then_some(b)
+    }
+
+    /// Slots owned by each backend, by index.
+    pub fn entries_per_backend(&self) -> Vec<u32> {
+        let mut counts = vec![0u32; self.backends];
+        for &b in self.slots.iter().filter(|&&b| b != EMPTY_SLOT) {
+            counts[usize::from(b)] += 1;
+        }
+        counts
+    }
+
+    /// XXH64 (seed 0) of the slots as little-endian `u16`s: compares tables across processes
+    /// and hosts.
+    pub fn digest(&self) -> u64 {
+        let bytes: Vec<u8> = self.slots.iter().flat_map(|b| b.to_le_bytes()).collect();
+        xxh64(&bytes, 0)
+    }
+
+    fn slot_of(&self, flow: u64) -> usize {
+        (flow % self.slots.len() as u64) as usize
+    }
+}
+
+/// One forwarder's Maglev selector over a shared table.
+#[derive(Debug)]
+pub struct Maglev {
+    table: Arc<MaglevTable>,
+    /// `seen[b] == epoch` when backend `b` was already looked at in this ranking; a new epoch
+    /// per ranking clears it in O(1) without allocating.
+    seen: Box<[u32]>,
+    epoch: u32,
+}
+
+impl Maglev {
+    pub fn new(table: Arc<MaglevTable>) -> Self {
+        let seen = vec![0; table.backends].into_boxed_slice();
+        Self {
+            table,
+            seen,
+            epoch: 0,
+        }
+    }
+
+    pub fn table(&self) -> &Arc<MaglevTable> {
+        &self.table
+    }
+}
+
+impl Selector for Maglev {
+    fn rank(&mut self, flow: u64, load: &PoolLoad, out: &mut [u16]) -> usize {
+        let table = &*self.table;
+        if out.is_empty() || table.distinct == 0 {
+            return 0;
+        }
+        self.epoch = self.epoch.wrapping_add(1);
+        if self.epoch == 0 {
+            self.seen.fill(0);
+            self.epoch = 1;
+        }
+        let slots = &table.slots;
+        let mut s = table.slot_of(flow);
+        let (mut n, mut looked) = (0, 0);
+        for _ in 0..slots.len() {
+            let b = slots[s];
+            s += 1;
+            if s == slots.len() {
+                s = 0;
+            }
+            let i = usize::from(b);
+            // Non-empty table: every slot holds a backend index below `table.backends`.
+            if self.seen[i] == self.epoch {
+                continue;
+            }
+            self.seen[i] = self.epoch;
+            looked += 1;
+            // A load of another size than the table's set is a caller's mistake; such indices
+            // are skipped rather than trusted.
+            if i < load.len() && load.has_room(i) {
+                out[n] = b;
+                n += 1;
+                if n == out.len() {
+                    break;
+                }
+            }
+            if looked == table.distinct {
+                break;
+            }
+        }
+        n
+    }
+}
