@@ -18,7 +18,8 @@ enum Algorithm {
     RoundRobin,
     /// Configured weights, to stagger each forwarder's sequence.
     Weighted(Box<[u32]>),
-    LeastConn,
+    /// Number of backends, to size the selectors' tie-break state.
+    LeastConn(usize),
     P2c,
     SourceHash,
 }
@@ -48,7 +49,7 @@ impl Balancer {
             Balance::Weighted => {
                 Algorithm::Weighted(cfg.backends.iter().map(|b| b.weight).collect())
             }
-            Balance::LeastConn => Algorithm::LeastConn,
+            Balance::LeastConn => Algorithm::LeastConn(cfg.backends.len()),
             Balance::P2c => Algorithm::P2c,
             Balance::SourceHash => Algorithm::SourceHash,
         };
@@ -70,7 +71,7 @@ impl Balancer {
                 swrr.advance(weights, forwarder);
                 Box::new(swrr)
             }
-            Algorithm::LeastConn => Box::new(LeastConn::new(forwarder)),
+            Algorithm::LeastConn(backends) => Box::new(LeastConn::new(*backends, forwarder)),
             Algorithm::P2c => Box::new(PowerOfTwoChoices::new(forwarder as u64)),
             Algorithm::SourceHash => Box::new(SourceHash::new()),
         }
@@ -81,7 +82,7 @@ impl Balancer {
             Algorithm::Maglev(_) => Balance::Maglev,
             Algorithm::RoundRobin => Balance::RoundRobin,
             Algorithm::Weighted(_) => Balance::Weighted,
-            Algorithm::LeastConn => Balance::LeastConn,
+            Algorithm::LeastConn(_) => Balance::LeastConn,
             Algorithm::P2c => Balance::P2c,
             Algorithm::SourceHash => Balance::SourceHash,
         }

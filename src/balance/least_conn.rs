@@ -3,9 +3,10 @@
 //! servers). With equal weights that is the backend with the fewest active connections; with
 //! all idle, the heaviest backend goes first.
 //!
-//! Ties are broken by scan order, and every ranking starts its scan one backend further on, so
-//! equally loaded backends take turns instead of index 0 always winning. Fallbacks are the next
-//! least loaded.
+//! Equally loaded backends take turns: ties go to the one this selector picked least recently
+//! (nginx breaks them by round robin for the same reason), so index 0 is not favoured and a
+//! burst that arrives before any load is counted still spreads. Fallbacks are the next least
+//! loaded, in the same order.
 
 use std::cmp::Ordering;
 
@@ -22,42 +23,65 @@ pub(crate) fn cmp_load(load: &PoolLoad, a: usize, b: usize) -> Ordering {
 /// Least connections over the backends with room.
 #[derive(Debug, Clone)]
 pub struct LeastConn {
-    next: usize,
+    /// When this selector last ranked each backend first, on its own clock.
+    last_first: Box<[u64]>,
+    clock: u64,
 }
 
 impl LeastConn {
-    /// Starts its first scan at backend `start` (mod the pool size), to stagger forwarders.
-    pub fn new(start: usize) -> Self {
-        Self { next: start }
+    /// A selector for a pool of `backends`; among ties it starts at backend `start` (mod the
+    /// pool size), to stagger forwarders.
+    pub fn new(backends: usize, start: usize) -> Self {
+        let len = backends.max(1);
+        // Backend `start` looks the least recently picked, then `start + 1`, and so on.
+        let last_first = (0..backends)
+            .map(|i| ((i + len - start % len) % len) as u64)
+            .collect();
+        Self {
+            last_first,
+            clock: len as u64,
+        }
+    }
+
+    fn last(&self, i: usize) -> u64 {
+        // Backends the selector was not built for count as never picked.
+        self.last_first.get(i).copied().unwrap_or(0)
+    }
+
+    fn better(&self, load: &PoolLoad, a: usize, b: usize) -> bool {
+        cmp_load(load, a, b)
+            .then_with(|| self.last(a).cmp(&self.last(b)))
+            .is_lt()
     }
 }
 
 impl Selector for LeastConn {
     fn rank(&mut self, _flow: u64, load: &PoolLoad, out: &mut [u16]) -> usize {
         let len = rankable(load);
-        if len == 0 || out.is_empty() {
+        if out.is_empty() {
             return 0;
         }
-        let mut i = self.next % len;
-        self.next = i + 1;
         let mut n = 0;
-        for _ in 0..len {
-            if load.has_room(i) {
-                // Keep `out[..n]` sorted by load, earlier scan position first among equals.
-                let full = n == out.len();
-                if !(full && cmp_load(load, i, usize::from(out[n - 1])).is_ge()) {
-                    let mut p = n.min(out.len() - 1);
-                    while p > 0 && cmp_load(load, i, usize::from(out[p - 1])).is_lt() {
-                        out[p] = out[p - 1];
-                        p -= 1;
-                    }
-                    out[p] = i as u16;
-                    n = (n + 1).min(out.len());
-                }
+        for i in 0..len {
+            if !load.has_room(i) {
+                continue;
             }
-            i += 1;
-            if i == len {
-                i = 0;
+            // Keep `out[..n]` the best backends so far, best first.
+            if n == out.len() && !self.better(load, i, usize::from(out[n - 1])) {
+                continue;
+            }
+            let mut p = n.min(out.len() - 1);
+            while p > 0 && self.better(load, i, usize::from(out[p - 1])) {
+                out[p] = out[p - 1];
+                p -= 1;
+            }
+            out[p] = i as u16;
+            n = (n + 1).min(out.len());
+        }
+        if n > 0 {
+            self.clock += 1;
+            if let Some(t) = self.last_first.get_mut(usize::from(out[0])) {
+                *t = self.clock;
             }
         }
         n
