@@ -67,6 +67,23 @@ fn admin_contribution(admin: u64) -> u64 {
 /// Bounded-load factor stored as thousandths so it can change at runtime in one atomic.
 const BOUND_SCALE: u32 = 1000;
 
+/// A backend's bounded-load capacity, `ceil(num / den)` connections, kept as the fraction.
+#[derive(Clone, Copy)]
+enum BoundTest {
+    Unbounded,
+    Below { num: u128, den: u128 },
+}
+
+impl BoundTest {
+    /// Whether a backend with `active` connections is below its capacity.
+    fn allows(self, active: u32) -> bool {
+        match self {
+            Self::Unbounded => true,
+            Self::Below { num, den } => u128::from(active) * den < num,
+        }
+    }
+}
+
 /// The live load of one pool.
 #[derive(Debug)]
 pub struct PoolLoad {
@@ -201,24 +218,27 @@ impl PoolLoad {
         if max != 0 && active >= max {
             return false;
         }
-        active < self.bound_capacity(i)
+        self.bound_test(i).allows(active)
     }
 
-    /// The bounded-load capacity of backend `i` (u32::MAX when no bound is set).
-    fn bound_capacity(&self, i: usize) -> u32 {
+    /// The bounded-load test of backend `i` as of now.
+    fn bound_test(&self, i: usize) -> BoundTest {
         let milli = self.bound_milli.load(Ordering::Relaxed);
         if milli == 0 {
-            return u32::MAX;
+            return BoundTest::Unbounded;
         }
         let total_weight = self.available_weight();
         if total_weight == 0 {
-            return 0;
+            return BoundTest::Below { num: 0, den: 1 };
         }
-        // u128: bound, demand and weight are each up to 32 bits, their product is not 64.
+        // `active < ceil(num / den)` is `active × den < num`: no division on the hot path.
+        // u128: bound, demand and weights are each up to 32 bits (the weight sum up to 48),
+        // their products are not 64.
         let demand = u128::from(self.total_active()) + 1;
-        let num = u128::from(milli) * demand * u128::from(self.weight(i));
-        let den = u128::from(BOUND_SCALE) * u128::from(total_weight);
-        u32::try_from(num.div_ceil(den)).unwrap_or(u32::MAX)
+        BoundTest::Below {
+            num: u128::from(milli) * demand * u128::from(self.weight(i)),
+            den: u128::from(BOUND_SCALE) * u128::from(total_weight),
+        }
     }
 
     /// Reserves one connection on backend `i` if it is under its `max_conns` (exact, whatever
@@ -228,11 +248,11 @@ impl PoolLoad {
         let slot = &self.slots[i];
         let max = slot.max_conns.load(Ordering::Relaxed);
         let limit = if max == 0 { u32::MAX } else { max };
-        let limit = limit.min(self.bound_capacity(i));
+        let bound = self.bound_test(i);
         let won = slot
             .active
             .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |a| {
-                (a < limit).then_some(a + 1)
+                (a < limit && bound.allows(a)).then_some(a + 1)
             })
             .is_ok();
         if won {
@@ -345,6 +365,16 @@ mod tests {
         assert!(load.try_acquire(1));
         assert!(load.try_acquire(0)); // cap ceil(1.5 × 3 / 4) = 2
         assert!(!load.has_room(0));
+    }
+
+    #[test]
+    fn bound_refuses_when_no_backend_is_up() {
+        let load = PoolLoad::new(&pool(&[2, 2], 0, Some(1.5)));
+        load.set_state(0, BackendState::Down);
+        load.set_state(1, BackendState::Down);
+        assert!(!load.try_acquire(0));
+        load.set_state(1, BackendState::Up);
+        assert!(load.try_acquire(1));
     }
 
     #[cfg(not(debug_assertions))]
