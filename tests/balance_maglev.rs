@@ -404,3 +404,64 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn ranking_walks_the_table_from_the_flow_slot() -> Result<(), BuildError> {
+    let cfg = pool(named(50));
+    let t = Arc::new(table(&cfg.backends, M)?);
+    let load = PoolLoad::new(&cfg);
+    load.set_state(7, BackendState::Down);
+    let mut sel = Maglev::new(Arc::clone(&t));
+    let mut out = [0u16; 8];
+    for flow in (0..200u64).map(|k| k.wrapping_mul(0x9e37_79b9_7f4a_7c15)) {
+        let mut expect = Vec::new();
+        let mut s = (flow % u64::from(M)) as usize;
+        while expect.len() < 8 {
+            let b = t.slots()[s];
+            if b != 7 && !expect.contains(&b) {
+                expect.push(b);
+            }
+            s = (s + 1) % M as usize;
+        }
+        assert_eq!(sel.rank(flow, &load, &mut out), 8);
+        assert_eq!(out[..], expect[..], "flow {flow:#x}");
+        // `lookup` is the first choice when load does not interfere.
+        if t.lookup(flow) != Some(7) {
+            assert_eq!(t.lookup(flow), Some(expect[0]));
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn full_large_pool_still_finds_the_backends_with_room() -> Result<(), BuildError> {
+    // Walking 1000 backends' table until each is seen can take most of its 65537 slots; past
+    // the walk's bound the rest come in name order, so the few with room are still found.
+    let mut cfg = pool(named(1000));
+    for b in &mut cfg.backends {
+        b.max_conns = 1;
+    }
+    let t = Arc::new(table(&cfg.backends, M)?);
+    let load = PoolLoad::new(&cfg);
+    let free = [3usize, 500, 999];
+    for i in (0..1000).filter(|i| !free.contains(i)) {
+        assert!(load.try_acquire(i));
+    }
+    let mut sel = Maglev::new(t);
+    let mut out = [0u16; 8];
+    let mut firsts = std::collections::HashSet::new();
+    for flow in (0..300u64).map(|k| k.wrapping_mul(0x9e37_79b9_7f4a_7c15)) {
+        let n = sel.rank(flow, &load, &mut out);
+        let mut got: Vec<usize> = out[..n].iter().map(|&b| usize::from(b)).collect();
+        firsts.insert(got[0]);
+        got.sort_unstable();
+        assert_eq!(got, free);
+    }
+    // Overflowing flows do not all land on one of them.
+    assert_eq!(firsts.len(), 3);
+    for i in free {
+        assert!(load.try_acquire(i));
+    }
+    assert_eq!(sel.rank(1, &load, &mut out), 0);
+    Ok(())
+}

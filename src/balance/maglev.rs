@@ -25,9 +25,15 @@
 //! **Preference order** for a flow with hash `h`: the backend at slot `h mod M`, then the next
 //! distinct backends found walking the following slots (wrapping), skipping those without room
 //! ([`PoolLoad::has_room`], which also applies the bounded-load cap of Mirrokni, Thorup and
-//! Zadimoghaddam, 2016). The walk stops when `out` is full, when every backend in the table has
-//! been looked at, or after `M` slots, so a pool where every backend is full costs at most one
-//! pass over the table.
+//! Zadimoghaddam, 2016). The walk stops when `out` is full or every backend in the table has
+//! been looked at. It is bounded by [`WALK_SLOTS_PER_BACKEND`] × N slots: a backend whose `skip`
+//! is small (or near a fraction of `M`) owns slots bunched in one region, so seeing every
+//! backend by walking can take most of the table (≈ 40 000 of 65 537 slots for 1000 backends).
+//! Past the bound, the backends not yet looked at follow in name order from a flow-dependent
+//! start. A normal ranking ends within a few slots; a pool where every backend is full (the
+//! overflow path, exactly when load is highest) costs O(N), not O(M).
+//!
+//! Every step depends only on the table and the flow, so two hosts rank a flow alike.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -51,6 +57,9 @@ pub const MAX_TABLE_SIZE: u32 = 1 << 24;
 pub const MAX_BACKENDS: usize = EMPTY_SLOT as usize;
 /// Slot value of a table with no backend of weight above 0.
 pub const EMPTY_SLOT: u16 = u16::MAX;
+/// A ranking walks at most this many table slots per backend in the table before it takes the
+/// rest in name order.
+pub const WALK_SLOTS_PER_BACKEND: usize = 2;
 
 /// Whether `n` is prime (trial division: `n` ≤ 2^32 needs at most 2^15 divisions, once per
 /// table build).
@@ -79,8 +88,9 @@ pub struct MaglevTable {
     slots: Box<[u16]>,
     /// Backends in the set the table was built from, whatever their weight.
     backends: usize,
-    /// Backends that own at least one slot.
-    distinct: usize,
+    /// Backends that own at least one slot, in name order: where a ranking goes once its walk
+    /// over the slots reaches its bound.
+    by_name: Box<[u16]>,
 }
 
 /// One backend's state while the table is populated.
@@ -133,7 +143,6 @@ impl MaglevTable {
         by_name.sort_by(|&a, &b| backends[a].name.cmp(&backends[b].name).then(a.cmp(&b)));
 
         let mut slots = vec![EMPTY_SLOT; size as usize].into_boxed_slice();
-        let mut distinct = 0;
         if w_max > 0 {
             // Turns in order of (round, name); a heap gives each backend's next turn directly,
             // so skewed weights cost O(M log N) rather than a pass over every backend per round.
@@ -143,7 +152,6 @@ impl MaglevTable {
                 .filter(|&(_, &i)| perms[i].weight > 0)
                 .map(|(pos, _)| Reverse((0, pos)))
                 .collect();
-            distinct = turns.len();
             let mut filled = 0;
             while let Some(Reverse((_, pos))) = turns.pop() {
                 let i = by_name[pos];
@@ -169,10 +177,15 @@ impl MaglevTable {
                 turns.push(Reverse(((p.taken * w_max).div_ceil(p.weight), pos)));
             }
         }
+        let by_name = by_name
+            .into_iter()
+            .filter(|&i| perms[i].weight > 0)
+            .map(|i| i as u16)
+            .collect();
         Ok(Self {
             slots,
             backends: backends.len(),
-            distinct,
+            by_name,
         })
     }
 
@@ -246,7 +259,8 @@ impl Maglev {
 impl Selector for Maglev {
     fn rank(&mut self, flow: u64, load: &PoolLoad, out: &mut [u16]) -> usize {
         let table = &*self.table;
-        if out.is_empty() || table.distinct == 0 {
+        let distinct = table.by_name.len();
+        if out.is_empty() || distinct == 0 {
             return 0;
         }
         self.epoch = self.epoch.wrapping_add(1);
@@ -254,35 +268,68 @@ impl Selector for Maglev {
             self.seen.fill(0);
             self.epoch = 1;
         }
+        let mut ranking = Ranking {
+            seen: &mut self.seen,
+            epoch: self.epoch,
+            load,
+            out,
+            n: 0,
+            looked: 0,
+        };
         let slots = &table.slots;
+        let budget = slots.len().min(WALK_SLOTS_PER_BACKEND * distinct);
         let mut s = table.slot_of(flow);
-        let (mut n, mut looked) = (0, 0);
-        for _ in 0..slots.len() {
-            let b = slots[s];
+        for _ in 0..budget {
+            // Non-empty table: every slot holds a backend index below `table.backends`.
+            if ranking.offer(slots[s]) || ranking.looked == distinct {
+                return ranking.n;
+            }
             s += 1;
             if s == slots.len() {
                 s = 0;
             }
-            let i = usize::from(b);
-            // Non-empty table: every slot holds a backend index below `table.backends`.
-            if self.seen[i] == self.epoch {
-                continue;
-            }
-            self.seen[i] = self.epoch;
-            looked += 1;
-            // A load of another size than the table's set is a caller's mistake; such indices
-            // are skipped rather than trusted.
-            if i < load.len() && load.has_room(i) {
-                out[n] = b;
-                n += 1;
-                if n == out.len() {
-                    break;
-                }
-            }
-            if looked == table.distinct {
+        }
+        // Another part of the hash than the slot's, so flows that end up here spread out.
+        let mut k = ((flow >> 32) % distinct as u64) as usize;
+        for _ in 0..distinct {
+            if ranking.offer(table.by_name[k]) || ranking.looked == distinct {
                 break;
             }
+            k += 1;
+            if k == distinct {
+                k = 0;
+            }
         }
-        n
+        ranking.n
+    }
+}
+
+/// One ranking in progress.
+struct Ranking<'a> {
+    seen: &'a mut [u32],
+    epoch: u32,
+    load: &'a PoolLoad,
+    out: &'a mut [u16],
+    n: usize,
+    /// Distinct backends looked at so far.
+    looked: usize,
+}
+
+impl Ranking<'_> {
+    /// Looks at backend `b` if not yet seen; returns whether `out` is full.
+    fn offer(&mut self, b: u16) -> bool {
+        let i = usize::from(b);
+        if self.seen[i] == self.epoch {
+            return false;
+        }
+        self.seen[i] = self.epoch;
+        self.looked += 1;
+        // A load of another size than the table's set is a caller's mistake; such indices are
+        // skipped rather than trusted.
+        if i < self.load.len() && self.load.has_room(i) {
+            self.out[self.n] = b;
+            self.n += 1;
+        }
+        self.n == self.out.len()
     }
 }
