@@ -67,6 +67,12 @@ fn admin_contribution(admin: u64) -> u64 {
 /// Bounded-load factor stored as thousandths so it can change at runtime in one atomic.
 const BOUND_SCALE: u32 = 1000;
 
+/// `bound × 1000`, 0 for none. Saturating: NaN or a bound at or below 0 means none, a huge one
+/// the largest representable.
+fn bound_to_milli(bound: Option<f64>) -> u32 {
+    bound.map_or(0, |b| (b * f64::from(BOUND_SCALE)).round() as u32)
+}
+
 /// A backend's bounded-load capacity, `ceil(num / den)` connections, kept as the fraction.
 #[derive(Clone, Copy)]
 enum BoundTest {
@@ -111,9 +117,7 @@ impl PoolLoad {
             })
             .collect();
         let available_weight = cfg.backends.iter().map(|b| u64::from(b.weight)).sum();
-        let bound_milli = cfg
-            .bound
-            .map_or(0, |b| (b * f64::from(BOUND_SCALE)).round() as u32);
+        let bound_milli = bound_to_milli(cfg.bound);
         Self {
             slots,
             total_active: AtomicU32::new(0),
@@ -196,6 +200,13 @@ impl PoolLoad {
             0 => None,
             m => Some(f64::from(m) / f64::from(BOUND_SCALE)),
         }
+    }
+
+    /// Sets the bounded-load factor (`None` or 0: only `max_conns` bounds a backend); takes
+    /// effect on the next ranking and reservation.
+    pub fn set_bound(&self, bound: Option<f64>) {
+        self.bound_milli
+            .store(bound_to_milli(bound), Ordering::Relaxed);
     }
 
     /// Whether backend `i` may be offered new connections at all: up and weight above 0.
@@ -365,6 +376,19 @@ mod tests {
         assert!(load.try_acquire(1));
         assert!(load.try_acquire(0)); // cap ceil(1.5 × 3 / 4) = 2
         assert!(!load.has_room(0));
+    }
+
+    #[test]
+    fn bound_can_change_at_runtime() {
+        let load = PoolLoad::new(&pool(&[1, 1], 0, None));
+        assert!(load.try_acquire(0));
+        assert!(load.try_acquire(0));
+        load.set_bound(Some(1.0)); // 3 × 1 / 2 → cap 2
+        assert_eq!(load.bound(), Some(1.0));
+        assert!(!load.try_acquire(0));
+        load.set_bound(Some(f64::NAN));
+        assert_eq!(load.bound(), None);
+        assert!(load.try_acquire(0));
     }
 
     #[test]
