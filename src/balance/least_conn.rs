@@ -1,10 +1,12 @@
 //! Least connections, weighted: the backend whose load after taking this connection,
-//! `(active + 1) / weight`, is lowest (as HAProxy's `leastconn` and nginx's `least_conn` weigh
-//! servers). With equal weights that is the backend with the fewest active connections; with
-//! all idle, the heaviest backend goes first.
+//! `(active + 1) / weight`, is lowest. With equal weights that is the backend with the fewest
+//! active connections. Counting the new connection matters when loads are low: by
+//! `active / weight` (nginx's `least_conn`) idle backends tie whatever their weight, while here
+//! the heaviest idle backend goes first and two connections on a weight-2 backend weigh as one
+//! on a weight-1 backend.
 //!
-//! Equally loaded backends take turns: ties go to the one this selector picked least recently
-//! (nginx breaks them by round robin for the same reason), so index 0 is not favoured and a
+//! Equally loaded backends take turns: ties go to the one this selector ranked first least
+//! recently (nginx breaks them by round robin for the same reason), so index 0 is not favoured and a
 //! burst that arrives before any load is counted still spreads. Fallbacks are the next least
 //! loaded, in the same order.
 

@@ -13,9 +13,11 @@
 //!
 //! **Weights.** Turns are handed out in proportion to weight, in the manner of Envoy's weighted
 //! Maglev: a backend of the largest weight `w_max` takes a turn every round, one of weight `w`
-//! takes its turns (counted from 0) `k` in round `ceil(k × w_max / w)`. A backend of weight `w`
-//! so ends with `≈ w / W` of the table and one of weight 0 with none. With equal weights this is
-//! the paper's round-robin population, and every backend gets `⌊M/N⌋` or `⌈M/N⌉` slots.
+//! takes its `k`-th turn (counting from 0) in round `ceil(k × w_max / w)`. A backend of weight
+//! `w` so ends with `≈ w / W` of the table and one of weight 0 with none. With equal weights this
+//! is the paper's round-robin population, and every backend gets `⌊M/N⌋` or `⌈M/N⌉` slots.
+//! The table keeps the weights it was built with: a runtime weight of 0 drains a backend (it
+//! has no room), other runtime weights take effect when the pool's table is rebuilt.
 //!
 //! **Disruption.** Removing a backend frees its slots; the rebuild also moves a small share of
 //! other backends' slots, because the population order changes after the first freed slot (the
@@ -48,8 +50,9 @@ pub const OFFSET_SEED: u64 = 0x6d61_676c_6576_6f66; // "maglevof"
 /// Seed of the hash of a backend's name that gives its permutation's step.
 pub const SKIP_SEED: u64 = 0x6d61_676c_6576_736b; // "maglevsk"
 
-/// The paper's table size for small pools: a prime, enough for ≤ 1 % imbalance up to ~650
-/// backends.
+/// The paper's table size for small pools: a prime. Equal backends get ⌊M/N⌋ or ⌈M/N⌉ slots,
+/// which keeps the largest share within 1 % of the mean for every N up to 696 and within 1.5 %
+/// up to 1000; larger pools want a larger prime (the paper: M > 100 N).
 pub const DEFAULT_TABLE_SIZE: u32 = 65537;
 /// Largest table accepted: 2 bytes a slot, so 32 MiB per pool at most.
 pub const MAX_TABLE_SIZE: u32 = 1 << 24;

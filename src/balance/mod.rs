@@ -9,14 +9,19 @@
 //! `Arc`) and hands every forwarder its own selector, so ranking needs no synchronisation beyond
 //! the atomic reads of [`PoolLoad`].
 //!
-//! | `pool.NAME.balance` | selector | file |
+//! | [`Balance`] | selector | file |
 //! |---|---|---|
-//! | `maglev` | [`Maglev`] | `maglev.rs` |
-//! | `round_robin` | [`RoundRobin`] | `round_robin.rs` |
-//! | `weighted` | [`SmoothWeighted`] | `round_robin.rs` |
-//! | `least_conn` | [`LeastConn`] | `least_conn.rs` |
-//! | `p2c` | [`PowerOfTwoChoices`] | `p2c.rs` |
-//! | `source_hash` | [`SourceHash`] | `source_hash.rs` |
+//! | `Maglev` (default) | [`Maglev`] over a shared [`MaglevTable`] | `maglev.rs` |
+//! | `RoundRobin` | [`RoundRobin`] | `round_robin.rs` |
+//! | `Weighted` | [`SmoothWeighted`] | `round_robin.rs` |
+//! | `LeastConn` | [`LeastConn`] | `least_conn.rs` |
+//! | `P2c` | [`PowerOfTwoChoices`] | `p2c.rs` |
+//! | `SourceHash` | [`SourceHash`] | `source_hash.rs` |
+//!
+//! [`flow_hash`] (`hash.rs`) turns a client address into the `flow` that [`Selector::rank`]
+//! takes; only the hashing selectors use it.
+//!
+//! [`Balance`]: crate::config::Balance
 
 use std::fmt;
 

@@ -1,6 +1,5 @@
-//! Round robin and smooth weighted round robin (the nginx algorithm: `ngx_http_upstream_get_peer`
-//! in `ngx_http_upstream_round_robin.c`, from Igor Sysoev's 2012 change "smooth weighted round
-//! robin").
+//! Round robin and smooth weighted round robin (the nginx algorithm, `ngx_http_upstream_get_peer`
+//! in `src/http/ngx_http_upstream_round_robin.c`).
 //!
 //! Both rank fallbacks too: round robin the next backends in index order, smooth weighted round
 //! robin the backends with the next highest current weights (the ones it would pick next).

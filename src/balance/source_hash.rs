@@ -1,10 +1,11 @@
-//! Source hash: the flow hash modulo the number of backends (nginx's `hash $remote_addr`
-//! without `consistent`, HAProxy's `balance source` with `hash-type map-based`). Kept for
+//! Source hash: the flow hash modulo the number of backends, a map-based hash like nginx's
+//! `hash $remote_addr` without `consistent` or HAProxy's `balance source`. Kept for
 //! comparison with Maglev: the same client always reaches the same backend while the pool is
 //! unchanged, but adding or removing a backend remaps almost every client.
 //!
-//! Fallbacks are the next backends with room in index order, so a backend that is down or full
-//! sends its clients to its successor and nobody else moves.
+//! The modulus is the configured number of backends, whatever their state, and fallbacks are
+//! the next backends with room in index order: a backend that is down or full sends its clients
+//! to its successor and nobody else moves. Weights other than 0 are ignored.
 
 use super::{PoolLoad, Selector, fill_cyclic, rankable};
 
