@@ -4,10 +4,44 @@
 //! forwarder tries when a connect fails. It skips backends that [`PoolLoad::has_room`] rejects
 //! (down, draining, weight 0, at `max_conns`, or above the bounded-load capacity), so "every
 //! candidate full" shows up as an empty ranking.
+//!
+//! A [`Balancer`] is built once per pool (for Maglev it holds the lookup table, shared through an
+//! `Arc`) and hands every forwarder its own selector, so ranking needs no synchronisation beyond
+//! the atomic reads of [`PoolLoad`].
+//!
+//! | [`Balance`] | selector | file |
+//! |---|---|---|
+//! | `Maglev` (default) | [`Maglev`] over a shared [`MaglevTable`] | `maglev.rs` |
+//! | `RoundRobin` | [`RoundRobin`] | `round_robin.rs` |
+//! | `Weighted` | [`SmoothWeighted`] | `round_robin.rs` |
+//! | `LeastConn` | [`LeastConn`] | `least_conn.rs` |
+//! | `P2c` | [`PowerOfTwoChoices`] | `p2c.rs` |
+//! | `SourceHash` | [`SourceHash`] | `source_hash.rs` |
+//!
+//! [`flow_hash`] (`hash.rs`) turns a client address into the `flow` that [`Selector::rank`]
+//! takes; only the hashing selectors use it.
+//!
+//! [`Balance`]: crate::config::Balance
 
+use std::fmt;
+
+mod balancer;
+pub mod hash;
+pub mod least_conn;
+pub mod maglev;
+pub mod p2c;
 pub mod pool;
+pub mod round_robin;
+pub mod source_hash;
 
+pub use balancer::Balancer;
+pub use hash::flow_hash;
+pub use least_conn::LeastConn;
+pub use maglev::{Maglev, MaglevTable};
+pub use p2c::PowerOfTwoChoices;
 pub use pool::{BackendState, PoolLoad};
+pub use round_robin::{RoundRobin, SmoothWeighted};
+pub use source_hash::SourceHash;
 
 /// Most candidates a ranking returns: the first choice plus the connect retries.
 pub const MAX_CANDIDATES: usize = 8;
@@ -21,5 +55,64 @@ pub trait Selector: Send {
     fn rank(&mut self, flow: u64, load: &PoolLoad, out: &mut [u16]) -> usize;
 }
 
-mod interim;
-pub use interim::{Balancer, flow_hash};
+/// Why a pool's balancer could not be built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BuildError {
+    /// Backend indices are `u16`; the pool has more backends than that allows.
+    TooManyBackends { count: usize, max: usize },
+    /// Maglev needs a prime table size: every backend's permutation must visit every slot.
+    TableSizeNotPrime(u32),
+    /// The table must have a slot for every backend and fit the memory bound.
+    TableSizeOutOfRange { size: u32, min: usize, max: u32 },
+}
+
+impl fmt::Display for BuildError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::TooManyBackends { count, max } => write!(
+                f,
+                "pool has {count} backends, at most {max} are supported: split it into several pools"
+            ),
+            Self::TableSizeNotPrime(size) => write!(
+                f,
+                "maglev table_size {size} is not a prime: use a prime such as 65537 (the default) or 655373"
+            ),
+            Self::TableSizeOutOfRange { size, min, max } => write!(
+                f,
+                "maglev table_size {size} is out of range: it must be a prime from {min} (the number of backends) to {max}, ideally above 100 × the number of backends"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for BuildError {}
+
+/// Backends a selector may consider: indices are `u16`, so never more than fit.
+fn rankable(load: &PoolLoad) -> usize {
+    load.len().min(maglev::MAX_BACKENDS)
+}
+
+/// Appends to `out[n..]` the backends with room in cyclic index order from `start`, leaving out
+/// those already in `out[..n]`, and returns the new length. At most one pass over the pool.
+fn fill_cyclic(load: &PoolLoad, start: usize, out: &mut [u16], mut n: usize) -> usize {
+    let len = rankable(load);
+    if len == 0 {
+        return n;
+    }
+    let already = n;
+    let mut i = start % len;
+    for _ in 0..len {
+        if n >= out.len() {
+            break;
+        }
+        if load.has_room(i) && !out[..already].contains(&(i as u16)) {
+            out[n] = i as u16;
+            n += 1;
+        }
+        i += 1;
+        if i == len {
+            i = 0;
+        }
+    }
+    n
+}

@@ -5,7 +5,7 @@
 //! per-backend cap is exact: the reservation is a compare-and-swap against `max_conns`, so no
 //! interleaving of forwarders ever opens more than `max_conns` connections to one backend.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use crate::config::PoolConfig;
 
@@ -38,12 +38,57 @@ impl BackendState {
 pub struct BackendSlot {
     active: AtomicU32,
     max_conns: AtomicU32,
-    weight: AtomicU32,
-    state: AtomicU32,
+    /// Weight in the low 32 bits, [`BackendState`] in the high 32: one word, so a change to
+    /// either yields the exact old and new contribution to [`PoolLoad`]'s available weight.
+    admin: AtomicU64,
+}
+
+fn pack_admin(weight: u32, state: BackendState) -> u64 {
+    (u64::from(state as u32) << 32) | u64::from(weight)
+}
+
+fn admin_weight(admin: u64) -> u32 {
+    admin as u32
+}
+
+fn admin_state(admin: u64) -> BackendState {
+    BackendState::from_u32((admin >> 32) as u32)
+}
+
+/// What a backend adds to the pool's available weight: its weight while up, else nothing.
+fn admin_contribution(admin: u64) -> u64 {
+    if admin_state(admin) == BackendState::Up {
+        u64::from(admin_weight(admin))
+    } else {
+        0
+    }
 }
 
 /// Bounded-load factor stored as thousandths so it can change at runtime in one atomic.
 const BOUND_SCALE: u32 = 1000;
+
+/// `bound × 1000`, 0 for none. Saturating: NaN or a bound at or below 0 means none, a huge one
+/// the largest representable.
+fn bound_to_milli(bound: Option<f64>) -> u32 {
+    bound.map_or(0, |b| (b * f64::from(BOUND_SCALE)).round() as u32)
+}
+
+/// A backend's bounded-load capacity, `ceil(num / den)` connections, kept as the fraction.
+#[derive(Clone, Copy)]
+enum BoundTest {
+    Unbounded,
+    Below { num: u128, den: u128 },
+}
+
+impl BoundTest {
+    /// Whether a backend with `active` connections is below its capacity.
+    fn allows(self, active: u32) -> bool {
+        match self {
+            Self::Unbounded => true,
+            Self::Below { num, den } => u128::from(active) * den < num,
+        }
+    }
+}
 
 /// The live load of one pool.
 #[derive(Debug)]
@@ -51,28 +96,32 @@ pub struct PoolLoad {
     slots: Box<[BackendSlot]>,
     /// Sum of `active` over all backends; kept beside them so the bounded-load mean costs O(1).
     total_active: AtomicU32,
+    /// Sum of the weights of the available backends, kept so the bounded-load capacity costs
+    /// O(1) instead of a pass over the pool for every candidate. Each admin change adds its exact
+    /// delta (wrapping); two racing changes to one backend may land in either order, so a reader
+    /// can briefly see a value "below zero" and treats it as 0.
+    available_weight: AtomicU64,
     /// `bound × 1000`, or 0 when no bound is set.
     bound_milli: AtomicU32,
 }
 
 impl PoolLoad {
     pub fn new(cfg: &PoolConfig) -> Self {
-        let slots = cfg
+        let slots: Box<[BackendSlot]> = cfg
             .backends
             .iter()
             .map(|b| BackendSlot {
                 active: AtomicU32::new(0),
                 max_conns: AtomicU32::new(b.max_conns),
-                weight: AtomicU32::new(b.weight),
-                state: AtomicU32::new(BackendState::Up as u32),
+                admin: AtomicU64::new(pack_admin(b.weight, BackendState::Up)),
             })
             .collect();
-        let bound_milli = cfg
-            .bound
-            .map_or(0, |b| (b * f64::from(BOUND_SCALE)).round() as u32);
+        let available_weight = cfg.backends.iter().map(|b| u64::from(b.weight)).sum();
+        let bound_milli = bound_to_milli(cfg.bound);
         Self {
             slots,
             total_active: AtomicU32::new(0),
+            available_weight: AtomicU64::new(available_weight),
             bound_milli: AtomicU32::new(bound_milli),
         }
     }
@@ -98,11 +147,11 @@ impl PoolLoad {
 
     /// Effective weight of backend `i` now (0: takes no new connections).
     pub fn weight(&self, i: usize) -> u32 {
-        self.slots[i].weight.load(Ordering::Relaxed)
+        admin_weight(self.slots[i].admin.load(Ordering::Relaxed))
     }
 
     pub fn set_weight(&self, i: usize, weight: u32) {
-        self.slots[i].weight.store(weight, Ordering::Relaxed);
+        self.update_admin(i, |a| pack_admin(weight, admin_state(a)));
     }
 
     /// Cap on connections to backend `i` (0: none).
@@ -115,11 +164,34 @@ impl PoolLoad {
     }
 
     pub fn state(&self, i: usize) -> BackendState {
-        BackendState::from_u32(self.slots[i].state.load(Ordering::Relaxed))
+        admin_state(self.slots[i].admin.load(Ordering::Relaxed))
     }
 
     pub fn set_state(&self, i: usize, state: BackendState) {
-        self.slots[i].state.store(state as u32, Ordering::Relaxed);
+        self.update_admin(i, |a| pack_admin(admin_weight(a), state));
+    }
+
+    /// Applies an admin change to backend `i` and moves the pool's available weight by exactly
+    /// what that change moved the backend's contribution.
+    fn update_admin(&self, i: usize, change: impl Fn(u64) -> u64) {
+        let slot = &self.slots[i];
+        let old = match slot
+            .admin
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |a| Some(change(a)))
+        {
+            Ok(old) | Err(old) => old,
+        };
+        let delta = admin_contribution(change(old)).wrapping_sub(admin_contribution(old));
+        self.available_weight.fetch_add(delta, Ordering::Relaxed);
+    }
+
+    /// Sum of the weights of the backends that are up: the `W` of the bounded-load capacity.
+    pub fn available_weight(&self) -> u64 {
+        let w = self.available_weight.load(Ordering::Relaxed);
+        // Above the largest possible sum it can only be a transient "negative" from two racing
+        // changes to one backend: read it as empty until the other delta lands.
+        let most = u64::from(u32::MAX).saturating_mul(self.len() as u64);
+        if w > most { 0 } else { w }
     }
 
     /// Bounded-load factor, if one is set.
@@ -130,9 +202,16 @@ impl PoolLoad {
         }
     }
 
+    /// Sets the bounded-load factor (`None` or 0: only `max_conns` bounds a backend); takes
+    /// effect on the next ranking and reservation.
+    pub fn set_bound(&self, bound: Option<f64>) {
+        self.bound_milli
+            .store(bound_to_milli(bound), Ordering::Relaxed);
+    }
+
     /// Whether backend `i` may be offered new connections at all: up and weight above 0.
     pub fn is_available(&self, i: usize) -> bool {
-        self.state(i) == BackendState::Up && self.weight(i) > 0
+        admin_contribution(self.slots[i].admin.load(Ordering::Relaxed)) > 0
     }
 
     /// Whether backend `i` is available and has room for one more connection: below its
@@ -150,26 +229,27 @@ impl PoolLoad {
         if max != 0 && active >= max {
             return false;
         }
-        active < self.bound_capacity(i)
+        self.bound_test(i).allows(active)
     }
 
-    /// The bounded-load capacity of backend `i` (u32::MAX when no bound is set).
-    fn bound_capacity(&self, i: usize) -> u32 {
+    /// The bounded-load test of backend `i` as of now.
+    fn bound_test(&self, i: usize) -> BoundTest {
         let milli = self.bound_milli.load(Ordering::Relaxed);
         if milli == 0 {
-            return u32::MAX;
+            return BoundTest::Unbounded;
         }
-        let total_weight: u64 = (0..self.len())
-            .filter(|&j| self.is_available(j))
-            .map(|j| u64::from(self.weight(j)))
-            .sum();
+        let total_weight = self.available_weight();
         if total_weight == 0 {
-            return 0;
+            return BoundTest::Below { num: 0, den: 1 };
         }
-        let demand = u64::from(self.total_active()) + 1;
-        let num = u64::from(milli) * demand * u64::from(self.weight(i));
-        let den = u64::from(BOUND_SCALE) * total_weight;
-        u32::try_from(num.div_ceil(den)).unwrap_or(u32::MAX)
+        // `active < ceil(num / den)` is `active × den < num`: no division on the hot path.
+        // u128: bound, demand and weights are each up to 32 bits (the weight sum up to 48),
+        // their products are not 64.
+        let demand = u128::from(self.total_active()) + 1;
+        BoundTest::Below {
+            num: u128::from(milli) * demand * u128::from(self.weight(i)),
+            den: u128::from(BOUND_SCALE) * u128::from(total_weight),
+        }
     }
 
     /// Reserves one connection on backend `i` if it is under its `max_conns` (exact, whatever
@@ -179,11 +259,11 @@ impl PoolLoad {
         let slot = &self.slots[i];
         let max = slot.max_conns.load(Ordering::Relaxed);
         let limit = if max == 0 { u32::MAX } else { max };
-        let limit = limit.min(self.bound_capacity(i));
+        let bound = self.bound_test(i);
         let won = slot
             .active
             .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |a| {
-                (a < limit).then_some(a + 1)
+                (a < limit && bound.allows(a)).then_some(a + 1)
             })
             .is_ok();
         if won {
@@ -194,8 +274,140 @@ impl PoolLoad {
 
     /// Gives back a reservation made by [`Self::try_acquire`].
     pub fn release(&self, i: usize) {
-        let prev = self.slots[i].active.fetch_sub(1, Ordering::AcqRel);
-        debug_assert!(prev > 0, "release without acquire on backend {i}");
-        self.total_active.fetch_sub(1, Ordering::Relaxed);
+        // Saturating, so a stray release cannot wrap the count and make the backend look full
+        // for good.
+        let released = self.slots[i]
+            .active
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |a| a.checked_sub(1))
+            .is_ok();
+        debug_assert!(released, "release without acquire on backend {i}");
+        if released {
+            self.total_active.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{BackendConfig, Balance, HashKey};
+
+    fn pool(weights: &[u32], max_conns: u32, bound: Option<f64>) -> PoolConfig {
+        PoolConfig {
+            name: "p".into(),
+            balance: Balance::Maglev,
+            hash_key: HashKey::SourceIp,
+            table_size: 65537,
+            bound,
+            health: crate::config::HealthConfig::default(),
+            backends: weights
+                .iter()
+                .enumerate()
+                .map(|(i, &weight)| BackendConfig {
+                    weight,
+                    max_conns,
+                    ..BackendConfig::new(format!("b{i}"), ([127, 0, 0, 1], 8000 + i as u16).into())
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn available_weight_follows_state_and_weight_changes() {
+        let load = PoolLoad::new(&pool(&[3, 5, 0], 0, None));
+        assert_eq!(load.available_weight(), 8);
+        load.set_state(1, BackendState::Down);
+        assert_eq!(load.available_weight(), 3);
+        load.set_weight(1, 7); // down: no contribution yet
+        assert_eq!(load.available_weight(), 3);
+        load.set_state(1, BackendState::Up);
+        assert_eq!(load.available_weight(), 10);
+        load.set_weight(2, 4);
+        load.set_state(0, BackendState::Drain);
+        assert_eq!(load.available_weight(), 11);
+        load.set_state(0, BackendState::Drain); // no change, no delta
+        assert_eq!(load.available_weight(), 11);
+        assert_eq!(load.weight(1), 7);
+        assert_eq!(load.state(0), BackendState::Drain);
+    }
+
+    #[test]
+    fn available_weight_is_exact_after_racing_changes() {
+        let load = PoolLoad::new(&pool(&[1; 4], 0, None));
+        std::thread::scope(|s| {
+            for t in 0..4u32 {
+                let load = &load;
+                s.spawn(move || {
+                    for k in 0..2000u32 {
+                        let i = ((k + t) % 4) as usize;
+                        if k % 3 == 0 {
+                            load.set_state(i, BackendState::Down);
+                        } else if k % 3 == 1 {
+                            load.set_weight(i, k % 7 + t);
+                        } else {
+                            load.set_state(i, BackendState::Up);
+                        }
+                    }
+                });
+            }
+        });
+        let expected: u64 = (0..4)
+            .filter(|&i| load.state(i) == BackendState::Up)
+            .map(|i| u64::from(load.weight(i)))
+            .sum();
+        assert_eq!(load.available_weight(), expected);
+    }
+
+    #[test]
+    fn bound_capacity_does_not_overflow_with_extreme_values() {
+        let load = PoolLoad::new(&pool(&[u32::MAX, 1], 0, Some(4_000_000.0)));
+        assert!(load.try_acquire(0));
+        assert!(load.has_room(0));
+        assert!(load.has_room(1));
+    }
+
+    #[test]
+    fn bound_capacity_follows_weights() {
+        // bound 1.5, weights 1 and 3: after T acquisitions backend 0 may hold
+        // ceil(1.5 × (T + 1) / 4) when asked for one more.
+        let load = PoolLoad::new(&pool(&[1, 3], 0, Some(1.5)));
+        assert!(load.try_acquire(0)); // cap ceil(1.5 × 1 / 4) = 1
+        assert!(!load.try_acquire(0)); // cap ceil(1.5 × 2 / 4) = 1
+        assert!(load.try_acquire(1));
+        assert!(load.try_acquire(0)); // cap ceil(1.5 × 3 / 4) = 2
+        assert!(!load.has_room(0));
+    }
+
+    #[test]
+    fn bound_can_change_at_runtime() {
+        let load = PoolLoad::new(&pool(&[1, 1], 0, None));
+        assert!(load.try_acquire(0));
+        assert!(load.try_acquire(0));
+        load.set_bound(Some(1.0)); // 3 × 1 / 2 → cap 2
+        assert_eq!(load.bound(), Some(1.0));
+        assert!(!load.try_acquire(0));
+        load.set_bound(Some(f64::NAN));
+        assert_eq!(load.bound(), None);
+        assert!(load.try_acquire(0));
+    }
+
+    #[test]
+    fn bound_refuses_when_no_backend_is_up() {
+        let load = PoolLoad::new(&pool(&[2, 2], 0, Some(1.5)));
+        load.set_state(0, BackendState::Down);
+        load.set_state(1, BackendState::Down);
+        assert!(!load.try_acquire(0));
+        load.set_state(1, BackendState::Up);
+        assert!(load.try_acquire(1));
+    }
+
+    #[cfg(not(debug_assertions))]
+    #[test]
+    fn stray_release_does_not_wrap() {
+        let load = PoolLoad::new(&pool(&[1], 1, None));
+        load.release(0);
+        assert_eq!(load.active(0), 0);
+        assert_eq!(load.total_active(), 0);
+        assert!(load.try_acquire(0));
     }
 }

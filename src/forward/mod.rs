@@ -22,7 +22,7 @@ use std::thread::JoinHandle;
 use socket2::SockAddr;
 use tracing::{info, warn};
 
-use crate::balance::{Balancer, PoolLoad};
+use crate::balance::{Balancer, BuildError, PoolLoad};
 use crate::config::{AllDown, Balance, Config, HashKey};
 use crate::health::{Monitor, PoolHealth};
 use crate::stats::{ForwarderStats, Totals};
@@ -49,6 +49,10 @@ pub struct PoolShared {
 pub enum StartError {
     Uring(uring::ProbeError),
     Cores(String),
+    Pool {
+        pool: String,
+        error: BuildError,
+    },
     Listen {
         listener: String,
         addr: SocketAddr,
@@ -66,6 +70,7 @@ impl fmt::Display for StartError {
         match self {
             Self::Uring(e) => e.fmt(f),
             Self::Cores(e) => e.fmt(f),
+            Self::Pool { pool, error } => write!(f, "pool.{pool}: {error}"),
             Self::Listen {
                 listener,
                 addr,
@@ -133,23 +138,27 @@ impl Engine {
     pub fn start(cfg: &Config) -> Result<Self, StartError> {
         let caps = uring::probe().map_err(StartError::Uring)?;
         let cores = cfg.engine.cores.resolve().map_err(StartError::Cores)?;
-        let pools: Vec<Arc<PoolShared>> = cfg
+        let pools = cfg
             .pools
             .iter()
             .map(|p| {
+                let balancer = Balancer::new(p).map_err(|error| StartError::Pool {
+                    pool: p.name.clone(),
+                    error,
+                })?;
                 let hashes = matches!(p.balance, Balance::Maglev | Balance::SourceHash);
-                Arc::new(PoolShared {
+                Ok(Arc::new(PoolShared {
                     name: p.name.clone(),
                     load: PoolLoad::new(p),
-                    balancer: Balancer::new(p),
+                    balancer,
                     addrs: p.backends.iter().map(|b| SockAddr::from(b.addr)).collect(),
                     names: p.backends.iter().map(|b| b.name.clone()).collect(),
                     hash_key: hashes.then_some(p.hash_key),
                     health: PoolHealth::new(p),
                     all_down: p.health.all_down,
-                })
+                }))
             })
-            .collect();
+            .collect::<Result<Vec<_>, StartError>>()?;
 
         // One socket per listener per forwarder. The first decides the port, so a listener on
         // port 0 gets one ephemeral port shared by all its sockets.
