@@ -465,3 +465,53 @@ fn full_large_pool_still_finds_the_backends_with_room() -> Result<(), BuildError
     assert_eq!(sel.rank(1, &load, &mut out), 0);
     Ok(())
 }
+
+/// Slow start: while a backend's effective weight is below the weight its table share stands
+/// for, it comes first for that fraction of its flows only (the others rank it last), the same
+/// flows at every step, and more of them as the ramp climbs.
+#[test]
+fn a_ramping_backend_takes_a_growing_consistent_share_of_its_flows() -> Result<(), BuildError> {
+    let cfg = pool(
+        (0..4)
+            .map(|i| backend(&format!("backend-{i}"), 100))
+            .collect(),
+    );
+    let table = Arc::new(table(&cfg.backends, M)?);
+    let load = PoolLoad::new(&cfg);
+    let mut sel = Maglev::new(table.clone());
+    let flows: Vec<u64> = (0..40_000u64)
+        .map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+        .collect();
+    let own: Vec<u64> = flows
+        .iter()
+        .copied()
+        .filter(|&f| table.lookup(f) == Some(2))
+        .collect();
+    let mut out = [0u16; 4];
+    let mut admitted_before: Vec<u64> = Vec::new();
+    for weight in [0u32, 1, 25, 50, 75, 100] {
+        load.set_weight(2, weight.max(1));
+        let mut admitted = Vec::new();
+        for &f in &own {
+            let n = sel.rank(f, &load, &mut out);
+            assert_eq!(n, 4, "a ramping backend is deferred, never dropped");
+            if out[0] == 2 {
+                admitted.push(f);
+            } else {
+                assert_eq!(out[3], 2, "a deferred backend ranks last");
+            }
+        }
+        let share = admitted.len() as f64 / own.len() as f64;
+        let expected = f64::from(weight.max(1)) / 100.0;
+        assert!(
+            (share - expected).abs() < 0.03,
+            "weight {weight}: share {share}"
+        );
+        assert!(
+            admitted_before.iter().all(|f| admitted.contains(f)),
+            "a flow admitted at a lower weight stays admitted"
+        );
+        admitted_before = admitted;
+    }
+    Ok(())
+}

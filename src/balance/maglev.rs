@@ -17,7 +17,8 @@
 //! `w` so ends with `≈ w / W` of the table and one of weight 0 with none. With equal weights this
 //! is the paper's round-robin population, and every backend gets `⌊M/N⌋` or `⌈M/N⌉` slots.
 //! The table keeps the weights it was built with: a runtime weight of 0 drains a backend (it
-//! has no room), other runtime weights take effect when the pool's table is rebuilt.
+//! has no room); a runtime weight below the built one (slow start) makes the backend come first
+//! for only that fraction of its flows ([`PoolLoad::admits`]) and rank last for the others.
 //!
 //! **Disruption.** Removing a backend frees its slots; the rebuild also moves a small share of
 //! other backends' slots, because the population order changes after the first freed slot (the
@@ -42,7 +43,7 @@ use std::collections::BinaryHeap;
 use std::sync::Arc;
 
 use super::hash::xxh64;
-use super::{BuildError, PoolLoad, Selector};
+use super::{BuildError, MAX_CANDIDATES, PoolLoad, Selector};
 use crate::config::BackendConfig;
 
 /// Seed of the hash of a backend's name that gives its permutation's first slot.
@@ -275,9 +276,12 @@ impl Selector for Maglev {
             seen: &mut self.seen,
             epoch: self.epoch,
             load,
+            flow,
             out,
             n: 0,
             looked: 0,
+            deferred: [0; MAX_CANDIDATES],
+            held: 0,
         };
         let slots = &table.slots;
         let budget = slots.len().min(WALK_SLOTS_PER_BACKEND * distinct);
@@ -285,7 +289,7 @@ impl Selector for Maglev {
         for _ in 0..budget {
             // Non-empty table: every slot holds a backend index below `table.backends`.
             if ranking.offer(slots[s]) || ranking.looked == distinct {
-                return ranking.n;
+                return ranking.finish();
             }
             s += 1;
             if s == slots.len() {
@@ -303,7 +307,7 @@ impl Selector for Maglev {
                 k = 0;
             }
         }
-        ranking.n
+        ranking.finish()
     }
 }
 
@@ -312,10 +316,14 @@ struct Ranking<'a> {
     seen: &'a mut [u32],
     epoch: u32,
     load: &'a PoolLoad,
+    flow: u64,
     out: &'a mut [u16],
     n: usize,
     /// Distinct backends looked at so far.
     looked: usize,
+    /// Backends with room that are still ramping up and turned this flow away: ranked last.
+    deferred: [u16; MAX_CANDIDATES],
+    held: usize,
 }
 
 impl Ranking<'_> {
@@ -330,9 +338,27 @@ impl Ranking<'_> {
         // A load of another size than the table's set is a caller's mistake; such indices are
         // skipped rather than trusted.
         if i < self.load.len() && self.load.has_room(i) {
-            self.out[self.n] = b;
-            self.n += 1;
+            if self.load.admits(i, self.flow) || self.held == self.deferred.len() {
+                self.out[self.n] = b;
+                self.n += 1;
+            } else {
+                self.deferred[self.held] = b;
+                self.held += 1;
+            }
         }
-        self.n == self.out.len()
+        self.n + self.held >= self.out.len()
+    }
+
+    /// The ranking, with the deferred backends after the others.
+    fn finish(self) -> usize {
+        let mut n = self.n;
+        for &d in &self.deferred[..self.held] {
+            if n == self.out.len() {
+                break;
+            }
+            self.out[n] = d;
+            n += 1;
+        }
+        n
     }
 }

@@ -94,24 +94,49 @@ fn rankable(load: &PoolLoad) -> usize {
 
 /// Appends to `out[n..]` the backends with room in cyclic index order from `start`, leaving out
 /// those already in `out[..n]`, and returns the new length. At most one pass over the pool.
-fn fill_cyclic(load: &PoolLoad, start: usize, out: &mut [u16], mut n: usize) -> usize {
+///
+/// With `admit = Some(key)`, a backend still ramping up that does not admit `key`
+/// ([`PoolLoad::admits`]) goes to the end instead of its turn.
+fn fill_cyclic(
+    load: &PoolLoad,
+    start: usize,
+    out: &mut [u16],
+    mut n: usize,
+    admit: Option<u64>,
+) -> usize {
     let len = rankable(load);
     if len == 0 {
         return n;
     }
     let already = n;
+    let mut deferred = [0u16; MAX_CANDIDATES];
+    let mut held = 0;
     let mut i = start % len;
     for _ in 0..len {
-        if n >= out.len() {
+        if n + held >= out.len() {
             break;
         }
         if load.has_room(i) && !out[..already].contains(&(i as u16)) {
-            out[n] = i as u16;
-            n += 1;
+            match admit {
+                Some(key) if !load.admits(i, key) && held < deferred.len() => {
+                    deferred[held] = i as u16;
+                    held += 1;
+                }
+                _ => {
+                    out[n] = i as u16;
+                    n += 1;
+                }
+            }
         }
         i += 1;
         if i == len {
             i = 0;
+        }
+    }
+    for &d in &deferred[..held] {
+        if n < out.len() {
+            out[n] = d;
+            n += 1;
         }
     }
     n

@@ -62,6 +62,6 @@ impl Selector for PowerOfTwoChoices {
             }
         }
         let start = self.below(len);
-        fill_cyclic(load, start, out, n)
+        fill_cyclic(load, start, out, n, None)
     }
 }

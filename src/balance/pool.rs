@@ -7,7 +7,7 @@
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-use crate::config::PoolConfig;
+use crate::config::{AdminState, PoolConfig};
 
 /// Health of a backend as the forwarders see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +41,9 @@ pub struct BackendSlot {
     /// Weight in the low 32 bits, [`BackendState`] in the high 32: one word, so a change to
     /// either yields the exact old and new contribution to [`PoolLoad`]'s available weight.
     admin: AtomicU64,
+    /// The weight the pool's table was built for. While the effective weight is below it (slow
+    /// start), [`PoolLoad::admits`] turns away the matching share of flows.
+    base_weight: AtomicU32,
 }
 
 fn pack_admin(weight: u32, state: BackendState) -> u64 {
@@ -110,13 +113,23 @@ impl PoolLoad {
         let slots: Box<[BackendSlot]> = cfg
             .backends
             .iter()
-            .map(|b| BackendSlot {
-                active: AtomicU32::new(0),
-                max_conns: AtomicU32::new(b.max_conns),
-                admin: AtomicU64::new(pack_admin(b.weight, BackendState::Up)),
+            .map(|b| {
+                let state = match b.state {
+                    AdminState::Up => BackendState::Up,
+                    AdminState::Drain => BackendState::Drain,
+                };
+                BackendSlot {
+                    active: AtomicU32::new(0),
+                    max_conns: AtomicU32::new(b.max_conns),
+                    admin: AtomicU64::new(pack_admin(b.weight, state)),
+                    base_weight: AtomicU32::new(b.weight),
+                }
             })
             .collect();
-        let available_weight = cfg.backends.iter().map(|b| u64::from(b.weight)).sum();
+        let available_weight = slots
+            .iter()
+            .map(|s| admin_contribution(s.admin.load(Ordering::Relaxed)))
+            .sum();
         let bound_milli = bound_to_milli(cfg.bound);
         Self {
             slots,
@@ -124,6 +137,27 @@ impl PoolLoad {
             available_weight: AtomicU64::new(available_weight),
             bound_milli: AtomicU32::new(bound_milli),
         }
+    }
+
+    /// The weight backend `i`'s share in the pool's table stands for.
+    pub fn base_weight(&self, i: usize) -> u32 {
+        self.slots[i].base_weight.load(Ordering::Relaxed)
+    }
+
+    /// Whether backend `i` takes the flow (or pick) `key` given its slow-start ramp: always at
+    /// full weight; below it, the share `weight / base_weight` of keys, chosen by a hash of the
+    /// key so one flow keeps its answer while the ramp climbs (a key admitted at one weight is
+    /// admitted at every higher one). Selectors whose shares do not follow live weights (maglev's
+    /// table, round robin, source hash) rank a backend that does not admit the key last.
+    pub fn admits(&self, i: usize, key: u64) -> bool {
+        let weight = self.weight(i);
+        let base = self.base_weight(i);
+        if weight >= base {
+            return true;
+        }
+        let mixed = (key ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+            .wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        (mixed >> 32) % u64::from(base) < u64::from(weight)
     }
 
     /// Number of backends, whatever their state.

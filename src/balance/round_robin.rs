@@ -12,18 +12,26 @@ use super::{PoolLoad, Selector, fill_cyclic, rankable};
 #[derive(Debug, Clone)]
 pub struct RoundRobin {
     next: usize,
+    /// Picks so far: the key slow start's admission hashes, as a flow would be.
+    turns: u64,
 }
 
 impl RoundRobin {
     /// Starts at backend `start` (mod the pool size), to stagger forwarders.
     pub fn new(start: usize) -> Self {
-        Self { next: start }
+        Self {
+            next: start,
+            turns: 0,
+        }
     }
 }
 
 impl Selector for RoundRobin {
     fn rank(&mut self, _flow: u64, load: &PoolLoad, out: &mut [u16]) -> usize {
-        let n = fill_cyclic(load, self.next, out, 0);
+        // The turn counter stands in for a flow: ramping backends take their share of turns.
+        let turn = self.turns;
+        let n = fill_cyclic(load, self.next, out, 0, Some(turn));
+        self.turns = self.turns.wrapping_add(1);
         if n > 0 {
             self.next = usize::from(out[0]) + 1;
         }

@@ -25,6 +25,6 @@ impl Selector for SourceHash {
         if len == 0 {
             return 0;
         }
-        fill_cyclic(load, (flow % len as u64) as usize, out, 0)
+        fill_cyclic(load, (flow % len as u64) as usize, out, 0, Some(flow))
     }
 }
