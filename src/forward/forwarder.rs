@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use io_uring::types::{CancelBuilder, Fd, TimeoutFlags, Timespec};
+use io_uring::types::{CancelBuilder, Fd, Timespec};
 use io_uring::{IoUring, cqueue, opcode, squeue};
 use tracing::{debug, warn};
 
@@ -293,9 +293,10 @@ impl Forwarder {
         }
     }
 
+    /// One-shot and re-armed from its completion: a multishot timeout would need Linux 6.4, and
+    /// one submission per tick costs nothing.
     fn arm_tick(&mut self) {
         let entry = opcode::Timeout::new(&self.tick)
-            .flags(TimeoutFlags::MULTISHOT)
             .build()
             .user_data(token::encode(Kind::Tick, 0));
         self.push(entry);
