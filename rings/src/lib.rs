@@ -1,1 +1,39 @@
 //! Lock-free SPSC and MPMC rings in shared memory, safe across processes.
+//!
+//! Any Linux program can create a ring at a path (under /dev/shm, or on a real filesystem where
+//! queued records must survive a reboot) and any other can attach to it by that path. The crate
+//! knows nothing of who uses it.
+//!
+//! - [`spsc`]: one producer, one consumer, variable-length records in a byte ring, read and
+//!   written in place. The index protocol is Lamport's single-producer single-consumer ring with
+//!   free-running indices and cached opposite indices, as in the Linux io_uring rings and rtrb.
+//! - [`mpmc`]: many producers, competing consumers, bounded records in fixed slots. The slot
+//!   protocol is Dmitry Vyukov's bounded MPMC queue (per-slot sequence stamps; crossbeam's
+//!   `ArrayQueue` is the same algorithm), extended so that a slot's stamp also names which handle
+//!   is writing or claiming it: a crashed producer's half-written slot and a crashed consumer's
+//!   claim are found and recovered, with an attempt count and a dead-letter ring.
+//! - Waiting ([`wait`]): an event count on a shared futex word, usable from `futex(2)` and from
+//!   an io_uring `FutexWait`.
+//! - Segments ([`segment`]): a header with magic, version, geometry, creator identity and a
+//!   checksum; atomic creation by `O_TMPFILE` + `linkat`; size checked before mapping.
+//!
+//! Everything read from shared memory is checked before it is used as a length or an index: a
+//! corrupt or hostile peer gets an [`Error::Corrupt`], never an out-of-bounds access.
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
+pub mod error;
+pub mod mpmc;
+mod primitive;
+#[cfg(not(loom))]
+pub mod segment;
+pub mod spsc;
+mod sys;
+pub mod wait;
+
+pub use error::{Error, PushError, Result};
+#[cfg(not(loom))]
+pub use segment::{LAYOUT_VERSION, RingKind, SegmentInfo, inspect, remove_stale};
+pub use sys::ProcessId;
+#[cfg(not(loom))]
+pub use wait::FutexWait;

@@ -1,0 +1,136 @@
+//! Waiting without spinning at idle: an event count on a shared futex word.
+//!
+//! Each direction a side may wait in ("data arrived", "space freed") has a line with two 32-bit
+//! words: `seq`, the futex word, and `waiters`, how many are parked or about to park on it.
+//!
+//! Waiter: `waiters += 1` (SeqCst), read `seq` into `v`, re-check the ring (SeqCst loads); if it
+//! is still empty (or full), sleep on `seq` while it equals `v`; afterwards `waiters -= 1`.
+//!
+//! Waker: publish the index (SeqCst store), then read `waiters` (SeqCst); if non-zero, bump `seq`
+//! and `FUTEX_WAKE` every waiter on it.
+//!
+//! The four SeqCst accesses form Dekker's pattern: either the waiter's re-check sees the new
+//! index, or the waker sees the waiter and bumps `seq`, so the sleep returns at once (value
+//! changed) or is woken. No wake-up is lost. The word is a plain shared futex (never
+//! `FUTEX_PRIVATE_FLAG`), so `futex(2)` waiters, io_uring `FutexWait` waiters and wakers in other
+//! processes all meet on it.
+
+use crate::primitive::{AtomicU32, Ordering, Shm};
+
+/// Where a wait line's two words are.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct WaitLine {
+    pub(crate) seq: usize,
+    pub(crate) waiters: usize,
+}
+
+impl WaitLine {
+    pub(crate) const fn at(off: usize) -> WaitLine {
+        WaitLine {
+            seq: off,
+            waiters: off + 4,
+        }
+    }
+
+    fn words(self, shm: &Shm) -> (&AtomicU32, &AtomicU32) {
+        // SAFETY: wait lines are fixed offsets inside every layout's control area, 4-aligned,
+        // and only ever accessed atomically.
+        unsafe { (shm.u32(self.seq), shm.u32(self.waiters)) }
+    }
+
+    /// The waker's half: call right after the SeqCst store that published the change.
+    #[inline]
+    pub(crate) fn wake(self, shm: &Shm) {
+        let (seq, waiters) = self.words(shm);
+        if waiters.load(Ordering::SeqCst) != 0 {
+            seq.fetch_add(1, Ordering::SeqCst);
+            crate::sys::futex_wake_all(seq);
+        }
+    }
+
+    /// The waiter's first half: registers, and returns the value to wait on.
+    pub(crate) fn register(self, shm: &Shm) -> u32 {
+        let (seq, waiters) = self.words(shm);
+        waiters.fetch_add(1, Ordering::SeqCst);
+        seq.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn unregister(self, shm: &Shm) {
+        let (_, waiters) = self.words(shm);
+        // Saturating: a hostile peer may have zeroed the count; never wrap it to 4 billion.
+        let _ = waiters.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |w| w.checked_sub(1));
+    }
+}
+
+#[cfg(not(loom))]
+pub use self::mapped::FutexWait;
+
+#[cfg(not(loom))]
+mod mapped {
+    use super::WaitLine;
+    use crate::segment::Mapping;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    /// A registered wait on a ring's futex word, ready to sleep on — with `futex(2)` through
+    /// [`FutexWait::wait`], or with an io_uring `FutexWait` on [`FutexWait::word`] and
+    /// [`FutexWait::value`].
+    ///
+    /// For io_uring: submit `opcode::FutexWait::new(w.word(), w.value() as u64,
+    /// FUTEX_BITSET_MATCH_ANY as u64, FUTEX2_SIZE_U32)` (no `FUTEX2_PRIVATE`), keep this value
+    /// alive until the completion arrives (it holds the mapping and the waiter registration),
+    /// then drop it and try the ring again. A completion of `-EAGAIN` means the word had already
+    /// moved: try again at once.
+    ///
+    /// Dropping it unregisters the waiter.
+    #[must_use = "dropping the registration gives up the wait"]
+    pub struct FutexWait {
+        map: Arc<Mapping>,
+        line: WaitLine,
+        value: u32,
+    }
+
+    impl FutexWait {
+        pub(crate) fn new(map: Arc<Mapping>, line: WaitLine, value: u32) -> FutexWait {
+            FutexWait { map, line, value }
+        }
+
+        /// The address of the 32-bit futex word, inside the shared mapping.
+        pub fn word(&self) -> *const u32 {
+            // SAFETY: the wait line is inside the mapping that `self.map` keeps alive.
+            unsafe { self.map.shm.u32(self.line.seq) }.as_ptr()
+        }
+
+        /// The value to wait on: sleep while the word still holds it.
+        pub fn value(&self) -> u32 {
+            self.value
+        }
+
+        /// Sleeps on the word with `futex(2)` until woken, the word moved, or `timeout` passed.
+        pub fn wait(&self, timeout: Option<Duration>) {
+            // SAFETY: as in `word`.
+            let word = unsafe { self.map.shm.u32(self.line.seq) };
+            crate::sys::futex_wait(word, self.value, timeout);
+        }
+    }
+
+    impl Drop for FutexWait {
+        fn drop(&mut self) {
+            self.line.unregister(&self.map.shm);
+        }
+    }
+
+    impl std::fmt::Debug for FutexWait {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("FutexWait")
+                .field("word", &self.word())
+                .field("value", &self.value)
+                .finish()
+        }
+    }
+}
+
+/// How many times a blocking call re-checks the ring before it parks: a message that is about to
+/// arrive is cheaper to spin for than to sleep for.
+#[cfg(not(loom))]
+pub(crate) const SPINS: u32 = 200;
