@@ -37,3 +37,74 @@ pub use segment::{LAYOUT_VERSION, RingKind, SegmentInfo, inspect, remove_stale};
 pub use sys::ProcessId;
 #[cfg(not(loom))]
 pub use wait::FutexWait;
+
+/// Heap-backed ends for the loom models (`RUSTFLAGS="--cfg loom"`); not part of the API.
+#[cfg(loom)]
+#[doc(hidden)]
+pub mod model {
+    use crate::PushError;
+
+    /// The SPSC producer protocol over loom atomics.
+    pub struct SpscProducer(crate::spsc::ProducerCore);
+    /// The SPSC consumer protocol over loom atomics.
+    pub struct SpscConsumer(crate::spsc::ConsumerCore);
+
+    /// A ring of `capacity` bytes and its two ends.
+    pub fn spsc(capacity: u64) -> (SpscProducer, SpscConsumer) {
+        let (p, c) = crate::spsc::model_pair(capacity);
+        (SpscProducer(p), SpscConsumer(c))
+    }
+
+    impl SpscProducer {
+        /// `false` when full.
+        pub fn push(&mut self, data: &[u8]) -> bool {
+            match self.0.push(data) {
+                Ok(()) => true,
+                Err(PushError::Full) => false,
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+
+    impl SpscConsumer {
+        /// `false` when empty.
+        pub fn pop(&mut self, out: &mut Vec<u8>) -> bool {
+            self.0.pop(out).expect("consistent ring")
+        }
+    }
+
+    /// The MPMC slot protocol over loom atomics; `me` is the handle index.
+    #[derive(Clone)]
+    pub struct Queue(crate::mpmc::QueueCore);
+
+    /// A queue of `capacity` slots of `max_record` bytes.
+    pub fn queue(capacity: usize, max_record: usize) -> Queue {
+        Queue(crate::mpmc::model_queue(capacity, max_record))
+    }
+
+    impl Queue {
+        /// `false` when full.
+        pub fn push(&self, me: u32, data: &[u8]) -> bool {
+            match self.0.push(false, me, data, 0) {
+                Ok(()) => true,
+                Err(PushError::Full) => false,
+                Err(e) => panic!("{e}"),
+            }
+        }
+
+        /// Claims, copies out and frees a record; its attempt count, or `None` when empty.
+        pub fn pop(&self, me: u32, out: &mut Vec<u8>) -> Option<u32> {
+            self.0.pop(me, out).expect("consistent queue")
+        }
+
+        /// Leaves a slot WRITING by `id` forever, as a killed producer would.
+        pub fn abandon_write(&self, id: u32) -> bool {
+            self.0.model_abandon_write(id)
+        }
+
+        /// Recovers dead handle `dead`'s slots, acting as `me`.
+        pub fn recover(&self, me: u32, dead: u32) -> bool {
+            self.0.recover(me, dead).expect("consistent queue")
+        }
+    }
+}

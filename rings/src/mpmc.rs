@@ -155,7 +155,9 @@ impl QueueLayout {
             if n.is_power_of_two() && (2..=MAX_SLOTS).contains(&n) {
                 Ok(())
             } else {
-                Err(format!("{what} {n} must be a power of two in 2..={MAX_SLOTS}"))
+                Err(format!(
+                    "{what} {n} must be a power of two in 2..={MAX_SLOTS}"
+                ))
             }
         };
         pow2(c.capacity, "capacity")?;
@@ -217,8 +219,10 @@ impl QueueLayout {
             capacity: small(p[0], "capacity")?,
             max_record: small(p[1], "max_record")?,
             dead_letter_capacity: small(p[2], "dead_letter_capacity")?,
-            max_attempts: u32::try_from(p[3]).map_err(|_| format!("max_attempts {} out of range", p[3]))?,
-            max_handles: u32::try_from(p[4]).map_err(|_| format!("max_handles {} out of range", p[4]))?,
+            max_attempts: u32::try_from(p[3])
+                .map_err(|_| format!("max_attempts {} out of range", p[3]))?,
+            max_handles: u32::try_from(p[4])
+                .map_err(|_| format!("max_handles {} out of range", p[4]))?,
         };
         Self::check(&config)
     }
@@ -603,10 +607,7 @@ impl QueueCore {
                 {
                     claim.store(CLAIM_NONE, Ordering::Release);
                 }
-                let pos_in_lap = Claimed {
-                    pos: idx,
-                    stamp: s,
-                };
+                let pos_in_lap = Claimed { pos: idx, stamp: s };
                 match self.read_meta(dead, idx) {
                     Ok((off, len, attempts)) => {
                         let mut buf = vec![0u8; len];
@@ -698,7 +699,12 @@ impl QueueCore {
         let st = word(&self.shm, g.slot(pos));
         let free = stamp(g.lap(pos), FREE, 0);
         if st
-            .compare_exchange(free, stamp(g.lap(pos), WRITING, id), Ordering::Acquire, Ordering::Relaxed)
+            .compare_exchange(
+                free,
+                stamp(g.lap(pos), WRITING, id),
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            )
             .is_err()
         {
             return false;
@@ -1028,13 +1034,50 @@ mod handles {
                 NOT_FULL.unregister(shm);
                 return Ok(None);
             }
-            Ok(Some(FutexWait::new(self.handle.map.clone(), NOT_FULL, value)))
+            Ok(Some(FutexWait::new(
+                self.handle.map.clone(),
+                NOT_FULL,
+                value,
+            )))
         }
 
         /// Recovers the records and slots of handles that died. Consumers do this on their own;
         /// a producer may call it when the ring stays full.
         pub fn reap(&mut self) -> Result<usize> {
             self.handle.reap()
+        }
+
+        /// Takes a slot and writes `record` into it but never publishes it: what a producer
+        /// killed mid-write leaves behind. Exists so crash tests can stop a process at exactly
+        /// that point; `Ok(false)` when the ring is full.
+        #[doc(hidden)]
+        pub fn stall_mid_push_for_crash_test(&mut self, record: &[u8]) -> Result<bool> {
+            let core = &self.handle.core;
+            let g = core.layout.main;
+            let pos = word(&core.shm, g.enq).load(Ordering::Relaxed);
+            let st = word(&core.shm, g.slot(pos));
+            let free = stamp(g.lap(pos), FREE, 0);
+            if st
+                .compare_exchange(
+                    free,
+                    stamp(g.lap(pos), WRITING, self.handle.id),
+                    Ordering::Acquire,
+                    Ordering::Relaxed,
+                )
+                .is_err()
+            {
+                return Ok(false);
+            }
+            let _ = word(&core.shm, g.enq).compare_exchange(
+                pos,
+                pos.wrapping_add(1),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+            let len = record.len().min(g.max_record);
+            // SAFETY: the slot is ours (WRITING); the payload lies inside it.
+            unsafe { core.shm.write(g.slot(pos) + SLOT_HEADER, &record[..len]) };
+            Ok(true)
         }
     }
 
@@ -1110,7 +1153,7 @@ mod handles {
                 return Ok(false);
             }
             // Out of attempts: to the dead-letter ring (recovery does exactly that).
-            Ok(core.recover(self.handle.id, self.handle.id)?)
+            core.recover(self.handle.id, self.handle.id)
         }
 
         fn prepare_wait(&mut self) -> Result<Option<FutexWait>> {
@@ -1121,7 +1164,11 @@ mod handles {
                 NOT_EMPTY.unregister(shm);
                 return Ok(None);
             }
-            Ok(Some(FutexWait::new(self.handle.map.clone(), NOT_EMPTY, value)))
+            Ok(Some(FutexWait::new(
+                self.handle.map.clone(),
+                NOT_EMPTY,
+                value,
+            )))
         }
     }
 
@@ -1154,11 +1201,7 @@ mod handles {
                     r.prepare_wait()
                 },
             )?;
-            if ready {
-                self.reader.claim()
-            } else {
-                Ok(None)
-            }
+            if ready { self.reader.claim() } else { Ok(None) }
         }
 
         /// Registers to wait for a record. `None`: one looks ready now. `Some`: sleep on the
@@ -1171,6 +1214,15 @@ mod handles {
         /// Claiming does this on its own every so often.
         pub fn reap(&mut self) -> Result<usize> {
             self.reader.handle.reap()
+        }
+
+        /// Claims a slot in place but never copies it out or frees it: what a consumer killed
+        /// mid-claim leaves behind. Exists so crash tests can stop a process at exactly that
+        /// point; `Ok(false)` when nothing is ready.
+        #[doc(hidden)]
+        pub fn stall_mid_claim_for_crash_test(&mut self) -> Result<bool> {
+            let h = &self.reader.handle;
+            Ok(h.core.claim_slot(false, h.id)?.is_some())
         }
     }
 

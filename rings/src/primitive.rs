@@ -68,7 +68,11 @@ mod mapped {
         /// atomically (by every process sharing it).
         #[inline]
         pub(crate) unsafe fn u64(&self, off: usize) -> &AtomicU64 {
-            debug_assert!(off % 8 == 0 && off + 8 <= self.len, "u64 at {off} of {}", self.len);
+            debug_assert!(
+                off % 8 == 0 && off + 8 <= self.len,
+                "u64 at {off} of {}",
+                self.len
+            );
             // SAFETY: in bounds and aligned per the caller; AtomicU64 has u64's layout.
             unsafe { &*self.base.as_ptr().add(off).cast::<AtomicU64>() }
         }
@@ -80,7 +84,11 @@ mod mapped {
         /// As for [`Shm::u64`], with 4-byte alignment.
         #[inline]
         pub(crate) unsafe fn u32(&self, off: usize) -> &AtomicU32 {
-            debug_assert!(off % 4 == 0 && off + 4 <= self.len, "u32 at {off} of {}", self.len);
+            debug_assert!(
+                off % 4 == 0 && off + 4 <= self.len,
+                "u32 at {off} of {}",
+                self.len
+            );
             // SAFETY: in bounds and aligned per the caller; AtomicU32 has u32's layout.
             unsafe { &*self.base.as_ptr().add(off).cast::<AtomicU32>() }
         }
@@ -209,7 +217,9 @@ mod modelled {
         pub(crate) unsafe fn read(&self, off: usize, dst: &mut [u8]) {
             assert!(off % 8 == 0);
             for (i, chunk) in dst.chunks_mut(8).enumerate() {
-                let word = self.words[off / 8 + i].load(Ordering::Relaxed).to_le_bytes();
+                let word = self.words[off / 8 + i]
+                    .load(Ordering::Relaxed)
+                    .to_le_bytes();
                 chunk.copy_from_slice(&word[..chunk.len()]);
             }
         }

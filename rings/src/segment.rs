@@ -195,9 +195,8 @@ fn map(file: &File, len: usize, path: &Path) -> Result<(MmapRaw, Shm)> {
         .len(len)
         .map_raw(file)
         .map_err(|e| Error::io("mmap", path, e))?;
-    let base = NonNull::new(map.as_mut_ptr()).ok_or_else(|| {
-        Error::io("mmap", path, io::Error::other("mapping at null"))
-    })?;
+    let base = NonNull::new(map.as_mut_ptr())
+        .ok_or_else(|| Error::io("mmap", path, io::Error::other("mapping at null")))?;
     // SAFETY: the mapping is `len` bytes, page-aligned (so 128-aligned), shared and writable, and
     // lives in the `Mapping` next to this `Shm`.
     let shm = unsafe { Shm::new(base, len) };
@@ -231,10 +230,16 @@ fn unnamed_file(path: &Path) -> Result<(File, Option<PathBuf>)> {
         return Ok((unsafe { File::from_raw_fd(fd) }, None));
     }
     let err = io::Error::last_os_error();
-    if !matches!(err.raw_os_error(), Some(libc::EOPNOTSUPP) | Some(libc::EISDIR) | Some(libc::EINVAL)) {
+    if !matches!(
+        err.raw_os_error(),
+        Some(libc::EOPNOTSUPP) | Some(libc::EISDIR) | Some(libc::EINVAL)
+    ) {
         return Err(Error::io("create (O_TMPFILE)", path, err));
     }
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())

@@ -62,7 +62,12 @@ pub(crate) fn futex_wake_all(_word: &AtomicU32) {}
 /// out keeps them clear of any data and of any lock another program might take on the contents.
 pub(crate) const LOCK_BASE: i64 = 1 << 40;
 
-fn ofd_lock(file: &File, index: u32, kind: libc::c_int, cmd: libc::c_int) -> io::Result<libc::flock> {
+fn ofd_lock(
+    file: &File,
+    index: u32,
+    kind: libc::c_int,
+    cmd: libc::c_int,
+) -> io::Result<libc::flock> {
     // SAFETY: an all-zero flock is a valid value of this plain C struct.
     let mut fl: libc::flock = unsafe { std::mem::zeroed() };
     fl.l_type = kind as libc::c_short;
@@ -152,7 +157,10 @@ fn boot_id() -> io::Result<[u8; 16]> {
     let hex: Vec<u8> = text.bytes().filter(u8::is_ascii_hexdigit).collect();
     let mut id = [0u8; 16];
     if hex.len() != 32 {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "malformed boot_id"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "malformed boot_id",
+        ));
     }
     for (i, pair) in hex.chunks(2).enumerate() {
         let s = std::str::from_utf8(pair).map_err(|_| io::ErrorKind::InvalidData)?;

@@ -49,7 +49,10 @@ fn full_queue_says_so_at_once() {
     for i in 0..4 {
         p.push(&common::message(i, 16)).unwrap();
     }
-    assert!(matches!(p.push(&common::message(4, 16)), Err(PushError::Full)));
+    assert!(matches!(
+        p.push(&common::message(4, 16)),
+        Err(PushError::Full)
+    ));
     assert!(!p.wait_for_space(Some(Duration::from_millis(10))).unwrap());
     let mut c = q.consumer().unwrap();
     c.claim().unwrap().unwrap().ack();
@@ -72,7 +75,7 @@ fn an_unacked_claim_is_redelivered_then_dead_lettered() {
         let claim = c.claim().unwrap().expect("redelivered");
         assert_eq!(&claim[..], b"poison");
         assert_eq!(claim.attempts(), attempt);
-        drop(claim); // not acked
+        let _ = claim; // not acked
     }
     // Three deliveries failed: the poison record is a dead letter now.
     let claim = c.claim().unwrap().expect("the next record");
@@ -97,7 +100,7 @@ fn a_consumer_dropped_with_a_claim_gives_it_back() {
     p.push(b"work").unwrap();
     let mut c1 = q.consumer().unwrap();
     let claim = c1.claim().unwrap().unwrap();
-    drop(claim);
+    let _ = claim;
     drop(c1);
     let mut c2 = q.consumer().unwrap();
     let claim = c2.claim().unwrap().expect("requeued");
@@ -110,7 +113,14 @@ fn a_consumer_dropped_with_a_claim_gives_it_back() {
 #[test]
 fn handle_limit_is_enforced_and_freed_on_drop() {
     let s = Scratch::new("mpmc-handles");
-    let q = Queue::create(s.path("q"), &Config { max_handles: 2, ..small(4) }).unwrap();
+    let q = Queue::create(
+        s.path("q"),
+        &Config {
+            max_handles: 2,
+            ..small(4)
+        },
+    )
+    .unwrap();
     let p = q.producer().unwrap();
     let _c = q.consumer().unwrap();
     match q.consumer() {
@@ -129,7 +139,11 @@ fn claim_wait_sleeps_until_a_producer_pushes() {
     let s = Scratch::new("mpmc-wait");
     let q = Queue::create(s.path("q"), &small(8)).unwrap();
     let mut c = q.consumer().unwrap();
-    assert!(c.claim_wait(Some(Duration::from_millis(20))).unwrap().is_none());
+    assert!(
+        c.claim_wait(Some(Duration::from_millis(20)))
+            .unwrap()
+            .is_none()
+    );
     let q2 = q.clone();
     let t = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(20));
@@ -187,10 +201,16 @@ fn threads_deliver_every_record_exactly_once() {
             p.wait_for_space(None).unwrap();
         }
     }
-    let mut all: Vec<u64> = consumers.into_iter().flat_map(|t| t.join().unwrap()).collect();
+    let mut all: Vec<u64> = consumers
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
     all.sort_unstable();
     assert_eq!(all.len() as u64, PER * PRODUCERS);
-    assert!(all.iter().enumerate().all(|(i, &id)| i as u64 == id), "lost or duplicated ids");
+    assert!(
+        all.iter().enumerate().all(|(i, &id)| i as u64 == id),
+        "lost or duplicated ids"
+    );
 }
 
 #[derive(Debug, Clone)]

@@ -47,7 +47,12 @@ fn creating_over_a_live_segment_is_refused() {
     let path = s.path("r");
     let _ends = spsc::create(&path, 4096).unwrap();
     match spsc::create(&path, 4096) {
-        Err(e @ Error::AlreadyExists { creator_alive: true, .. }) => {
+        Err(
+            e @ Error::AlreadyExists {
+                creator_alive: true,
+                ..
+            },
+        ) => {
             assert!(e.to_string().contains("open it instead"), "{e}");
         }
         other => panic!("expected AlreadyExists, got {:?}", other.err()),
@@ -81,7 +86,13 @@ fn a_crashed_creators_segment_is_stale_not_live() {
     assert_eq!(info.attached, 0);
     assert!(info.is_stale());
     match mpmc::Queue::create(&path, &mpmc::Config::default()) {
-        Err(e @ Error::AlreadyExists { creator_alive: false, attached: false, .. }) => {
+        Err(
+            e @ Error::AlreadyExists {
+                creator_alive: false,
+                attached: false,
+                ..
+            },
+        ) => {
             assert!(e.to_string().contains("stale"), "{e}");
         }
         other => panic!("expected a stale AlreadyExists, got {:?}", other.err()),
@@ -89,7 +100,10 @@ fn a_crashed_creators_segment_is_stale_not_live() {
     // Its messages are still there for whoever opens it.
     let q = mpmc::Queue::open(&path).unwrap();
     let mut c = q.consumer().unwrap();
-    let claim = c.claim().unwrap().expect("message left by the dead creator");
+    let claim = c
+        .claim()
+        .unwrap()
+        .expect("message left by the dead creator");
     assert_eq!(&claim[..], b"left behind");
     claim.ack();
     drop(c);
@@ -105,7 +119,13 @@ fn wrong_version_is_refused_by_name() {
     drop(spsc::create(&path, 4096).unwrap());
     patch(&path, 8, &99u32.to_le_bytes());
     match spsc::Consumer::open(&path) {
-        Err(e @ Error::Version { found: 99, supported: 1, .. }) => {
+        Err(
+            e @ Error::Version {
+                found: 99,
+                supported: 1,
+                ..
+            },
+        ) => {
             assert!(e.to_string().contains("version 99"), "{e}")
         }
         other => panic!("expected Version, got {:?}", other.err()),
@@ -118,7 +138,10 @@ fn corrupted_header_fails_its_checksum() {
     let path = s.path("r");
     drop(spsc::create(&path, 4096).unwrap());
     patch(&path, 32, &(1u64 << 20).to_le_bytes()); // capacity field
-    assert!(matches!(spsc::Consumer::open(&path), Err(Error::BadHeader { .. })));
+    assert!(matches!(
+        spsc::Consumer::open(&path),
+        Err(Error::BadHeader { .. })
+    ));
 }
 
 #[test]
@@ -126,13 +149,30 @@ fn truncated_segment_is_refused_not_faulted_on() {
     let s = Scratch::new("seg-trunc");
     let path = s.path("r");
     drop(spsc::create(&path, 1 << 16).unwrap());
-    OpenOptions::new().write(true).open(&path).unwrap().set_len(4096).unwrap();
+    OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(4096)
+        .unwrap();
     match spsc::Consumer::open(&path) {
-        Err(Error::Truncated { len: 4096, expected, .. }) => assert_eq!(expected, 640 + (1 << 16)),
+        Err(Error::Truncated {
+            len: 4096,
+            expected,
+            ..
+        }) => assert_eq!(expected, 640 + (1 << 16)),
         other => panic!("expected Truncated, got {:?}", other.err()),
     }
-    OpenOptions::new().write(true).open(&path).unwrap().set_len(10).unwrap();
-    assert!(matches!(spsc::Producer::open(&path), Err(Error::Truncated { len: 10, .. })));
+    OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(10)
+        .unwrap();
+    assert!(matches!(
+        spsc::Producer::open(&path),
+        Err(Error::Truncated { len: 10, .. })
+    ));
 }
 
 #[test]
@@ -140,10 +180,16 @@ fn files_that_are_not_rings_are_refused() {
     let s = Scratch::new("seg-notring");
     let text = s.path("text");
     std::fs::write(&text, "x".repeat(4096)).unwrap();
-    assert!(matches!(spsc::Consumer::open(&text), Err(Error::NotARing { .. })));
+    assert!(matches!(
+        spsc::Consumer::open(&text),
+        Err(Error::NotARing { .. })
+    ));
     let zeros = s.path("zeros");
     std::fs::write(&zeros, vec![0u8; 4096]).unwrap();
-    assert!(matches!(mpmc::Queue::open(&zeros), Err(Error::NotARing { .. })));
+    assert!(matches!(
+        mpmc::Queue::open(&zeros),
+        Err(Error::NotARing { .. })
+    ));
     assert!(matches!(
         mpmc::Queue::open_with(&zeros, Duration::from_millis(20)),
         Err(Error::NotPublished { .. })
@@ -162,7 +208,11 @@ fn wrong_kind_is_refused() {
     drop(spsc::create(&path, 4096).unwrap());
     assert!(matches!(
         mpmc::Queue::open(&path),
-        Err(Error::WrongKind { found: "SPSC", expected: "MPMC", .. })
+        Err(Error::WrongKind {
+            found: "SPSC",
+            expected: "MPMC",
+            ..
+        })
     ));
 }
 
@@ -186,10 +236,17 @@ fn openers_wait_for_publication() {
 #[test]
 fn invalid_configuration_says_what_is_wrong() {
     let s = Scratch::new("seg-config");
-    let e = spsc::create(s.path("a"), 1000).err().expect("not a power of two");
+    let e = spsc::create(s.path("a"), 1000)
+        .err()
+        .expect("not a power of two");
     assert!(e.to_string().contains("power of two"), "{e}");
-    let bad = mpmc::Config { max_record: 0, ..mpmc::Config::default() };
-    let e = mpmc::Queue::create(s.path("b"), &bad).err().expect("zero max_record");
+    let bad = mpmc::Config {
+        max_record: 0,
+        ..mpmc::Config::default()
+    };
+    let e = mpmc::Queue::create(s.path("b"), &bad)
+        .err()
+        .expect("zero max_record");
     assert!(e.to_string().contains("max_record"), "{e}");
     assert!(!s.path("a").exists() && !s.path("b").exists());
 }

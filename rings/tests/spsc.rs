@@ -14,7 +14,8 @@ fn records_come_out_in_order_with_their_lengths() {
     let s = Scratch::new("spsc-order");
     let (mut p, mut c) = spsc::create(s.path("r"), 4096).unwrap();
     for len in [0usize, 1, 7, 8, 9, 100, 2000] {
-        p.push(&common::message(len as u64, len.max(8))[..len.max(8)]).unwrap();
+        p.push(&common::message(len as u64, len.max(8))[..len.max(8)])
+            .unwrap();
     }
     let mut out = Vec::new();
     for len in [0usize, 1, 7, 8, 9, 100, 2000] {
@@ -43,7 +44,10 @@ fn full_ring_says_so_and_recovers_after_a_pop() {
     for i in 0..8 {
         p.push(&common::message(i, 24)).unwrap();
     }
-    assert!(matches!(p.push(&common::message(8, 24)), Err(PushError::Full)));
+    assert!(matches!(
+        p.push(&common::message(8, 24)),
+        Err(PushError::Full)
+    ));
     let mut out = Vec::new();
     assert!(c.pop(&mut out).unwrap());
     c.publish();
@@ -81,7 +85,10 @@ fn wrap_inserts_padding_and_keeps_records_whole() {
     p.push(&common::message(3, 100)).unwrap();
     // The padding took 96 bytes: 512 - 96 - 2 * 112 = 192 left, room for one more 112.
     p.push(&common::message(4, 100)).unwrap();
-    assert!(matches!(p.push(&common::message(5, 100)), Err(PushError::Full)));
+    assert!(matches!(
+        p.push(&common::message(5, 100)),
+        Err(PushError::Full)
+    ));
     for id in 2..5 {
         assert!(c.pop(&mut out).unwrap());
         assert_eq!(common::check(&out), id);
@@ -112,7 +119,7 @@ fn zero_copy_reserve_commit_publish_peek_release() {
     rec.release();
     assert!(c.peek().unwrap().is_none());
     // A dropped reservation writes nothing.
-    drop(p.reserve(8).unwrap());
+    let _ = p.reserve(8).unwrap();
     p.publish();
     assert!(c.peek().unwrap().is_none());
 }
@@ -146,8 +153,20 @@ fn each_end_is_held_by_one_handle() {
     let s = Scratch::new("spsc-busy");
     let path = s.path("r");
     let (p, c) = spsc::create(&path, 1024).unwrap();
-    assert!(matches!(spsc::Producer::open(&path), Err(Error::Busy { role: "producer", .. })));
-    assert!(matches!(spsc::Consumer::open(&path), Err(Error::Busy { role: "consumer", .. })));
+    assert!(matches!(
+        spsc::Producer::open(&path),
+        Err(Error::Busy {
+            role: "producer",
+            ..
+        })
+    ));
+    assert!(matches!(
+        spsc::Consumer::open(&path),
+        Err(Error::Busy {
+            role: "consumer",
+            ..
+        })
+    ));
     drop(p);
     drop(c);
     spsc::Producer::open(&path).unwrap();
@@ -202,7 +221,10 @@ fn wait_for_space_returns_when_the_consumer_frees_room() {
     let s = Scratch::new("spsc-space");
     let (mut p, mut c) = spsc::create(s.path("r"), 128).unwrap();
     while p.push(&[0u8; 8]).is_ok() {}
-    assert!(!p.wait_for_space(8, Some(Duration::from_millis(20))).unwrap());
+    assert!(
+        !p.wait_for_space(8, Some(Duration::from_millis(20)))
+            .unwrap()
+    );
     let t = std::thread::spawn(move || {
         let mut out = Vec::new();
         std::thread::sleep(Duration::from_millis(20));

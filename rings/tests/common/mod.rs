@@ -40,10 +40,16 @@ impl Drop for Scratch {
 pub fn spawn(entry: &str, vars: &[(&str, String)]) -> Child {
     let exe = std::env::current_exe().expect("current exe");
     let mut cmd = Command::new(exe);
-    cmd.args([entry, "--exact", "--ignored", "--nocapture", "--test-threads=1"])
-        .env("LEVEE_RINGS_CHILD", "1")
-        .stdout(Stdio::null())
-        .stdin(Stdio::null());
+    cmd.args([
+        entry,
+        "--exact",
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env("LEVEE_RINGS_CHILD", "1")
+    .stdout(Stdio::null())
+    .stdin(Stdio::null());
     for (k, v) in vars {
         cmd.env(k, v);
     }
@@ -60,7 +66,9 @@ pub fn var(name: &str) -> String {
 }
 
 pub fn var_u64(name: &str) -> u64 {
-    var(name).parse().unwrap_or_else(|_| panic!("{name} is not a number"))
+    var(name)
+        .parse()
+        .unwrap_or_else(|_| panic!("{name} is not a number"))
 }
 
 /// Waits (bounded) for a child to exit and asserts it succeeded.
@@ -86,7 +94,11 @@ pub fn join(mut child: Child, what: &str) {
 pub fn wait_for_file(path: &Path) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !path.exists() {
-        assert!(Instant::now() < deadline, "{} never appeared", path.display());
+        assert!(
+            Instant::now() < deadline,
+            "{} never appeared",
+            path.display()
+        );
         std::thread::sleep(Duration::from_millis(2));
     }
 }
@@ -107,7 +119,11 @@ pub fn message(id: u64, len: usize) -> Vec<u8> {
 pub fn fill(id: u64, m: &mut [u8]) {
     let head = id.to_le_bytes();
     for (i, b) in m.iter_mut().enumerate() {
-        *b = if i < 8 { head[i] } else { (id as u8).wrapping_mul(31).wrapping_add(i as u8) };
+        *b = if i < 8 {
+            head[i]
+        } else {
+            (id as u8).wrapping_mul(31).wrapping_add(i as u8)
+        };
     }
 }
 
