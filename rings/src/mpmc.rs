@@ -597,27 +597,46 @@ impl QueueCore {
                     }
                     continue;
                 }
-                // A claim not yet copied out (or copied, but the slot not yet freed).
+                // A claim the dead handle had not finished moving into its claim buffer.
+                // Finish the move, then free the slot: recovery never needs a free slot while
+                // it holds one, so a full ring cannot wedge it.
                 let held = claim.load(Ordering::Acquire);
-                let from_dead = held == CLAIM_DEAD;
-                if held != CLAIM_NONE
-                    && from_dead == dead
+                let same = held != CLAIM_NONE
+                    && (held == CLAIM_DEAD) == dead
                     && claim_pos & (g.count - 1) == idx
-                    && stamp(g.lap(claim_pos), CLAIMED, dead_id) == s
-                {
-                    claim.store(CLAIM_NONE, Ordering::Release);
-                }
+                    && stamp(g.lap(claim_pos), CLAIMED, dead_id) == s;
                 let pos_in_lap = Claimed { pos: idx, stamp: s };
-                match self.read_meta(dead, idx) {
-                    Ok((off, len, attempts)) => {
-                        let mut buf = vec![0u8; len];
-                        // SAFETY: checked by `read_meta`; the dead owner no longer writes.
-                        unsafe { self.shm.read(off, &mut buf) };
-                        if !self.requeue(me, dead, &buf, attempts)? {
-                            return Ok(false);
+                if !same {
+                    match self.read_meta(dead, idx) {
+                        Ok((off, len, attempts)) if held == CLAIM_NONE => {
+                            let meta = len as u64 | (u64::from(attempts) << 32);
+                            // SAFETY: `read_meta` checked the payload fits a slot, and the claim
+                            // buffer holds `max_record` bytes; we hold the dead handle's lock,
+                            // so its entry is ours.
+                            unsafe {
+                                let dst = self.shm.slice_mut(entry + ENTRY_HEADER, len);
+                                self.shm.read(off, dst);
+                                self.shm.write(entry + E_CLAIM_META, &meta.to_le_bytes());
+                            }
+                            // The position, rebuilt from the stamp's lap and the slot index.
+                            let pos = ((key_of(s) >> 2) << g.shift) | idx;
+                            word(&self.shm, entry + E_CLAIM_POS).store(pos, Ordering::Relaxed);
+                            let from = if dead { CLAIM_DEAD } else { CLAIM_MAIN };
+                            claim.store(from, Ordering::Release);
                         }
+                        Ok((off, len, attempts)) => {
+                            // Two records held at once: no honest handle does that. Push this
+                            // one out directly.
+                            bump(&self.shm, CTR_CORRUPT);
+                            let mut buf = vec![0u8; len];
+                            // SAFETY: checked by `read_meta`; the dead owner no longer writes.
+                            unsafe { self.shm.read(off, &mut buf) };
+                            if !self.requeue(me, dead, &buf, attempts)? {
+                                return Ok(false);
+                            }
+                        }
+                        Err(_) => bump(&self.shm, CTR_CORRUPT),
                     }
-                    Err(_) => bump(&self.shm, CTR_CORRUPT),
                 }
                 self.free_slot(dead, pos_in_lap);
             }
@@ -728,7 +747,7 @@ mod handles {
     use crate::error::Result;
     use crate::segment::{self, Mapping};
     use crate::sys::{self, ProcessId};
-    use crate::wait::{FutexWait, SPINS};
+    use crate::wait::{FutexWait, block};
     use std::cell::Cell;
     use std::fs::File;
     use std::marker::PhantomData;
@@ -960,41 +979,6 @@ mod handles {
         }
     }
 
-    fn block<S>(
-        side: &mut S,
-        timeout: Option<Duration>,
-        mut ready: impl FnMut(&mut S) -> Result<bool>,
-        mut prepare: impl FnMut(&mut S) -> Result<Option<FutexWait>>,
-    ) -> Result<bool> {
-        for _ in 0..SPINS {
-            if ready(side)? {
-                return Ok(true);
-            }
-            std::hint::spin_loop();
-        }
-        let deadline = timeout.map(|t| Instant::now() + t);
-        loop {
-            let Some(wait) = prepare(side)? else {
-                return Ok(true);
-            };
-            let slice = match deadline {
-                None => PARK_SLICE,
-                Some(d) => {
-                    let left = d.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        return Ok(false);
-                    }
-                    left.min(PARK_SLICE)
-                }
-            };
-            wait.wait(Some(slice));
-            drop(wait);
-            if ready(side)? {
-                return Ok(true);
-            }
-        }
-    }
-
     /// Writes records into a queue. `Send`, not `Sync`; any number per queue (up to
     /// `max_handles` handles in all).
     pub struct Producer {
@@ -1019,6 +1003,7 @@ mod handles {
             block(
                 self,
                 timeout,
+                PARK_SLICE,
                 |p| Ok(p.handle.core.looks_free()),
                 Producer::prepare_space_wait,
             )
@@ -1096,20 +1081,29 @@ mod handles {
         }
 
         fn claim(&mut self) -> Result<Option<Claim<'_>>> {
+            Ok(if self.fill()? {
+                Some(Claim { reader: self })
+            } else {
+                None
+            })
+        }
+
+        /// Puts the next record into the claim buffer. `false`: nothing is ready.
+        fn fill(&mut self) -> Result<bool> {
             let core = self.handle.core.clone();
             let entry = self.handle.entry();
             let claim = word(&core.shm, entry + E_CLAIM);
             if claim.load(Ordering::Relaxed) != CLAIM_NONE {
                 // Dropped without ack: deliver it again, one attempt later, or move it on.
                 if !self.redeliver()? {
-                    return Ok(Some(Claim { reader: self }));
+                    return Ok(true);
                 }
             }
             let Some(c) = core.claim_slot(self.dead, self.handle.id)? else {
                 if !self.dead {
                     self.handle.reap_if_due()?;
                 }
-                return Ok(None);
+                return Ok(false);
             };
             let meta = core.read_meta(self.dead, c.pos);
             if let Ok((off, len, attempts)) = meta {
@@ -1133,7 +1127,7 @@ mod handles {
             }
             core.free_slot(self.dead, c);
             meta?;
-            Ok(Some(Claim { reader: self }))
+            Ok(true)
         }
 
         /// Handles a record left in the claim buffer. `Ok(false)`: deliver it again now;
@@ -1192,16 +1186,13 @@ mod handles {
         /// Claims the next record, blocking until one is ready or `timeout` passes. Spins
         /// briefly, then sleeps on the queue's futex: an idle consumer costs no CPU.
         pub fn claim_wait(&mut self, timeout: Option<Duration>) -> Result<Option<Claim<'_>>> {
-            let ready = block(
-                &mut self.reader,
-                timeout,
-                |r| Ok(r.handle.core.looks_ready()),
-                |r| {
-                    r.handle.reap_if_due()?;
-                    r.prepare_wait()
-                },
-            )?;
-            if ready { self.reader.claim() } else { Ok(None) }
+            let filled = block(&mut self.reader, timeout, PARK_SLICE, Reader::fill, |r| {
+                r.handle.reap_if_due()?;
+                r.prepare_wait()
+            })?;
+            Ok(filled.then_some(Claim {
+                reader: &mut self.reader,
+            }))
         }
 
         /// Registers to wait for a record. `None`: one looks ready now. `Some`: sleep on the

@@ -394,13 +394,13 @@ mod handles {
     use super::*;
     use crate::error::Result;
     use crate::segment::{self, Mapping};
-    use crate::wait::{FutexWait, SPINS};
+    use crate::wait::{FutexWait, block};
     use std::cell::Cell;
     use std::fs::File;
     use std::marker::PhantomData;
     use std::path::Path;
     use std::sync::Arc;
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
     const PRODUCER_LOCK: u32 = 0;
     const CONSUMER_LOCK: u32 = 1;
@@ -427,39 +427,6 @@ mod handles {
         let producer = Producer::create(path.as_ref(), capacity)?;
         let consumer = Consumer::attach(producer.map.clone(), producer.capacity)?;
         Ok((producer, consumer))
-    }
-
-    /// Runs `ready` until it says yes or `timeout` passes: spins briefly, then parks on the
-    /// futex that `prepare` registers.
-    fn block<S>(
-        side: &mut S,
-        timeout: Option<Duration>,
-        mut ready: impl FnMut(&mut S) -> Result<bool>,
-        mut prepare: impl FnMut(&mut S) -> Result<Option<FutexWait>>,
-    ) -> Result<bool> {
-        for _ in 0..SPINS {
-            if ready(side)? {
-                return Ok(true);
-            }
-            std::hint::spin_loop();
-        }
-        let deadline = timeout.map(|t| Instant::now() + t);
-        loop {
-            let Some(wait) = prepare(side)? else {
-                return Ok(true);
-            };
-            let slice = match deadline {
-                None => PARK_SLICE,
-                Some(d) => {
-                    let left = d.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        return Ok(false);
-                    }
-                    left.min(PARK_SLICE)
-                }
-            };
-            wait.wait(Some(slice));
-        }
     }
 
     /// The writing end of an SPSC ring. `Send`, not `Sync`; at most one per ring, across all
@@ -551,6 +518,7 @@ mod handles {
             block(
                 self,
                 timeout,
+                PARK_SLICE,
                 |p| p.core.fits(len, Ordering::Acquire),
                 |p| p.prepare_space_wait(len),
             )
@@ -693,6 +661,7 @@ mod handles {
             block(
                 self,
                 timeout,
+                PARK_SLICE,
                 |c| Ok(c.core.peek()?.is_some()),
                 Consumer::prepare_data_wait,
             )

@@ -133,4 +133,43 @@ mod mapped {
 /// How many times a blocking call re-checks the ring before it parks: a message that is about to
 /// arrive is cheaper to spin for than to sleep for.
 #[cfg(not(loom))]
-pub(crate) const SPINS: u32 = 200;
+const SPINS: u32 = 200;
+
+/// Runs `ready` until it succeeds or `timeout` passes (`Ok(false)`): spins briefly, then parks on
+/// the futex that `prepare` registers, for at most `slice` at a time. `prepare` returning `None`
+/// means "looks ready": try again at once.
+#[cfg(not(loom))]
+pub(crate) fn block<S>(
+    side: &mut S,
+    timeout: Option<std::time::Duration>,
+    slice: std::time::Duration,
+    mut ready: impl FnMut(&mut S) -> crate::Result<bool>,
+    mut prepare: impl FnMut(&mut S) -> crate::Result<Option<FutexWait>>,
+) -> crate::Result<bool> {
+    let deadline = timeout.map(|t| std::time::Instant::now() + t);
+    for _ in 0..SPINS {
+        if ready(side)? {
+            return Ok(true);
+        }
+        std::hint::spin_loop();
+    }
+    loop {
+        if ready(side)? {
+            return Ok(true);
+        }
+        let sleep = match deadline {
+            None => slice,
+            Some(d) => {
+                let left = d.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    return Ok(false);
+                }
+                left.min(slice)
+            }
+        };
+        match prepare(side)? {
+            Some(wait) => wait.wait(Some(sleep)),
+            None => std::hint::spin_loop(),
+        }
+    }
+}

@@ -36,8 +36,27 @@ impl Drop for Scratch {
     }
 }
 
+/// A child process that is killed if the test lets go of it early (a failed assertion), so no
+/// test leaves processes behind.
+pub struct Proc(Option<Child>);
+
+impl Proc {
+    fn take(mut self) -> Child {
+        self.0.take().expect("child present")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 /// Starts this test binary again, running only the ignored test `entry`, with `vars` set.
-pub fn spawn(entry: &str, vars: &[(&str, String)]) -> Child {
+pub fn spawn(entry: &str, vars: &[(&str, String)]) -> Proc {
     let exe = std::env::current_exe().expect("current exe");
     let mut cmd = Command::new(exe);
     cmd.args([
@@ -53,7 +72,7 @@ pub fn spawn(entry: &str, vars: &[(&str, String)]) -> Child {
     for (k, v) in vars {
         cmd.env(k, v);
     }
-    cmd.spawn().expect("spawn child test process")
+    Proc(Some(cmd.spawn().expect("spawn child test process")))
 }
 
 /// Whether this process was started by `spawn` (child entries do nothing otherwise).
@@ -72,7 +91,8 @@ pub fn var_u64(name: &str) -> u64 {
 }
 
 /// Waits (bounded) for a child to exit and asserts it succeeded.
-pub fn join(mut child: Child, what: &str) {
+pub fn join(child: Proc, what: &str) {
+    let mut child = child.take();
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         match child.try_wait().expect("wait for child") {
@@ -104,7 +124,8 @@ pub fn wait_for_file(path: &Path) {
 }
 
 /// Kills a child with SIGKILL and reaps it.
-pub fn kill9(mut child: Child) {
+pub fn kill9(child: Proc) {
+    let mut child = child.take();
     child.kill().expect("SIGKILL child");
     let _ = child.wait();
 }
