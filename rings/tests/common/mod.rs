@@ -41,6 +41,10 @@ impl Drop for Scratch {
 pub struct Proc(Option<Child>);
 
 impl Proc {
+    pub fn id(&self) -> u32 {
+        self.0.as_ref().expect("child present").id()
+    }
+
     fn take(mut self) -> Child {
         self.0.take().expect("child present")
     }
