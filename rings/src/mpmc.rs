@@ -1106,7 +1106,7 @@ mod handles {
                 return Ok(false);
             };
             let meta = core.read_meta(self.dead, c.pos);
-            if let Ok((off, len, attempts)) = meta {
+            if let Ok((off, len, _)) = meta {
                 let mut buf = [0u8; 8];
                 // SAFETY: `read_meta` checked `len <= max_record`; the claim buffer holds
                 // `max_record` bytes after the entry header; slot and entry are ours.
@@ -1116,7 +1116,6 @@ mod handles {
                     core.shm.read(off - SLOT_HEADER + 8, &mut buf);
                     core.shm.write(entry + E_CLAIM_META, &buf);
                 }
-                debug_assert_eq!(u64::from_le_bytes(buf) >> 32, u64::from(attempts));
                 word(&core.shm, entry + E_CLAIM_POS).store(c.pos, Ordering::Relaxed);
                 claim.store(
                     if self.dead { CLAIM_DEAD } else { CLAIM_MAIN },

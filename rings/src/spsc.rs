@@ -154,9 +154,10 @@ impl ProducerCore {
 
     fn refresh_head(&mut self, order: Ordering) -> Result<(), Error> {
         let head = head_word(&self.shm).load(order);
-        // The consumer can only have released what was published.
+        // The consumer can only have released what was published, and never moves back: so
+        // everything staged since still fits behind it.
         let behind = self.published.wrapping_sub(head);
-        if behind > self.capacity || head % 8 != 0 {
+        if behind > self.capacity || self.tail.wrapping_sub(head) > self.capacity || head % 8 != 0 {
             return Err(Error::corrupt(format!(
                 "SPSC head {head} is not within capacity {} behind tail {}",
                 self.capacity, self.published

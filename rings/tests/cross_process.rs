@@ -35,7 +35,8 @@ fn child_spsc_producer() {
     if !common::is_child() {
         return;
     }
-    let mut p = spsc::Producer::open_with(common::var("RING_PATH"), Duration::from_secs(30)).unwrap();
+    let mut p =
+        spsc::Producer::open_with(common::var("RING_PATH"), Duration::from_secs(30)).unwrap();
     let mut m = vec![0u8; 64];
     for id in 0..common::var_u64("COUNT") {
         let len = spsc_len(id);
@@ -44,7 +45,8 @@ fn child_spsc_producer() {
             match p.push(&m[..len]) {
                 Ok(()) => break,
                 Err(PushError::Full) => {
-                    p.wait_for_space(len, Some(Duration::from_millis(100))).unwrap();
+                    p.wait_for_space(len, Some(Duration::from_millis(100)))
+                        .unwrap();
                 }
                 Err(e) => panic!("push: {e}"),
             }
@@ -60,7 +62,10 @@ fn spsc_a_million_records_cross_processes_in_order() {
     let mut c = spsc::Consumer::create(&path, 1 << 16).unwrap();
     let child = spawn(
         "child_spsc_producer",
-        &[("RING_PATH", path.display().to_string()), ("COUNT", COUNT.to_string())],
+        &[
+            ("RING_PATH", path.display().to_string()),
+            ("COUNT", COUNT.to_string()),
+        ],
     );
     let mut out = Vec::new();
     for id in 0..COUNT {
@@ -162,7 +167,11 @@ fn child_mpmc_consumer() {
     let mut c = q.consumer().unwrap();
     let total = common::var_u64("TOTAL") as usize;
     let mut log = std::env::var("LOG").ok().map(|p| {
-        std::fs::OpenOptions::new().create(true).append(true).open(p).unwrap()
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .unwrap()
     });
     let mut seen = vec![0u8; total.div_ceil(8)];
     let (mut count, mut dups) = (0u64, 0u64);
@@ -196,7 +205,11 @@ fn read_consumer_output(path: &std::path::Path) -> (u64, u64, Vec<u8>) {
     let nl = raw.iter().position(|&b| b == b'\n').unwrap();
     let head = std::str::from_utf8(&raw[..nl]).unwrap();
     let mut it = head.split(' ').map(|n| n.parse::<u64>().unwrap());
-    (it.next().unwrap(), it.next().unwrap(), raw[nl + 1..].to_vec())
+    (
+        it.next().unwrap(),
+        it.next().unwrap(),
+        raw[nl + 1..].to_vec(),
+    )
 }
 
 #[test]
@@ -206,8 +219,15 @@ fn mpmc_a_million_records_from_2_producer_to_2_consumer_processes_exactly_once()
     const CONSUMERS: u64 = 2;
     let s = Scratch::new("xp-mpmc");
     let path = s.path("q");
-    let q = Queue::create(&path, &Config { capacity: 4096, max_record: 64, ..Config::default() })
-        .unwrap();
+    let q = Queue::create(
+        &path,
+        &Config {
+            capacity: 4096,
+            max_record: 64,
+            ..Config::default()
+        },
+    )
+    .unwrap();
     let ring = ("RING_PATH", path.display().to_string());
     let consumers: Vec<_> = (0..CONSUMERS)
         .map(|k| {
@@ -226,7 +246,11 @@ fn mpmc_a_million_records_from_2_producer_to_2_consumer_processes_exactly_once()
         .map(|k| {
             spawn(
                 "child_mpmc_producer",
-                &[ring.clone(), ("FIRST", (k * per).to_string()), ("COUNT", per.to_string())],
+                &[
+                    ring.clone(),
+                    ("FIRST", (k * per).to_string()),
+                    ("COUNT", per.to_string()),
+                ],
             )
         })
         .collect();
@@ -254,7 +278,10 @@ fn mpmc_a_million_records_from_2_producer_to_2_consumer_processes_exactly_once()
     assert_eq!(delivered, TOTAL);
     assert!(union.iter().all(|&b| b == 0xff), "a record was lost");
     let st = q.stats();
-    assert_eq!((st.depth, st.requeued, st.abandoned_writes, st.corrupt), (0, 0, 0, 0));
+    assert_eq!(
+        (st.depth, st.requeued, st.abandoned_writes, st.corrupt),
+        (0, 0, 0, 0)
+    );
 }
 
 // ---- MPMC: kill -9 of a consumer holding a claim, and of a producer mid-write ----
@@ -309,7 +336,14 @@ fn stall(s: &Scratch, path: &std::path::Path, role: &str, n: u32) -> Vec<u8> {
 fn mpmc_claims_of_a_killed_consumer_are_requeued_then_dead_lettered() {
     let s = Scratch::new("xp-claim");
     let path = s.path("q");
-    let q = Queue::create(&path, &Config { max_attempts: 3, ..Config::default() }).unwrap();
+    let q = Queue::create(
+        &path,
+        &Config {
+            max_attempts: 3,
+            ..Config::default()
+        },
+    )
+    .unwrap();
     let mut p = q.producer().unwrap();
     p.push(b"poison").unwrap();
     p.push(b"fine").unwrap();
@@ -329,7 +363,10 @@ fn mpmc_claims_of_a_killed_consumer_are_requeued_then_dead_lettered() {
     drop(c);
     // The consumer above gave it back (third failed delivery): it is a dead letter now.
     let st = q.stats();
-    assert_eq!((st.requeued, st.dead_lettered, st.dead_letters, st.depth), (2, 1, 1, 0));
+    assert_eq!(
+        (st.requeued, st.dead_lettered, st.dead_letters, st.depth),
+        (2, 1, 1, 0)
+    );
     let mut dl = q.dead_letters().unwrap();
     let letter = dl.claim().unwrap().expect("a dead letter");
     assert_eq!(&letter[..], b"poison");
@@ -341,14 +378,24 @@ fn mpmc_claims_of_a_killed_consumer_are_requeued_then_dead_lettered() {
 fn mpmc_a_producer_killed_mid_write_does_not_wedge_the_queue() {
     let s = Scratch::new("xp-write");
     let path = s.path("q");
-    let q = Queue::create(&path, &Config { capacity: 4, ..Config::default() }).unwrap();
+    let q = Queue::create(
+        &path,
+        &Config {
+            capacity: 4,
+            ..Config::default()
+        },
+    )
+    .unwrap();
     let mut c = q.consumer().unwrap();
     stall(&s, &path, "mid-push", 0);
     let mut p = q.producer().unwrap();
     p.push(b"after").unwrap();
     let mut got = Vec::new();
     for _ in 0..2 {
-        let claim = c.claim_wait(Some(Duration::from_secs(30))).unwrap().expect("a record");
+        let claim = c
+            .claim_wait(Some(Duration::from_secs(30)))
+            .unwrap()
+            .expect("a record");
         got.push(claim.to_vec());
         claim.ack();
     }
@@ -376,7 +423,12 @@ fn mpmc_consumers_killed_at_random_lose_nothing() {
     let path = s.path("q");
     let q = Queue::create(
         &path,
-        &Config { capacity: 256, max_record: 64, max_attempts: 100, ..Config::default() },
+        &Config {
+            capacity: 256,
+            max_record: 64,
+            max_attempts: 100,
+            ..Config::default()
+        },
     )
     .unwrap();
     let ring = ("RING_PATH", path.display().to_string());
@@ -393,7 +445,11 @@ fn mpmc_consumers_killed_at_random_lose_nothing() {
     };
     let producer = spawn(
         "child_mpmc_producer",
-        &[ring.clone(), ("FIRST", "0".into()), ("COUNT", TOTAL.to_string())],
+        &[
+            ring.clone(),
+            ("FIRST", "0".into()),
+            ("COUNT", TOTAL.to_string()),
+        ],
     );
     let mut victim = consumer(0);
     let survivor = consumer(1);
@@ -417,7 +473,9 @@ fn mpmc_consumers_killed_at_random_lose_nothing() {
     // Every id was logged at least once; a kill can repeat at most the one record it held.
     let mut times = vec![0u32; TOTAL as usize];
     for n in 0..=KILLS + 1 {
-        let Ok(log) = std::fs::read(s.path(&format!("log{n}"))) else { continue };
+        let Ok(log) = std::fs::read(s.path(&format!("log{n}"))) else {
+            continue;
+        };
         for id in log.chunks_exact(8) {
             let id = u64::from_le_bytes(id.try_into().unwrap());
             times[id as usize] += 1;
@@ -426,7 +484,10 @@ fn mpmc_consumers_killed_at_random_lose_nothing() {
     let lost = times.iter().filter(|&&t| t == 0).count();
     let repeats: u32 = times.iter().map(|&t| t.saturating_sub(1)).sum();
     assert_eq!(lost, 0, "records lost");
-    assert!(repeats <= KILLS, "{repeats} repeated deliveries for {KILLS} kills");
+    assert!(
+        repeats <= KILLS,
+        "{repeats} repeated deliveries for {KILLS} kills"
+    );
     let st = q.stats();
     assert_eq!(st.depth, 0);
     assert!(st.requeued <= u64::from(KILLS));

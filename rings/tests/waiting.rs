@@ -82,7 +82,10 @@ fn child_waker() {
 fn wake_from_child(path: &std::path::Path, role: &str) {
     let child = spawn(
         "child_waker",
-        &[("RING_PATH", path.display().to_string()), ("ROLE", role.to_string())],
+        &[
+            ("RING_PATH", path.display().to_string()),
+            ("ROLE", role.to_string()),
+        ],
     );
     common::join(child, role);
 }
@@ -95,7 +98,10 @@ fn io_uring_futex_wait_for_spsc_data_is_woken_by_another_process() {
     let mut c = spsc::Consumer::create(&path, 4096).unwrap();
     let w = c.prepare_data_wait().unwrap().expect("an empty ring waits");
     submit_futex_wait(&mut ring, &w);
-    assert!(ring.completion().next().is_none(), "nothing may complete before the push");
+    assert!(
+        ring.completion().next().is_none(),
+        "nothing may complete before the push"
+    );
     wake_from_child(&path, "spsc-push");
     let res = complete(&mut ring);
     // 0: woken; -EAGAIN: the push landed before the kernel queued the wait. Both are wake-ups.
@@ -113,9 +119,15 @@ fn io_uring_futex_wait_for_spsc_space_is_woken_by_another_process() {
     let path = s.path("r");
     let mut p = spsc::Producer::create(&path, 256).unwrap();
     while p.push(&[1u8; 24]).is_ok() {}
-    let w = p.prepare_space_wait(24).unwrap().expect("a full ring waits");
+    let w = p
+        .prepare_space_wait(24)
+        .unwrap()
+        .expect("a full ring waits");
     submit_futex_wait(&mut ring, &w);
-    assert!(ring.completion().next().is_none(), "nothing may complete before the drain");
+    assert!(
+        ring.completion().next().is_none(),
+        "nothing may complete before the drain"
+    );
     wake_from_child(&path, "spsc-drain");
     let res = complete(&mut ring);
     assert!(res == 0 || res == -libc::EAGAIN, "FutexWait result {res}");
@@ -128,12 +140,22 @@ fn io_uring_futex_wait_for_mpmc_space_is_woken_by_another_process() {
     let Some(mut ring) = uring() else { return };
     let s = Scratch::new("uring-mpmc");
     let path = s.path("q");
-    let q = Queue::create(&path, &Config { capacity: 4, ..Config::default() }).unwrap();
+    let q = Queue::create(
+        &path,
+        &Config {
+            capacity: 4,
+            ..Config::default()
+        },
+    )
+    .unwrap();
     let mut p = q.producer().unwrap();
     while p.push(b"ticket").is_ok() {}
     let w = p.prepare_space_wait().unwrap().expect("a full queue waits");
     submit_futex_wait(&mut ring, &w);
-    assert!(ring.completion().next().is_none(), "nothing may complete before the drain");
+    assert!(
+        ring.completion().next().is_none(),
+        "nothing may complete before the drain"
+    );
     wake_from_child(&path, "mpmc-drain");
     let res = complete(&mut ring);
     assert!(res == 0 || res == -libc::EAGAIN, "FutexWait result {res}");
@@ -147,7 +169,10 @@ fn a_registered_waiter_sees_the_word_move_on_the_next_push() {
     let s = Scratch::new("uring-eagain");
     let q = Queue::create(s.path("q"), &Config::default()).unwrap();
     let mut c = q.consumer().unwrap();
-    let w = c.prepare_data_wait().unwrap().expect("an empty queue waits");
+    let w = c
+        .prepare_data_wait()
+        .unwrap()
+        .expect("an empty queue waits");
     // The push lands between registration and submission: the producer saw the waiter and
     // moved the word, so the wait cannot sleep through it.
     q.producer().unwrap().push(b"raced").unwrap();
@@ -157,7 +182,10 @@ fn a_registered_waiter_sees_the_word_move_on_the_next_push() {
     let claim = c.claim().unwrap().expect("the raced record");
     assert_eq!(&claim[..], b"raced");
     claim.ack();
-    assert!(c.prepare_data_wait().unwrap().is_some(), "empty again: wait again");
+    assert!(
+        c.prepare_data_wait().unwrap().is_some(),
+        "empty again: wait again"
+    );
 }
 
 #[test]
@@ -169,7 +197,10 @@ fn child_idle_consumer() {
     let q = Queue::open(common::var("RING_PATH")).unwrap();
     let mut c = q.consumer().unwrap();
     std::fs::write(common::var("READY"), b"").unwrap();
-    let claim = c.claim_wait(Some(Duration::from_secs(60))).unwrap().expect("a record");
+    let claim = c
+        .claim_wait(Some(Duration::from_secs(60)))
+        .unwrap()
+        .expect("a record");
     assert_eq!(&claim[..], b"wake");
     claim.ack();
 }
@@ -194,7 +225,10 @@ fn an_idle_consumer_sleeps_instead_of_spinning() {
     let ready = s.path("ready");
     let child = spawn(
         "child_idle_consumer",
-        &[("RING_PATH", path.display().to_string()), ("READY", ready.display().to_string())],
+        &[
+            ("RING_PATH", path.display().to_string()),
+            ("READY", ready.display().to_string()),
+        ],
     );
     common::wait_for_file(&ready);
     let pid = child.id();
@@ -205,7 +239,10 @@ fn an_idle_consumer_sleeps_instead_of_spinning() {
         running += thread_states(pid).iter().filter(|&&st| st == 'R').count();
         std::thread::sleep(Duration::from_millis(10));
     }
-    assert!(running <= 2, "the idle consumer was seen running {running} times out of 20");
+    assert!(
+        running <= 2,
+        "the idle consumer was seen running {running} times out of 20"
+    );
     q.producer().unwrap().push(b"wake").unwrap();
     common::join(child, "idle consumer");
 }
