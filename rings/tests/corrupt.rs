@@ -19,7 +19,12 @@ const HEAD: u64 = 256;
 const DATA: u64 = 640;
 
 fn poke(path: &std::path::Path, at: u64, bytes: &[u8]) {
-    OpenOptions::new().write(true).open(path).unwrap().write_all_at(bytes, at).unwrap();
+    OpenOptions::new()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .write_all_at(bytes, at)
+        .unwrap();
 }
 
 fn corrupt_what<T: std::fmt::Debug>(r: Result<T, Error>) -> String {
@@ -38,7 +43,8 @@ fn spsc_tail_beyond_capacity_is_reported() {
     poke(&path, TAIL, &(4096u64 + 64).to_le_bytes());
     let what = corrupt_what(c.pop(&mut Vec::new()));
     assert!(what.contains("indices"), "{what}");
-    assert!(matches!(spsc::Consumer::open(&path), Err(_)));
+    drop(c);
+    assert!(corrupt_what(spsc::Consumer::open(&path).map(|_| ())).contains("indices"));
 }
 
 #[test]

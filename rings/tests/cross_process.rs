@@ -37,7 +37,7 @@ fn child_spsc_producer() {
     }
     let mut p =
         spsc::Producer::open_with(common::var("RING_PATH"), Duration::from_secs(30)).unwrap();
-    let mut m = vec![0u8; 64];
+    let mut m = [0u8; 64];
     for id in 0..common::var_u64("COUNT") {
         let len = spsc_len(id);
         common::fill(id, &mut m[..len]);

@@ -86,7 +86,10 @@ fn overwrite(path: &Path, body: &[u8]) {
     if body.len() < 2 {
         return;
     }
-    let f = OpenOptions::new().write(true).open(path).expect("open segment");
+    let f = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .expect("open segment");
     let len = f.metadata().expect("stat").len();
     let at = 128 + 8 * u64::from(u16::from_le_bytes([body[0], body[1]]));
     if at >= len {
@@ -94,7 +97,8 @@ fn overwrite(path: &Path, body: &[u8]) {
     }
     let room = (len - at) as usize;
     let bytes = &body[2..];
-    f.write_all_at(&bytes[..bytes.len().min(room)], at).expect("overwrite");
+    f.write_all_at(&bytes[..bytes.len().min(room)], at)
+        .expect("overwrite");
 }
 
 fn drain_spsc(c: &mut spsc::Consumer) {
