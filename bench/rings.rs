@@ -30,11 +30,22 @@ const CHILD_ENV: &str = "LEVEE_RINGS_BENCH_CHILD";
 const SLOTS: usize = 1024;
 const SPSC_BYTES: usize = 64 * 1024;
 
+/// Pins the calling thread to `cpu`, when the machine has two CPUs online. Threads and children
+/// inherit their creator's mask, so this names CPUs directly rather than picking from the mask.
 fn pin(cpu: usize) {
-    if let Some(ids) = core_affinity::get_core_ids()
-        && ids.len() >= 2
-    {
-        core_affinity::set_for_current(ids[cpu % ids.len()]);
+    if std::env::var_os("LEVEE_RINGS_BENCH_NO_PIN").is_some() {
+        return;
+    }
+    // SAFETY: sysconf has no memory effects.
+    if unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) } < 2 {
+        return;
+    }
+    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET and sched_setaffinity get a valid
+    // pointer to it and its size.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
     }
 }
 
@@ -424,6 +435,41 @@ fn round_trip(c: &mut Criterion) {
             })
         });
         spin_push_spsc(&mut req, &[]);
+    }
+
+    {
+        let dir = PathBuf::from(format!(
+            "/dev/shm/levee-rings-bench-{}-t",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("bench dir");
+        let (mut req, mut req_rx) = spsc::create(dir.join("a"), SPSC_BYTES).expect("ring");
+        let (mut rep_tx, mut rep) = spsc::create(dir.join("b"), SPSC_BYTES).expect("ring");
+        let peer = thread_peer(move || {
+            let mut buf = Vec::with_capacity(64);
+            loop {
+                if !req_rx.pop(&mut buf).expect("ring") {
+                    std::hint::spin_loop();
+                    continue;
+                }
+                if buf.is_empty() {
+                    return;
+                }
+                spin_push_spsc(&mut rep_tx, &buf);
+            }
+        });
+        let m = msg(1);
+        let mut out = Vec::with_capacity(64);
+        g.bench_function("levee_rings_spsc_threads", |b| {
+            b.iter(|| {
+                spin_push_spsc(&mut req, &m);
+                spin_pop_spsc(&mut rep, &mut out);
+            })
+        });
+        spin_push_spsc(&mut req, &[]);
+        peer.join().expect("levee peer");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     {

@@ -400,9 +400,8 @@ impl QueueCore {
                             shm.write(off + 8, &meta.to_le_bytes());
                             shm.write(off + SLOT_HEADER, data);
                         }
-                        // The only store that makes the record visible. SeqCst: the waker's
-                        // half of the wait protocol.
-                        st.store(stamp(lap, READY, 0), Ordering::SeqCst);
+                        // The only store that makes the record visible.
+                        st.store(stamp(lap, READY, 0), Ordering::Release);
                         if !dead {
                             NOT_EMPTY.wake(shm);
                         }
@@ -447,8 +446,7 @@ impl QueueCore {
         for _ in 0..g.step_limit() {
             let lap = g.lap(pos);
             let st = word(shm, g.slot(pos));
-            // SeqCst: this load is the waiter's re-check in the wait protocol.
-            let s = st.load(Ordering::SeqCst);
+            let s = st.load(Ordering::Acquire);
             match cmp_key(key_of(s), key_of(stamp(lap, READY, 0))) {
                 Cmp::Equal => {
                     let mine = stamp(lap, CLAIMED, me);
@@ -518,7 +516,7 @@ impl QueueCore {
         let _ = st.compare_exchange(
             claimed.stamp,
             next_free(claimed.stamp),
-            Ordering::SeqCst,
+            Ordering::Release,
             Ordering::Relaxed,
         );
         if !dead {
@@ -556,19 +554,19 @@ impl QueueCore {
         enq.wrapping_sub(deq).min(g.count) as usize
     }
 
-    /// Whether a stamp at the dequeue position says "ready" (SeqCst: the waiter's re-check).
+    /// Whether a stamp at the dequeue position says "ready": the waiter's re-check.
     fn looks_ready(&self) -> bool {
         let g = &self.layout.main;
-        let pos = word(&self.shm, g.deq).load(Ordering::SeqCst);
-        let s = word(&self.shm, g.slot(pos)).load(Ordering::SeqCst);
+        let pos = word(&self.shm, g.deq).load(Ordering::Acquire);
+        let s = word(&self.shm, g.slot(pos)).load(Ordering::Acquire);
         cmp_key(key_of(s), key_of(stamp(g.lap(pos), READY, 0))) != Cmp::Behind
     }
 
-    /// Whether a stamp at the enqueue position says "free" (SeqCst: the waiter's re-check).
+    /// Whether a stamp at the enqueue position says "free": the waiter's re-check.
     fn looks_free(&self) -> bool {
         let g = &self.layout.main;
-        let pos = word(&self.shm, g.enq).load(Ordering::SeqCst);
-        let s = word(&self.shm, g.slot(pos)).load(Ordering::SeqCst);
+        let pos = word(&self.shm, g.enq).load(Ordering::Acquire);
+        let s = word(&self.shm, g.slot(pos)).load(Ordering::Acquire);
         cmp_key(key_of(s), key_of(stamp(g.lap(pos), FREE, 0))) != Cmp::Behind
     }
 
@@ -610,12 +608,13 @@ impl QueueCore {
                     match self.read_meta(dead, idx) {
                         Ok((off, len, attempts)) if held == CLAIM_NONE => {
                             let meta = len as u64 | (u64::from(attempts) << 32);
+                            let mut buf = vec![0u8; len];
                             // SAFETY: `read_meta` checked the payload fits a slot, and the claim
                             // buffer holds `max_record` bytes; we hold the dead handle's lock,
                             // so its entry is ours.
                             unsafe {
-                                let dst = self.shm.slice_mut(entry + ENTRY_HEADER, len);
-                                self.shm.read(off, dst);
+                                self.shm.read(off, &mut buf);
+                                self.shm.write(entry + ENTRY_HEADER, &buf);
                                 self.shm.write(entry + E_CLAIM_META, &meta.to_le_bytes());
                             }
                             // The position, rebuilt from the stamp's lap and the slot index.
@@ -881,6 +880,7 @@ mod handles {
 
     impl Handle {
         fn attach(queue: &Queue, role: u64) -> Result<Handle> {
+            crate::wait::register_process();
             let map = &queue.map;
             let core = queue.core.clone();
             let lock = map.reopen()?;
@@ -1014,7 +1014,7 @@ mod handles {
         pub fn prepare_space_wait(&mut self) -> Result<Option<FutexWait>> {
             self.handle.map.check_len()?;
             let shm = &self.handle.map.shm;
-            let value = NOT_FULL.register(shm);
+            let registered = NOT_FULL.register(shm);
             if self.handle.core.looks_free() {
                 NOT_FULL.unregister(shm);
                 return Ok(None);
@@ -1022,7 +1022,7 @@ mod handles {
             Ok(Some(FutexWait::new(
                 self.handle.map.clone(),
                 NOT_FULL,
-                value,
+                registered,
             )))
         }
 
@@ -1152,7 +1152,7 @@ mod handles {
         fn prepare_wait(&mut self) -> Result<Option<FutexWait>> {
             self.handle.map.check_len()?;
             let shm = &self.handle.map.shm;
-            let value = NOT_EMPTY.register(shm);
+            let registered = NOT_EMPTY.register(shm);
             if self.handle.core.looks_ready() {
                 NOT_EMPTY.unregister(shm);
                 return Ok(None);
@@ -1160,7 +1160,7 @@ mod handles {
             Ok(Some(FutexWait::new(
                 self.handle.map.clone(),
                 NOT_EMPTY,
-                value,
+                registered,
             )))
         }
     }

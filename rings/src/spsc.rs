@@ -225,8 +225,7 @@ impl ProducerCore {
     /// Makes every staged record visible to the consumer and wakes it if it sleeps.
     pub(crate) fn publish(&mut self) {
         if self.tail != self.published {
-            // SeqCst: the waker's half of the wait protocol (see `crate::wait`).
-            tail_word(&self.shm).store(self.tail, Ordering::SeqCst);
+            tail_word(&self.shm).store(self.tail, Ordering::Release);
             self.published = self.tail;
             DATA_WAIT.wake(&self.shm);
         }
@@ -352,7 +351,7 @@ impl ConsumerCore {
 
     pub(crate) fn publish(&mut self) {
         if self.head != self.published {
-            head_word(&self.shm).store(self.head, Ordering::SeqCst);
+            head_word(&self.shm).store(self.head, Ordering::Release);
             self.published = self.head;
             SPACE_WAIT.wake(&self.shm);
         }
@@ -372,12 +371,12 @@ impl ConsumerCore {
         }
     }
 
-    /// Whether the ring holds unread bytes, read with SeqCst for the wait protocol.
+    /// Whether the ring holds unread bytes: the waiter's re-check in the wait protocol.
     fn has_data_seqcst(&mut self) -> Result<bool, Error> {
         if self.head != self.cached_tail {
             return Ok(true);
         }
-        self.refresh_tail(Ordering::SeqCst)?;
+        self.refresh_tail(Ordering::Acquire)?;
         Ok(self.head != self.cached_tail)
     }
 
@@ -461,6 +460,7 @@ mod handles {
         }
 
         fn attach(map: Arc<Mapping>, capacity: u64) -> Result<Producer> {
+            crate::wait::register_process();
             let lock = attach_lock(&map, PRODUCER_LOCK, "producer")?;
             let core = ProducerCore::attach(map.shm, capacity)?;
             Ok(Producer {
@@ -531,9 +531,13 @@ mod handles {
         pub fn prepare_space_wait(&mut self, len: usize) -> Result<Option<FutexWait>> {
             self.map.check_len()?;
             self.core.publish();
-            let value = SPACE_WAIT.register(&self.map.shm);
-            match self.core.fits(len, Ordering::SeqCst) {
-                Ok(false) => Ok(Some(FutexWait::new(self.map.clone(), SPACE_WAIT, value))),
+            let registered = SPACE_WAIT.register(&self.map.shm);
+            match self.core.fits(len, Ordering::Acquire) {
+                Ok(false) => Ok(Some(FutexWait::new(
+                    self.map.clone(),
+                    SPACE_WAIT,
+                    registered,
+                ))),
                 other => {
                     SPACE_WAIT.unregister(&self.map.shm);
                     other.map(|_| None)
@@ -621,6 +625,7 @@ mod handles {
         }
 
         fn attach(map: Arc<Mapping>, capacity: u64) -> Result<Consumer> {
+            crate::wait::register_process();
             let lock = attach_lock(&map, CONSUMER_LOCK, "consumer")?;
             let core = ConsumerCore::attach(map.shm, capacity)?;
             Ok(Consumer {
@@ -674,9 +679,13 @@ mod handles {
         pub fn prepare_data_wait(&mut self) -> Result<Option<FutexWait>> {
             self.map.check_len()?;
             self.core.publish();
-            let value = DATA_WAIT.register(&self.map.shm);
+            let registered = DATA_WAIT.register(&self.map.shm);
             match self.core.has_data_seqcst() {
-                Ok(false) => Ok(Some(FutexWait::new(self.map.clone(), DATA_WAIT, value))),
+                Ok(false) => Ok(Some(FutexWait::new(
+                    self.map.clone(),
+                    DATA_WAIT,
+                    registered,
+                ))),
                 other => {
                     DATA_WAIT.unregister(&self.map.shm);
                     other.map(|_| None)

@@ -4,6 +4,7 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
+#[cfg(not(loom))]
 use std::time::Duration;
 
 use crate::primitive::AtomicU32;
@@ -167,4 +168,27 @@ fn boot_id() -> io::Result<[u8; 16]> {
         id[i] = u8::from_str_radix(s, 16).map_err(|_| io::ErrorKind::InvalidData)?;
     }
     Ok(id)
+}
+
+#[cfg(not(loom))]
+const MEMBARRIER_CMD_GLOBAL_EXPEDITED: libc::c_int = 1 << 1;
+#[cfg(not(loom))]
+const MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED: libc::c_int = 1 << 2;
+
+#[cfg(not(loom))]
+fn membarrier(cmd: libc::c_int) -> bool {
+    // SAFETY: membarrier takes no pointers; a failure is reported through the return value.
+    unsafe { libc::syscall(libc::SYS_membarrier, cmd, 0u32, 0i32) == 0 }
+}
+
+/// Registers this process so that another process's [`membarrier_global`] reaches its threads.
+#[cfg(not(loom))]
+pub(crate) fn membarrier_register() -> bool {
+    membarrier(MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED)
+}
+
+/// A full memory barrier on every CPU running a thread of a registered process.
+#[cfg(not(loom))]
+pub(crate) fn membarrier_global() -> bool {
+    membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED)
 }

@@ -3,19 +3,86 @@
 //! Each direction a side may wait in ("data arrived", "space freed") has a line with two 32-bit
 //! words: `seq`, the futex word, and `waiters`, how many are parked or about to park on it.
 //!
-//! Waiter: `waiters += 1` (SeqCst), read `seq` into `v`, re-check the ring (SeqCst loads); if it
-//! is still empty (or full), sleep on `seq` while it equals `v`; afterwards `waiters -= 1`.
+//! Waiter: `waiters += 1`, a heavy barrier, read `seq` into `v`, re-check the ring; if it is still
+//! empty (or full), sleep on `seq` while it equals `v`; afterwards `waiters -= 1`.
 //!
-//! Waker: publish the index (SeqCst store), then read `waiters` (SeqCst); if non-zero, bump `seq`
-//! and `FUTEX_WAKE` every waiter on it.
+//! Waker: publish the index (Release store), a light barrier, read `waiters`; if non-zero, bump
+//! `seq` and `FUTEX_WAKE` every waiter on it.
 //!
-//! The four SeqCst accesses form Dekker's pattern: either the waiter's re-check sees the new
-//! index, or the waker sees the waiter and bumps `seq`, so the sleep returns at once (value
-//! changed) or is woken. No wake-up is lost. The word is a plain shared futex (never
-//! `FUTEX_PRIVATE_FLAG`), so `futex(2)` waiters, io_uring `FutexWait` waiters and wakers in other
-//! processes all meet on it.
+//! This is Dekker's pattern: either the waiter's re-check sees the new index, or the waker sees
+//! the waiter and bumps `seq`, so the sleep returns at once (value changed) or is woken. No
+//! wake-up is lost. The barriers are asymmetric, as in liburcu and folly's
+//! `asymmetricHeavyBarrier`: every process registers with
+//! `membarrier(MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED)` when it attaches a handle, the rare
+//! waiter issues `membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED)` (a full barrier on every CPU that
+//! runs a registered process), and the hot waker needs only a compiler barrier — no locked
+//! instruction per record. A process whose registration fails uses full fences as a waker; a
+//! waiter whose membarrier fails falls back to a full fence and to short sleeps
+//! ([`FutexWait::is_exact`]).
+//!
+//! The word is a plain shared futex (never `FUTEX_PRIVATE_FLAG`), so `futex(2)` waiters, io_uring
+//! `FutexWait` waiters and wakers in other processes all meet on it.
 
 use crate::primitive::{AtomicU32, Ordering, Shm};
+
+#[cold]
+#[inline(never)]
+fn wake_slow(seq: &AtomicU32) {
+    // Release: a waiter that reads the new value also sees the index published before it.
+    seq.fetch_add(1, Ordering::Release);
+    crate::sys::futex_wake_all(seq);
+}
+
+#[cfg(not(loom))]
+mod barrier {
+    use std::sync::atomic::{AtomicU8, Ordering, compiler_fence, fence};
+
+    const UNKNOWN: u8 = 0;
+    const LIGHT: u8 = 1;
+    const FULL: u8 = 2;
+    static WAKER: AtomicU8 = AtomicU8::new(UNKNOWN);
+
+    /// Registers this process for the waiters' heavy barrier; called whenever a handle attaches.
+    pub(crate) fn register_process() {
+        if WAKER.load(Ordering::Relaxed) == UNKNOWN {
+            let mode = if crate::sys::membarrier_register() {
+                LIGHT
+            } else {
+                FULL
+            };
+            WAKER.store(mode, Ordering::Relaxed);
+        }
+    }
+
+    #[inline]
+    pub(crate) fn light_barrier() {
+        if WAKER.load(Ordering::Relaxed) == LIGHT {
+            compiler_fence(Ordering::SeqCst);
+        } else {
+            fence(Ordering::SeqCst);
+        }
+    }
+
+    pub(crate) fn heavy_barrier() -> bool {
+        fence(Ordering::SeqCst);
+        crate::sys::membarrier_global()
+    }
+}
+
+#[cfg(loom)]
+mod barrier {
+    pub(crate) fn light_barrier() {
+        loom::sync::atomic::fence(loom::sync::atomic::Ordering::SeqCst);
+    }
+    pub(crate) fn heavy_barrier() -> bool {
+        loom::sync::atomic::fence(loom::sync::atomic::Ordering::SeqCst);
+        true
+    }
+}
+
+#[cfg(not(loom))]
+pub(crate) use barrier::register_process;
+use barrier::{heavy_barrier, light_barrier};
 
 /// Where a wait line's two words are.
 #[derive(Clone, Copy, Debug)]
@@ -38,21 +105,23 @@ impl WaitLine {
         unsafe { (shm.u32(self.seq), shm.u32(self.waiters)) }
     }
 
-    /// The waker's half: call right after the SeqCst store that published the change.
+    /// The waker's half: call right after the Release store that published the change.
     #[inline]
     pub(crate) fn wake(self, shm: &Shm) {
+        light_barrier();
         let (seq, waiters) = self.words(shm);
-        if waiters.load(Ordering::SeqCst) != 0 {
-            seq.fetch_add(1, Ordering::SeqCst);
-            crate::sys::futex_wake_all(seq);
+        if waiters.load(Ordering::Relaxed) != 0 {
+            wake_slow(seq);
         }
     }
 
-    /// The waiter's first half: registers, and returns the value to wait on.
-    pub(crate) fn register(self, shm: &Shm) -> u32 {
+    /// The waiter's first half: registers, and returns the value to wait on and whether the
+    /// heavy barrier held (see [`FutexWait::is_exact`]). Re-check the ring after this.
+    pub(crate) fn register(self, shm: &Shm) -> (u32, bool) {
         let (seq, waiters) = self.words(shm);
         waiters.fetch_add(1, Ordering::SeqCst);
-        seq.load(Ordering::SeqCst)
+        let exact = heavy_barrier();
+        (seq.load(Ordering::Acquire), exact)
     }
 
     pub(crate) fn unregister(self, shm: &Shm) {
@@ -88,11 +157,32 @@ mod mapped {
         map: Arc<Mapping>,
         line: WaitLine,
         value: u32,
+        exact: bool,
     }
 
+    /// Longest sleep when the heavy barrier was unavailable (see [`FutexWait::is_exact`]).
+    const INEXACT_SLICE: Duration = Duration::from_millis(10);
+
     impl FutexWait {
-        pub(crate) fn new(map: Arc<Mapping>, line: WaitLine, value: u32) -> FutexWait {
-            FutexWait { map, line, value }
+        pub(crate) fn new(
+            map: Arc<Mapping>,
+            line: WaitLine,
+            (value, exact): (u32, bool),
+        ) -> FutexWait {
+            FutexWait {
+                map,
+                line,
+                value,
+                exact,
+            }
+        }
+
+        /// Whether the waiter's `membarrier` held, so that a wake-up cannot be missed. `false`
+        /// only where `membarrier(2)` is unavailable to this process (e.g. filtered by seccomp):
+        /// then a wake-up may be missed, and a sleep must be bounded — [`FutexWait::wait`]
+        /// sleeps at most 10 ms, and an io_uring user should link a timeout to its `FutexWait`.
+        pub fn is_exact(&self) -> bool {
+            self.exact
         }
 
         /// The address of the 32-bit futex word, inside the shared mapping.
@@ -110,6 +200,11 @@ mod mapped {
         pub fn wait(&self, timeout: Option<Duration>) {
             // SAFETY: as in `word`.
             let word = unsafe { self.map.shm.u32(self.line.seq) };
+            let timeout = if self.exact {
+                timeout
+            } else {
+                Some(timeout.map_or(INEXACT_SLICE, |t| t.min(INEXACT_SLICE)))
+            };
             crate::sys::futex_wait(word, self.value, timeout);
         }
     }
