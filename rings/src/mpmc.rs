@@ -313,6 +313,16 @@ impl RingGeom {
     }
 }
 
+/// Moves a position hint from `pos` to the next position, unless someone already moved it. A
+/// plain load and store rather than a compare-and-swap: the stamps, not the hints, decide who
+/// owns a slot, so a hint that a slow handle sets back only costs a few extra steps.
+#[inline]
+fn advance_hint(hint: &AtomicU64, pos: u64) {
+    if hint.load(Ordering::Relaxed) == pos {
+        hint.store(pos.wrapping_add(1), Ordering::Relaxed);
+    }
+}
+
 fn word(shm: &Shm, off: usize) -> &AtomicU64 {
     // SAFETY: every offset passed here is a fixed control-area offset or computed from a
     // checked layout and an index masked to the ring's size: 8-aligned and inside the mapping,
@@ -387,12 +397,7 @@ impl QueueCore {
                         )
                         .is_ok()
                     {
-                        let _ = enq.compare_exchange(
-                            pos,
-                            pos.wrapping_add(1),
-                            Ordering::Relaxed,
-                            Ordering::Relaxed,
-                        );
+                        advance_hint(enq, pos);
                         let meta = data.len() as u64 | (u64::from(attempts) << 32);
                         // SAFETY: the slot is ours (WRITING, owner `me`); its header and
                         // `max_record` payload bytes lie inside the slot array.
@@ -411,15 +416,8 @@ impl QueueCore {
                 }
                 Cmp::Ahead => {
                     // Someone took this position: help move the hint on.
-                    pos = match enq.compare_exchange(
-                        pos,
-                        pos.wrapping_add(1),
-                        Ordering::Relaxed,
-                        Ordering::Relaxed,
-                    ) {
-                        Ok(_) => pos.wrapping_add(1),
-                        Err(now) => now,
-                    };
+                    advance_hint(enq, pos);
+                    pos = pos.wrapping_add(1);
                 }
                 Cmp::Behind => {
                     // The slot still holds the previous lap: full, unless the hint moved.
@@ -454,26 +452,14 @@ impl QueueCore {
                         .compare_exchange_weak(s, mine, Ordering::Acquire, Ordering::Relaxed)
                         .is_ok()
                     {
-                        let _ = deq.compare_exchange(
-                            pos,
-                            pos.wrapping_add(1),
-                            Ordering::Relaxed,
-                            Ordering::Relaxed,
-                        );
+                        advance_hint(deq, pos);
                         return Ok(Some(Claimed { pos, stamp: mine }));
                     }
                     pos = deq.load(Ordering::Relaxed);
                 }
                 Cmp::Ahead => {
-                    pos = match deq.compare_exchange(
-                        pos,
-                        pos.wrapping_add(1),
-                        Ordering::Relaxed,
-                        Ordering::Relaxed,
-                    ) {
-                        Ok(_) => pos.wrapping_add(1),
-                        Err(now) => now,
-                    };
+                    advance_hint(deq, pos);
+                    pos = pos.wrapping_add(1);
                 }
                 Cmp::Behind => {
                     // Free for this lap or still being written: nothing ready here yet.
@@ -511,14 +497,9 @@ impl QueueCore {
     fn free_slot(&self, dead: bool, claimed: Claimed) {
         let g = self.ring(dead);
         let st = word(&self.shm, g.slot(claimed.pos));
-        // Only the owner moves a CLAIMED slot; a failure means a hostile peer rewrote it, and
-        // then leaving it alone is all we can do.
-        let _ = st.compare_exchange(
-            claimed.stamp,
-            next_free(claimed.stamp),
-            Ordering::Release,
-            Ordering::Relaxed,
-        );
+        // Only the owner moves a CLAIMED slot, so a plain store will do. Release: the next
+        // producer's writes come after our reads.
+        st.store(next_free(claimed.stamp), Ordering::Release);
         if !dead {
             NOT_FULL.wake(&self.shm);
         }
