@@ -740,6 +740,7 @@ mod handles {
     const PARK_SLICE: Duration = Duration::from_millis(250);
     /// Least time between two looks for dead handles from a consumer's claim path.
     const REAP_EVERY: Duration = Duration::from_millis(50);
+    const POLLS_PER_CLOCK: u32 = 64;
 
     /// A queue segment, mapped. Hands out [`Producer`], [`Consumer`] and [`DeadLetters`]
     /// handles; `Send` and `Sync`.
@@ -856,6 +857,9 @@ mod handles {
         lock: File,
         id: u32,
         last_reap: Cell<Option<Instant>>,
+        /// Empty claims since the clock was last read: a polling consumer reads it only every
+        /// `POLLS_PER_CLOCK` empty claims.
+        empty_polls: Cell<u32>,
         _not_sync: PhantomData<Cell<()>>,
     }
 
@@ -891,6 +895,7 @@ mod handles {
                     lock,
                     id,
                     last_reap: Cell::new(None),
+                    empty_polls: Cell::new(0),
                     _not_sync: PhantomData,
                 };
                 handle.reap()?;
@@ -935,6 +940,18 @@ mod handles {
                 done?;
             }
             Ok(recovered)
+        }
+
+        /// After an empty claim: reaps at most every `REAP_EVERY`, reading the clock only every
+        /// `POLLS_PER_CLOCK` calls so a polling consumer's empty path stays cheap.
+        fn reap_if_due_after_poll(&self) -> Result<()> {
+            let n = self.empty_polls.get().wrapping_add(1);
+            self.empty_polls.set(n);
+            if n % POLLS_PER_CLOCK == 1 {
+                self.reap_if_due()
+            } else {
+                Ok(())
+            }
         }
 
         fn reap_if_due(&self) -> Result<()> {
@@ -1082,7 +1099,7 @@ mod handles {
             }
             let Some(c) = core.claim_slot(self.dead, self.handle.id)? else {
                 if !self.dead {
-                    self.handle.reap_if_due()?;
+                    self.handle.reap_if_due_after_poll()?;
                 }
                 return Ok(false);
             };

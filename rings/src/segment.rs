@@ -560,7 +560,9 @@ pub fn inspect(path: impl AsRef<Path>) -> Result<SegmentInfo> {
 }
 
 /// Removes the segment at `path` if it is stale (see [`SegmentInfo::is_stale`]). Returns whether
-/// it was removed. A live segment is left alone.
+/// it was removed. A live segment is left alone. The check and the removal are not atomic: run it
+/// when nothing is starting up on this segment (a process that attaches in between keeps its
+/// mapping, but the path is gone).
 pub fn remove_stale(path: impl AsRef<Path>) -> Result<bool> {
     let path = path.as_ref();
     let info = inspect(path)?;
