@@ -5,15 +5,21 @@
 //! knows nothing of who uses it.
 //!
 //! - [`spsc`]: one producer, one consumer, variable-length records in a byte ring, read and
-//!   written in place. The index protocol is Lamport's single-producer single-consumer ring with
-//!   free-running indices and cached opposite indices, as in the Linux io_uring rings and rtrb.
+//!   written in place. The index protocol is Lamport's single-producer single-consumer ring
+//!   (L. Lamport, "Specifying Concurrent Program Modules", 1983) with free-running indices and
+//!   cached opposite indices, as in the Linux io_uring rings and rtrb.
 //! - [`mpmc`]: many producers, competing consumers, bounded records in fixed slots. The slot
-//!   protocol is Dmitry Vyukov's bounded MPMC queue (per-slot sequence stamps; crossbeam's
+//!   protocol is Dmitry Vyukov's bounded MPMC queue (1024cores.net, "Bounded MPMC queue";
+//!   per-slot sequence stamps; crossbeam's
 //!   `ArrayQueue` is the same algorithm), extended so that a slot's stamp also names which handle
 //!   is writing or claiming it: a crashed producer's half-written slot and a crashed consumer's
 //!   claim are found and recovered, with an attempt count and a dead-letter ring.
 //! - Waiting ([`wait`]): an event count on a shared futex word, usable from `futex(2)` and from
-//!   an io_uring `FutexWait`.
+//!   an io_uring `FutexWait`; no wake-up is lost (Dekker's pattern), with asymmetric barriers
+//!   (`membarrier(2)` on the sleeping side, as in liburcu) so the per-record path has no locked
+//!   instruction.
+//! - Liveness of handles: an open-file-description lock per handle, which the kernel releases
+//!   when its holder dies — immune to PID reuse.
 //! - Segments ([`segment`]): a header with magic, version, geometry, creator identity and a
 //!   checksum; atomic creation by `O_TMPFILE` + `linkat`; size checked before mapping.
 //!
