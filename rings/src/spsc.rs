@@ -1,0 +1,733 @@
+//! Single-producer single-consumer ring of variable-length records, in a shared segment.
+//!
+//! The algorithm is the classic Lamport ring with free-running indices (as in the Linux
+//! io_uring submission and completion rings and in rtrb): the producer owns `tail`, the consumer
+//! owns `head`, each index is a byte count that only grows (`wrapping_add`), the position in the
+//! data area is `index & (capacity - 1)`, and each side keeps a cached copy of the other's index
+//! and re-reads it only when the ring looks full (producer) or empty (consumer). A side publishes
+//! its index with a store that the other side reads with Acquire, so the record bytes written
+//! before the store are visible after the load.
+//!
+//! Records are length-prefixed and 8-aligned: an 8-byte header (`len: u32`, `kind: u32`) then
+//! the payload, padded to 8. A record never wraps: when it would not fit before the end of the
+//! data area, a padding record fills the rest and the record starts at offset 0. So a record of
+//! at most `capacity / 2 - 8` bytes always fits in an empty ring.
+//!
+//! Segment layout (each line 128 bytes): header, `tail` line, `head` line, the "data" wait line,
+//! the "space" wait line, then `capacity` bytes of data. See [`crate::wait`] for the waiting
+//! protocol.
+//!
+//! The consumer trusts nothing it reads: `tail` must stay within `capacity` bytes ahead of
+//! `head`, and every header must describe a record that fits inside both the published bytes and
+//! the data area. Anything else is [`Error::Corrupt`], never an out-of-bounds access or an
+//! endless loop. The producer likewise checks the `head` it reads.
+
+use crate::error::{Error, PushError};
+use crate::primitive::{AtomicU64, Ordering, Shm};
+use crate::wait::WaitLine;
+
+const OFF_TAIL: usize = 128;
+const OFF_HEAD: usize = 256;
+const DATA_WAIT: WaitLine = WaitLine::at(384);
+const SPACE_WAIT: WaitLine = WaitLine::at(512);
+pub(crate) const OFF_DATA: usize = 640;
+
+const REC_HEADER: u64 = 8;
+const KIND_DATA: u32 = 0x5245_4301; // "REC", 1
+const KIND_PAD: u32 = 0x5245_4302; // "REC", 2
+
+/// The smallest data area a ring may have, in bytes.
+pub const MIN_CAPACITY: usize = 64;
+/// The largest data area a ring may have, in bytes (1 TiB).
+pub const MAX_CAPACITY: usize = 1 << 40;
+
+/// Checked SPSC geometry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct RingLayout {
+    capacity: u64,
+}
+
+impl RingLayout {
+    pub(crate) fn new(capacity: usize) -> Result<RingLayout, Error> {
+        Self::check(capacity as u64).map_err(|reason| Error::InvalidConfig { reason })
+    }
+
+    fn check(capacity: u64) -> Result<RingLayout, String> {
+        if !capacity.is_power_of_two()
+            || capacity < MIN_CAPACITY as u64
+            || capacity > MAX_CAPACITY as u64
+        {
+            return Err(format!(
+                "capacity {capacity} must be a power of two in {MIN_CAPACITY}..={MAX_CAPACITY}"
+            ));
+        }
+        Ok(RingLayout { capacity })
+    }
+
+    pub(crate) fn from_params(params: [u64; 6]) -> Result<RingLayout, String> {
+        if params[1..].iter().any(|&p| p != 0) {
+            return Err("unused SPSC parameters are not zero".into());
+        }
+        Self::check(params[0])
+    }
+
+    pub(crate) fn lock_count(&self) -> u32 {
+        2
+    }
+
+    pub(crate) fn total_len(&self) -> usize {
+        OFF_DATA + self.capacity as usize
+    }
+}
+
+#[cfg(not(loom))]
+impl crate::segment::Layout for RingLayout {
+    const KIND: crate::segment::RingKind = crate::segment::RingKind::Spsc;
+    fn params(&self) -> [u64; 6] {
+        [self.capacity, 0, 0, 0, 0, 0]
+    }
+    fn from_params(params: [u64; 6]) -> Result<Self, String> {
+        RingLayout::from_params(params)
+    }
+    fn total_len(&self) -> usize {
+        RingLayout::total_len(self)
+    }
+}
+
+fn tail_word(shm: &Shm) -> &AtomicU64 {
+    // SAFETY: fixed, 8-aligned offset in the control area of every SPSC mapping; atomic only.
+    unsafe { shm.u64(OFF_TAIL) }
+}
+
+fn head_word(shm: &Shm) -> &AtomicU64 {
+    // SAFETY: as for `tail_word`.
+    unsafe { shm.u64(OFF_HEAD) }
+}
+
+fn record_len(len: u64) -> u64 {
+    REC_HEADER + len.next_multiple_of(8)
+}
+
+/// Checks a pair of indices read from shared memory.
+fn check_indices(head: u64, tail: u64, capacity: u64) -> Result<(), Error> {
+    let used = tail.wrapping_sub(head);
+    if used > capacity || head % 8 != 0 || tail % 8 != 0 {
+        return Err(Error::corrupt(format!(
+            "SPSC indices out of range: head {head}, tail {tail}, capacity {capacity}"
+        )));
+    }
+    Ok(())
+}
+
+/// The producer's side of the protocol, over any [`Shm`].
+pub(crate) struct ProducerCore {
+    shm: Shm,
+    capacity: u64,
+    /// Next write position, including records committed but not yet published.
+    /// Invariant: `published <= tail <= cached_head + capacity` (wrapping).
+    tail: u64,
+    published: u64,
+    cached_head: u64,
+}
+
+impl ProducerCore {
+    pub(crate) fn attach(shm: Shm, capacity: u64) -> Result<ProducerCore, Error> {
+        let tail = tail_word(&shm).load(Ordering::Acquire);
+        let head = head_word(&shm).load(Ordering::Acquire);
+        check_indices(head, tail, capacity)?;
+        Ok(ProducerCore {
+            shm,
+            capacity,
+            tail,
+            published: tail,
+            cached_head: head,
+        })
+    }
+
+    pub(crate) fn max_record(&self) -> usize {
+        (self.capacity / 2 - REC_HEADER) as usize
+    }
+
+    fn free(&self) -> u64 {
+        self.capacity - self.tail.wrapping_sub(self.cached_head)
+    }
+
+    fn refresh_head(&mut self, order: Ordering) -> Result<(), Error> {
+        let head = head_word(&self.shm).load(order);
+        // The consumer can only have released what was published, and never moves back: so
+        // everything staged since still fits behind it.
+        let behind = self.published.wrapping_sub(head);
+        if behind > self.capacity || self.tail.wrapping_sub(head) > self.capacity || head % 8 != 0 {
+            return Err(Error::corrupt(format!(
+                "SPSC head {head} is not within capacity {} behind tail {}",
+                self.capacity, self.published
+            )));
+        }
+        self.cached_head = head;
+        Ok(())
+    }
+
+    /// Bytes a record of `len` takes from the ring at the current position, padding included.
+    fn needed(&self, len: usize) -> (u64, u64) {
+        let need = record_len(len as u64);
+        let off = self.tail & (self.capacity - 1);
+        let contiguous = self.capacity - off;
+        let pad = if contiguous < need { contiguous } else { 0 };
+        (pad, need)
+    }
+
+    /// Whether a record of `len` fits now (reading `head` with `order` when the cache says no).
+    fn fits(&mut self, len: usize, order: Ordering) -> Result<bool, Error> {
+        let (pad, need) = self.needed(len);
+        if pad + need <= self.free() {
+            return Ok(true);
+        }
+        self.refresh_head(order)?;
+        Ok(pad + need <= self.free())
+    }
+
+    /// Reserves room for a record of `len` bytes; returns the payload offset in the mapping.
+    pub(crate) fn reserve(&mut self, len: usize) -> Result<usize, PushError> {
+        if len > self.max_record() {
+            return Err(PushError::TooLarge {
+                len,
+                max: self.max_record(),
+            });
+        }
+        if !self.fits(len, Ordering::Acquire)? {
+            // The consumer may be waiting for what we staged; let it have it.
+            self.publish();
+            return Err(PushError::Full);
+        }
+        let (pad, _) = self.needed(len);
+        if pad > 0 {
+            let off = OFF_DATA + (self.tail & (self.capacity - 1)) as usize;
+            let header = (pad - REC_HEADER) | (u64::from(KIND_PAD) << 32);
+            // SAFETY: `off..off + 8` lies in the data area (pad >= 8 bytes remain before its
+            // end), and the space is free: the consumer released it and cannot read it before
+            // the next publication.
+            unsafe { self.shm.write(off, &header.to_le_bytes()) };
+            self.tail = self.tail.wrapping_add(pad);
+        }
+        Ok(OFF_DATA + (self.tail & (self.capacity - 1)) as usize + REC_HEADER as usize)
+    }
+
+    /// Stages the record reserved at the current position; visible after [`Self::publish`].
+    pub(crate) fn commit(&mut self, len: usize) {
+        let off = OFF_DATA + (self.tail & (self.capacity - 1)) as usize;
+        let header = len as u64 | (u64::from(KIND_DATA) << 32);
+        // SAFETY: `reserve` checked that the whole record fits at `off` inside free space.
+        unsafe { self.shm.write(off, &header.to_le_bytes()) };
+        self.tail = self.tail.wrapping_add(record_len(len as u64));
+        debug_assert!(self.tail.wrapping_sub(self.cached_head) <= self.capacity);
+    }
+
+    /// Makes every staged record visible to the consumer and wakes it if it sleeps.
+    pub(crate) fn publish(&mut self) {
+        if self.tail != self.published {
+            tail_word(&self.shm).store(self.tail, Ordering::Release);
+            self.published = self.tail;
+            DATA_WAIT.wake(&self.shm);
+        }
+    }
+
+    pub(crate) fn push(&mut self, data: &[u8]) -> Result<(), PushError> {
+        let off = self.reserve(data.len())?;
+        // SAFETY: `reserve` returned room for `data.len()` payload bytes at `off`.
+        unsafe { self.shm.write(off, data) };
+        self.commit(data.len());
+        self.publish();
+        Ok(())
+    }
+
+    /// Bytes free for records now (re-reading the consumer's index).
+    pub(crate) fn free_bytes(&mut self) -> Result<usize, Error> {
+        self.refresh_head(Ordering::Acquire)?;
+        Ok(self.free() as usize)
+    }
+}
+
+/// One record found by [`ConsumerCore::peek`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Found {
+    pub(crate) off: usize,
+    pub(crate) len: usize,
+    total: u64,
+}
+
+/// The consumer's side of the protocol, over any [`Shm`].
+pub(crate) struct ConsumerCore {
+    shm: Shm,
+    capacity: u64,
+    /// Next read position, including records released but not yet published.
+    /// Invariant: `published <= head <= cached_tail`, `cached_tail - head <= capacity`.
+    head: u64,
+    published: u64,
+    cached_tail: u64,
+}
+
+impl ConsumerCore {
+    pub(crate) fn attach(shm: Shm, capacity: u64) -> Result<ConsumerCore, Error> {
+        let head = head_word(&shm).load(Ordering::Acquire);
+        let tail = tail_word(&shm).load(Ordering::Acquire);
+        check_indices(head, tail, capacity)?;
+        Ok(ConsumerCore {
+            shm,
+            capacity,
+            head,
+            published: head,
+            cached_tail: head,
+        })
+    }
+
+    fn refresh_tail(&mut self, order: Ordering) -> Result<(), Error> {
+        let tail = tail_word(&self.shm).load(order);
+        check_indices(self.head, tail, self.capacity)?;
+        self.cached_tail = tail;
+        Ok(())
+    }
+
+    /// The next record, if one is published. Skips padding. Reads at most two headers.
+    pub(crate) fn peek(&mut self) -> Result<Option<Found>, Error> {
+        for _ in 0..2 {
+            if self.head == self.cached_tail {
+                self.refresh_tail(Ordering::Acquire)?;
+                if self.head == self.cached_tail {
+                    // About to report empty: the producer may be waiting for the space we hold.
+                    self.publish();
+                    return Ok(None);
+                }
+            }
+            let avail = self.cached_tail.wrapping_sub(self.head);
+            let pos = self.head & (self.capacity - 1);
+            let contiguous = self.capacity - pos;
+            let off = OFF_DATA + pos as usize;
+            let mut raw = [0u8; 8];
+            // SAFETY: `pos` is 8-aligned and below capacity, so the header lies in the data
+            // area; `avail >= 8` because both indices are multiples of 8 and differ; the
+            // producer published these bytes with the tail we loaded with Acquire.
+            unsafe { self.shm.read(off, &mut raw) };
+            let header = u64::from_le_bytes(raw);
+            let (len, kind) = (header & 0xffff_ffff, (header >> 32) as u32);
+            match kind {
+                KIND_PAD if REC_HEADER + len == contiguous && contiguous <= avail => {
+                    self.head = self.head.wrapping_add(contiguous);
+                }
+                KIND_DATA => {
+                    let total = record_len(len);
+                    if total > contiguous || total > avail || len > self.capacity / 2 {
+                        return Err(Error::corrupt(format!(
+                            "SPSC record of {len} bytes at {pos} overruns the ring \
+                             ({avail} bytes published, {contiguous} before the end)"
+                        )));
+                    }
+                    return Ok(Some(Found {
+                        off: off + REC_HEADER as usize,
+                        len: len as usize,
+                        total,
+                    }));
+                }
+                _ => {
+                    return Err(Error::corrupt(format!(
+                        "SPSC record header {header:#018x} at {pos} is neither data nor padding \
+                         that ends the data area"
+                    )));
+                }
+            }
+        }
+        Err(Error::corrupt("SPSC padding followed by padding"))
+    }
+
+    /// Frees a record returned by `peek`. The space goes back to the producer at the next
+    /// publication: when the ring is found empty, when a quarter of it has been released, or on
+    /// [`Self::publish`].
+    pub(crate) fn release(&mut self, found: Found) {
+        self.head = self.head.wrapping_add(found.total);
+        debug_assert!(self.cached_tail.wrapping_sub(self.head) <= self.capacity);
+        if self.head.wrapping_sub(self.published) >= self.capacity / 4 {
+            self.publish();
+        }
+    }
+
+    pub(crate) fn publish(&mut self) {
+        if self.head != self.published {
+            head_word(&self.shm).store(self.head, Ordering::Release);
+            self.published = self.head;
+            SPACE_WAIT.wake(&self.shm);
+        }
+    }
+
+    pub(crate) fn pop(&mut self, out: &mut Vec<u8>) -> Result<bool, Error> {
+        match self.peek()? {
+            None => Ok(false),
+            Some(found) => {
+                out.clear();
+                out.resize(found.len, 0);
+                // SAFETY: `peek` checked that the payload lies inside published bytes.
+                unsafe { self.shm.read(found.off, out) };
+                self.release(found);
+                Ok(true)
+            }
+        }
+    }
+
+    /// Whether the ring holds unread bytes: the waiter's re-check in the wait protocol.
+    fn has_data_seqcst(&mut self) -> Result<bool, Error> {
+        if self.head != self.cached_tail {
+            return Ok(true);
+        }
+        self.refresh_tail(Ordering::Acquire)?;
+        Ok(self.head != self.cached_tail)
+    }
+
+    pub(crate) fn pending_bytes(&mut self) -> Result<usize, Error> {
+        self.refresh_tail(Ordering::Acquire)?;
+        Ok(self.cached_tail.wrapping_sub(self.head) as usize)
+    }
+}
+
+#[cfg(not(loom))]
+pub use self::handles::{Consumer, Producer, Record, Reservation, create};
+
+#[cfg(not(loom))]
+mod handles {
+    use super::*;
+    use crate::error::Result;
+    use crate::segment::{self, Mapping};
+    use crate::wait::{FutexWait, block};
+    use std::cell::Cell;
+    use std::fs::File;
+    use std::marker::PhantomData;
+    use std::path::Path;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    const PRODUCER_LOCK: u32 = 0;
+    const CONSUMER_LOCK: u32 = 1;
+
+    /// Longest single sleep of a blocking call; bounds how late a timeout is noticed.
+    const PARK_SLICE: Duration = Duration::from_millis(500);
+
+    fn attach_lock(map: &Mapping, index: u32, role: &'static str) -> Result<File> {
+        let file = map.reopen()?;
+        match crate::sys::try_lock(&file, index) {
+            Ok(true) => Ok(file),
+            Ok(false) => Err(Error::Busy {
+                path: map.path().to_owned(),
+                role,
+            }),
+            Err(e) => Err(Error::io("lock", map.path(), e)),
+        }
+    }
+
+    /// Creates a ring segment at `path` with `capacity` bytes of data (a power of two, at least
+    /// [`MIN_CAPACITY`]) and attaches both ends, for when both live in this process (or one end
+    /// is handed to a child).
+    pub fn create(path: impl AsRef<Path>, capacity: usize) -> Result<(Producer, Consumer)> {
+        let producer = Producer::create(path.as_ref(), capacity)?;
+        let consumer = Consumer::attach(producer.map.clone(), producer.capacity)?;
+        Ok((producer, consumer))
+    }
+
+    /// The writing end of an SPSC ring. `Send`, not `Sync`; at most one per ring, across all
+    /// processes (an OFD lock on the segment enforces it and dies with its holder).
+    pub struct Producer {
+        core: ProducerCore,
+        capacity: u64,
+        map: Arc<Mapping>,
+        _lock: File,
+        _not_sync: PhantomData<Cell<()>>,
+    }
+
+    impl Producer {
+        /// Creates a ring segment at `path` and attaches as its producer.
+        pub fn create(path: impl AsRef<Path>, capacity: usize) -> Result<Producer> {
+            let layout = RingLayout::new(capacity)?;
+            let map = Arc::new(segment::create(path.as_ref(), &layout)?);
+            Producer::attach(map, layout.capacity)
+        }
+
+        /// Attaches as the producer of the ring at `path`. Records published by an earlier
+        /// producer stay; whatever it reserved but never published is gone.
+        pub fn open(path: impl AsRef<Path>) -> Result<Producer> {
+            Producer::open_with(path, Duration::ZERO)
+        }
+
+        /// As [`Producer::open`], waiting up to `wait` for the segment to appear and be published.
+        pub fn open_with(path: impl AsRef<Path>, wait: Duration) -> Result<Producer> {
+            let (map, layout) = segment::open::<RingLayout>(path.as_ref(), wait)?;
+            Producer::attach(Arc::new(map), layout.capacity)
+        }
+
+        fn attach(map: Arc<Mapping>, capacity: u64) -> Result<Producer> {
+            crate::wait::register_process();
+            let lock = attach_lock(&map, PRODUCER_LOCK, "producer")?;
+            let core = ProducerCore::attach(map.shm, capacity)?;
+            Ok(Producer {
+                core,
+                capacity,
+                map,
+                _lock: lock,
+                _not_sync: PhantomData,
+            })
+        }
+
+        /// The largest record this ring accepts: `capacity / 2 - 8`.
+        pub fn max_record(&self) -> usize {
+            self.core.max_record()
+        }
+
+        /// The data area's size in bytes.
+        pub fn capacity(&self) -> usize {
+            self.capacity as usize
+        }
+
+        /// Reserves room for a record of `len` bytes to be written in place. Says
+        /// [`PushError::Full`] at once when there is no room; never blocks.
+        pub fn reserve(&mut self, len: usize) -> Result<Reservation<'_>, PushError> {
+            let off = self.core.reserve(len)?;
+            Ok(Reservation {
+                producer: self,
+                off,
+                len,
+            })
+        }
+
+        /// Makes committed records visible to the consumer, and wakes it if it sleeps.
+        pub fn publish(&mut self) {
+            self.core.publish();
+        }
+
+        /// Copies `record` into the ring and publishes it. [`PushError::Full`] at once when there
+        /// is no room.
+        pub fn push(&mut self, record: &[u8]) -> Result<(), PushError> {
+            self.core.push(record)
+        }
+
+        /// Bytes free now (padding at the wrap may take some of them).
+        pub fn free_bytes(&mut self) -> Result<usize> {
+            self.core.free_bytes()
+        }
+
+        /// Blocks until a record of `len` bytes fits, or `timeout` passes (`Ok(false)`).
+        pub fn wait_for_space(&mut self, len: usize, timeout: Option<Duration>) -> Result<bool> {
+            if len > self.max_record() {
+                return Err(Error::InvalidConfig {
+                    reason: format!("record of {len} bytes exceeds {}", self.max_record()),
+                });
+            }
+            block(
+                self,
+                timeout,
+                PARK_SLICE,
+                |p| p.core.fits(len, Ordering::Acquire),
+                |p| p.prepare_space_wait(len),
+            )
+        }
+
+        /// Registers to wait until a record of `len` bytes fits. `None`: it fits now. `Some`:
+        /// sleep on the returned futex (directly, or with an io_uring `FutexWait`), then try
+        /// again. Staged records are published first, so the consumer can make progress.
+        pub fn prepare_space_wait(&mut self, len: usize) -> Result<Option<FutexWait>> {
+            self.map.check_len()?;
+            self.core.publish();
+            let registered = SPACE_WAIT.register(&self.map.shm);
+            match self.core.fits(len, Ordering::Acquire) {
+                Ok(false) => Ok(Some(FutexWait::new(
+                    self.map.clone(),
+                    SPACE_WAIT,
+                    registered,
+                ))),
+                other => {
+                    SPACE_WAIT.unregister(&self.map.shm);
+                    other.map(|_| None)
+                }
+            }
+        }
+
+        /// Flushes the segment to its file's storage (msync). For rings on a real filesystem
+        /// whose queued records must survive a reboot.
+        pub fn sync(&self) -> Result<()> {
+            self.map.sync()
+        }
+    }
+
+    impl Drop for Producer {
+        fn drop(&mut self) {
+            self.core.publish();
+        }
+    }
+
+    /// Room for one record, written in place. [`Reservation::commit`] stages it; dropping it
+    /// discards it.
+    pub struct Reservation<'a> {
+        producer: &'a mut Producer,
+        off: usize,
+        len: usize,
+    }
+
+    impl Reservation<'_> {
+        /// Stages the record; the consumer sees it after [`Producer::publish`] (or the next
+        /// [`Producer::push`], or when the producer is dropped).
+        pub fn commit(self) {
+            self.producer.core.commit(self.len);
+        }
+
+        /// Stages and publishes the record.
+        pub fn commit_and_publish(self) {
+            self.producer.core.commit(self.len);
+            self.producer.core.publish();
+        }
+    }
+
+    impl std::ops::Deref for Reservation<'_> {
+        type Target = [u8];
+        fn deref(&self) -> &[u8] {
+            // SAFETY: `reserve` gave this side exclusive ownership of `len` bytes at `off`,
+            // inside the data area, until it publishes them.
+            unsafe { self.producer.map.shm.slice(self.off, self.len) }
+        }
+    }
+
+    impl std::ops::DerefMut for Reservation<'_> {
+        fn deref_mut(&mut self) -> &mut [u8] {
+            // SAFETY: as in `deref`; `&mut self` makes this the only view.
+            unsafe { self.producer.map.shm.slice_mut(self.off, self.len) }
+        }
+    }
+
+    /// The reading end of an SPSC ring. `Send`, not `Sync`; at most one per ring.
+    pub struct Consumer {
+        core: ConsumerCore,
+        map: Arc<Mapping>,
+        _lock: File,
+        _not_sync: PhantomData<Cell<()>>,
+    }
+
+    impl Consumer {
+        /// Creates a ring segment at `path` and attaches as its consumer.
+        pub fn create(path: impl AsRef<Path>, capacity: usize) -> Result<Consumer> {
+            let layout = RingLayout::new(capacity)?;
+            let map = Arc::new(segment::create(path.as_ref(), &layout)?);
+            Consumer::attach(map, layout.capacity)
+        }
+
+        /// Attaches as the consumer of the ring at `path`. Records a crashed consumer peeked but
+        /// never released are delivered again.
+        pub fn open(path: impl AsRef<Path>) -> Result<Consumer> {
+            Consumer::open_with(path, Duration::ZERO)
+        }
+
+        /// As [`Consumer::open`], waiting up to `wait` for the segment to appear and be published.
+        pub fn open_with(path: impl AsRef<Path>, wait: Duration) -> Result<Consumer> {
+            let (map, layout) = segment::open::<RingLayout>(path.as_ref(), wait)?;
+            Consumer::attach(Arc::new(map), layout.capacity)
+        }
+
+        fn attach(map: Arc<Mapping>, capacity: u64) -> Result<Consumer> {
+            crate::wait::register_process();
+            let lock = attach_lock(&map, CONSUMER_LOCK, "consumer")?;
+            let core = ConsumerCore::attach(map.shm, capacity)?;
+            Ok(Consumer {
+                core,
+                map,
+                _lock: lock,
+                _not_sync: PhantomData,
+            })
+        }
+
+        /// The next record, read in place; `None` when the ring is empty. Release it with
+        /// [`Record::release`]; dropping it leaves it to be read again.
+        pub fn peek(&mut self) -> Result<Option<Record<'_>>> {
+            Ok(self.core.peek()?.map(|found| Record {
+                consumer: self,
+                found,
+            }))
+        }
+
+        /// Copies the next record into `out` (replacing its contents) and releases it. `false`
+        /// when the ring is empty.
+        pub fn pop(&mut self, out: &mut Vec<u8>) -> Result<bool> {
+            self.core.pop(out)
+        }
+
+        /// Returns released space to the producer now (it is otherwise returned in batches).
+        pub fn publish(&mut self) {
+            self.core.publish();
+        }
+
+        /// Bytes published and not yet read.
+        pub fn pending_bytes(&mut self) -> Result<usize> {
+            self.core.pending_bytes()
+        }
+
+        /// Blocks until a record is available or `timeout` passes (`Ok(false)`). Spins briefly,
+        /// then sleeps on the ring's futex: an idle consumer costs no CPU.
+        pub fn wait_for_data(&mut self, timeout: Option<Duration>) -> Result<bool> {
+            block(
+                self,
+                timeout,
+                PARK_SLICE,
+                |c| Ok(c.core.peek()?.is_some()),
+                Consumer::prepare_data_wait,
+            )
+        }
+
+        /// Registers to wait for data. `None`: a record is available now. `Some`: sleep on the
+        /// returned futex (directly, or with an io_uring `FutexWait`), then try again. Released
+        /// space is returned to the producer first.
+        pub fn prepare_data_wait(&mut self) -> Result<Option<FutexWait>> {
+            self.map.check_len()?;
+            self.core.publish();
+            let registered = DATA_WAIT.register(&self.map.shm);
+            match self.core.has_data_seqcst() {
+                Ok(false) => Ok(Some(FutexWait::new(
+                    self.map.clone(),
+                    DATA_WAIT,
+                    registered,
+                ))),
+                other => {
+                    DATA_WAIT.unregister(&self.map.shm);
+                    other.map(|_| None)
+                }
+            }
+        }
+    }
+
+    impl Drop for Consumer {
+        fn drop(&mut self) {
+            self.core.publish();
+        }
+    }
+
+    /// A record read in place from the ring.
+    pub struct Record<'a> {
+        consumer: &'a mut Consumer,
+        found: Found,
+    }
+
+    impl Record<'_> {
+        /// Frees the record's space (returned to the producer in batches).
+        pub fn release(self) {
+            self.consumer.core.release(self.found);
+        }
+    }
+
+    impl std::ops::Deref for Record<'_> {
+        type Target = [u8];
+        fn deref(&self) -> &[u8] {
+            // SAFETY: `peek` checked the record lies inside published bytes of the data area;
+            // the producer does not write them until this side releases them.
+            unsafe { self.consumer.map.shm.slice(self.found.off, self.found.len) }
+        }
+    }
+}
+
+/// Heap-backed ends for the loom models.
+#[cfg(loom)]
+pub(crate) fn model_pair(capacity: u64) -> (ProducerCore, ConsumerCore) {
+    let shm = Shm::zeroed(OFF_DATA + capacity as usize);
+    let p = ProducerCore::attach(shm.clone(), capacity).expect("fresh ring");
+    let c = ConsumerCore::attach(shm, capacity).expect("fresh ring");
+    (p, c)
+}

@@ -1,0 +1,163 @@
+//! Helpers shared by the integration tests: scratch directories and child processes that are
+//! this very test binary, re-executed with a role in the environment.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// A directory under /dev/shm removed when dropped.
+pub struct Scratch {
+    pub dir: PathBuf,
+}
+
+impl Scratch {
+    pub fn new(tag: &str) -> Scratch {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = PathBuf::from(format!(
+            "/dev/shm/levee-rings-test-{}-{tag}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create scratch dir in /dev/shm");
+        Scratch { dir }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A child process that is killed if the test lets go of it early (a failed assertion), so no
+/// test leaves processes behind.
+pub struct Proc(Option<Child>);
+
+impl Proc {
+    pub fn id(&self) -> u32 {
+        self.0.as_ref().expect("child present").id()
+    }
+
+    fn take(mut self) -> Child {
+        self.0.take().expect("child present")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Starts this test binary again, running only the ignored test `entry`, with `vars` set.
+pub fn spawn(entry: &str, vars: &[(&str, String)]) -> Proc {
+    let exe = std::env::current_exe().expect("current exe");
+    let mut cmd = Command::new(exe);
+    cmd.args([
+        entry,
+        "--exact",
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env("LEVEE_RINGS_CHILD", "1")
+    .stdout(Stdio::null())
+    .stdin(Stdio::null());
+    for (k, v) in vars {
+        cmd.env(k, v);
+    }
+    Proc(Some(cmd.spawn().expect("spawn child test process")))
+}
+
+/// Whether this process was started by `spawn` (child entries do nothing otherwise).
+pub fn is_child() -> bool {
+    std::env::var_os("LEVEE_RINGS_CHILD").is_some()
+}
+
+pub fn var(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| panic!("child needs {name}"))
+}
+
+pub fn var_u64(name: &str) -> u64 {
+    var(name)
+        .parse()
+        .unwrap_or_else(|_| panic!("{name} is not a number"))
+}
+
+/// Waits (bounded) for a child to exit and asserts it succeeded.
+pub fn join(child: Proc, what: &str) {
+    let mut child = child.take();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        match child.try_wait().expect("wait for child") {
+            Some(status) => {
+                assert!(status.success(), "{what} failed: {status}");
+                return;
+            }
+            None if Instant::now() > deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{what} did not finish within 120 s");
+            }
+            None => std::thread::sleep(Duration::from_millis(5)),
+        }
+    }
+}
+
+/// Waits (bounded) until `path` exists.
+pub fn wait_for_file(path: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !path.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{} never appeared",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Kills a child with SIGKILL and reaps it.
+pub fn kill9(child: Proc) {
+    let mut child = child.take();
+    child.kill().expect("SIGKILL child");
+    let _ = child.wait();
+}
+
+/// The deterministic contents of message `id` of `len` bytes.
+pub fn message(id: u64, len: usize) -> Vec<u8> {
+    let mut m = vec![0u8; len];
+    fill(id, &mut m);
+    m
+}
+
+pub fn fill(id: u64, m: &mut [u8]) {
+    let head = id.to_le_bytes();
+    for (i, b) in m.iter_mut().enumerate() {
+        *b = if i < 8 {
+            head[i]
+        } else {
+            (id as u8).wrapping_mul(31).wrapping_add(i as u8)
+        };
+    }
+}
+
+/// Checks a message's contents and returns its id.
+pub fn check(m: &[u8]) -> u64 {
+    assert!(m.len() >= 8, "message of {} bytes", m.len());
+    let id = u64::from_le_bytes(m[..8].try_into().expect("8 bytes"));
+    let mut want = vec![0u8; m.len()];
+    fill(id, &mut want);
+    assert_eq!(m, &want[..], "message {id} corrupted");
+    id
+}
