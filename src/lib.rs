@@ -2,6 +2,7 @@
 
 pub mod balance;
 pub mod config;
+pub mod ctl;
 pub mod demo;
 pub mod forward;
 pub mod health;

@@ -3,12 +3,14 @@
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use nix::sys::signal::{SigSet, Signal};
 use tracing::{error, info, warn};
 
 use levee::config::{self, Config};
+use levee::ctl::{Live, Server};
 use levee::demo;
 use levee::forward::Engine;
 
@@ -50,6 +52,35 @@ enum Command {
         #[arg(short = 'c', long = "config", value_name = "FILE")]
         config: Option<PathBuf>,
     },
+    /// Read or change a running levee, like sysctl: `levee ctl -a`, `levee ctl KEY`,
+    /// `levee ctl -w KEY=VALUE`, `levee ctl -p FILE`.
+    Ctl {
+        /// Control socket of the running levee (its ctl.socket).
+        #[arg(
+            short = 's',
+            long = "socket",
+            value_name = "PATH",
+            conflicts_with = "config"
+        )]
+        socket: Option<PathBuf>,
+        /// Take the control socket from this configuration file's ctl.socket.
+        #[arg(short = 'c', long = "config", value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Every key with its value in effect, then the live counters (stats.*).
+        #[arg(short = 'a', long = "all", conflicts_with_all = ["write", "load"])]
+        all: bool,
+        /// Print values only, without keys.
+        #[arg(short = 'n', long = "values")]
+        values: bool,
+        /// Set: each argument is KEY=VALUE; only runtime keys change.
+        #[arg(short = 'w', long = "write", conflicts_with = "load")]
+        write: bool,
+        /// Apply every key of a file in configuration syntax whose value differs.
+        #[arg(short = 'p', long = "load", value_name = "FILE")]
+        load: Option<PathBuf>,
+        /// Keys to read (or KEY=VALUE pairs with -w).
+        args: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -63,7 +94,10 @@ fn main() -> ExitCode {
     match cli.command {
         None => run_builtin(),
         Some(Command::Run { config }) => match load(&config) {
-            Ok(cfg) => run(&cfg, None),
+            Ok(cfg) => {
+                let set_level = init_logging(&cfg.log.level);
+                run(&cfg, false, set_level)
+            }
             Err(code) => code,
         },
         Some(Command::Check { config }) => match load(&config) {
@@ -87,6 +121,15 @@ fn main() -> ExitCode {
             }
             Err(code) => code,
         },
+        Some(Command::Ctl {
+            socket,
+            config: cfg_path,
+            all,
+            values,
+            write,
+            load,
+            args,
+        }) => ctl(socket, cfg_path, all, values, write, load, args),
         Some(Command::Show { config: None }) => {
             let placeholders: Vec<std::net::SocketAddr> = (1..=DEMO_BACKENDS as u16)
                 .map(|port| ([127, 0, 0, 1], port).into())
@@ -134,8 +177,47 @@ fn builtin_config(backends: &[std::net::SocketAddr]) -> Result<Config, ExitCode>
     })
 }
 
+fn ctl(
+    socket: Option<PathBuf>,
+    cfg_path: Option<PathBuf>,
+    all: bool,
+    values: bool,
+    write: bool,
+    load_file: Option<PathBuf>,
+    args: Vec<String>,
+) -> ExitCode {
+    let socket = match (socket, cfg_path) {
+        (Some(s), _) => s,
+        (None, Some(path)) => match load(&path) {
+            Ok(cfg) => match cfg.ctl.socket {
+                Some(s) => s,
+                None => {
+                    eprintln!(
+                        "levee ctl: {}: ctl.socket is none: runtime control is off",
+                        path.display()
+                    );
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            },
+            Err(code) => return code,
+        },
+        (None, None) => config::CtlConfig::default().socket.unwrap_or_default(),
+    };
+    let action = match (all, write, load_file) {
+        (true, _, _) => levee::ctl::Action::List,
+        (_, _, Some(file)) => levee::ctl::Action::Load(file),
+        (_, true, None) => levee::ctl::Action::Set(args),
+        (false, false, None) if !args.is_empty() => levee::ctl::Action::Get(args),
+        _ => {
+            eprintln!("levee ctl: say what to do: -a, KEY..., -w KEY=VALUE... or -p FILE");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    ExitCode::from(levee::ctl::run_client(&socket, &action, values))
+}
+
 fn run_builtin() -> ExitCode {
-    init_logging(&config::LogLevel::Info);
+    let set_level = init_logging(&config::LogLevel::Info);
     let backends = match demo::start(DEMO_BACKENDS) {
         Ok(b) => b,
         Err(e) => {
@@ -158,14 +240,11 @@ fn run_builtin() -> ExitCode {
         backends.len(),
         started.join(", ")
     );
-    run(&cfg, Some(()))
+    run(&cfg, true, set_level)
 }
 
 /// Starts the engine on `cfg`, waits for SIGTERM or SIGINT, drains and exits.
-fn run(cfg: &Config, builtin: Option<()>) -> ExitCode {
-    if builtin.is_none() {
-        init_logging(&cfg.log.level);
-    }
+fn run(cfg: &Config, builtin: bool, set_level: LevelSetter) -> ExitCode {
     raise_fd_limit(cfg);
 
     let engine = match Engine::start(cfg) {
@@ -185,7 +264,23 @@ fn run(cfg: &Config, builtin: Option<()>) -> ExitCode {
             pool.balance
         );
     }
-    if builtin.is_some() {
+    let _control = cfg.ctl.socket.as_deref().and_then(|path| {
+        let live = Live::new(
+            cfg.clone(),
+            engine.pools().to_vec(),
+            engine.tunables().clone(),
+            engine.counters(),
+            Box::new(move |level| set_level(level)),
+        );
+        match Server::start(path, Arc::new(live)) {
+            Ok(server) => Some(server),
+            Err(e) => {
+                warn!("ctl.socket {}: {e}; runtime control is off", path.display());
+                None
+            }
+        }
+    });
+    if builtin {
         let addr = engine.listener_addrs()[0];
         info!("try it: curl http://{addr}/");
         info!("load it: wrk -t1 -c50 -d10s --latency http://{addr}/");
@@ -233,15 +328,27 @@ fn stop_signals() -> SigSet {
     signals
 }
 
-fn init_logging(level: &config::LogLevel) {
-    let default = level.name();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
+/// Changes the log level of the running process (`levee ctl -w log.level=debug`).
+type LevelSetter = Arc<dyn Fn(config::LogLevel) + Send + Sync>;
+
+/// Logs to stderr at `level`, or as RUST_LOG says when it is set.
+fn init_logging(level: &config::LogLevel) -> LevelSetter {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, fmt, reload};
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level.name()));
+    let (filter, handle) = reload::Layer::new(filter);
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::stderr().is_terminal()),
+        )
         .try_init();
+    Arc::new(move |level: config::LogLevel| {
+        let _ = handle.reload(EnvFilter::new(level.name()));
+    })
 }
 
 /// Each connection holds two descriptors; raise the soft limit to the hard one and say so when

@@ -166,7 +166,7 @@ fn run_serves_and_sigterm_drains_and_exits_zero() {
     let path = config_file(
         "serve",
         &format!(
-            "engine.cores = 0\nlistener.web.addr = {addr}\nlistener.web.pool = web\n\
+            "engine.cores = 0\nctl.socket = none\nlistener.web.addr = {addr}\nlistener.web.pool = web\n\
              pool.web.backend.a.addr = {}\n",
             backend.addr
         ),

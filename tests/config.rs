@@ -737,6 +737,7 @@ engine.connect_retries = 2
 engine.idle_timeout = 5m
 engine.drain_timeout = 10s
 log.level = info
+ctl.socket = /run/levee.sock
 listener.web.addr = 0.0.0.0:8080
 listener.web.pool = web
 pool.web.balance = maglev
@@ -819,7 +820,7 @@ fn get_and_set_runtime_keys() {
 
 #[test]
 fn the_registry_describes_every_key() {
-    assert_eq!(KEYS.len(), 38);
+    assert_eq!(KEYS.len(), 39);
     let runtime: Vec<&str> = KEYS.iter().filter(|k| k.runtime).map(|k| k.name).collect();
     assert_eq!(
         runtime,
@@ -1160,6 +1161,11 @@ fn config_strategy() -> impl Strategy<Value = Config> {
                     engine,
                     log: config::LogConfig {
                         level: LogLevel::from_name(level).unwrap_or(LogLevel::Info),
+                    },
+                    // Alternates with the pool count so both forms of the value round-trip.
+                    ctl: config::CtlConfig {
+                        socket: (pools.len() % 2 == 0)
+                            .then(|| std::path::PathBuf::from(format!("/run/{pool_prefix}.sock"))),
                     },
                     listeners,
                     pools,

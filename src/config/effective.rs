@@ -10,6 +10,7 @@ pub fn entries(cfg: &Config) -> Vec<(String, String)> {
     let mut out = Vec::new();
     push(&mut out, &[], &cfg.engine);
     push(&mut out, &[], &cfg.log);
+    push(&mut out, &[], &cfg.ctl);
     for listener in &cfg.listeners {
         push(&mut out, &[&listener.name], &draft(cfg, listener));
     }
@@ -79,6 +80,7 @@ impl Config {
         match (&spec.slot, names.as_slice()) {
             (Slot::Engine(field), []) => Ok(field.format(&self.engine)),
             (Slot::Log(field), []) => Ok(field.format(&self.log)),
+            (Slot::Ctl(field), []) => Ok(field.format(&self.ctl)),
             (Slot::Listener(field), [listener]) => self
                 .listener(listener)
                 .map(|l| field.format(&draft(self, l)))

@@ -41,6 +41,11 @@ pub fn listing(cfg: &Config) -> String {
     effective::listing(cfg)
 }
 
+/// Every effective key with its value in canonical text, in the order of [`listing`].
+pub fn listing_entries(cfg: &Config) -> Vec<(String, String)> {
+    effective::entries(cfg)
+}
+
 /// The content of `docs/config.md`: the syntax, an example, the error format and every key.
 pub fn docs_markdown() -> String {
     docs::docs_markdown()
@@ -52,6 +57,7 @@ pub fn docs_markdown() -> String {
 pub struct Config {
     pub engine: EngineConfig,
     pub log: LogConfig,
+    pub ctl: CtlConfig,
     /// In the order their first key appeared in the file.
     pub listeners: Vec<ListenerConfig>,
     /// In the order their first key appeared in the file.
@@ -99,6 +105,20 @@ pub struct LogConfig {
 
 /// Every log setting at its default.
 impl Default for LogConfig {
+    fn default() -> Self {
+        registry::with_defaults()
+    }
+}
+
+/// `ctl.*`: the control socket `levee ctl` talks to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CtlConfig {
+    /// `ctl.socket`: path of the Unix socket, or `None` for no runtime control.
+    pub socket: Option<std::path::PathBuf>,
+}
+
+/// Every control setting at its default.
+impl Default for CtlConfig {
     fn default() -> Self {
         registry::with_defaults()
     }

@@ -12,7 +12,9 @@ use std::net::SocketAddr;
 use super::error::{ConfigError, ConfigErrors, ErrorKind};
 use super::registry::{self, KeySpec, ListenerDraft, Lookup, Scope, Slot};
 use super::value;
-use super::{BackendConfig, Config, EngineConfig, ListenerConfig, LogConfig, PoolConfig};
+use super::{
+    BackendConfig, Config, CtlConfig, EngineConfig, ListenerConfig, LogConfig, PoolConfig,
+};
 
 /// Most backends one pool may hold: selectors rank backends by `u16` index.
 pub const MAX_BACKENDS: usize = u16::MAX as usize;
@@ -55,6 +57,7 @@ struct Parser<'f> {
     suppressed: usize,
     engine: EngineConfig,
     log: LogConfig,
+    ctl: CtlConfig,
     listeners: Vec<Object<ListenerDraft>>,
     listener_index: HashMap<String, usize>,
     pools: Vec<PoolDraft>,
@@ -69,6 +72,7 @@ pub fn parse(text: &str, file: &str) -> Result<Config, ConfigErrors> {
         suppressed: 0,
         engine: registry::with_defaults(),
         log: registry::with_defaults(),
+        ctl: registry::with_defaults(),
         listeners: Vec::new(),
         listener_index: HashMap::new(),
         pools: Vec::new(),
@@ -152,6 +156,7 @@ impl Parser<'_> {
         let result = match (&spec.slot, names) {
             (Slot::Engine(field), []) => field.parse_into(&mut self.engine, text),
             (Slot::Log(field), []) => field.parse_into(&mut self.log, text),
+            (Slot::Ctl(field), []) => field.parse_into(&mut self.ctl, text),
             (Slot::Listener(field), [listener]) => {
                 let listener = self.listener(listener, number);
                 field.parse_into(listener, text)
@@ -275,6 +280,7 @@ impl Parser<'_> {
         Ok(Config {
             engine: self.engine,
             log: self.log,
+            ctl: self.ctl,
             listeners: references.listeners,
             pools: pools
                 .into_iter()

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use super::value::{self, CountRule};
 use super::{
-    AdminState, AllDown, BackendConfig, Balance, CheckKind, CoreSet, EngineConfig, HashKey,
-    HealthConfig, ListenerConfig, LogConfig, LogLevel, PoolConfig,
+    AdminState, AllDown, BackendConfig, Balance, CheckKind, CoreSet, CtlConfig, EngineConfig,
+    HashKey, HealthConfig, ListenerConfig, LogConfig, LogLevel, PoolConfig,
 };
 
 /// Which object a key belongs to, which also says how many `NAME` segments its pattern has.
@@ -22,6 +22,7 @@ use super::{
 pub enum Scope {
     Engine,
     Log,
+    Ctl,
     Listener,
     Pool,
     Backend,
@@ -33,6 +34,7 @@ impl Scope {
         match self {
             Scope::Engine => "engine",
             Scope::Log => "log",
+            Scope::Ctl => "ctl",
             Scope::Listener => "listener",
             Scope::Pool => "pool",
             Scope::Backend => "backend",
@@ -59,6 +61,7 @@ pub struct KeySpec {
 pub(crate) enum Slot {
     Engine(Field<EngineConfig>),
     Log(Field<LogConfig>),
+    Ctl(Field<CtlConfig>),
     Listener(Field<ListenerDraft>),
     Pool(Field<PoolConfig>),
     Backend(Field<BackendConfig>),
@@ -122,6 +125,11 @@ pub(crate) enum Field<T: 'static> {
         get: fn(&T) -> &str,
         set: fn(&mut T, String),
     },
+    /// An absolute path, or `none`.
+    Path {
+        get: fn(&T) -> Option<&std::path::Path>,
+        set: fn(&mut T, Option<std::path::PathBuf>),
+    },
     /// Bytes written as text with escapes, at most `max_len` of them.
     Bytes {
         max_len: usize,
@@ -161,6 +169,7 @@ impl<T> Field<T> {
             Field::Addr { port_zero, set, .. } => set(target, value::parse_addr(text, *port_zero)?),
             Field::PoolName { set, .. } => set(target, value::parse_name(text)?),
             Field::Bytes { max_len, set, .. } => set(target, value::parse_bytes(text, *max_len)?),
+            Field::Path { set, .. } => set(target, value::parse_path(text)?),
         }
         Ok(())
     }
@@ -177,6 +186,9 @@ impl<T> Field<T> {
             Field::Addr { get, .. } => get(target).to_string(),
             Field::PoolName { get, .. } => get(target).to_string(),
             Field::Bytes { get, .. } => value::format_bytes(get(target)),
+            Field::Path { get, .. } => {
+                get(target).map_or_else(|| "none".to_string(), |p| p.display().to_string())
+            }
         }
     }
 
@@ -205,6 +217,7 @@ impl<T> Field<T> {
                 port_zero: false, ..
             } => "IP:port (port 1 or above), IPv6 in brackets".to_string(),
             Field::PoolName { .. } => "name of a pool".to_string(),
+            Field::Path { .. } => "absolute path, or none".to_string(),
             Field::Bytes { max_len, .. } => {
                 format!("text of up to {max_len} bytes; escapes \\r \\n \\t \\\\ \\xHH")
             }
@@ -274,6 +287,18 @@ impl Target for LogConfig {
     fn field(slot: &Slot) -> Option<&Field<Self>> {
         match slot {
             Slot::Log(field) => Some(field),
+            _ => None,
+        }
+    }
+}
+
+impl Target for CtlConfig {
+    fn blank() -> Self {
+        CtlConfig { socket: None }
+    }
+    fn field(slot: &Slot) -> Option<&Field<Self>> {
+        match slot {
+            Slot::Ctl(field) => Some(field),
             _ => None,
         }
     }
@@ -367,6 +392,7 @@ macro_rules! with_field {
         match $slot {
             Slot::Engine($field) => $body,
             Slot::Log($field) => $body,
+            Slot::Ctl($field) => $body,
             Slot::Listener($field) => $body,
             Slot::Pool($field) => $body,
             Slot::Backend($field) => $body,
@@ -379,6 +405,7 @@ impl KeySpec {
         match self.slot {
             Slot::Engine(_) => Scope::Engine,
             Slot::Log(_) => Scope::Log,
+            Slot::Ctl(_) => Scope::Ctl,
             Slot::Listener(_) => Scope::Listener,
             Slot::Pool(_) => Scope::Pool,
             Slot::Backend(_) => Scope::Backend,
@@ -670,6 +697,17 @@ pub static KEYS: &[KeySpec] = &[
             names: LogLevel::NAMES,
             get: |l| l.level.name(),
             set: |l, v| LogLevel::from_name(v).map(|v| l.level = v).is_some(),
+        }),
+    },
+    KeySpec {
+        name: "ctl.socket",
+        default: Some("/run/levee.sock"),
+        unit: "",
+        runtime: false,
+        description: "Unix socket levee ctl talks to (mode 0600); none turns runtime control off",
+        slot: Slot::Ctl(Field::Path {
+            get: |c| c.socket.as_deref(),
+            set: |c, v| c.socket = v,
         }),
     },
     KeySpec {
@@ -1037,7 +1075,7 @@ mod tests {
 
     fn name_count(scope: Scope) -> usize {
         match scope {
-            Scope::Engine | Scope::Log => 0,
+            Scope::Engine | Scope::Log | Scope::Ctl => 0,
             Scope::Listener | Scope::Pool => 1,
             Scope::Backend => 2,
         }
@@ -1051,6 +1089,7 @@ mod tests {
             let prefix = match spec.scope() {
                 Scope::Engine => "engine.",
                 Scope::Log => "log.",
+                Scope::Ctl => "ctl.",
                 Scope::Listener => "listener.NAME.",
                 Scope::Pool => "pool.NAME.",
                 Scope::Backend => "pool.NAME.backend.NAME.",

@@ -306,6 +306,20 @@ pub fn parse_name(text: &str) -> Result<String, String> {
     }
 }
 
+/// An absolute path without control characters, or `none`.
+pub fn parse_path(text: &str) -> Result<Option<std::path::PathBuf>, String> {
+    if text == "none" {
+        return Ok(None);
+    }
+    if !text.starts_with('/') || text.chars().any(char::is_control) || text.len() > 107 {
+        return Err(format!(
+            "expected an absolute path of at most 107 bytes (a Unix socket's limit), or none, {}",
+            found(text)
+        ));
+    }
+    Ok(Some(std::path::PathBuf::from(text)))
+}
+
 /// Bytes written as text with C-style escapes: `\r`, `\n`, `\t`, `\\`, `\xHH`. Values are
 /// trimmed, so a leading or trailing space is written `\x20`.
 pub fn parse_bytes(text: &str, max_len: usize) -> Result<Vec<u8>, String> {

@@ -10,7 +10,6 @@ use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use io_uring::types::{CancelBuilder, Fd, Timespec};
 use io_uring::{IoUring, cqueue, opcode, squeue};
@@ -21,9 +20,9 @@ use super::conn::{self, BufLinks, Conn, Flow, Recv, Shut, State};
 use super::sockopt::{backend_socket, peer_addr, reset_and_close, set_linger_zero};
 use super::token::{self, Dir, Kind};
 use super::uring::{self, Capabilities};
-use super::{PoolShared, StopFlags};
+use super::{PoolShared, StopFlags, Tunables, millis};
 use crate::balance::{BackendState, PoolLoad};
-use crate::balance::{MAX_CANDIDATES, Selector, flow_hash};
+use crate::balance::{Selector, flow_hash};
 use crate::config::{AllDown, EngineConfig};
 use crate::stats::{CloseReason, ForwarderStats};
 
@@ -66,6 +65,7 @@ pub struct Setup {
     pub stop: Arc<StopFlags>,
     /// An eventfd the engine writes to when `stop` is set.
     pub wake: RawFd,
+    pub tunables: Arc<Tunables>,
 }
 
 pub struct Forwarder {
@@ -92,9 +92,7 @@ pub struct Forwarder {
     accepts_paused: bool,
     /// Set once stopping: the drain deadline.
     drain_until: Option<u64>,
-    connect_timeout_ms: u64,
-    connect_tries: usize,
-    idle_timeout_ms: u64,
+    tunables: Arc<Tunables>,
     drain_timeout_ms: u64,
     /// Queue length of one direction at which its receive is paused, and where it resumes.
     high_water: u32,
@@ -136,12 +134,6 @@ impl Forwarder {
                 Pool { shared, selector }
             })
             .collect();
-        let idle_timeout_ms = millis(e.idle_timeout);
-        let tick_ms = if idle_timeout_ms == 0 {
-            1000
-        } else {
-            (idle_timeout_ms / 4).clamp(10, 1000)
-        };
         let high_water = e.buffer_size.saturating_mul(4).max(64 * 1024);
         Ok(Self {
             ring,
@@ -159,14 +151,10 @@ impl Forwarder {
             stop: setup.stop,
             wake: setup.wake,
             now: coarse_now_ms(),
-            tick: Timespec::new()
-                .sec(tick_ms / 1000)
-                .nsec((tick_ms % 1000) as u32 * 1_000_000),
+            tick: tick_for(setup.tunables.idle_timeout_ms()),
             accepts_paused: false,
             drain_until: None,
-            connect_timeout_ms: millis(e.connect_timeout).max(1),
-            connect_tries: (e.connect_retries as usize + 1).min(MAX_CANDIDATES),
-            idle_timeout_ms,
+            tunables: setup.tunables,
             drain_timeout_ms: millis(e.drain_timeout),
             high_water,
             low_water: high_water / 2,
@@ -429,7 +417,7 @@ impl Forwarder {
     }
 
     fn open_conn(&mut self, slot: u32, client: RawFd, pool: u16) {
-        let deadline = self.now + self.connect_timeout_ms;
+        let deadline = self.now + self.tunables.connect_timeout_ms();
         self.conns[slot as usize].open(client, pool, self.now, deadline);
         self.live += 1;
         self.high_slot = self.high_slot.max(slot + 1);
@@ -440,7 +428,7 @@ impl Forwarder {
             None => 0,
         };
         let c = &mut self.conns[slot as usize];
-        let out = &mut c.candidates[..self.connect_tries];
+        let out = &mut c.candidates[..self.tunables.connect_tries()];
         let mut n = p.selector.rank(flow, &p.shared.load, out);
         if n == 0 && p.shared.all_down == AllDown::TryAnyway && none_up(&p.shared.load) {
             n = rank_ignoring_health(&p.shared.load, flow, out);
@@ -780,12 +768,15 @@ impl Forwarder {
 
     fn on_tick(&mut self, flags: u32) {
         if !cqueue::more(flags) {
+            // The idle timeout may have changed at runtime; the tick follows it.
+            self.tick = tick_for(self.tunables.idle_timeout_ms());
             self.arm_tick();
         }
-        if self.idle_timeout_ms > 0 {
+        let idle_timeout_ms = self.tunables.idle_timeout_ms();
+        if idle_timeout_ms > 0 {
             for slot in 0..self.high_slot {
                 let c = &self.conns[slot as usize];
-                if c.state == State::Relaying && self.now - c.last_active >= self.idle_timeout_ms {
+                if c.state == State::Relaying && self.now - c.last_active >= idle_timeout_ms {
                     self.close(slot, CloseReason::IdleTimeout, Reset::None);
                 }
             }
@@ -892,8 +883,17 @@ enum Reset {
     Both,
 }
 
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+/// The tick period: a quarter of the idle timeout (so an idle connection is closed at most a
+/// quarter late), between 10 ms and one second.
+fn tick_for(idle_timeout_ms: u64) -> Timespec {
+    let ms = if idle_timeout_ms == 0 {
+        1000
+    } else {
+        (idle_timeout_ms / 4).clamp(10, 1000)
+    };
+    Timespec::new()
+        .sec(ms / 1000)
+        .nsec((ms % 1000) as u32 * 1_000_000)
 }
 
 /// Milliseconds on the coarse monotonic clock: a vDSO read without a syscall, good to a few ms,

@@ -15,15 +15,16 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use socket2::SockAddr;
 use tracing::{info, warn};
 
-use crate::balance::{Balancer, BuildError, PoolLoad};
-use crate::config::{AllDown, Balance, Config, HashKey};
+use crate::balance::{Balancer, BuildError, MAX_CANDIDATES, PoolLoad};
+use crate::config::{AllDown, Balance, Config, EngineConfig, HashKey};
 use crate::health::{Monitor, PoolHealth};
 use crate::stats::{ForwarderStats, Totals};
 use forwarder::{Forwarder, Setup};
@@ -88,6 +89,59 @@ impl fmt::Display for StartError {
 
 impl std::error::Error for StartError {}
 
+/// Engine settings that may change while levee runs (`levee ctl -w`). Forwarders read them
+/// with a relaxed load where they use them: per new connection, per tick.
+#[derive(Debug)]
+pub struct Tunables {
+    connect_timeout_ms: AtomicU64,
+    connect_retries: AtomicU32,
+    idle_timeout_ms: AtomicU64,
+}
+
+impl Tunables {
+    pub fn new(e: &EngineConfig) -> Self {
+        let t = Self {
+            connect_timeout_ms: AtomicU64::new(0),
+            connect_retries: AtomicU32::new(0),
+            idle_timeout_ms: AtomicU64::new(0),
+        };
+        t.set_connect_timeout(e.connect_timeout);
+        t.set_connect_retries(e.connect_retries);
+        t.set_idle_timeout(e.idle_timeout);
+        t
+    }
+
+    pub fn set_connect_timeout(&self, d: Duration) {
+        self.connect_timeout_ms
+            .store(millis(d).max(1), Ordering::Relaxed);
+    }
+
+    pub fn set_connect_retries(&self, n: u32) {
+        self.connect_retries.store(n, Ordering::Relaxed);
+    }
+
+    pub fn set_idle_timeout(&self, d: Duration) {
+        self.idle_timeout_ms.store(millis(d), Ordering::Relaxed);
+    }
+
+    pub fn connect_timeout_ms(&self) -> u64 {
+        self.connect_timeout_ms.load(Ordering::Relaxed)
+    }
+
+    /// Backends tried for one connection: the first plus the retries.
+    pub fn connect_tries(&self) -> usize {
+        (self.connect_retries.load(Ordering::Relaxed) as usize + 1).min(MAX_CANDIDATES)
+    }
+
+    pub fn idle_timeout_ms(&self) -> u64 {
+        self.idle_timeout_ms.load(Ordering::Relaxed)
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// How the engine is asked to stop: first gracefully, then, if asked again, at once.
 #[derive(Debug, Default)]
 pub struct StopFlags {
@@ -130,6 +184,7 @@ pub struct Engine {
     stopper: Stopper,
     addrs: Vec<SocketAddr>,
     monitor: Option<Monitor>,
+    tunables: Arc<Tunables>,
 }
 
 impl Engine {
@@ -196,6 +251,7 @@ impl Engine {
         // SAFETY: `raw` is a fresh descriptor owned by nobody else.
         let wake = Arc::new(unsafe { OwnedFd::from_raw_fd(raw) });
         let stop = Arc::new(StopFlags::default());
+        let tunables = Arc::new(Tunables::new(&cfg.engine));
         let stats: Vec<_> = cores
             .iter()
             .map(|_| Arc::new(ForwarderStats::default()))
@@ -213,6 +269,7 @@ impl Engine {
                 stats: stats[index].clone(),
                 stop: stop.clone(),
                 wake: wake.as_raw_fd(),
+                tunables: tunables.clone(),
             };
             let ready = ready_tx.clone();
             let spawned = std::thread::Builder::new()
@@ -250,6 +307,7 @@ impl Engine {
             stopper: Stopper { flags: stop, wake },
             addrs,
             monitor: None,
+            tunables,
         };
         for _ in 0..cores.len() {
             match ready_rx.recv() {
@@ -294,6 +352,16 @@ impl Engine {
     /// The pools as the forwarders see them: live load, backend names.
     pub fn pools(&self) -> &[Arc<PoolShared>] {
         &self.pools
+    }
+
+    /// Each forwarder's counters, for readers that outlive a borrow of the engine.
+    pub fn counters(&self) -> Vec<Arc<ForwarderStats>> {
+        self.stats.clone()
+    }
+
+    /// The engine settings that may change while it runs.
+    pub fn tunables(&self) -> &Arc<Tunables> {
+        &self.tunables
     }
 
     /// Counters summed over the forwarders, now.

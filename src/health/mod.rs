@@ -10,7 +10,7 @@ mod monitor;
 mod probe;
 mod signals;
 
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 
 pub use monitor::Monitor;
 pub use signals::Signals;
@@ -74,6 +74,8 @@ pub struct HealthCounts {
 struct BackendHealth {
     /// The operator's drain, settable at runtime.
     drain: AtomicBool,
+    /// The operator's weight, settable at runtime: what slow start ramps to.
+    weight: AtomicU32,
     status: AtomicU8,
     checks_passed: AtomicU64,
     checks_failed: AtomicU64,
@@ -100,6 +102,7 @@ impl PoolHealth {
             .iter()
             .map(|b| {
                 let h = BackendHealth::default();
+                h.weight.store(b.weight, Ordering::Relaxed);
                 let drain = b.state == crate::config::AdminState::Drain;
                 h.drain.store(drain, Ordering::Relaxed);
                 h.status.store(
@@ -121,6 +124,20 @@ impl PoolHealth {
         self.backends[i].drain.store(drain, Ordering::Relaxed);
     }
 
+    /// Sets backend `i`'s weight; the monitor applies it within one tick (ramped, if the
+    /// backend is in slow start).
+    pub fn set_weight(&self, i: usize, weight: u32) {
+        self.backends[i].weight.store(weight, Ordering::Relaxed);
+    }
+
+    pub fn weight(&self, i: usize) -> u32 {
+        self.backends[i].weight.load(Ordering::Relaxed)
+    }
+
+    pub fn drained(&self, i: usize) -> bool {
+        self.backends[i].drain.load(Ordering::Relaxed)
+    }
+
     pub fn status(&self, i: usize) -> Status {
         Status::from_u8(self.backends[i].status.load(Ordering::Relaxed))
     }
@@ -137,10 +154,6 @@ impl PoolHealth {
             last_down_after: b.last_down_after.load(Ordering::Relaxed),
             last_up_after: b.last_up_after.load(Ordering::Relaxed),
         }
-    }
-
-    fn drained(&self, i: usize) -> bool {
-        self.backends[i].drain.load(Ordering::Relaxed)
     }
 
     fn set_status(&self, i: usize, status: Status) {

@@ -43,7 +43,6 @@ impl Monitor {
                     index: i,
                     label: format!("{}/{} ({})", cfg.name, b.name, b.addr),
                     addr: b.addr,
-                    weight: b.weight,
                     check,
                     probe: None,
                     next_check: first,
@@ -128,8 +127,6 @@ struct Tracked {
     /// `pool/backend (addr)`, for the log.
     label: String,
     addr: SocketAddr,
-    /// Configured weight: the full weight slow start ramps to.
-    weight: u32,
     check: Option<Check>,
     probe: Option<Probe>,
     next_check: Instant,
@@ -376,13 +373,14 @@ impl Loop {
         }
         tr.serving = Some(serving);
         let mut status = status;
-        let mut weight = tr.weight;
+        let full = shared.health.weight(index);
+        let mut weight = full;
         if let Some(from) = tr.ramp_from {
             let elapsed = now.saturating_duration_since(from);
-            if serving && elapsed < slowstart {
+            if serving && elapsed < slowstart && full > 0 {
                 // At least 1, so a ramping backend is never mistaken for a drained one.
                 let share = elapsed.as_secs_f64() / slowstart.as_secs_f64();
-                weight = ((f64::from(tr.weight) * share) as u32).clamp(1, tr.weight.max(1));
+                weight = ((f64::from(full) * share) as u32).clamp(1, full);
                 status = Status::Ramping;
             } else {
                 tr.ramp_from = None;

@@ -9,8 +9,8 @@ use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use levee::config::{
-    BackendConfig, Balance, Config, CoreSet, EngineConfig, HashKey, ListenerConfig, LogConfig,
-    PoolConfig,
+    BackendConfig, Balance, Config, CoreSet, CtlConfig, EngineConfig, HashKey, ListenerConfig,
+    LogConfig, PoolConfig,
 };
 use levee::forward::Engine;
 
@@ -50,6 +50,7 @@ pub fn single(pool: PoolConfig) -> Config {
     Config {
         engine: engine_config(),
         log: LogConfig::default(),
+        ctl: CtlConfig { socket: None },
         listeners: vec![ListenerConfig {
             name: "test".into(),
             addr: "127.0.0.1:0".parse().expect("literal"),

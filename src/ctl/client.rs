@@ -1,0 +1,140 @@
+//! `levee ctl`: the client side, with sysctl's habits.
+
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::config::registry::{self, Lookup};
+
+/// What `levee ctl` was asked to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// `-a`: every key and counter.
+    List,
+    /// `KEY...`: these keys.
+    Get(Vec<String>),
+    /// `-w KEY=VALUE...`
+    Set(Vec<String>),
+    /// `-p FILE`: every key in a file in configuration syntax, set where it differs.
+    Load(PathBuf),
+}
+
+/// Runs `action` against the levee listening on `socket`, printing `KEY = VALUE` lines (values
+/// only with `values_only`) to stdout and errors to stderr. Returns the exit status: 0, 1 when
+/// levee refused something, 2 when it could not be reached or the input was bad.
+pub fn run(socket: &Path, action: &Action, values_only: bool) -> u8 {
+    let requests = match requests(action) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("levee ctl: {e}");
+            return 2;
+        }
+    };
+    let replies = match exchange(socket, &requests) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!(
+                "levee ctl: cannot talk to levee on {}: {e} (is levee running, with ctl.socket \
+                 set to this path? -s PATH picks another)",
+                socket.display()
+            );
+            return 2;
+        }
+    };
+    let mut status = 0;
+    let stdout = io::stdout();
+    let mut out = stdout.lock();
+    for line in replies.iter().flatten() {
+        if let Some(pair) = line.strip_prefix("= ") {
+            let shown = if values_only {
+                pair.split_once(" = ").map_or(pair, |(_, v)| v)
+            } else {
+                pair
+            };
+            let _ = writeln!(out, "{shown}");
+        } else if let Some(err) = line.strip_prefix("! ") {
+            eprintln!("levee ctl: {err}");
+            status = 1;
+        }
+    }
+    status
+}
+
+/// The protocol lines for an action.
+fn requests(action: &Action) -> Result<Vec<String>, String> {
+    Ok(match action {
+        Action::List => vec!["list".into()],
+        Action::Get(keys) => keys.iter().map(|k| format!("get {}", k.trim())).collect(),
+        Action::Set(pairs) => pairs
+            .iter()
+            .map(|p| match p.split_once('=') {
+                Some((k, v)) => Ok(format!("set {} {}", k.trim(), v.trim())),
+                None => Err(format!("`{p}`: expected KEY=VALUE")),
+            })
+            .collect::<Result<_, _>>()?,
+        Action::Load(path) => load(path)?,
+    })
+}
+
+/// `set` requests for each `key = value` line of `path` whose value differs from the running
+/// one is decided by levee; here only the syntax and the key names are checked, like sysctl -p.
+/// Lines whose value already matches are sent too: levee answers them without change.
+fn load(path: &Path) -> Result<Vec<String>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut out = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        let Some((key, value)) = line.split_once('=') else {
+            return Err(format!(
+                "{}:{}: expected key = value",
+                path.display(),
+                i + 1
+            ));
+        };
+        let (key, optional) = match key.trim() {
+            k if k.starts_with('-') => (k[1..].trim(), true),
+            k => (k, false),
+        };
+        if !matches!(registry::lookup(key), Lookup::Found { .. }) {
+            if optional {
+                continue;
+            }
+            return Err(format!("{}:{}: {key}: unknown key", path.display(), i + 1));
+        }
+        out.push(format!("load {key} {}", value.trim()));
+    }
+    Ok(out)
+}
+
+/// Sends every request on one connection and collects each one's reply lines.
+fn exchange(socket: &Path, requests: &[String]) -> io::Result<Vec<Vec<String>>> {
+    let stream = UnixStream::connect(socket)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut writer = stream.try_clone()?;
+    let mut reader = BufReader::new(stream);
+    let mut replies = Vec::with_capacity(requests.len());
+    for request in requests {
+        writeln!(writer, "{request}")?;
+        let mut reply = Vec::new();
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line)? == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "levee closed the connection",
+                ));
+            }
+            let line = line.trim_end_matches('\n');
+            if line == "." {
+                break;
+            }
+            reply.push(line.to_string());
+        }
+        replies.push(reply);
+    }
+    Ok(replies)
+}
