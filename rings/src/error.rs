@@ -108,6 +108,9 @@ impl Error {
         }
     }
 
+    // Cold: kept out of line so the ring's hot paths stay short.
+    #[cold]
+    #[inline(never)]
     pub(crate) fn corrupt(what: impl Into<String>) -> Error {
         Error::Corrupt { what: what.into() }
     }
