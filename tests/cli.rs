@@ -9,29 +9,17 @@ use std::process::{Child, Command, Output, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{Backend, IO_TIMEOUT};
-
-fn levee() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_levee"))
-}
+use common::{Backend, IO_TIMEOUT, free_port, levee, temp_dir};
 
 /// A configuration file in a fresh temporary directory.
 fn config_file(name: &str, text: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("levee-cli-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let path = dir.join("levee.conf");
+    let path = temp_dir(name).join("levee.conf");
     std::fs::write(&path, text).expect("write config");
     path
 }
 
 fn run(cmd: &mut Command) -> Output {
     cmd.output().expect("run levee")
-}
-
-/// A free loopback port, for a listener that must have a known address.
-fn free_port() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr")
 }
 
 fn wait_for_listener(addr: SocketAddr, child: &mut Child) {
@@ -65,6 +53,17 @@ fn wait_with_timeout(child: &mut Child) -> std::process::ExitStatus {
         }
         thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Waits for a levee that was sent SIGTERM to exit 0, and returns what it logged.
+fn stop_and_log(child: &mut Child) -> String {
+    let status = wait_with_timeout(child);
+    assert!(status.success(), "{status}");
+    let mut log = String::new();
+    if let Some(mut stderr) = child.stderr.take() {
+        stderr.read_to_string(&mut log).expect("log");
+    }
+    log
 }
 
 #[test]
@@ -187,15 +186,7 @@ fn run_serves_and_sigterm_drains_and_exits_zero() {
     assert_eq!(got, b"through levee");
     drop(c);
     sigterm(&child);
-    let status = wait_with_timeout(&mut child);
-    assert!(status.success(), "{status}");
-    let mut log = String::new();
-    child
-        .stderr
-        .take()
-        .expect("stderr")
-        .read_to_string(&mut log)
-        .expect("log");
+    let log = stop_and_log(&mut child);
     assert!(log.contains("stopped: accepted="), "{log}");
     assert!(
         log.contains("closed_drain_timeout=0"),
@@ -232,14 +223,7 @@ fn no_arguments_runs_the_built_in_default() {
         "{bodies:?}"
     );
     sigterm(&child);
-    assert!(wait_with_timeout(&mut child).success());
-    let mut log = String::new();
-    child
-        .stderr
-        .take()
-        .expect("stderr")
-        .read_to_string(&mut log)
-        .expect("log");
+    let log = stop_and_log(&mut child);
     assert!(
         log.contains("curl http://127.0.0.1:8080/"),
         "the log says how to try it: {log}"

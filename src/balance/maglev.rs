@@ -65,25 +65,9 @@ pub const EMPTY_SLOT: u16 = u16::MAX;
 /// rest in name order.
 pub const WALK_SLOTS_PER_BACKEND: usize = 2;
 
-/// Whether `n` is prime (trial division: `n` ≤ 2^32 needs at most 2^15 divisions, once per
-/// table build).
-pub fn is_prime(n: u32) -> bool {
-    if n < 4 {
-        return n >= 2;
-    }
-    if n % 2 == 0 {
-        return false;
-    }
-    let n = u64::from(n);
-    let mut d = 3u64;
-    while d * d <= n {
-        if n % d == 0 {
-            return false;
-        }
-        d += 2;
-    }
-    true
-}
+/// Whether `n` is prime: the check the configuration applies to `table_size`, so the two can
+/// never disagree.
+pub use crate::config::is_prime;
 
 /// A Maglev lookup table: slot → backend index. Built once per pool and backend set, then shared
 /// read-only (in an [`Arc`]) by every forwarder's [`Maglev`] selector.

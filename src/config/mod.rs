@@ -22,6 +22,7 @@ pub use cores::CoreSet;
 pub use error::{ConfigError, ConfigErrors, ErrorKind};
 pub use file::MAX_FILE_SIZE;
 pub use parse::{MAX_BACKENDS, MAX_ERRORS};
+pub use value::is_prime;
 
 /// Reads and parses the configuration file at `path`; messages name the file as given.
 /// Reports every problem at once; a file that cannot be read is one problem without a line.

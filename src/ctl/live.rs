@@ -96,18 +96,21 @@ impl Live {
         let Lookup::Found { spec, names } = registry::lookup(key) else {
             return Err(format!("{key}: unknown key"));
         };
+        // The indices of `pool.P` and `pool.P.backend.B` in `cfg`, which `set_runtime` found.
         let pool = |name: &str| {
             cfg.pools
                 .iter()
                 .position(|p| p.name == name)
                 .ok_or_else(|| format!("{key}: no pool named `{name}`"))
         };
-        let backend = |p: usize, name: &str| {
-            cfg.pools[p]
+        let backend = |p: &str, b: &str| {
+            let p = pool(p)?;
+            let b = cfg.pools[p]
                 .backends
                 .iter()
-                .position(|b| b.name == name)
-                .ok_or_else(|| format!("{key}: no backend named `{name}`"))
+                .position(|x| x.name == b)
+                .ok_or_else(|| format!("{key}: no backend named `{b}`"))?;
+            Ok::<_, String>((p, b, &cfg.pools[p].backends[b]))
         };
         let e = &cfg.engine;
         match (spec.name, names.as_slice()) {
@@ -120,24 +123,18 @@ impl Live {
                 self.pools[p].load.set_bound(cfg.pools[p].bound);
             }
             ("pool.NAME.backend.NAME.weight", [p, b]) => {
-                let p = pool(p)?;
-                let b = backend(p, b)?;
-                self.pools[p]
-                    .health
-                    .set_weight(b, cfg.pools[p].backends[b].weight);
+                let (p, b, cfg) = backend(p, b)?;
+                self.pools[p].health.set_weight(b, cfg.weight);
             }
             ("pool.NAME.backend.NAME.max_conns", [p, b]) => {
-                let p = pool(p)?;
-                let b = backend(p, b)?;
-                self.pools[p]
-                    .load
-                    .set_max_conns(b, cfg.pools[p].backends[b].max_conns);
+                let (p, b, cfg) = backend(p, b)?;
+                self.pools[p].load.set_max_conns(b, cfg.max_conns);
             }
             ("pool.NAME.backend.NAME.state", [p, b]) => {
-                let p = pool(p)?;
-                let b = backend(p, b)?;
-                let drain = cfg.pools[p].backends[b].state == AdminState::Drain;
-                self.pools[p].health.set_drain(b, drain);
+                let (p, b, cfg) = backend(p, b)?;
+                self.pools[p]
+                    .health
+                    .set_drain(b, cfg.state == AdminState::Drain);
             }
             // A key marked runtime in the registry without a way to apply it here would be a
             // silent lie; the registry's tests keep this list and the marks in step.

@@ -21,8 +21,7 @@ use super::sockopt::{backend_socket, peer_addr, reset_and_close, set_linger_zero
 use super::token::{self, Dir, Kind};
 use super::uring::{self, Capabilities};
 use super::{PoolShared, StopFlags, Tunables, millis};
-use crate::balance::{BackendState, PoolLoad};
-use crate::balance::{Selector, flow_hash};
+use crate::balance::{BackendState, PoolLoad, Selector, flow_hash};
 use crate::config::{AllDown, EngineConfig};
 use crate::stats::{CloseReason, ForwarderStats};
 

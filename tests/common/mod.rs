@@ -333,3 +333,20 @@ pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
         thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// The `levee` binary built for these tests.
+pub fn levee() -> std::process::Command {
+    std::process::Command::new(env!("CARGO_BIN_EXE_levee"))
+}
+
+/// A fresh directory of this test process's own under the system's temporary directory.
+pub fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("levee-test-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+/// A loopback address that was free a moment ago, for a listener that must be known in advance.
+pub fn free_port() -> SocketAddr {
+    refused_addr()
+}
