@@ -5,6 +5,7 @@ open-file limit (the bench's own, which they inherit); the configurations live i
 that an operator can read exactly what was measured.
 """
 
+import hashlib
 import os
 import string
 
@@ -161,6 +162,8 @@ class Backend:
         self.config_text = None
         self.argv = None
         self.proc = None
+        # path -> (length, SHA-256) of what the backend serves there
+        self.files = {}
 
     def prepare(self, env, bulk_bytes):
         www = os.path.join(env.dir, "www")
@@ -168,11 +171,18 @@ class Backend:
         os.makedirs(os.path.join(env.dir, "tmp"), exist_ok=True)
         with open(os.path.join(www, "index.html"), "wb") as f:
             f.write(self.SMALL_BODY)
-        # Real bytes, not a sparse file, so the transfer reads page-cache pages like a real one.
-        chunk = os.urandom(1 << 20)
+        # Real bytes, not a sparse file, so the transfer reads page-cache pages like a real one;
+        # a different MiB each time, so that a relay mixing up chunks changes the digest.
+        h = hashlib.sha256()
         with open(os.path.join(www, "big.bin"), "wb") as f:
             for _ in range(bulk_bytes >> 20):
+                chunk = os.urandom(1 << 20)
+                h.update(chunk)
                 f.write(chunk)
+        self.files = {
+            "/": (len(self.SMALL_BODY), hashlib.sha256(self.SMALL_BODY).hexdigest()),
+            "/big.bin": ((bulk_bytes >> 20) << 20, h.hexdigest()),
+        }
         self.config_text = render(
             "backend-nginx.conf",
             env.values(cpu_mask=cpu_mask(env.backend_cpu), port=env.backend_port),

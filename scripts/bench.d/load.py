@@ -1,5 +1,6 @@
 """The load: wrk for requests and transfers, and a small socket client for idle connections."""
 
+import hashlib
 import json
 import os
 import socket
@@ -97,3 +98,30 @@ def wait_backend_conns(backend_port, want, timeout=10.0):
         time.sleep(0.1)
         n = established_to(backend_port)
     return n
+
+
+def fetch_digest(port, path, timeout=60.0):
+    """GETs `path` with Connection: close; returns (status, body length, SHA-256 of the body)."""
+    h = hashlib.sha256()
+    head, length, buf = b"", 0, bytearray(1 << 20)
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n".encode())
+        view = memoryview(buf)
+        while True:
+            n = s.recv_into(buf)
+            if n == 0:
+                break
+            if head is not None and b"\r\n\r\n" not in head:
+                head += bytes(view[:n])
+                if b"\r\n\r\n" in head:
+                    head, body = head.split(b"\r\n\r\n", 1)
+                    h.update(body)
+                    length += len(body)
+                    status = int(head.split(b" ", 2)[1])
+                    head = None
+                continue
+            h.update(view[:n])
+            length += n
+    if head is not None:
+        raise BenchError(f"GET {path} on port {port}: no complete response header")
+    return status, length, h.hexdigest()

@@ -7,6 +7,7 @@ never signals a process it did not start.
 
 import errno
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -169,6 +170,13 @@ def memory_kb(pid):
         except OSError:
             continue
     return {"rss_kb": rss, "hwm_kb": hwm}
+
+
+def own_cpu_seconds():
+    """CPU time of this script and of the children it has waited for (wrk runs)."""
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def machine_cpu():

@@ -338,20 +338,20 @@ def headline(result):
     h = get(result, "keepalive", HEADLINE_STEP, "haproxy")
     if not s or not h:
         return None
-    others = [f"HAProxy's {h['rate']:,.0f} ({fratio(vs(s, 'haproxy', 'rate'))})"]
+    others = [f"{fratio(vs(s, 'haproxy', 'rate'))} HAProxy ({h['rate']:,.0f})"]
     n = get(result, "keepalive", HEADLINE_STEP, "nginx")
     if n:
-        others.append(f"nginx stream's {n['rate']:,.0f} ({fratio(vs(s, 'nginx', 'rate'))})")
+        others.append(f"{fratio(vs(s, 'nginx', 'rate'))} nginx stream ({n['rate']:,.0f})")
     d = get(result, "keepalive", HEADLINE_STEP, "direct")
     if d:
-        others.append(f"direct to the backend {d['rate']:,.0f} ({fratio(vs(s, 'direct', 'rate'))})")
+        others.append(f"{fratio(vs(s, 'direct', 'rate'))} direct to the backend ({d['rate']:,.0f})")
     return (
         f"**At a glance:** at {HEADLINE_STEP[1:]} keep-alive connections levee served "
-        f"**{s['rate']:,.0f} requests/s** against {', '.join(others)}, with p99 "
-        f"{fms(s['p99_us'])} (HAProxy {fms(h['p99_us'])}) and {fnum(s['cpu_per_unit'])} µs of "
-        f"proxy CPU per request ({fratio(vs(s, 'haproxy', 'cpu_per_unit'))} HAProxy's "
-        f"{fnum(h['cpu_per_unit'])} µs)" + (f"; levee had {s['errors']} errors" if s["errors"] else "")
-        + "."
+        f"**{s['rate']:,.0f} requests/s**: {', '.join(others)}; p99 {fms(s['p99_us'])} "
+        f"(HAProxy {fms(h['p99_us'])}); {fnum(s['cpu_per_unit'])} µs of proxy CPU per request, "
+        f"{fratio(vs(s, 'haproxy', 'cpu_per_unit'))} HAProxy's {fnum(h['cpu_per_unit'])} µs"
+        + (f"; **{s['errors']} errors**" if s["errors"] else "")
+        + ". Ratios are medians of per-round ratios, figures medians over rounds."
     )
 
 
@@ -384,6 +384,14 @@ def markdown(result, results_rel, charts):
     L += [f"- {x}" for x in falls] if falls else ["- nowhere against HAProxy in this run."]
     L.append("")
 
+    if charts:
+        L += ["### Charts", "",
+              "Bars are medians over the rounds; the thin line spans the lowest and the highest "
+              "round; ⚠ marks a contender with errors.", ""]
+        for name in ("bench-throughput.svg", "bench-latency.svg", "bench-cost.svg"):
+            if name in charts:
+                L += [f"![{name[6:-4]}]({charts[name]})", ""]
+
     L += ["### Run", "",
           f"- **Command:** `{result['command']}` ({kind}; {st['rounds']} interleaved rounds, "
           f"{st['duration_s']:g} s per measured run after {st['warmup_s']:g} s of warm-up; "
@@ -399,18 +407,15 @@ def markdown(result, results_rel, charts):
           f"thread; the backend nginx (1 worker) on CPU {st['backend_cpu']}; open-file limit "
           f"{st['nofile']} for everyone",
           f"- **Conditions:** {conditions_text(cond, len(result['measurements']))}",
+          f"- **Bytes relayed intact:** {integrity_text(result)}",
           f"- **Raw rounds:** [{results_rel}](../{results_rel})",
           ""]
 
-    L += ["### Keep-alive requests", "",
-          "wrk `-t1 -cN --latency` for a small static response (38-byte body), one connection "
-          "per wrk connection for the whole run. Bars are medians over the rounds; the thin "
-          "line spans the lowest and the highest round.", ""]
-    for name in ("bench-throughput.svg", "bench-latency.svg", "bench-cost.svg"):
-        if name in charts:
-            L += [f"![{name[6:-4]}]({charts[name]})", ""]
     if steps_of(result, "keepalive"):
-        L += [request_table(result, "keepalive"), ""]
+        L += ["### Keep-alive requests", "",
+              "wrk `-t1 -cN --latency` for a small static response (38-byte body), each wrk "
+              "connection kept open for the whole run.", "",
+              request_table(result, "keepalive"), ""]
 
     if steps_of(result, "close"):
         L += ["### New connection per request", "",
@@ -473,6 +478,19 @@ def markdown(result, results_rel, charts):
     return "\n".join(L)
 
 
+def integrity_text(result):
+    checks = result.get("integrity")
+    if not checks:
+        return "not checked in this run"
+    labels = label_of(result)
+    good = [labels.get(k, k) for k, v in checks.items() if all(x["ok"] for x in v.values())]
+    bad = [labels.get(k, k) for k in checks if labels.get(k, k) not in good]
+    text = (f"before the rounds, each contender served the small response and the whole "
+            f"{result['settings']['bulk_mib']} MiB file once, compared by length and SHA-256: "
+            f"{', '.join(good)} intact")
+    return text + (f"; **{', '.join(bad)} not**" if bad else "")
+
+
 def conditions_text(cond, n_measurements):
     if not cond:
         return "not recorded"
@@ -486,11 +504,14 @@ def conditions_text(cond, n_measurements):
     if busy is not None:
         parts.append(f"compilers (cargo/rustc) running during {busy} of {n_measurements} "
                      "measurements")
+    oc = cond.get("others_cpus")
+    if oc:
+        parts.append(f"other processes used a median {oc['median']:.2f} CPUs (at most "
+                     f"{oc['max']:.2f}) during the measured runs")
     mc = cond.get("machine_cpu")
     if mc:
-        parts.append(f"machine CPU busy {mc['busy'] * 100:.0f}% over the run, steal "
-                     f"{mc['steal'] * 100:.1f}%")
-    quiet = (la0 and la0[0] < 0.3) and not busy
+        parts.append(f"steal {mc['steal'] * 100:.1f}%")
+    quiet = (la0 and la0[0] < 0.3) and not busy and (not oc or oc["median"] < 0.05)
     verdict = "quiet" if quiet else "**not quiet: treat the figures as rough**"
     return f"{verdict} ({'; '.join(parts)})"
 
