@@ -462,9 +462,15 @@ def markdown(result, results_rel, charts):
           "p99.9) with wrk's error counts: connect, read, write, timeout (5 s; 60 s for bulk) and "
           "HTTP status ≥ 400. A figure marked ⚠ had errors in some round.",
           "- Configurations: `scripts/bench.d/templates/` (levee `engine.cores` = the proxy CPU; "
-          "HAProxy `nbthread 1`, `cpu-map`, `maxconn` under the open-file limit; nginx stream "
-          "`worker_processes 1`, `worker_cpu_affinity`; backlog 4096 and 16 KiB buffers for all; "
-          "the backend with `keepalive_requests` high enough never to close a keep-alive run).",
+          "HAProxy `nbthread 1`, `cpu-map`; nginx stream `worker_processes 1`, "
+          "`worker_cpu_affinity`; the same connection cap for all, what the open-file limit "
+          "allows: HAProxy `maxconn` = levee `engine.max_conns`, nginx `worker_connections` "
+          "twice that; backlog 4096 and 16 KiB buffers for all; the backend with "
+          "`keepalive_requests` high enough never to close a keep-alive run). The results file "
+          "holds every configuration as it ran.",
+          "- Before the rounds, each contender serves the small response and the bulk file once "
+          "and the bytes are compared with the files, so a relay that changes bytes is never "
+          "timed.",
           ""]
     L += ["### Reproduce", "",
           "```",
