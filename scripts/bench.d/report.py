@@ -365,10 +365,10 @@ def markdown(result, results_rel, charts):
          "",
          "## Peer comparison",
          ""]
-    if kind == "quick":
-        L += ["> This is a **quick** run (`--quick`: "
-              f"{st['rounds']} rounds of {st['duration_s']:g} s): a smoke comparison, not the "
-              "figures to quote. `scripts/bench` without `--quick` makes the full run.", ""]
+    if kind != "full":
+        L += [f"> This is a **{kind}** run ({st['rounds']} rounds of {st['duration_s']:g} s): "
+              "not the figures to quote. `scripts/bench` without options makes the full run.",
+              ""]
     h = headline(result)
     if h:
         L += [h, ""]
