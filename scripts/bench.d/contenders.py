@@ -47,7 +47,7 @@ class Env:
             "nofile": self.nofile,
             # Each proxied connection holds two descriptors; leave room for the listener and logs.
             "worker_connections": max(self.nofile - 64, 1024),
-            "maxconn": max((self.nofile - 200) // 2, 1000),
+            "maxconn": max((self.nofile - 200) // 2, 100),
             "stream_module": self.stream_module,
         }
         v.update(extra)
