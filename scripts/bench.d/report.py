@@ -426,6 +426,15 @@ def markdown(result, results_rel, charts):
         L += ["### Bulk transfer", "",
               f"wrk `-c1` fetching one {st['bulk_mib']} MiB file over and over; throughput counts "
               "every byte received.", "", bulk_table(result), ""]
+        step = steps_of(result, "bulk")[0]
+        lv, hp = get(result, "bulk", step, "levee"), get(result, "bulk", step, "haproxy")
+        if lv and hp and lv.get("hwm_kb") and hp.get("hwm_kb") and lv["hwm_kb"] > 1.5 * hp["hwm_kb"]:
+            L += ["levee's peak RSS here is its receive-buffer pool: `engine.buffers` × "
+                  "`engine.buffer_size` (2048 × 16 KiB = 32 MiB by default) form a ring the kernel "
+                  "fills in order, so one long transfer writes every buffer once. The pool is per "
+                  "forwarder and does not grow with connections; with small responses only the "
+                  "first page of each buffer is touched (about 8 MiB, the keep-alive steps' peak).",
+                  ""]
     if steps_of(result, "idle"):
         L += ["### Idle connections", "",
               f"{st['idle_conns']} client connections opened through the proxy and held without a "

@@ -54,10 +54,22 @@ def panel_width(p):
     return max(230, 90 + len(p.groups) * (max(len(p.series), 1) * 22 + 16))
 
 
-def chart(title, panels, *, height=330, subtitle=None):
-    left, right, top, bottom = 62, 14, 100 if subtitle else 84, 46
-    widths = [panel_width(p) for p in panels]
-    width = max(sum(widths), 420)
+def chart(title, panels, *, row_height=270, subtitle=None, max_width=1320):
+    """Panels left to right, wrapping to a new row past `max_width`."""
+    left, right, top, bottom = 62, 14, 44, 46
+    header = 70 if subtitle else 52
+    rows, row, used = [], [], 0
+    for p in panels:
+        pw = panel_width(p)
+        if row and used + pw > max_width:
+            rows.append(row)
+            row, used = [], 0
+        row.append((p, pw))
+        used += pw
+    if row:
+        rows.append(row)
+    width = max(max(sum(pw for _, pw in r) for r in rows), 420)
+    height = header + len(rows) * row_height
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
         f'viewBox="0 0 {width} {height}" {FONT} font-size="11">',
@@ -67,24 +79,28 @@ def chart(title, panels, *, height=330, subtitle=None):
     if subtitle:
         out.append(f'<text x="10" y="38" fill="#555">{escape(subtitle)}</text>')
     # One legend for the whole chart: the series are the same in every panel.
-    lx, ly = 10, (56 if subtitle else 38)
+    lx, ly = 10, (58 if subtitle else 40)
     for s in panels[0].series:
         out.append(f'<rect x="{lx}" y="{ly - 9}" width="11" height="11" fill="{s["color"]}"/>')
         out.append(f'<text x="{lx + 15}" y="{ly}">{escape(s["label"])}</text>')
         lx += 24 + 7 * len(s["label"])
-    x0 = 0
-    for p, pw in zip(panels, widths):
-        out += panel_svg(p, x0, pw, height, left, right, top, bottom)
-        x0 += pw
+    for i, r in enumerate(rows):
+        x0 = 0
+        for p, pw in r:
+            out.append(f'<g transform="translate({x0} {header + i * row_height})">')
+            out += panel_svg(p, pw, row_height, left, right, top, bottom)
+            out.append("</g>")
+            x0 += pw
     out.append("</svg>")
     return "\n".join(out) + "\n"
 
 
-def panel_svg(p, x0, pw, height, left, right, top, bottom):
+def panel_svg(p, pw, height, left, right, top, bottom):
+    """One panel in its own coordinates: (0, 0) is its top left corner."""
     out = []
-    px0, px1 = x0 + left, x0 + pw - right
+    px0, px1 = left, pw - right
     py0, py1 = top, height - bottom  # y grows downwards: py1 is the axis
-    out.append(f'<text x="{(px0 + px1) / 2:.1f}" y="{top - 14}" text-anchor="middle" '
+    out.append(f'<text x="{(px0 + px1) / 2:.1f}" y="{top - 16}" text-anchor="middle" '
                f'font-weight="bold">{escape(p.title)}</text>')
     vals = p.values()
     if not vals:
@@ -121,8 +137,8 @@ def panel_svg(p, x0, pw, height, left, right, top, bottom):
     out.append(f'<line x1="{px0}" x2="{px0}" y1="{py0}" y2="{py1}" stroke="#333"/>')
     if p.unit:
         cy = (py0 + py1) / 2
-        out.append(f'<text x="{x0 + 12}" y="{cy:.1f}" text-anchor="middle" fill="#444" '
-                   f'transform="rotate(-90 {x0 + 12} {cy:.1f})">{escape(p.unit)}</text>')
+        out.append(f'<text x="12" y="{cy:.1f}" text-anchor="middle" fill="#444" '
+                   f'transform="rotate(-90 12 {cy:.1f})">{escape(p.unit)}</text>')
     n_groups, n_series = len(p.groups), max(len(p.series), 1)
     gw = (px1 - px0) / n_groups
     bw = min(28.0, (gw - 10) / n_series)
