@@ -153,7 +153,8 @@ def target_rows(result):
         met = sum(1 for x in per_round if judge(x, op, bound))
         measured = (f"{fratio(r)} ({fmt_metric(scenario, key, s.get(key))} vs "
                     f"{fmt_metric(scenario, key, h.get(key) if h else None)}); "
-                    f"met in {met} of {len(per_round)} rounds")
+                    f"met in {met} of {len(per_round)} rounds, which ranged "
+                    f"{min(per_round):.2f}–{max(per_round):.2f}×")
         rows.append((what, f"{scenario} {step}", need, measured, verdict))
     # The forwarder issue's own check: at least as many requests/s as HAProxy, p99 no higher,
     # less CPU per request, at wrk -t1 -c50.
@@ -174,6 +175,27 @@ def target_rows(result):
         "spike", "–", "not measured: overflow tier not built yet", "–",
     ))
     return rows
+
+
+def sweep_table(result):
+    rows = []
+    for step in sorted(steps_of(result, "keepalive"), key=step_sort_key):
+        s = get(result, "keepalive", step, "levee")
+        if not s or not s.get("vs_haproxy"):
+            continue
+        cells, ok_all = [], not s["errors"]
+        for key, op, bound in (("rate", "ge", 1.2), ("p99_us", "le", 1.0),
+                               ("cpu_per_unit", "le", 0.7)):
+            r = vs(s, "haproxy", key)
+            ok = judge(r, op, bound)
+            ok_all = ok_all and bool(ok)
+            cells.append(f"{fratio(r)} {'✓' if ok else '✗'}")
+        rows.append([step[1:], *cells, str(s["errors"]),
+                     "**pass**" if ok_all else "**short**"])
+    if not rows:
+        return None
+    return table(["connections", "requests/s (≥ 1.2×)", "p99 (≤ 1.0×)", "CPU/request (≤ 0.7×)",
+                  "levee errors", "all three"], rows)
 
 
 def fmt_metric(scenario, key, v):
@@ -379,6 +401,10 @@ def markdown(result, results_rel, charts):
     L.append(table(["target", "step", "required", "levee measured (median ratio; medians)",
                     "result"], target_rows(result)))
     L.append("")
+    sweep = sweep_table(result)
+    if sweep:
+        L += ["The keep-alive targets at every concurrency of the sweep (levee ÷ HAProxy, median "
+              "of per-round ratios):", "", sweep, ""]
     falls = shortfalls(result)
     L += ["**Where levee falls short in this run:**", ""]
     L += [f"- {x}" for x in falls] if falls else ["- nowhere against HAProxy in this run."]
@@ -462,6 +488,9 @@ def markdown(result, results_rel, charts):
           "HAProxy, nginx; the first of them rotates each round), so that a ratio compares "
           "measurements taken seconds apart; figures are medians over rounds, ratios the median "
           "of the per-round ratios.",
+          "- The median of per-round ratios can differ from the ratio of the medians when the "
+          "rounds swing (the virtual CPUs move between placements for seconds at a time); the "
+          "per-round ratio is the figure to trust, and the targets table gives its range.",
           "- Every proxy is started fresh for each measurement, so its peak RSS (VmHWM, summed "
           "over the process and its children) belongs to that measurement alone.",
           "- Proxy CPU is utime + stime from /proc/PID/stat (all threads, plus children for "
