@@ -1,0 +1,209 @@
+"""The contenders and the backend they share: their configurations and how each is started.
+
+Every proxy gets the same thread count (one), the same CPU, the same listen backlog and the same
+open-file limit (the bench's own, which they inherit); the configurations live in templates/ so
+that an operator can read exactly what was measured.
+"""
+
+import hashlib
+import os
+import string
+
+from procs import BenchError, wait_listening
+
+TEMPLATES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates")
+
+BACKLOG = 4096
+
+
+def render(template_name, values):
+    with open(os.path.join(TEMPLATES, template_name)) as f:
+        text = f.read()
+    try:
+        return string.Template(text).substitute(values)
+    except (KeyError, ValueError) as e:
+        raise BenchError(f"template {template_name}: cannot fill in {e}") from e
+
+
+class Env:
+    """What the contenders need to know about this run: paths, ports, CPUs, limits."""
+
+    def __init__(self, *, dir, port_base, load_cpu, proxy_cpu, backend_cpu, nofile, levee,
+                 stream_module):
+        self.dir = dir
+        self.backend_port = port_base
+        self.load_cpu = load_cpu
+        self.proxy_cpu = proxy_cpu
+        self.backend_cpu = backend_cpu
+        self.nofile = nofile
+        self.levee = levee
+        self.stream_module = stream_module
+
+    def values(self, **extra):
+        v = {
+            "dir": self.dir,
+            "backlog": BACKLOG,
+            "backend_port": self.backend_port,
+            "nofile": self.nofile,
+            # Each proxied connection holds two descriptors; leave room for the listener and logs.
+            "worker_connections": max(self.nofile - 64, 1024),
+            "maxconn": max((self.nofile - 200) // 2, 100),
+            "stream_module": self.stream_module,
+        }
+        v.update(extra)
+        return v
+
+
+def cpu_mask(cpu):
+    """nginx's worker_cpu_affinity bit string for one CPU (`10` is CPU 1)."""
+    return "1" + "0" * cpu
+
+
+class Contender:
+    """One way of serving the load: `direct` to the backend, or one of the proxies."""
+
+    def __init__(self, key, label, port_offset, color):
+        self.key = key
+        self.label = label
+        self.port_offset = port_offset
+        self.color = color
+        self.config_text = None
+        self.argv = None
+
+    def port(self, env):
+        return env.backend_port + self.port_offset
+
+    @property
+    def is_proxy(self):
+        return self.key != "direct"
+
+    def prepare(self, env):
+        """Writes the configuration file; returns the command line that starts the contender."""
+        return None
+
+
+class Direct(Contender):
+    def __init__(self):
+        super().__init__("direct", "direct", 0, "#8c8c8c")
+
+    def describe(self):
+        return "wrk straight to the backend: the ceiling"
+
+
+class Levee(Contender):
+    def __init__(self):
+        super().__init__("levee", "levee", 1, "#d95f02")
+
+    def prepare(self, env):
+        self.config_text = render(
+            "levee.conf", env.values(cpu=env.proxy_cpu, port=self.port(env))
+        )
+        path = os.path.join(env.dir, "levee.conf")
+        with open(path, "w") as f:
+            f.write(self.config_text)
+        self.argv = ["taskset", "-c", str(env.proxy_cpu), env.levee, "run", "-c", path]
+        return self.argv
+
+    def describe(self):
+        return "levee, one forwarder (`engine.cores` = the proxy CPU)"
+
+
+class HAProxy(Contender):
+    def __init__(self):
+        super().__init__("haproxy", "HAProxy", 2, "#1f77b4")
+
+    def prepare(self, env):
+        self.config_text = render(
+            "haproxy.cfg", env.values(cpu=env.proxy_cpu, port=self.port(env))
+        )
+        path = os.path.join(env.dir, "haproxy.cfg")
+        with open(path, "w") as f:
+            f.write(self.config_text)
+        # -db: stay in the foreground, so the process we started is the one that relays.
+        self.argv = ["taskset", "-c", str(env.proxy_cpu), "haproxy", "-db", "-f", path]
+        return self.argv
+
+    def describe(self):
+        return "HAProxy `mode tcp`, `nbthread 1`, `cpu-map` to the proxy CPU"
+
+
+class NginxStream(Contender):
+    def __init__(self):
+        super().__init__("nginx", "nginx stream", 3, "#2ca02c")
+
+    def prepare(self, env):
+        self.config_text = render(
+            "nginx-stream.conf",
+            env.values(cpu_mask=cpu_mask(env.proxy_cpu), port=self.port(env)),
+        )
+        path = os.path.join(env.dir, "nginx-stream.conf")
+        with open(path, "w") as f:
+            f.write(self.config_text)
+        self.argv = [
+            "taskset", "-c", str(env.proxy_cpu), "nginx",
+            "-p", env.dir, "-e", os.path.join(env.dir, "nginx-stream.err"), "-c", path,
+        ]
+        return self.argv
+
+    def describe(self):
+        return "nginx `stream` module, `worker_processes 1`, `worker_cpu_affinity` to the proxy CPU"
+
+
+ALL = [Direct(), Levee(), HAProxy(), NginxStream()]
+BY_KEY = {c.key: c for c in ALL}
+
+
+class Backend:
+    """The small static nginx every contender forwards to (and `direct` hits)."""
+
+    SMALL_BODY = b"levee bench: a small static response.\n"
+
+    def __init__(self):
+        self.config_text = None
+        self.argv = None
+        self.proc = None
+        # path -> (length, SHA-256) of what the backend serves there
+        self.files = {}
+
+    def prepare(self, env, bulk_bytes):
+        www = os.path.join(env.dir, "www")
+        os.makedirs(www, exist_ok=True)
+        os.makedirs(os.path.join(env.dir, "tmp"), exist_ok=True)
+        with open(os.path.join(www, "index.html"), "wb") as f:
+            f.write(self.SMALL_BODY)
+        # Real bytes, not a sparse file, so the transfer reads page-cache pages like a real one;
+        # a different MiB each time, so that a relay mixing up chunks changes the digest.
+        h = hashlib.sha256()
+        with open(os.path.join(www, "big.bin"), "wb") as f:
+            for _ in range(bulk_bytes >> 20):
+                chunk = os.urandom(1 << 20)
+                h.update(chunk)
+                f.write(chunk)
+        self.files = {
+            "/": (len(self.SMALL_BODY), hashlib.sha256(self.SMALL_BODY).hexdigest()),
+            "/big.bin": ((bulk_bytes >> 20) << 20, h.hexdigest()),
+        }
+        self.config_text = render(
+            "backend-nginx.conf",
+            env.values(cpu_mask=cpu_mask(env.backend_cpu), port=env.backend_port),
+        )
+        path = os.path.join(env.dir, "backend.conf")
+        with open(path, "w") as f:
+            f.write(self.config_text)
+        self.argv = [
+            "taskset", "-c", str(env.backend_cpu), "nginx",
+            "-p", env.dir, "-e", os.path.join(env.dir, "backend.err"), "-c", path,
+        ]
+        return self.argv
+
+    def start(self, env, procs):
+        self.proc = procs.start("backend", self.argv, os.path.join(env.dir, "backend.log"))
+        wait_listening(self.proc, env.backend_port)
+        return self.proc
+
+    def check(self):
+        if self.proc is None or not self.proc.alive():
+            raise BenchError(
+                f"the backend nginx has exited; its log ({self.proc.log_path}) ends with:\n"
+                f"{self.proc.log_tail()}"
+            )
