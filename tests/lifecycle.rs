@@ -219,3 +219,48 @@ fn drain_timeout_closes_what_does_not_finish() {
     assert_eq!(t.closed(CloseReason::DrainTimeout), 1, "{t}");
     wait_closed(&mut c);
 }
+
+#[test]
+fn a_burst_beyond_capacity_is_served_in_turn_not_dropped() {
+    // Four slots, held; fifty clients pile up behind them. When the slots free, the accept that
+    // resumes takes many queued clients at once: those without a slot must wait for one, not
+    // be reset.
+    const BURST: usize = 50;
+    let backend = Backend::echo();
+    let mut cfg = single(pool("p", Balance::RoundRobin, &[backend.addr]));
+    cfg.engine.max_conns = 4;
+    let engine = start(&cfg);
+    let addr = engine.listener_addrs()[0];
+    let held: Vec<TcpStream> = (0..4)
+        .map(|i| {
+            let mut c = connect(addr);
+            c.write_all(&[i]).expect("write");
+            let mut b = [0u8; 1];
+            c.read_exact(&mut b).expect("echo");
+            c
+        })
+        .collect();
+    let burst: Vec<thread::JoinHandle<Vec<u8>>> = (0..BURST)
+        .map(|i| {
+            thread::spawn(move || {
+                let mut c = connect(addr);
+                let msg = format!("client {i:02}");
+                c.write_all(msg.as_bytes()).expect("write");
+                c.shutdown(Shutdown::Write).expect("half-close");
+                read_all(&mut c).expect("served in turn")
+            })
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(100));
+    drop(held);
+    for (i, t) in burst.into_iter().enumerate() {
+        assert_eq!(
+            t.join().expect("client"),
+            format!("client {i:02}").into_bytes()
+        );
+    }
+    engine.stop();
+    let t = engine.join().expect("join");
+    assert_eq!(t.closed(CloseReason::OverCapacity), 0, "{t}");
+    assert_eq!(t.closed(CloseReason::Done), BURST as u64 + 4, "{t}");
+}

@@ -364,3 +364,36 @@ fn a_slow_reader_pushes_back_on_the_backend() {
     engine.stop();
     engine.join().expect("join");
 }
+
+#[test]
+fn a_tiny_buffer_pool_starves_and_recovers_without_losing_a_byte() {
+    // Sixteen 1 KiB buffers for eight connections moving a MiB each way at once: receives run
+    // out of buffers again and again, and must resume as sends return them.
+    const CONNS: usize = 8;
+    const TOTAL: u64 = 1 << 20;
+    let backend = Backend::echo();
+    let mut cfg = single(pool("p", Balance::RoundRobin, &[backend.addr]));
+    cfg.engine.buffers = 16;
+    cfg.engine.buffer_size = 1024;
+    let engine = start(&cfg);
+    let addr = engine.listener_addrs()[0];
+    let clients: Vec<_> = (0..CONNS)
+        .map(|_| {
+            thread::spawn(move || {
+                let mut c = connect(addr);
+                let mut reader = c.try_clone().expect("clone");
+                let rx = thread::spawn(move || drain(&mut reader));
+                let sent = send_pattern(&mut c, TOTAL);
+                c.shutdown(Shutdown::Write).expect("shutdown");
+                (sent, rx.join().expect("reader"))
+            })
+        })
+        .collect();
+    for c in clients {
+        let (sent, (len, sum)) = c.join().expect("client");
+        assert_eq!((len, sum), (TOTAL, sent));
+    }
+    engine.stop();
+    let t = engine.join().expect("join");
+    assert_eq!(t.closed(CloseReason::Done), CONNS as u64, "{t}");
+}

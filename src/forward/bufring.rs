@@ -4,6 +4,11 @@
 //! straight from that buffer and hands it back only when the send has completed, so the relay
 //! copies nothing in user space. The ring layout is the kernel's (`io_uring_buf_ring`): an array
 //! of `{addr, len, bid}` entries whose first entry's reserved field is the tail index.
+//!
+//! The kernel takes buffers from the ring in the order they were offered, so offering every free
+//! buffer would cycle receives through the whole pool: all of its memory resident, each receive
+//! landing in a cold cache line. Only a few buffers are offered at a time instead; the others wait
+//! on a stack, and the most recently returned (still warm) go back to the kernel first.
 
 use std::io;
 use std::sync::atomic::{AtomicU16, Ordering};
@@ -22,14 +27,18 @@ pub struct BufRing {
     size: u32,
     /// Next tail to publish; the kernel sees buffers up to the last published tail only.
     tail: u16,
-    /// Buffers the kernel may still pick (published, not yet taken): for starvation decisions.
+    /// Buffers offered to the kernel and not yet taken by a receive.
     available: u32,
+    /// How many buffers the ring is topped up to at each publication.
+    target: u32,
+    /// Free buffers not offered yet, the most recently returned on top.
+    spare: Vec<u16>,
     group: u16,
 }
 
 impl BufRing {
     /// Maps `count` buffers of `size` bytes, registers them as buffer group `group` and offers
-    /// every buffer to the kernel. `count` must be a power of two no larger than 32768.
+    /// the first of them to the kernel. `count` must be a power of two no larger than 32768.
     pub fn new(submitter: &Submitter<'_>, group: u16, count: u16, size: u32) -> io::Result<Self> {
         if !count.is_power_of_two() || count > 1 << 15 {
             return Err(io::Error::new(
@@ -53,11 +62,12 @@ impl BufRing {
             size,
             tail: 0,
             available: 0,
+            // Enough for a burst of receives between two loop turns; an eighth of the pool,
+            // at least 64 (or all of a smaller pool).
+            target: u32::from(count).min((u32::from(count) / 8).max(64)),
+            spare: (0..count).rev().collect(),
             group,
         };
-        for bid in 0..count {
-            ring.give_back(bid);
-        }
         ring.publish();
         Ok(ring)
     }
@@ -66,9 +76,15 @@ impl BufRing {
         self.group
     }
 
-    /// Buffers the kernel can still receive into.
-    pub fn available(&self) -> u32 {
-        self.available
+    /// How many buffers the ring holds after a publication, when enough are free.
+    pub fn target(&self) -> u32 {
+        self.target
+    }
+
+    /// Buffers free for receives: offered to the kernel, or waiting to be at the next
+    /// publication.
+    pub fn free(&self) -> u32 {
+        self.available + self.spare.len() as u32
     }
 
     /// Notes that the kernel took a buffer (a receive completion carried it).
@@ -84,27 +100,36 @@ impl BufRing {
         self.memory[at..].as_ptr()
     }
 
-    /// Offers buffer `bid` to the kernel again (visible after the next [`Self::publish`]).
+    /// Returns buffer `bid`, free again; it goes back to the kernel at a later publication.
     pub fn give_back(&mut self, bid: u16) {
         debug_assert!(bid < self.count);
-        let mask = self.count - 1;
-        let slot = usize::from(self.tail & mask);
-        let addr = self.memory.as_ptr() as u64 + u64::from(bid) * u64::from(self.size);
-        let base = self.entries.as_mut_ptr().cast::<BufRingEntry>();
-        // SAFETY: `slot < count`, so the entry lies inside the `entries` mapping; the kernel only
-        // reads entries between its head and the published tail, and this slot is past the tail.
-        let entry = unsafe { &mut *base.add(slot) };
-        entry.set_addr(addr);
-        entry.set_len(self.size);
-        entry.set_bid(bid);
-        self.tail = self.tail.wrapping_add(1);
-        self.available += 1;
+        debug_assert!(self.spare.len() < usize::from(self.count));
+        // Never grows: the stack was allocated for every buffer, and each is here at most once.
+        self.spare.push(bid);
     }
 
-    /// Makes every buffer given back so far visible to the kernel: one release store per
-    /// loop turn rather than one per buffer.
+    /// Tops the ring up to its target from the most recently returned buffers and makes them
+    /// visible to the kernel: one release store per loop turn rather than one per buffer.
     pub fn publish(&mut self) {
-        let base = self.entries.as_ptr().cast::<BufRingEntry>();
+        if self.available >= self.target || self.spare.is_empty() {
+            return;
+        }
+        let mask = self.count - 1;
+        let base = self.entries.as_mut_ptr().cast::<BufRingEntry>();
+        while self.available < self.target {
+            let Some(bid) = self.spare.pop() else { break };
+            let slot = usize::from(self.tail & mask);
+            let addr = self.memory.as_ptr() as u64 + u64::from(bid) * u64::from(self.size);
+            // SAFETY: `slot < count`, so the entry lies inside the `entries` mapping; the kernel
+            // only reads entries between its head and the published tail, and this slot is past
+            // the tail (at most `count` buffers are ever offered at once).
+            let entry = unsafe { &mut *base.add(slot) };
+            entry.set_addr(addr);
+            entry.set_len(self.size);
+            entry.set_bid(bid);
+            self.tail = self.tail.wrapping_add(1);
+            self.available += 1;
+        }
         // SAFETY: the tail field is the reserved field of the first entry, inside the mapping,
         // aligned for u16; the kernel reads it with acquire semantics.
         let tail = unsafe { &*BufRingEntry::tail(base).cast::<AtomicU16>() };

@@ -5,6 +5,7 @@
 //! Nothing here blocks: sockets are only touched through the ring, except for the few cheap
 //! non-blocking calls around a connection's start and end (socket, setsockopt, getpeername).
 
+use std::collections::VecDeque;
 use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -30,6 +31,9 @@ const CQE_BATCH: usize = 256;
 
 /// Provided buffer group of the receive buffers.
 const BUFFER_GROUP: u16 = 0;
+
+/// Most clients held accepted but not yet served when every slot is taken (see `waiting`).
+const WAITING_MAX: usize = 1024;
 
 /// After the drain deadline has closed everything, how long to wait for the kernel to finish the
 /// last cancelled operations before the thread exits anyway.
@@ -82,6 +86,10 @@ pub struct Forwarder {
     pools: Vec<Pool>,
     /// Directions whose receive ended for want of buffers.
     starved: Vec<(u32, Dir)>,
+    /// Clients accepted while every slot was taken: a multishot accept can deliver several
+    /// before the pause reaches it. They wait here, with their pool, for the next free slot,
+    /// as they would have in the kernel's backlog.
+    waiting: VecDeque<(RawFd, u16)>,
     stats: Arc<ForwarderStats>,
     stop: Arc<StopFlags>,
     wake: RawFd,
@@ -137,7 +145,7 @@ impl Forwarder {
         Ok(Self {
             ring,
             links: BufLinks::new(count),
-            starve_resume: (u32::from(count) / 8).max(1),
+            starve_resume: (bufs.target() / 2).max(1),
             bufs,
             conns,
             free,
@@ -146,6 +154,7 @@ impl Forwarder {
             listeners,
             pools,
             starved: Vec::with_capacity(2 * max_conns),
+            waiting: VecDeque::with_capacity(WAITING_MAX),
             stats: setup.stats,
             stop: setup.stop,
             wake: setup.wake,
@@ -207,6 +216,7 @@ impl Forwarder {
                 }
             }
             self.resume_starved();
+            self.admit_waiting();
             if self.finished() {
                 // Hand the last closes to the kernel before the ring goes away.
                 self.ring.submit()?;
@@ -380,12 +390,21 @@ impl Forwarder {
         }
         if res >= 0 {
             self.stats.accepted.add(1);
+            let pool = self.listeners[i].pool;
             match self.free.pop() {
-                Some(slot) => self.open_conn(slot, res, self.listeners[i].pool),
-                None => {
-                    // Raced with the pause below: more accepts were already on their way.
-                    reset_and_close(res);
-                    self.stats.close(CloseReason::OverCapacity);
+                Some(slot) if self.waiting.is_empty() => self.open_conn(slot, res, pool),
+                slot => {
+                    // Raced with the pause below (accepts already on their way), or others
+                    // wait already: wait in line, bounded, for a slot.
+                    if let Some(slot) = slot {
+                        self.free.push(slot);
+                    }
+                    if self.waiting.len() < WAITING_MAX {
+                        self.waiting.push_back((res, pool));
+                    } else {
+                        reset_and_close(res);
+                        self.stats.close(CloseReason::OverCapacity);
+                    }
                 }
             }
             if self.free.is_empty() && !self.accepts_paused {
@@ -662,7 +681,7 @@ impl Forwarder {
 
     /// Restarts receives that ran out of buffers, once enough have come back.
     fn resume_starved(&mut self) {
-        if self.starved.is_empty() || self.bufs.available() < self.starve_resume {
+        if self.starved.is_empty() || self.bufs.free() < self.starve_resume {
             return;
         }
         let list = std::mem::take(&mut self.starved);
@@ -742,7 +761,22 @@ impl Forwarder {
         self.close_fd(backend);
         self.free.push(slot);
         self.live -= 1;
-        if self.accepts_paused && self.drain_until.is_none() {
+    }
+
+    /// Serves clients waiting for a slot, then resumes accepting once none wait and a slot is
+    /// free. Runs after each batch of completions, so a burst of frees admits in one pass.
+    fn admit_waiting(&mut self) {
+        while !self.waiting.is_empty() {
+            let Some(slot) = self.free.pop() else { break };
+            if let Some((fd, pool)) = self.waiting.pop_front() {
+                self.open_conn(slot, fd, pool);
+            }
+        }
+        if self.accepts_paused
+            && self.waiting.is_empty()
+            && !self.free.is_empty()
+            && self.drain_until.is_none()
+        {
             self.accepts_paused = false;
             for i in 0..self.listeners.len() {
                 self.arm_accept(i);
@@ -782,9 +816,7 @@ impl Forwarder {
         }
         if let Some(until) = self.drain_until {
             if self.now >= until || self.stop.hurry.load(Ordering::Acquire) {
-                for slot in 0..self.high_slot {
-                    self.close(slot, CloseReason::DrainTimeout, Reset::Both);
-                }
+                self.close_everything();
             }
         }
         while self.high_slot > 0 && self.conns[self.high_slot as usize - 1].state == State::Free {
@@ -823,9 +855,18 @@ impl Forwarder {
             }
         }
         if self.drain_timeout_ms == 0 {
-            for slot in 0..self.high_slot {
-                self.close(slot, CloseReason::DrainTimeout, Reset::Both);
-            }
+            self.close_everything();
+        }
+    }
+
+    /// The drain is over: every connection still open, or still waiting for a slot, is reset.
+    fn close_everything(&mut self) {
+        for slot in 0..self.high_slot {
+            self.close(slot, CloseReason::DrainTimeout, Reset::Both);
+        }
+        while let Some((fd, _)) = self.waiting.pop_front() {
+            reset_and_close(fd);
+            self.stats.close(CloseReason::DrainTimeout);
         }
     }
 
@@ -835,7 +876,9 @@ impl Forwarder {
         let Some(until) = self.drain_until else {
             return false;
         };
-        let idle = self.live == 0 && self.listeners.iter().all(|l| l.fd.is_none());
+        let idle = self.live == 0
+            && self.waiting.is_empty()
+            && self.listeners.iter().all(|l| l.fd.is_none());
         if !idle && self.now >= until + EXIT_GRACE_MS {
             warn!(
                 live = self.live,

@@ -26,7 +26,8 @@ pub fn engine_config() -> EngineConfig {
         buffers: 1024,
         max_conns: 4096,
         backlog: 1024,
-        connect_timeout: Duration::from_secs(2),
+        // Generous: a test machine under load may retransmit a SYN (1 s, then 3 s).
+        connect_timeout: Duration::from_secs(10),
         connect_retries: 2,
         idle_timeout: Duration::from_secs(60),
         drain_timeout: Duration::from_secs(2),
@@ -85,7 +86,18 @@ impl Backend {
     }
 
     pub fn spawn_on(addr: SocketAddr, serve: impl Fn(TcpStream) + Send + Sync + 'static) -> Self {
-        let listener = TcpListener::bind(addr).expect("bind backend");
+        // A deep backlog: a burst of connects through levee must not overflow it (a dropped
+        // SYN costs a second or more of retransmission, which looks like a slow backend).
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            None,
+        )
+        .expect("socket");
+        socket.set_reuse_address(true).expect("reuseaddr");
+        socket.bind(&addr.into()).expect("bind backend");
+        socket.listen(4096).expect("listen");
+        let listener: TcpListener = socket.into();
         let addr = listener.local_addr().expect("local addr");
         listener.set_nonblocking(true).expect("nonblocking");
         let stop = Arc::new(AtomicBool::new(false));
