@@ -163,6 +163,8 @@ const DEMO_BACKENDS: usize = 3;
 fn builtin_config(backends: &[std::net::SocketAddr]) -> Result<Config, ExitCode> {
     let mut text = String::from(
         "# levee built-in default: one listener in front of the built-in demo backends.\n\
+         # The demo backends take 1024 connections each; no need for more slots per forwarder.\n\
+         engine.max_conns = 1024\n\
          listener.default.addr = 127.0.0.1:8080\n\
          listener.default.pool = demo\n\
          # Round robin, so that successive requests from one client visit every backend.\n\
