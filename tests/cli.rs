@@ -9,7 +9,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{Backend, IO_TIMEOUT, free_port, levee, temp_dir};
+use common::{Backend, IO_TIMEOUT, levee, refused_addr, temp_dir};
 
 /// A configuration file in a fresh temporary directory.
 fn config_file(name: &str, text: &str) -> PathBuf {
@@ -111,7 +111,7 @@ fn check_reports_every_error_with_file_and_line_and_exits_2() {
 
 #[test]
 fn run_refuses_a_bad_file_without_starting() {
-    let addr = free_port();
+    let addr = refused_addr();
     let path = config_file(
         "bad-run",
         &format!("listener.web.addr = {addr}\nlistener.web.pool = nope\n"),
@@ -161,7 +161,7 @@ fn show_lists_effective_values_that_parse_back() {
 #[test]
 fn run_serves_and_sigterm_drains_and_exits_zero() {
     let backend = Backend::named("through levee");
-    let addr = free_port();
+    let addr = refused_addr();
     let path = config_file(
         "serve",
         &format!(

@@ -11,7 +11,7 @@ use std::process::{Child, Output, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{Backend, IO_TIMEOUT, free_port, levee, temp_dir};
+use common::{Backend, IO_TIMEOUT, levee, refused_addr, temp_dir};
 
 /// A running levee in front of two named backends, with its control socket.
 struct Running {
@@ -28,7 +28,7 @@ impl Running {
         let b = Backend::named("b");
         let dir = temp_dir(name);
         let socket = dir.join("ctl.sock");
-        let addr = free_port();
+        let addr = refused_addr();
         let config = dir.join("levee.conf");
         std::fs::write(
             &config,
@@ -262,7 +262,7 @@ fn a_stale_socket_file_is_replaced() {
     // A socket file nobody answers on, as a crashed levee leaves behind.
     drop(std::os::unix::net::UnixListener::bind(&socket).expect("bind"));
     assert!(Path::new(&socket).exists());
-    let addr = free_port();
+    let addr = refused_addr();
     let config = dir.join("levee.conf");
     std::fs::write(
         &config,

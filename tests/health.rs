@@ -108,9 +108,9 @@ impl Stream {
 #[test]
 fn a_killed_backend_costs_only_its_open_connections_and_comes_back_after_rise() {
     const CLIENTS: usize = 4;
-    let a = spawn("a", fresh_addr(), Mode::Named);
-    let mut b = spawn("b", fresh_addr(), Mode::Named);
-    let c = spawn("c", fresh_addr(), Mode::Named);
+    let a = spawn("a", refused_addr(), Mode::Named);
+    let mut b = spawn("b", refused_addr(), Mode::Named);
+    let c = spawn("c", refused_addr(), Mode::Named);
     let mut cfg = checked(&[&a, &b, &c]);
     cfg.pools[0].health.slowstart = Duration::from_millis(600);
     let engine = start(&cfg);
@@ -187,31 +187,15 @@ fn a_killed_backend_costs_only_its_open_connections_and_comes_back_after_rise() 
     engine.join().expect("join");
 }
 
-/// One request on an open connection.
+/// One request on an open connection that must be answered.
 fn request(s: &mut std::net::TcpStream) -> String {
     ask_on(s).expect("reply")
 }
 
-fn ask_on(s: &mut std::net::TcpStream) -> std::io::Result<String> {
-    use std::io::{Read, Write};
-    s.write_all(b"who\n")?;
-    let mut got = Vec::new();
-    let mut byte = [0u8; 1];
-    loop {
-        if s.read(&mut byte)? == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        if byte[0] == b'\n' {
-            return Ok(String::from_utf8_lossy(&got).into_owned());
-        }
-        got.push(byte[0]);
-    }
-}
-
 #[test]
 fn drain_takes_no_new_connections_and_keeps_the_old_ones() {
-    let a = spawn("a", fresh_addr(), Mode::Named);
-    let b = spawn("b", fresh_addr(), Mode::Named);
+    let a = spawn("a", refused_addr(), Mode::Named);
+    let b = spawn("b", refused_addr(), Mode::Named);
     let engine = start(&checked(&[&a, &b]));
     let addr = engine.listener_addrs()[0];
     let mut on_b = loop {
@@ -241,8 +225,8 @@ fn drain_takes_no_new_connections_and_keeps_the_old_ones() {
 
 #[test]
 fn resets_eject_a_backend_for_a_cool_down_that_grows() {
-    let good = spawn("good", fresh_addr(), Mode::Named);
-    let bad = spawn("bad", fresh_addr(), Mode::Reset);
+    let good = spawn("good", refused_addr(), Mode::Named);
+    let bad = spawn("bad", refused_addr(), Mode::Reset);
     let mut cfg = checked(&[&good, &bad]);
     // Active checks only connect, which the bad backend passes: only passive ejection sees it.
     cfg.pools[0].health.eject_failures = 3;
@@ -263,9 +247,9 @@ fn resets_eject_a_backend_for_a_cool_down_that_grows() {
 
 #[test]
 fn ejection_never_passes_max_percent() {
-    let good = spawn("good", fresh_addr(), Mode::Named);
+    let good = spawn("good", refused_addr(), Mode::Named);
     let bad: Vec<BackendProcess> = (0..3)
-        .map(|i| spawn(&format!("bad{i}"), fresh_addr(), Mode::Reset))
+        .map(|i| spawn(&format!("bad{i}"), refused_addr(), Mode::Reset))
         .collect();
     let mut all = vec![&good];
     all.extend(bad.iter());
@@ -298,7 +282,7 @@ fn ejection_never_passes_max_percent() {
 #[test]
 fn all_down_refuses_or_tries_anyway() {
     // Checks that expect a reply the backend never sends: health says down, yet it serves.
-    let a = spawn("a", fresh_addr(), Mode::Named);
+    let a = spawn("a", refused_addr(), Mode::Named);
     for (policy, served) in [
         (levee::config::AllDown::Refuse, false),
         (levee::config::AllDown::TryAnyway, true),

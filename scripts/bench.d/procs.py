@@ -103,35 +103,30 @@ class Processes:
             self.stop(p, timeout=5.0)
 
 
-def session_members(sid):
-    """Processes in session `sid` (the bench starts each process as a session leader, so these
-    are it and what it forked)."""
-    out = []
+def proc_stats():
+    """(pid, fields after the command name) of every process in /proc/PID/stat; processes that
+    exit while being read are skipped."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
+                yield int(entry), f.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if int(fields[3]) == sid:
-            out.append(int(entry))
-    return out
+
+
+def session_members(sid):
+    """Processes in session `sid` (the bench starts each process as a session leader, so these
+    are it and what it forked)."""
+    return [pid for pid, fields in proc_stats() if int(fields[3]) == sid]
 
 
 def tree(pid):
     """`pid` and every descendant of it, from /proc."""
     children = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(entry))
+    for child, fields in proc_stats():
+        children.setdefault(int(fields[1]), []).append(child)
     out, todo = [], [pid]
     while todo:
         p = todo.pop()

@@ -86,18 +86,7 @@ impl Backend {
     }
 
     pub fn spawn_on(addr: SocketAddr, serve: impl Fn(TcpStream) + Send + Sync + 'static) -> Self {
-        // A deep backlog: a burst of connects through levee must not overflow it (a dropped
-        // SYN costs a second or more of retransmission, which looks like a slow backend).
-        let socket = socket2::Socket::new(
-            socket2::Domain::for_address(addr),
-            socket2::Type::STREAM,
-            None,
-        )
-        .expect("socket");
-        socket.set_reuse_address(true).expect("reuseaddr");
-        socket.bind(&addr.into()).expect("bind backend");
-        socket.listen(4096).expect("listen");
-        let listener: TcpListener = socket.into();
+        let listener = backend_listener(addr);
         let addr = listener.local_addr().expect("local addr");
         listener.set_nonblocking(true).expect("nonblocking");
         let stop = Arc::new(AtomicBool::new(false));
@@ -171,7 +160,24 @@ impl Drop for Backend {
     }
 }
 
-/// An address on loopback where nothing listens (bound once, then released).
+/// A listening socket for a test backend, reusable after a crash on the same address, with a
+/// deep backlog: a burst of connects through levee must not overflow it (a dropped SYN costs a
+/// second or more of retransmission, which looks like a slow backend).
+fn backend_listener(addr: SocketAddr) -> TcpListener {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )
+    .expect("socket");
+    socket.set_reuse_address(true).expect("reuseaddr");
+    socket.bind(&addr.into()).expect("bind backend address");
+    socket.listen(4096).expect("listen");
+    socket.into()
+}
+
+/// An address on loopback where nothing listens (bound once, then released): for a backend
+/// that refuses, a listener that must be known in advance, or a backend to be restarted on it.
 pub fn refused_addr() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind");
     l.local_addr().expect("addr")
@@ -264,17 +270,7 @@ pub fn child_backend_main() {
     let (Some(name), Some(addr), Some(mode)) = (parts.next(), parts.next(), parts.next()) else {
         panic!("bad {CHILD_BACKEND}: {spec}");
     };
-    let addr: SocketAddr = addr.parse().expect("backend address");
-    let socket = socket2::Socket::new(
-        socket2::Domain::for_address(addr),
-        socket2::Type::STREAM,
-        None,
-    )
-    .expect("socket");
-    socket.set_reuse_address(true).expect("reuseaddr");
-    socket.bind(&addr.into()).expect("bind backend address");
-    socket.listen(1024).expect("listen");
-    let listener: TcpListener = socket.into();
+    let listener = backend_listener(addr.parse().expect("backend address"));
     println!("levee-test-backend ready");
     let reply = format!("{name}\n").into_bytes();
     for stream in listener.incoming() {
@@ -306,16 +302,16 @@ pub fn child_backend_main() {
     }
 }
 
-/// A fresh loopback address nobody listens on yet (for a backend that is to be restarted on it).
-pub fn fresh_addr() -> SocketAddr {
-    refused_addr()
-}
-
 /// One request on a new connection to `addr`: send a line, read the name that answers.
 /// `Err` for any failure, which the caller counts.
 pub fn ask(addr: SocketAddr) -> io::Result<String> {
     let mut s = TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    ask_on(&mut s)
+}
+
+/// One request on an open connection: send a line, read the name that answers.
+pub fn ask_on(s: &mut TcpStream) -> io::Result<String> {
     s.write_all(b"who\n")?;
     let mut got = Vec::new();
     let mut byte = [0u8; 1];
@@ -356,9 +352,4 @@ pub fn temp_dir(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("levee-test-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     dir
-}
-
-/// A loopback address that was free a moment ago, for a listener that must be known in advance.
-pub fn free_port() -> SocketAddr {
-    refused_addr()
 }
