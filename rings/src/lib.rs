@@ -72,6 +72,20 @@ pub mod model {
                 Err(e) => panic!("{e}"),
             }
         }
+
+        /// Writes a record without publishing it; `false` when full (which publishes).
+        pub fn stage(&mut self, data: &[u8]) -> bool {
+            match self.0.stage_copy(data) {
+                Ok(()) => true,
+                Err(PushError::Full) => false,
+                Err(e) => panic!("{e}"),
+            }
+        }
+
+        /// Publishes every staged record.
+        pub fn publish(&mut self) {
+            self.0.publish();
+        }
     }
 
     impl SpscConsumer {

@@ -3,15 +3,23 @@
 //! The algorithm is the classic Lamport ring with free-running indices (as in the Linux
 //! io_uring submission and completion rings and in rtrb): the producer owns `tail`, the consumer
 //! owns `head`, each index is a byte count that only grows (`wrapping_add`), the position in the
-//! data area is `index & (capacity - 1)`, and each side keeps a cached copy of the other's index
-//! and re-reads it only when the ring looks full (producer) or empty (consumer). A side publishes
-//! its index with a store that the other side reads with Acquire, so the record bytes written
-//! before the store are visible after the load.
+//! data area is `index & (capacity - 1)`. The producer keeps a cached copy of `head` and re-reads
+//! it only when the ring looks full.
 //!
 //! Records are length-prefixed and 8-aligned: an 8-byte header (`len: u32`, `kind: u32`) then
 //! the payload, padded to 8. A record never wraps: when it would not fit before the end of the
 //! data area, a padding record fills the rest and the record starts at offset 0. So a record of
 //! at most `capacity / 2 - 8` bytes always fits in an empty ring.
+//!
+//! The consumer learns of new records from their headers rather than from `tail`, as in the
+//! FastForward queue (Giacomoni et al., PPoPP 2008): the eight bytes after the last published
+//! record always hold an end marker (zero), and a publication writes the records, then the marker
+//! after them, then `tail`, and last the first new header with Release. A waiting consumer polls
+//! the header word at `head`, so a record reaches it in one cache-line transfer (header and the
+//! start of the payload together) instead of two (`tail`, then the record). `tail` still says
+//! how far the producer has published, for waiters, for `pending_bytes` and for a producer that
+//! takes over after a crash. Because `tail` is stored before the header, `head <= tail` holds
+//! at every moment.
 //!
 //! Segment layout (each line 128 bytes): header, `tail` line, `head` line, the "data" wait line,
 //! the "space" wait line, then `capacity` bytes of data. See [`crate::wait`] for the waiting
@@ -132,10 +140,10 @@ fn corrupt_head(head: u64, capacity: u64, published: u64) -> Error {
 
 #[cold]
 #[inline(never)]
-fn corrupt_overrun(len: u64, pos: u64, avail: u64, contiguous: u64) -> Error {
+fn corrupt_overrun(len: u64, pos: u64, room: u64) -> Error {
     Error::corrupt(format!(
-        "SPSC record of {len} bytes at {pos} overruns the ring \
-         ({avail} bytes published, {contiguous} before the end)"
+        "SPSC record of {len} bytes at {pos} overruns the ring ({room} bytes left before the end \
+         of the data area or of the published bytes)"
     ))
 }
 
@@ -158,15 +166,30 @@ fn check_indices(head: u64, tail: u64, capacity: u64) -> Result<(), Error> {
     Ok(())
 }
 
+/// The header word of the record at index `at`.
+#[inline]
+fn header_word(shm: &Shm, capacity: u64, at: u64) -> &AtomicU64 {
+    // SAFETY: `at & (capacity - 1)` is below capacity and 8-aligned (indices are multiples of
+    // 8), so the word lies inside the data area; header words are only accessed atomically.
+    unsafe { shm.u64(OFF_DATA + (at & (capacity - 1)) as usize) }
+}
+
+/// The end marker: the header word after the last published record.
+const END: u64 = 0;
+
 /// The producer's side of the protocol, over any [`Shm`].
 pub(crate) struct ProducerCore {
     shm: Shm,
     capacity: u64,
     /// Next write position, including records committed but not yet published.
-    /// Invariant: `published <= tail <= cached_head + capacity` (wrapping).
+    /// Invariant: `published <= tail`, and `tail + 8 <= cached_head + capacity` (wrapping): the
+    /// end marker after the last staged record lies in free space.
     tail: u64,
     published: u64,
     cached_head: u64,
+    /// The header of the first staged record, held back until [`Self::publish`]: until it is
+    /// stored, the end marker in its place hides every record staged after it.
+    held: u64,
 }
 
 impl ProducerCore {
@@ -174,12 +197,19 @@ impl ProducerCore {
         let tail = tail_word(&shm).load(Ordering::Acquire);
         let head = head_word(&shm).load(Ordering::Acquire);
         check_indices(head, tail, capacity)?;
+        let end = published_end(&shm, capacity, head, tail)?;
+        if end != tail {
+            // The last producer died between storing `tail` and the header that made the
+            // records visible: they were never published, and their space is taken back.
+            tail_word(&shm).store(end, Ordering::Release);
+        }
         Ok(ProducerCore {
             shm,
             capacity,
-            tail,
-            published: tail,
+            tail: end,
+            published: end,
             cached_head: head,
+            held: END,
         })
     }
 
@@ -187,9 +217,10 @@ impl ProducerCore {
         (self.capacity / 2 - REC_HEADER) as usize
     }
 
+    /// Bytes free for records, after the end marker's eight.
     #[inline]
     fn free(&self) -> u64 {
-        self.capacity - self.tail.wrapping_sub(self.cached_head)
+        (self.capacity - self.tail.wrapping_sub(self.cached_head)).saturating_sub(REC_HEADER)
     }
 
     #[inline]
@@ -242,44 +273,65 @@ impl ProducerCore {
         }
         let (pad, _) = self.needed(len);
         if pad > 0 {
-            let off = OFF_DATA + (self.tail & (self.capacity - 1)) as usize;
-            let header = (pad - REC_HEADER) | (u64::from(KIND_PAD) << 32);
-            // SAFETY: `off..off + 8` lies in the data area (pad >= 8 bytes remain before its
-            // end), and the space is free: the consumer released it and cannot read it before
-            // the next publication.
-            unsafe { self.shm.write(off, &header.to_le_bytes()) };
-            self.tail = self.tail.wrapping_add(pad);
+            self.stage(pad, (pad - REC_HEADER) | (u64::from(KIND_PAD) << 32));
         }
         Ok(OFF_DATA + (self.tail & (self.capacity - 1)) as usize + REC_HEADER as usize)
+    }
+
+    /// Stages the record of `total` bytes at `tail` whose payload is written: the end marker
+    /// goes after it, then its header, unless it is the first staged record, whose header waits
+    /// for [`Self::publish`].
+    #[inline]
+    fn stage(&mut self, total: u64, header: u64) {
+        let next = self.tail.wrapping_add(total);
+        debug_assert!(
+            next.wrapping_add(REC_HEADER).wrapping_sub(self.cached_head) <= self.capacity
+        );
+        // Relaxed is enough for both: the consumer reaches these words only through the
+        // Release store of the first staged header, which comes after them.
+        header_word(&self.shm, self.capacity, next).store(END, Ordering::Relaxed);
+        if self.tail == self.published {
+            self.held = header;
+        } else {
+            header_word(&self.shm, self.capacity, self.tail).store(header, Ordering::Relaxed);
+        }
+        self.tail = next;
     }
 
     /// Stages the record reserved at the current position; visible after [`Self::publish`].
     #[inline]
     pub(crate) fn commit(&mut self, len: usize) {
-        let off = OFF_DATA + (self.tail & (self.capacity - 1)) as usize;
         let header = len as u64 | (u64::from(KIND_DATA) << 32);
-        // SAFETY: `reserve` checked that the whole record fits at `off` inside free space.
-        unsafe { self.shm.write(off, &header.to_le_bytes()) };
-        self.tail = self.tail.wrapping_add(record_len(len as u64));
-        debug_assert!(self.tail.wrapping_sub(self.cached_head) <= self.capacity);
+        self.stage(record_len(len as u64), header);
     }
 
     /// Makes every staged record visible to the consumer and wakes it if it sleeps.
     #[inline]
     pub(crate) fn publish(&mut self) {
         if self.tail != self.published {
+            // `tail` first, so that `head <= tail` holds whenever the consumer looks.
             tail_word(&self.shm).store(self.tail, Ordering::Release);
+            header_word(&self.shm, self.capacity, self.published)
+                .store(self.held, Ordering::Release);
             self.published = self.tail;
+            self.held = END;
             DATA_WAIT.wake(&self.shm);
         }
     }
 
+    /// Copies `data` into the ring as a staged record.
     #[inline]
-    pub(crate) fn push(&mut self, data: &[u8]) -> Result<(), PushError> {
+    pub(crate) fn stage_copy(&mut self, data: &[u8]) -> Result<(), PushError> {
         let off = self.reserve(data.len())?;
         // SAFETY: `reserve` returned room for `data.len()` payload bytes at `off`.
         unsafe { self.shm.write(off, data) };
         self.commit(data.len());
+        Ok(())
+    }
+
+    #[inline]
+    pub(crate) fn push(&mut self, data: &[u8]) -> Result<(), PushError> {
+        self.stage_copy(data)?;
         self.publish();
         Ok(())
     }
@@ -299,15 +351,85 @@ pub(crate) struct Found {
     total: u64,
 }
 
+/// What the header at `at` says, checked against the data area.
+enum Header {
+    /// The end marker: nothing published here yet.
+    End,
+    /// A data record: payload offset in the mapping, payload length, and bytes taken in all.
+    Data(Found),
+    /// Padding: skip this many bytes, to the end of the data area.
+    Pad(u64),
+}
+
+/// Reads and checks the header of the record at index `at` (Acquire: a record's bytes are
+/// visible once its header is). Never trusts it: a record must fit in what remains of the data
+/// area, padding must run exactly to its end.
+#[inline]
+fn read_header(shm: &Shm, capacity: u64, at: u64) -> Result<Header, Error> {
+    let header = header_word(shm, capacity, at).load(Ordering::Acquire);
+    if header == END {
+        return Ok(Header::End);
+    }
+    let pos = at & (capacity - 1);
+    let contiguous = capacity - pos;
+    let (len, kind) = (header & 0xffff_ffff, (header >> 32) as u32);
+    match kind {
+        KIND_DATA => {
+            let total = record_len(len);
+            if total > contiguous || len > capacity / 2 {
+                return Err(corrupt_overrun(len, pos, contiguous));
+            }
+            let off = OFF_DATA + pos as usize;
+            // A record of more than 56 bytes spans two cache lines: start the second one's
+            // transfer now, while the header's line is in hand, rather than on the first read
+            // that touches it (a 64-byte record's round trip drops by a quarter).
+            let line = off & !63;
+            if off + total as usize > line + 64 {
+                shm.prefetch(line + 64);
+            }
+            Ok(Header::Data(Found {
+                off: off + REC_HEADER as usize,
+                len: len as usize,
+                total,
+            }))
+        }
+        KIND_PAD if REC_HEADER + len == contiguous => Ok(Header::Pad(contiguous)),
+        _ => Err(corrupt_header(header, pos)),
+    }
+}
+
+/// Where the published records end, walking their headers from `head` (the consumer's published
+/// index) towards `tail`: at `tail`, unless a producer died after storing `tail` but before the
+/// header that published the records behind it, in which case the walk stops at the end marker
+/// that still hides them. Bounded by `tail - head <= capacity` bytes.
+fn published_end(shm: &Shm, capacity: u64, head: u64, tail: u64) -> Result<u64, Error> {
+    let mut at = head;
+    while at != tail {
+        let step = match read_header(shm, capacity, at)? {
+            Header::End => return Ok(at),
+            Header::Data(found) => found.total,
+            Header::Pad(skip) => skip,
+        };
+        if step > tail.wrapping_sub(at) {
+            return Err(corrupt_overrun(
+                step,
+                at & (capacity - 1),
+                tail.wrapping_sub(at),
+            ));
+        }
+        at = at.wrapping_add(step);
+    }
+    Ok(at)
+}
+
 /// The consumer's side of the protocol, over any [`Shm`].
 pub(crate) struct ConsumerCore {
     shm: Shm,
     capacity: u64,
     /// Next read position, including records released but not yet published.
-    /// Invariant: `published <= head <= cached_tail`, `cached_tail - head <= capacity`.
+    /// Invariant: `published <= head`, and the header at `head` is a record or the end marker.
     head: u64,
     published: u64,
-    cached_tail: u64,
 }
 
 impl ConsumerCore {
@@ -320,63 +442,20 @@ impl ConsumerCore {
             capacity,
             head,
             published: head,
-            cached_tail: head,
         })
-    }
-
-    #[inline]
-    fn refresh_tail(&mut self, order: Ordering) -> Result<(), Error> {
-        let tail = tail_word(&self.shm).load(order);
-        check_indices(self.head, tail, self.capacity)?;
-        self.cached_tail = tail;
-        Ok(())
     }
 
     /// The next record, if one is published. Skips padding. Reads at most two headers.
     #[inline]
     pub(crate) fn peek(&mut self) -> Result<Option<Found>, Error> {
         for _ in 0..2 {
-            if self.head == self.cached_tail {
-                self.refresh_tail(Ordering::Acquire)?;
-                if self.head == self.cached_tail {
+            match read_header(&self.shm, self.capacity, self.head)? {
+                Header::Data(found) => return Ok(Some(found)),
+                Header::Pad(skip) => self.head = self.head.wrapping_add(skip),
+                Header::End => {
                     // About to report empty: the producer may be waiting for the space we hold.
                     self.publish();
                     return Ok(None);
-                }
-                // Fresh records, just written by the other core: a record of more than 56
-                // bytes spans two cache lines, so start the second one's transfer now rather
-                // than after the header's (a 64-byte record's round trip drops by a quarter).
-                let line = (OFF_DATA + (self.head & (self.capacity - 1)) as usize) & !63;
-                self.shm.prefetch(line + 64);
-            }
-            let avail = self.cached_tail.wrapping_sub(self.head);
-            let pos = self.head & (self.capacity - 1);
-            let contiguous = self.capacity - pos;
-            let off = OFF_DATA + pos as usize;
-            let mut raw = [0u8; 8];
-            // SAFETY: `pos` is 8-aligned and below capacity, so the header lies in the data
-            // area; `avail >= 8` because both indices are multiples of 8 and differ; the
-            // producer published these bytes with the tail we loaded with Acquire.
-            unsafe { self.shm.read(off, &mut raw) };
-            let header = u64::from_le_bytes(raw);
-            let (len, kind) = (header & 0xffff_ffff, (header >> 32) as u32);
-            match kind {
-                KIND_PAD if REC_HEADER + len == contiguous && contiguous <= avail => {
-                    self.head = self.head.wrapping_add(contiguous);
-                }
-                KIND_DATA => {
-                    let total = record_len(len);
-                    if total > contiguous || total > avail || len > self.capacity / 2 {
-                        return Err(corrupt_overrun(len, pos, avail, contiguous));
-                    }
-                    return Ok(Some(Found {
-                        off: off + REC_HEADER as usize,
-                        len: len as usize,
-                        total,
-                    }));
-                }
-                _ => {
-                    return Err(corrupt_header(header, pos));
                 }
             }
         }
@@ -389,7 +468,6 @@ impl ConsumerCore {
     #[inline]
     pub(crate) fn release(&mut self, found: Found) {
         self.head = self.head.wrapping_add(found.total);
-        debug_assert!(self.cached_tail.wrapping_sub(self.head) <= self.capacity);
         if self.head.wrapping_sub(self.published) >= self.capacity / 4 {
             self.publish();
         }
@@ -416,7 +494,8 @@ impl ConsumerCore {
                 } else {
                     out.truncate(found.len);
                 }
-                // SAFETY: `peek` checked that the payload lies inside published bytes.
+                // SAFETY: `peek` checked that the payload lies inside the data area, in a
+                // record published by the header it loaded with Acquire.
                 unsafe { self.shm.read(found.off, out) };
                 self.release(found);
                 Ok(true)
@@ -424,18 +503,18 @@ impl ConsumerCore {
         }
     }
 
-    /// Whether the ring holds unread bytes: the waiter's re-check in the wait protocol.
+    /// Whether a record is published at `head`: the waiter's re-check in the wait protocol.
     fn has_data_seqcst(&mut self) -> Result<bool, Error> {
-        if self.head != self.cached_tail {
-            return Ok(true);
-        }
-        self.refresh_tail(Ordering::Acquire)?;
-        Ok(self.head != self.cached_tail)
+        Ok(!matches!(
+            read_header(&self.shm, self.capacity, self.head)?,
+            Header::End
+        ))
     }
 
     pub(crate) fn pending_bytes(&mut self) -> Result<usize, Error> {
-        self.refresh_tail(Ordering::Acquire)?;
-        Ok(self.cached_tail.wrapping_sub(self.head) as usize)
+        let tail = tail_word(&self.shm).load(Ordering::Acquire);
+        check_indices(self.head, tail, self.capacity)?;
+        Ok(tail.wrapping_sub(self.head) as usize)
     }
 }
 

@@ -41,21 +41,37 @@ fn spsc_tail_beyond_capacity_is_reported() {
     let (mut p, mut c) = spsc::create(&path, 4096).unwrap();
     p.push(b"12345678").unwrap();
     poke(&path, TAIL, &(4096u64 + 64).to_le_bytes());
-    let what = corrupt_what(c.pop(&mut Vec::new()));
+    let what = corrupt_what(c.pending_bytes());
     assert!(what.contains("indices"), "{what}");
     drop(c);
     assert!(corrupt_what(spsc::Consumer::open(&path).map(|_| ())).contains("indices"));
+    drop(p);
+    assert!(corrupt_what(spsc::Producer::open(&path).map(|_| ())).contains("indices"));
 }
 
 #[test]
-fn spsc_record_longer_than_published_bytes_is_reported() {
+fn spsc_record_overrunning_the_data_area_is_reported() {
     let s = Scratch::new("bad-len");
     let path = s.path("r");
     let (mut p, mut c) = spsc::create(&path, 4096).unwrap();
     p.push(b"12345678").unwrap();
-    // Length 1000 in a record whose published extent is 16 bytes.
-    poke(&path, DATA, &1000u32.to_le_bytes());
+    // 4090 bytes from offset 0 would end past the 4096-byte data area.
+    poke(&path, DATA, &4090u32.to_le_bytes());
     let what = corrupt_what(c.pop(&mut Vec::new()));
+    assert!(what.contains("overruns"), "{what}");
+}
+
+#[test]
+fn spsc_record_longer_than_published_bytes_is_reported_to_a_new_producer() {
+    let s = Scratch::new("bad-published");
+    let path = s.path("r");
+    let (mut p, _c) = spsc::create(&path, 4096).unwrap();
+    p.push(b"12345678").unwrap();
+    drop(p);
+    // Length 1000 in a record whose published extent is 16 bytes: a producer taking over walks
+    // the published records to find where they end, and refuses this one.
+    poke(&path, DATA, &1000u32.to_le_bytes());
+    let what = corrupt_what(spsc::Producer::open(&path).map(|_| ()));
     assert!(what.contains("overruns"), "{what}");
 }
 
@@ -129,9 +145,10 @@ fn mpmc_stamps_that_never_match_are_reported_not_looped_on() {
     let q = queue(&path);
     let mut c = q.consumer().unwrap();
     let mut p = q.producer().unwrap();
-    // Every stamp "ahead" of every lap a reader could be at: no slot is ever ready or free.
+    // Every stamp a write in progress, laps "ahead" of every lap a handle could be at: no slot
+    // is ever ready or free, however far a handle jumps.
     for i in 0..4 {
-        poke(&path, slot(i), &(((1u64 << 55) - 4) << 8).to_le_bytes());
+        poke(&path, slot(i), &(((1u64 << 55) - 3) << 8).to_le_bytes());
     }
     let what = corrupt_what(c.claim().map(|c| c.is_some()));
     assert!(what.contains("progress"), "{what}");

@@ -12,7 +12,8 @@ fn msg(id: u8, len: usize) -> Vec<u8> {
 }
 
 /// Records published by the producer arrive whole and in order, across the wrap (capacity 64,
-/// 24-byte records take 32 bytes each: the third must wait for space, the fourth pads).
+/// records of 24, 16 and 24 bytes take 32, 24 and 32, and 8 more stay free for the end marker:
+/// the third waits for space and goes to offset 0 behind padding).
 #[test]
 fn spsc_records_arrive_whole_and_in_order_across_the_wrap() {
     loom::model(|| {
@@ -32,6 +33,41 @@ fn spsc_records_arrive_whole_and_in_order_across_the_wrap() {
             }
             assert_eq!(out, msg(i as u8, len));
         }
+        producer.join().unwrap();
+        assert!(!c.pop(&mut out));
+    });
+}
+
+/// Records staged together become visible together, through the one header the publication
+/// stores last: the consumer sees none of a batch or all of it, in order. The second batch
+/// starts with padding (16 bytes left at offset 48, the record takes 24) held back the same way.
+#[test]
+fn spsc_staged_batches_appear_whole() {
+    loom::model(|| {
+        let (mut p, mut c) = model::spsc(64);
+        let producer = thread::spawn(move || {
+            assert!(p.stage(&msg(0, 8)));
+            assert!(p.stage(&msg(1, 24)));
+            p.publish();
+            while !p.stage(&msg(2, 16)) {
+                thread::yield_now();
+            }
+            p.publish();
+        });
+        let mut out = Vec::new();
+        while !c.pop(&mut out) {
+            thread::yield_now();
+        }
+        assert_eq!(out, msg(0, 8));
+        assert!(
+            c.pop(&mut out),
+            "the rest of the batch is visible with its first record"
+        );
+        assert_eq!(out, msg(1, 24));
+        while !c.pop(&mut out) {
+            thread::yield_now();
+        }
+        assert_eq!(out, msg(2, 16));
         producer.join().unwrap();
         assert!(!c.pop(&mut out));
     });

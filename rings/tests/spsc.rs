@@ -40,19 +40,19 @@ fn empty_record_round_trips() {
 fn full_ring_says_so_and_recovers_after_a_pop() {
     let s = Scratch::new("spsc-full");
     let (mut p, mut c) = spsc::create(s.path("r"), 256).unwrap();
-    // Each 24-byte record takes 32 bytes: 8 fit in 256.
-    for i in 0..8 {
+    // Each 24-byte record takes 32 bytes, and the end marker 8 more: 7 fit in 256.
+    for i in 0..7 {
         p.push(&common::message(i, 24)).unwrap();
     }
     assert!(matches!(
-        p.push(&common::message(8, 24)),
+        p.push(&common::message(7, 24)),
         Err(PushError::Full)
     ));
     let mut out = Vec::new();
     assert!(c.pop(&mut out).unwrap());
     c.publish();
-    p.push(&common::message(8, 24)).unwrap();
-    for want in 1..9 {
+    p.push(&common::message(7, 24)).unwrap();
+    for want in 1..8 {
         assert!(c.pop(&mut out).unwrap());
         assert_eq!(common::check(&out), want);
     }
@@ -125,6 +125,36 @@ fn zero_copy_reserve_commit_publish_peek_release() {
 }
 
 #[test]
+fn a_producer_that_died_between_tail_and_header_is_taken_over() {
+    use std::os::unix::fs::FileExt;
+    const TAIL: u64 = 128;
+    let s = Scratch::new("spsc-half-published");
+    let path = s.path("r");
+    let (mut p, mut c) = spsc::create(&path, 4096).unwrap();
+    // 24 bytes at offset 0, the end marker at 24.
+    p.push(&common::message(1, 16)).unwrap();
+    drop(p);
+    // What a producer leaves when it dies after storing `tail` for one more record but before
+    // the header that would publish it: `tail` at 48, the end marker still at 24.
+    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    file.write_all_at(&48u64.to_le_bytes(), TAIL).unwrap();
+    assert_eq!(c.pending_bytes().unwrap(), 48);
+    let mut p = spsc::Producer::open(&path).unwrap();
+    assert_eq!(
+        c.pending_bytes().unwrap(),
+        24,
+        "the unpublished record's space is taken back"
+    );
+    p.push(&common::message(2, 16)).unwrap();
+    let mut out = Vec::new();
+    for want in [1, 2] {
+        assert!(c.pop(&mut out).unwrap());
+        assert_eq!(common::check(&out), want);
+    }
+    assert!(!c.pop(&mut out).unwrap());
+}
+
+#[test]
 fn staged_records_are_published_when_the_ring_fills() {
     let s = Scratch::new("spsc-stage");
     let (mut p, mut c) = spsc::create(s.path("r"), 128).unwrap();
@@ -139,7 +169,8 @@ fn staged_records_are_published_when_the_ring_fills() {
             Err(e) => panic!("{e}"),
         }
     }
-    assert_eq!(n, 8);
+    // 16 bytes each, 8 of them held for the end marker: 7 in 128.
+    assert_eq!(n, 7);
     let mut out = Vec::new();
     let mut got = 0;
     while c.pop(&mut out).unwrap() {
@@ -307,9 +338,10 @@ impl Model {
         let contiguous = CAP - self.tail % CAP;
         (if contiguous < need { contiguous } else { 0 }, need)
     }
+    /// The record and its padding fit, with the 8-byte end marker after them.
     fn fits(&self, len: usize) -> bool {
         let (pad, need) = self.footprint(len);
-        pad + need <= CAP - (self.tail - self.head_published)
+        pad + need + 8 <= CAP - (self.tail - self.head_published)
     }
     fn stage(&mut self, m: Vec<u8>) {
         let (pad, need) = self.footprint(m.len());
