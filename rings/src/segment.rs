@@ -39,8 +39,9 @@ use crate::primitive::{Ordering, Shm};
 use crate::sys::{self, ProcessId};
 
 pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"LEVEERNG");
-/// The layout version this build reads and writes.
-pub const LAYOUT_VERSION: u32 = 1;
+/// The layout version this build reads and writes. 2: SPSC records are published by their
+/// header and followed by an end marker; MPMC slots are packed at 16-byte strides.
+pub const LAYOUT_VERSION: u32 = 2;
 /// Every shared field that two sides write sits on its own line of this size.
 pub(crate) const LINE: usize = 128;
 pub(crate) const HEADER_LEN: usize = LINE;

@@ -115,9 +115,9 @@ fn queue(path: &std::path::Path) -> Queue {
     .unwrap()
 }
 
-/// Offset of slot `i` of the main ring in the queue above: control, 4 entries of 128, slots of 128.
+/// Offset of slot `i` of the main ring in the queue above: control, 4 entries of 128, slots of 80.
 fn slot(i: u64) -> u64 {
-    1024 + 4 * 128 + 128 * i
+    1024 + 4 * 128 + 80 * i
 }
 
 #[test]

@@ -8,7 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use common::Scratch;
-use levee_rings::{Error, RingKind, mpmc, spsc};
+use levee_rings::{Error, LAYOUT_VERSION, RingKind, mpmc, spsc};
 
 fn patch(path: &std::path::Path, offset: u64, bytes: &[u8]) {
     let mut f = OpenOptions::new().write(true).open(path).unwrap();
@@ -117,18 +117,19 @@ fn wrong_version_is_refused_by_name() {
     let s = Scratch::new("seg-version");
     let path = s.path("r");
     drop(spsc::create(&path, 4096).unwrap());
-    patch(&path, 8, &99u32.to_le_bytes());
-    match spsc::Consumer::open(&path) {
-        Err(
-            e @ Error::Version {
-                found: 99,
-                supported: 1,
-                ..
-            },
-        ) => {
-            assert!(e.to_string().contains("version 99"), "{e}")
+    // 99, and 1: a ring of the first layout, whose SPSC records were published by `tail` alone.
+    for old in [99u32, 1] {
+        patch(&path, 8, &old.to_le_bytes());
+        match spsc::Consumer::open(&path) {
+            Err(
+                e @ Error::Version {
+                    found, supported, ..
+                },
+            ) if found == old && supported == LAYOUT_VERSION => {
+                assert!(e.to_string().contains(&format!("version {old}")), "{e}")
+            }
+            other => panic!("expected Version, got {:?}", other.err()),
         }
-        other => panic!("expected Version, got {:?}", other.err()),
     }
 }
 
