@@ -9,7 +9,7 @@ import hashlib
 import os
 import string
 
-from procs import BenchError, wait_listening
+from procs import BenchError, pinned, wait_listening
 
 TEMPLATES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates")
 
@@ -59,6 +59,22 @@ def cpu_mask(cpu):
     return "1" + "0" * cpu
 
 
+def write_config(env, template_name, file_name, values):
+    """Fills in a template and writes it into the run's directory; returns (text, path)."""
+    text = render(template_name, values)
+    path = os.path.join(env.dir, file_name)
+    with open(path, "w") as f:
+        f.write(text)
+    return text, path
+
+
+def nginx_argv(env, cpu, name, config_path):
+    """nginx in the foreground on `cpu`, its early errors in `<name>.err` in the run's directory."""
+    return pinned(
+        cpu, "nginx", "-p", env.dir, "-e", os.path.join(env.dir, f"{name}.err"), "-c", config_path
+    )
+
+
 class Contender:
     """One way of serving the load: `direct` to the backend, or one of the proxies."""
 
@@ -95,13 +111,10 @@ class Levee(Contender):
         super().__init__("levee", "levee", 1, "#d95f02")
 
     def prepare(self, env):
-        self.config_text = render(
-            "levee.conf", env.values(cpu=env.proxy_cpu, port=self.port(env))
+        self.config_text, path = write_config(
+            env, "levee.conf", "levee.conf", env.values(cpu=env.proxy_cpu, port=self.port(env))
         )
-        path = os.path.join(env.dir, "levee.conf")
-        with open(path, "w") as f:
-            f.write(self.config_text)
-        self.argv = ["taskset", "-c", str(env.proxy_cpu), env.levee, "run", "-c", path]
+        self.argv = pinned(env.proxy_cpu, env.levee, "run", "-c", path)
         return self.argv
 
     def describe(self):
@@ -113,14 +126,11 @@ class HAProxy(Contender):
         super().__init__("haproxy", "HAProxy", 2, "#1f77b4")
 
     def prepare(self, env):
-        self.config_text = render(
-            "haproxy.cfg", env.values(cpu=env.proxy_cpu, port=self.port(env))
+        self.config_text, path = write_config(
+            env, "haproxy.cfg", "haproxy.cfg", env.values(cpu=env.proxy_cpu, port=self.port(env))
         )
-        path = os.path.join(env.dir, "haproxy.cfg")
-        with open(path, "w") as f:
-            f.write(self.config_text)
         # -db: stay in the foreground, so the process we started is the one that relays.
-        self.argv = ["taskset", "-c", str(env.proxy_cpu), "haproxy", "-db", "-f", path]
+        self.argv = pinned(env.proxy_cpu, "haproxy", "-db", "-f", path)
         return self.argv
 
     def describe(self):
@@ -132,17 +142,11 @@ class NginxStream(Contender):
         super().__init__("nginx", "nginx stream", 3, "#2ca02c")
 
     def prepare(self, env):
-        self.config_text = render(
-            "nginx-stream.conf",
+        self.config_text, path = write_config(
+            env, "nginx-stream.conf", "nginx-stream.conf",
             env.values(cpu_mask=cpu_mask(env.proxy_cpu), port=self.port(env)),
         )
-        path = os.path.join(env.dir, "nginx-stream.conf")
-        with open(path, "w") as f:
-            f.write(self.config_text)
-        self.argv = [
-            "taskset", "-c", str(env.proxy_cpu), "nginx",
-            "-p", env.dir, "-e", os.path.join(env.dir, "nginx-stream.err"), "-c", path,
-        ]
+        self.argv = nginx_argv(env, env.proxy_cpu, "nginx-stream", path)
         return self.argv
 
     def describe(self):
@@ -183,17 +187,11 @@ class Backend:
             "/": (len(self.SMALL_BODY), hashlib.sha256(self.SMALL_BODY).hexdigest()),
             "/big.bin": ((bulk_bytes >> 20) << 20, h.hexdigest()),
         }
-        self.config_text = render(
-            "backend-nginx.conf",
+        self.config_text, path = write_config(
+            env, "backend-nginx.conf", "backend.conf",
             env.values(cpu_mask=cpu_mask(env.backend_cpu), port=env.backend_port),
         )
-        path = os.path.join(env.dir, "backend.conf")
-        with open(path, "w") as f:
-            f.write(self.config_text)
-        self.argv = [
-            "taskset", "-c", str(env.backend_cpu), "nginx",
-            "-p", env.dir, "-e", os.path.join(env.dir, "backend.err"), "-c", path,
-        ]
+        self.argv = nginx_argv(env, env.backend_cpu, "backend", path)
         return self.argv
 
     def start(self, env, procs):

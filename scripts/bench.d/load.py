@@ -7,7 +7,7 @@ import socket
 import subprocess
 import time
 
-from procs import BenchError, established_to
+from procs import BenchError, established_to, pinned
 
 LUA = os.path.join(
     os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
@@ -17,11 +17,11 @@ MARK = "LEVEE_BENCH "
 
 
 def wrk_argv(env, port, *, connections, seconds, path="/", close=False, timeout_s=5):
-    argv = [
-        "taskset", "-c", str(env.load_cpu), "wrk",
+    argv = pinned(
+        env.load_cpu, "wrk",
         "-t1", f"-c{connections}", f"-d{seconds:g}s", f"--timeout={timeout_s}s", "--latency",
         "-s", LUA,
-    ]
+    )
     if close:
         argv += ["-H", "Connection: close"]
     argv.append(f"http://127.0.0.1:{port}{path}")

@@ -16,6 +16,11 @@ import time
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
+def pinned(cpu, *argv):
+    """The command line `argv` run on one CPU."""
+    return ["taskset", "-c", str(cpu), *argv]
+
+
 class BenchError(Exception):
     """A failure the user must see and act on; the bench stops with its message."""
 
