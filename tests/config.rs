@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use levee::config::registry::{self, KEYS, Scope};
-use levee::config::{self, Balance, Config, ConfigErrors, CoreSet, ErrorKind, HashKey, LogLevel};
+use levee::config::{
+    self, Balance, Config, ConfigErrors, CoreSet, ErrorKind, HashKey, LogLevel, SchedPolicy,
+};
 use proptest::prelude::*;
 
 const MINIMAL: &str = "\
@@ -287,6 +289,10 @@ fn counts_enforce_powers_of_two_and_primes() {
         errors(&format!("{MINIMAL}pool.web.balance = Maglev\n")),
         "levee.conf:4: pool.web.balance: expected one of maglev, round_robin, weighted, least_conn, \
          p2c, source_hash, found `Maglev`"
+    );
+    assert_eq!(
+        errors(&format!("{MINIMAL}engine.sched_policy = fifo\n")),
+        "levee.conf:4: engine.sched_policy: expected one of batch, normal, found `fifo`"
     );
     assert_eq!(
         errors(&format!("{MINIMAL}engine.cores = 3-1\n")),
@@ -736,6 +742,7 @@ engine.connect_timeout = 5s
 engine.connect_retries = 2
 engine.idle_timeout = 5m
 engine.drain_timeout = 10s
+engine.sched_policy = batch
 log.level = info
 ctl.socket = /run/levee.sock
 listener.web.addr = 0.0.0.0:8080
@@ -820,7 +827,7 @@ fn get_and_set_runtime_keys() {
 
 #[test]
 fn the_registry_describes_every_key() {
-    assert_eq!(KEYS.len(), 39);
+    assert_eq!(KEYS.len(), 40);
     let runtime: Vec<&str> = KEYS.iter().filter(|k| k.runtime).map(|k| k.name).collect();
     assert_eq!(
         runtime,
@@ -1098,6 +1105,7 @@ fn engine_strategy() -> impl Strategy<Value = config::EngineConfig> {
         0..=7u32,
         duration_strategy(0, 86_400_000),
         duration_strategy(0, 3_600_000),
+        prop::sample::select(SchedPolicy::NAMES),
     )
         .prop_map(
             |(
@@ -1111,6 +1119,7 @@ fn engine_strategy() -> impl Strategy<Value = config::EngineConfig> {
                 connect_retries,
                 idle_timeout,
                 drain_timeout,
+                sched_policy,
             )| config::EngineConfig {
                 cores,
                 ring_entries,
@@ -1122,6 +1131,7 @@ fn engine_strategy() -> impl Strategy<Value = config::EngineConfig> {
                 connect_retries,
                 idle_timeout,
                 drain_timeout,
+                sched_policy: SchedPolicy::from_name(sched_policy).expect("a listed name"),
             },
         )
 }

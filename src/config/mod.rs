@@ -88,6 +88,8 @@ pub struct EngineConfig {
     pub idle_timeout: Duration,
     /// `engine.drain_timeout`: on SIGTERM, how long connections in flight may take to finish.
     pub drain_timeout: Duration,
+    /// `engine.sched_policy`: the scheduling policy of the forwarder threads.
+    pub sched_policy: SchedPolicy,
 }
 
 /// Every engine setting at its default.
@@ -133,6 +135,17 @@ pub enum LogLevel {
     Info,
     Debug,
     Trace,
+}
+
+/// `engine.sched_policy`: how the kernel schedules a forwarder thread against the other tasks
+/// on its CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SchedPolicy {
+    /// `SCHED_BATCH`: a forwarder that wakes does not preempt the task running on its CPU; it
+    /// runs when that task sleeps or its slice ends, and then handles everything that arrived.
+    Batch,
+    /// `SCHED_OTHER`: a forwarder may preempt the running task as soon as a completion wakes it.
+    Normal,
 }
 
 /// `listener.NAME.*`

@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use super::{AdminState, AllDown, Balance, CheckKind, HashKey, LogLevel};
+use super::{AdminState, AllDown, Balance, CheckKind, HashKey, LogLevel, SchedPolicy};
 
 macro_rules! value_names {
     ($ty:ident { $($variant:ident => $name:literal),+ $(,)? }) => {
@@ -64,6 +64,11 @@ value_names!(AdminState {
     Drain => "drain",
 });
 
+value_names!(SchedPolicy {
+    Batch => "batch",
+    Normal => "normal",
+});
+
 value_names!(LogLevel {
     Error => "error",
     Warn => "warn",
@@ -86,6 +91,12 @@ mod tests {
         }
         for name in LogLevel::NAMES {
             assert_eq!(LogLevel::from_name(name).map(LogLevel::name), Some(*name));
+        }
+        for name in SchedPolicy::NAMES {
+            assert_eq!(
+                SchedPolicy::from_name(name).map(SchedPolicy::name),
+                Some(*name)
+            );
         }
         assert_eq!(Balance::from_name("Maglev"), None);
         assert_eq!(HashKey::SourceIpPort.to_string(), "src_ip_port");

@@ -14,7 +14,7 @@ use std::time::Duration;
 use super::value::{self, CountRule};
 use super::{
     AdminState, AllDown, BackendConfig, Balance, CheckKind, CoreSet, CtlConfig, EngineConfig,
-    HashKey, HealthConfig, ListenerConfig, LogConfig, LogLevel, PoolConfig,
+    HashKey, HealthConfig, ListenerConfig, LogConfig, LogLevel, PoolConfig, SchedPolicy,
 };
 
 /// Which object a key belongs to, which also says how many `NAME` segments its pattern has.
@@ -268,6 +268,7 @@ impl Target for EngineConfig {
             connect_retries: 0,
             idle_timeout: Duration::ZERO,
             drain_timeout: Duration::ZERO,
+            sched_policy: SchedPolicy::Normal,
         }
     }
     fn field(slot: &Slot) -> Option<&Field<Self>> {
@@ -685,6 +686,22 @@ pub static KEYS: &[KeySpec] = &[
             max: ms(HOUR),
             get: |e| e.drain_timeout,
             set: |e, v| e.drain_timeout = v,
+        }),
+    },
+    KeySpec {
+        name: "engine.sched_policy",
+        default: Some("batch"),
+        unit: "",
+        runtime: false,
+        description: "Forwarder threads' scheduling: batch waits for the running task on its CPU, normal preempts it on every wakeup",
+        slot: Slot::Engine(Field::Choice {
+            names: SchedPolicy::NAMES,
+            get: |e| e.sched_policy.name(),
+            set: |e, v| {
+                SchedPolicy::from_name(v)
+                    .map(|v| e.sched_policy = v)
+                    .is_some()
+            },
         }),
     },
     KeySpec {

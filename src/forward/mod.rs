@@ -24,7 +24,7 @@ use socket2::SockAddr;
 use tracing::{info, warn};
 
 use crate::balance::{Balancer, BuildError, MAX_CANDIDATES, PoolLoad};
-use crate::config::{AllDown, Balance, Config, EngineConfig, HashKey};
+use crate::config::{AllDown, Balance, Config, EngineConfig, HashKey, SchedPolicy};
 use crate::health::{Monitor, PoolHealth};
 use crate::stats::{ForwarderStats, Totals};
 use forwarder::{Forwarder, Setup};
@@ -272,6 +272,7 @@ impl Engine {
                 tunables: tunables.clone(),
             };
             let ready = ready_tx.clone();
+            let policy = cfg.engine.sched_policy;
             let spawned = std::thread::Builder::new()
                 .name(format!("levee-fwd-{index}"))
                 .spawn(move || {
@@ -280,6 +281,14 @@ impl Engine {
                             forwarder = index,
                             cpu = core,
                             "could not pin the forwarder to its CPU"
+                        );
+                    }
+                    if let Err(error) = set_sched_policy(policy) {
+                        warn!(
+                            forwarder = index,
+                            policy = policy.name(),
+                            %error,
+                            "could not set the forwarder's scheduling policy"
                         );
                     }
                     match Forwarder::new(setup) {
@@ -330,6 +339,7 @@ impl Engine {
             forwarders = cores.len(),
             cpus = ?cores,
             defer_taskrun = caps.defer_taskrun,
+            sched_policy = cfg.engine.sched_policy.name(),
             "forwarders ready"
         );
         match Monitor::start(&engine.pools, &cfg.pools) {
@@ -410,4 +420,23 @@ fn local_addr(fd: &OwnedFd) -> io::Result<SocketAddr> {
         .local_addr()?
         .as_socket()
         .ok_or_else(|| io::Error::other("listener bound to a non-IP address"))
+}
+
+/// Gives the calling thread `policy`. A forwarder gathers every completion that is ready in one
+/// turn of its loop, so under `batch` a wakeup waits for the task running on its CPU (often the
+/// backend it relays to) to sleep or use up its slice, and one turn then handles what arrived
+/// meanwhile; under `normal` each wakeup may preempt that task, and both pay for the extra
+/// context switches.
+fn set_sched_policy(policy: SchedPolicy) -> io::Result<()> {
+    let raw = match policy {
+        SchedPolicy::Batch => libc::SCHED_BATCH,
+        SchedPolicy::Normal => libc::SCHED_OTHER,
+    };
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: pid 0 is the calling thread; `param` outlives the call.
+    if unsafe { libc::sched_setscheduler(0, raw, &param) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use levee::config::{
     BackendConfig, Balance, Config, CoreSet, CtlConfig, EngineConfig, HashKey, ListenerConfig,
-    LogConfig, PoolConfig,
+    LogConfig, PoolConfig, SchedPolicy,
 };
 use levee::forward::Engine;
 
@@ -31,6 +31,7 @@ pub fn engine_config() -> EngineConfig {
         connect_retries: 2,
         idle_timeout: Duration::from_secs(60),
         drain_timeout: Duration::from_secs(2),
+        sched_policy: SchedPolicy::Batch,
     }
 }
 
