@@ -107,18 +107,22 @@ class Direct(Contender):
 
 
 class Levee(Contender):
-    def __init__(self):
-        super().__init__("levee", "levee", 1, "#d95f02")
+    def __init__(self, key="levee", label="levee", port_offset=1, color="#d95f02",
+                 sched_policy="batch"):
+        super().__init__(key, label, port_offset, color)
+        self.sched_policy = sched_policy
 
     def prepare(self, env):
         self.config_text, path = write_config(
-            env, "levee.conf", "levee.conf", env.values(cpu=env.proxy_cpu, port=self.port(env))
+            env, "levee.conf", f"{self.key}.conf",
+            env.values(cpu=env.proxy_cpu, port=self.port(env), sched_policy=self.sched_policy),
         )
         self.argv = pinned(env.proxy_cpu, env.levee, "run", "-c", path)
         return self.argv
 
     def describe(self):
-        return "levee, one forwarder (`engine.cores` = the proxy CPU)"
+        return (f"levee, one forwarder (`engine.cores` = the proxy CPU), "
+                f"`engine.sched_policy = {self.sched_policy}`")
 
 
 class HAProxy(Contender):
@@ -153,8 +157,12 @@ class NginxStream(Contender):
         return "nginx `stream` module, `worker_processes 1`, `worker_cpu_affinity` to the proxy CPU"
 
 
-ALL = [Direct(), Levee(), HAProxy(), NginxStream()]
+ALL = [Direct(), Levee(), HAProxy(), NginxStream(),
+       # Only on request (--contenders): levee with the forwarder's default scheduling policy
+       # switched back to SCHED_OTHER, to measure what SCHED_BATCH is worth on this layout.
+       Levee("levee_normal", "levee, sched normal", 4, "#a6761d", sched_policy="normal")]
 BY_KEY = {c.key: c for c in ALL}
+DEFAULT = ["direct", "levee", "haproxy", "nginx"]
 
 
 class Backend:

@@ -564,11 +564,12 @@ def console_summary(result):
     summary = summarize(result["measurements"], [c["key"] for c in result["contenders"]])
     result = dict(result, summary=summary)
     lines = ["", "summary (medians; ratio = median of per-round ratios to HAProxy):"]
+    width = max([8] + [len(c["key"]) for c in result["contenders"]])
     for scenario in ("keepalive", "close", "bulk", "idle"):
         for step in sorted(steps_of(result, scenario), key=step_sort_key):
             for key, s in result["summary"][scenario][step].items():
                 rate = fmt_metric(scenario, "rate", s["rate"])
-                line = f"  {scenario:9s} {step:6s} {key:8s} {rate:>16s} x{fratio(vs(s, 'haproxy', 'rate')):>6s}"
+                line = f"  {scenario:9s} {step:6s} {key:{width}s} {rate:>16s} x{fratio(vs(s, 'haproxy', 'rate')):>6s}"
                 if s.get("p99_us") is not None and scenario != "idle":
                     line += f"  p99 {fms(s['p99_us']):>9s}"
                 if s.get("cpu_per_unit") is not None:
@@ -611,7 +612,7 @@ def series_for(result, scenario, steps, key, scale=1.0, proxies_only=False, rang
 
 def color_of(key):
     return {"direct": "#8c8c8c", "levee": "#d95f02", "haproxy": "#1f77b4",
-            "nginx": "#2ca02c"}.get(key, "#777")
+            "nginx": "#2ca02c", "levee_normal": "#a6761d"}.get(key, "#777")
 
 
 def charts_svg(result):
