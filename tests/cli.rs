@@ -194,29 +194,6 @@ fn run_serves_and_sigterm_drains_and_exits_zero() {
     );
 }
 
-/// The scheduling policy (field 41 of `/proc/PID/task/TID/stat`) of each of `pid`'s threads
-/// whose name starts with `levee-fwd-`.
-fn forwarder_policies(pid: u32) -> Vec<u32> {
-    let mut policies = Vec::new();
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks") {
-        let dir = task.expect("task").path();
-        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
-        if !comm.starts_with("levee-fwd-") {
-            continue;
-        }
-        let stat = std::fs::read_to_string(dir.join("stat")).expect("stat");
-        // The name in parentheses may hold spaces; the fields after it are plain.
-        let after_name = &stat[stat.rfind(')').expect("stat name") + 2..];
-        let policy = after_name
-            .split(' ')
-            .nth(41 - 3)
-            .and_then(|f| f.parse().ok())
-            .expect("policy field");
-        policies.push(policy);
-    }
-    policies
-}
-
 #[test]
 fn forwarders_run_under_the_configured_scheduling_policy() {
     let backend = Backend::named("scheduled");
@@ -242,7 +219,7 @@ fn forwarders_run_under_the_configured_scheduling_policy() {
             .spawn()
             .expect("spawn");
         wait_for_listener(addr, &mut child);
-        let policies = forwarder_policies(child.id());
+        let policies = common::forwarder_policies(child.id());
         sigterm(&child);
         let log = stop_and_log(&mut child);
         assert_eq!(policies, vec![policy as u32], "setting {setting:?}: {log}");

@@ -835,6 +835,7 @@ fn the_registry_describes_every_key() {
             "engine.connect_timeout",
             "engine.connect_retries",
             "engine.idle_timeout",
+            "engine.sched_policy",
             "log.level",
             "pool.NAME.bound",
             "pool.NAME.backend.NAME.weight",

@@ -174,6 +174,35 @@ fn every_runtime_key_applies_to_the_running_engine() {
 }
 
 #[test]
+fn the_scheduling_policy_changes_on_the_running_forwarders() {
+    let l = Running::start("sched");
+    let pid = l.child.id();
+    assert_eq!(
+        common::forwarder_policies(pid),
+        vec![libc::SCHED_BATCH as u32]
+    );
+    let out = l.ctl(&["-w", "engine.sched_policy=normal"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "engine.sched_policy = normal\n");
+    assert_eq!(
+        common::forwarder_policies(pid),
+        vec![libc::SCHED_OTHER as u32]
+    );
+    let out = l.ctl(&["-w", "engine.sched_policy=fifo"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("engine.sched_policy: expected one of batch, normal"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        common::forwarder_policies(pid),
+        vec![libc::SCHED_OTHER as u32]
+    );
+    assert_eq!(l.answers(), "a");
+}
+
+#[test]
 fn refuses_what_cannot_change_and_bad_values_and_changes_nothing() {
     let l = Running::start("refuse");
     let out = l.ctl(&["-w", "listener.web.addr=127.0.0.1:1"]);

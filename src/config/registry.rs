@@ -692,7 +692,7 @@ pub static KEYS: &[KeySpec] = &[
         name: "engine.sched_policy",
         default: Some("batch"),
         unit: "",
-        runtime: false,
+        runtime: true,
         description: "Forwarder threads' scheduling: batch waits for the running task on its CPU, normal preempts it on every wakeup",
         slot: Slot::Engine(Field::Choice {
             names: SchedPolicy::NAMES,

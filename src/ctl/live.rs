@@ -117,6 +117,10 @@ impl Live {
             ("engine.connect_timeout", []) => self.tunables.set_connect_timeout(e.connect_timeout),
             ("engine.connect_retries", []) => self.tunables.set_connect_retries(e.connect_retries),
             ("engine.idle_timeout", []) => self.tunables.set_idle_timeout(e.idle_timeout),
+            ("engine.sched_policy", []) => self
+                .tunables
+                .set_sched_policy(e.sched_policy)
+                .map_err(|err| format!("{key}: {err}"))?,
             ("log.level", []) => (self.set_log_level)(cfg.log.level),
             ("pool.NAME.bound", [p]) => {
                 let p = pool(p)?;

@@ -14,9 +14,9 @@ use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -90,12 +90,15 @@ impl fmt::Display for StartError {
 impl std::error::Error for StartError {}
 
 /// Engine settings that may change while levee runs (`levee ctl -w`). Forwarders read them
-/// with a relaxed load where they use them: per new connection, per tick.
+/// with a relaxed load where they use them: per new connection, per tick. The scheduling policy
+/// is applied to the forwarder threads from outside, so forwarders never look at it.
 #[derive(Debug)]
 pub struct Tunables {
     connect_timeout_ms: AtomicU64,
     connect_retries: AtomicU32,
     idle_timeout_ms: AtomicU64,
+    /// Kernel thread ids of the running forwarders; touched at start and by `levee ctl` only.
+    forwarder_tids: Mutex<Vec<libc::pid_t>>,
 }
 
 impl Tunables {
@@ -104,6 +107,7 @@ impl Tunables {
             connect_timeout_ms: AtomicU64::new(0),
             connect_retries: AtomicU32::new(0),
             idle_timeout_ms: AtomicU64::new(0),
+            forwarder_tids: Mutex::new(Vec::new()),
         };
         t.set_connect_timeout(e.connect_timeout);
         t.set_connect_retries(e.connect_retries);
@@ -135,6 +139,37 @@ impl Tunables {
 
     pub fn idle_timeout_ms(&self) -> u64 {
         self.idle_timeout_ms.load(Ordering::Relaxed)
+    }
+
+    /// Gives every forwarder thread `policy`, or says which one refused.
+    pub fn set_sched_policy(&self, policy: SchedPolicy) -> io::Result<()> {
+        let tids = self
+            .forwarder_tids
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for (index, &tid) in tids.iter().enumerate() {
+            match set_sched_policy(tid, policy) {
+                Ok(()) => {}
+                // A forwarder that has already finished draining has nothing left to schedule.
+                Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
+                Err(e) => return Err(io::Error::new(e.kind(), format!("forwarder {index}: {e}"))),
+            }
+        }
+        Ok(())
+    }
+
+    /// Records the calling thread as forwarder `index`, for [`Self::set_sched_policy`].
+    fn register_forwarder(&self, index: usize) {
+        // SAFETY: gettid(2) has no preconditions.
+        let tid = unsafe { libc::gettid() };
+        let mut tids = self
+            .forwarder_tids
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if tids.len() <= index {
+            tids.resize(index + 1, 0);
+        }
+        tids[index] = tid;
     }
 }
 
@@ -273,6 +308,7 @@ impl Engine {
             };
             let ready = ready_tx.clone();
             let policy = cfg.engine.sched_policy;
+            let registry = tunables.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("levee-fwd-{index}"))
                 .spawn(move || {
@@ -283,7 +319,8 @@ impl Engine {
                             "could not pin the forwarder to its CPU"
                         );
                     }
-                    if let Err(error) = set_sched_policy(policy) {
+                    registry.register_forwarder(index);
+                    if let Err(error) = set_sched_policy(0, policy) {
                         warn!(
                             forwarder = index,
                             policy = policy.name(),
@@ -422,19 +459,19 @@ fn local_addr(fd: &OwnedFd) -> io::Result<SocketAddr> {
         .ok_or_else(|| io::Error::other("listener bound to a non-IP address"))
 }
 
-/// Gives the calling thread `policy`. A forwarder gathers every completion that is ready in one
-/// turn of its loop, so under `batch` a wakeup waits for the task running on its CPU (often the
-/// backend it relays to) to sleep or use up its slice, and one turn then handles what arrived
-/// meanwhile; under `normal` each wakeup may preempt that task, and both pay for the extra
-/// context switches.
-fn set_sched_policy(policy: SchedPolicy) -> io::Result<()> {
+/// Gives thread `tid` (0: the calling thread) `policy`. A forwarder gathers every completion that
+/// is ready in one turn of its loop, so under `batch` a wakeup waits for the task running on its
+/// CPU (often the backend it relays to) to sleep or use up its slice, and one turn then handles
+/// what arrived meanwhile; under `normal` each wakeup may preempt that task, and both pay for the
+/// extra context switches.
+fn set_sched_policy(tid: libc::pid_t, policy: SchedPolicy) -> io::Result<()> {
     let raw = match policy {
         SchedPolicy::Batch => libc::SCHED_BATCH,
         SchedPolicy::Normal => libc::SCHED_OTHER,
     };
     let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: pid 0 is the calling thread; `param` outlives the call.
-    if unsafe { libc::sched_setscheduler(0, raw, &param) } == 0 {
+    // SAFETY: plain system call on a thread id; `param` outlives the call.
+    if unsafe { libc::sched_setscheduler(tid, raw, &param) } == 0 {
         Ok(())
     } else {
         Err(io::Error::last_os_error())

@@ -354,3 +354,26 @@ pub fn temp_dir(name: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).expect("temp dir");
     dir
 }
+
+/// The scheduling policy (field 41 of `/proc/PID/task/TID/stat`) of each of `pid`'s threads
+/// whose name starts with `levee-fwd-`.
+pub fn forwarder_policies(pid: u32) -> Vec<u32> {
+    let mut policies = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks") {
+        let dir = task.expect("task").path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if !comm.starts_with("levee-fwd-") {
+            continue;
+        }
+        let stat = std::fs::read_to_string(dir.join("stat")).expect("stat");
+        // The name in parentheses may hold spaces; the fields after it are plain.
+        let after_name = &stat[stat.rfind(')').expect("stat name") + 2..];
+        let policy = after_name
+            .split(' ')
+            .nth(41 - 3)
+            .and_then(|f| f.parse().ok())
+            .expect("policy field");
+        policies.push(policy);
+    }
+    policies
+}
