@@ -37,14 +37,6 @@ pub enum Recv {
     Cancelling,
 }
 
-/// The shutdown(SHUT_WR) that carries a FIN across.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Shut {
-    No,
-    Sent,
-    Done,
-}
-
 /// One direction of the relay: bytes received from the source, waiting to be sent on.
 ///
 /// The queue is a list of provided buffers linked through the forwarder's [`BufLinks`]; it holds
@@ -62,7 +54,8 @@ pub struct Flow {
     pub sending: bool,
     /// The source sent FIN.
     pub eof: bool,
-    pub shut: Shut,
+    /// The source's FIN has been carried across: shutdown(SHUT_WR) on the sink.
+    pub shut: bool,
     /// Receive stopped because `queued` passed the high-water mark; resumes at the low one.
     pub paused: bool,
     /// Receive ended for want of buffers; resumes when buffers come back.
@@ -79,7 +72,7 @@ impl Flow {
             recv: Recv::Idle,
             sending: false,
             eof: false,
-            shut: Shut::No,
+            shut: false,
             paused: false,
             starved: false,
         }

@@ -3,7 +3,8 @@
 //! Each loop turn publishes returned buffers, makes one `io_uring_enter` that submits everything
 //! queued and waits for at least one completion, then handles every completion that is ready.
 //! Nothing here blocks: sockets are only touched through the ring, except for the few cheap
-//! non-blocking calls around a connection's start and end (socket, setsockopt, getpeername).
+//! non-blocking calls around a connection's start and end (socket, setsockopt, getpeername,
+//! shutdown).
 
 use std::collections::VecDeque;
 use std::io;
@@ -17,8 +18,8 @@ use io_uring::{IoUring, cqueue, opcode, squeue};
 use tracing::{debug, warn};
 
 use super::bufring::BufRing;
-use super::conn::{self, BufLinks, Conn, Flow, Recv, Shut, State};
-use super::sockopt::{backend_socket, peer_addr, reset_and_close, set_linger_zero};
+use super::conn::{self, BufLinks, Conn, Flow, Recv, State};
+use super::sockopt::{backend_socket, peer_addr, reset_and_close, set_linger_zero, shutdown_write};
 use super::token::{self, Dir, Kind};
 use super::uring::{self, Capabilities};
 use super::{PoolShared, StopFlags, Tunables, millis};
@@ -239,7 +240,6 @@ impl Forwarder {
             Kind::ConnectTimeout => self.on_operation_done(index),
             Kind::Recv(dir) => self.on_recv(index, dir, res, flags),
             Kind::Send(dir) => self.on_send(index, dir, res),
-            Kind::Shutdown(dir) => self.on_shutdown(index, dir),
         }
     }
 
@@ -357,17 +357,20 @@ impl Forwarder {
         }
         let sink = c.sink(dir);
         let f = c.flow_mut(dir);
-        if f.sending || f.shut != Shut::No {
+        if f.sending || f.shut {
             return;
         }
         if f.is_empty() {
             if f.eof {
-                f.shut = Shut::Sent;
-                c.inflight += 1;
-                let entry = opcode::Shutdown::new(Fd(sink), libc::SHUT_WR)
-                    .build()
-                    .user_data(token::encode(Kind::Shutdown(dir), slot));
-                self.push(entry);
+                // Called here rather than through the ring: io_uring runs every shutdown on an
+                // io-wq worker thread, a hop to another thread (and a fight over the socket's
+                // lock) per closed connection. shutdown(2) of a TCP socket never blocks.
+                // A failed shutdown (the peer already gone) still ends this direction.
+                let _ = shutdown_write(sink);
+                f.shut = true;
+                if c.up.shut && c.down.shut {
+                    self.close(slot, CloseReason::Done, Reset::None);
+                }
             }
             return;
         }
@@ -665,18 +668,6 @@ impl Forwarder {
             self.arm_recv(slot, dir);
         }
         self.pump(slot, dir);
-    }
-
-    fn on_shutdown(&mut self, slot: u32, dir: Dir) {
-        let c = &mut self.conns[slot as usize];
-        c.inflight -= 1;
-        // A failed shutdown (the peer already gone) still ends this direction.
-        c.flow_mut(dir).shut = Shut::Done;
-        if c.state == State::Closing {
-            self.maybe_free(slot);
-        } else if c.up.shut == Shut::Done && c.down.shut == Shut::Done {
-            self.close(slot, CloseReason::Done, Reset::None);
-        }
     }
 
     /// Restarts receives that ran out of buffers, once enough have come back.

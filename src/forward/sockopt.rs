@@ -29,6 +29,11 @@ pub fn peer_addr(fd: RawFd) -> Option<SocketAddr> {
     with_socket(fd, |s| s.peer_addr().ok()?.as_socket())
 }
 
+/// Sends FIN on `fd` once what it holds is sent: shutdown(SHUT_WR).
+pub fn shutdown_write(fd: RawFd) -> io::Result<()> {
+    with_socket(fd, |s| s.shutdown(std::net::Shutdown::Write))
+}
+
 /// Makes the next close send RST instead of FIN, so the peer learns the connection failed.
 /// A failure only means the close sends FIN.
 pub fn set_linger_zero(fd: RawFd) {

@@ -61,7 +61,6 @@ const REQUIRED: &[(u8, &str)] = &[
     (opcode::LinkTimeout::CODE, "link timeout"),
     (opcode::Timeout::CODE, "timeout"),
     (opcode::AsyncCancel2::CODE, "async cancel"),
-    (opcode::Shutdown::CODE, "shutdown"),
     (opcode::Close::CODE, "close"),
     (opcode::PollAdd::CODE, "poll"),
 ];
