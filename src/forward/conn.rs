@@ -60,6 +60,8 @@ pub struct Flow {
     pub paused: bool,
     /// Receive ended for want of buffers; resumes when buffers come back.
     pub starved: bool,
+    /// Listed in the forwarder's `due`: pumped once this turn's completions are handled.
+    pub pump_due: bool,
 }
 
 impl Flow {
@@ -75,6 +77,7 @@ impl Flow {
             shut: false,
             paused: false,
             starved: false,
+            pump_due: false,
         }
     }
 

@@ -87,6 +87,9 @@ pub struct Forwarder {
     pools: Vec<Pool>,
     /// Directions whose receive ended for want of buffers.
     starved: Vec<(u32, Dir)>,
+    /// Directions that received bytes or a FIN in this turn's completions, to be pumped once
+    /// all of them are handled.
+    due: Vec<(u32, Dir)>,
     /// Clients accepted while every slot was taken: a multishot accept can deliver several
     /// before the pause reaches it. They wait here, with their pool, for the next free slot,
     /// as they would have in the kernel's backlog.
@@ -155,6 +158,7 @@ impl Forwarder {
             listeners,
             pools,
             starved: Vec::with_capacity(2 * max_conns),
+            due: Vec::with_capacity(2 * max_conns),
             waiting: VecDeque::with_capacity(WAITING_MAX),
             stats: setup.stats,
             stop: setup.stop,
@@ -216,6 +220,7 @@ impl Forwarder {
                     break;
                 }
             }
+            self.pump_due();
             self.resume_starved();
             self.admit_waiting();
             if self.finished() {
@@ -349,6 +354,29 @@ impl Forwarder {
         self.push(entry);
     }
 
+    /// Pumps `dir` once this turn's completions are all handled. A backend's last bytes and its
+    /// FIN arrive as two completions of one receive, usually in one batch; pumping after both
+    /// lets the last send know the FIN follows (see [`Self::pump`]).
+    fn pump_later(&mut self, slot: u32, dir: Dir) {
+        let f = self.conns[slot as usize].flow_mut(dir);
+        if !f.pump_due {
+            f.pump_due = true;
+            self.due.push((slot, dir));
+        }
+    }
+
+    fn pump_due(&mut self) {
+        let mut due = std::mem::take(&mut self.due);
+        for &(slot, dir) in &due {
+            // The slot may have been closed, or even reused, since: `pump` checks its state.
+            self.conns[slot as usize].flow_mut(dir).pump_due = false;
+            self.pump(slot, dir);
+        }
+        // Keep the allocation: the list holds at most two entries per slot.
+        due.clear();
+        self.due = due;
+    }
+
     /// Sends the head of a direction's queue, or carries its FIN across once the queue is empty.
     fn pump(&mut self, slot: u32, dir: Dir) {
         let c = &mut self.conns[slot as usize];
@@ -377,9 +405,16 @@ impl Forwarder {
         let (bid, offset) = (f.head, f.offset);
         f.sending = true;
         let len = self.links.head_len(f) - offset;
+        // The last bytes before a FIN are held back (MSG_MORE) until the shutdown that follows
+        // their send, so they and the FIN leave in one segment rather than two.
+        let more = if f.eof && f.head == f.tail {
+            libc::MSG_MORE
+        } else {
+            0
+        };
         c.inflight += 1;
         let entry = opcode::Send::new(Fd(sink), self.bufs.ptr(bid, offset), len)
-            .flags(libc::MSG_NOSIGNAL)
+            .flags(libc::MSG_NOSIGNAL | more)
             .build()
             .user_data(token::encode(Kind::Send(dir), slot));
         self.push(entry);
@@ -607,13 +642,13 @@ impl Forwarder {
                     );
                 }
             }
-            self.pump(slot, dir);
+            self.pump_later(slot, dir);
         } else if res == 0 {
             if let Some(bid) = bid {
                 self.bufs.give_back(bid);
             }
             c.flow_mut(dir).eof = true;
-            self.pump(slot, dir);
+            self.pump_later(slot, dir);
         } else {
             match -res {
                 libc::ENOBUFS => {
