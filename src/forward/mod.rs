@@ -97,7 +97,8 @@ pub struct Tunables {
     connect_timeout_ms: AtomicU64,
     connect_retries: AtomicU32,
     idle_timeout_ms: AtomicU64,
-    /// Kernel thread ids of the running forwarders; touched at start and by `levee ctl` only.
+    /// Kernel thread ids of the running forwarders, 0 for one not (or no longer) running;
+    /// touched at a forwarder's start and end and by `levee ctl` only.
     forwarder_tids: Mutex<Vec<libc::pid_t>>,
 }
 
@@ -148,20 +149,28 @@ impl Tunables {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         for (index, &tid) in tids.iter().enumerate() {
-            match set_sched_policy(tid, policy) {
-                Ok(()) => {}
-                // A forwarder that has already finished draining has nothing left to schedule.
-                Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
-                Err(e) => return Err(io::Error::new(e.kind(), format!("forwarder {index}: {e}"))),
+            // 0 would name the calling thread: skip forwarders that are not running.
+            if tid == 0 {
+                continue;
             }
+            set_sched_policy(tid, policy)
+                .map_err(|e| io::Error::new(e.kind(), format!("forwarder {index}: {e}")))?;
         }
         Ok(())
     }
 
-    /// Records the calling thread as forwarder `index`, for [`Self::set_sched_policy`].
-    fn register_forwarder(&self, index: usize) {
+    /// Records the calling thread as forwarder `index`, for [`Self::set_sched_policy`], until
+    /// the returned guard is dropped: a thread id that ended may be given to another thread.
+    fn register_forwarder(&self, index: usize) -> Registered<'_> {
         // SAFETY: gettid(2) has no preconditions.
-        let tid = unsafe { libc::gettid() };
+        self.set_forwarder_tid(index, unsafe { libc::gettid() });
+        Registered {
+            tunables: self,
+            index,
+        }
+    }
+
+    fn set_forwarder_tid(&self, index: usize, tid: libc::pid_t) {
         let mut tids = self
             .forwarder_tids
             .lock()
@@ -170,6 +179,18 @@ impl Tunables {
             tids.resize(index + 1, 0);
         }
         tids[index] = tid;
+    }
+}
+
+/// A forwarder thread's entry in [`Tunables`], cleared on drop.
+struct Registered<'a> {
+    tunables: &'a Tunables,
+    index: usize,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.tunables.set_forwarder_tid(self.index, 0);
     }
 }
 
@@ -319,7 +340,8 @@ impl Engine {
                             "could not pin the forwarder to its CPU"
                         );
                     }
-                    registry.register_forwarder(index);
+                    // Forgotten when the thread ends, however it ends.
+                    let _registered = registry.register_forwarder(index);
                     if let Err(error) = set_sched_policy(0, policy) {
                         warn!(
                             forwarder = index,
