@@ -158,16 +158,15 @@ fn show_lists_effective_values_that_parse_back() {
     );
 }
 
-#[test]
-fn run_serves_and_sigterm_drains_and_exits_zero() {
-    let backend = Backend::named("through levee");
+/// `levee run` with one forwarder, no control socket and one listener in front of `backend`,
+/// plus the `extra` keys; returns once it listens, with the listener's address.
+fn run_in_front_of(name: &str, backend: SocketAddr, extra: &str) -> (Child, SocketAddr) {
     let addr = refused_addr();
     let path = config_file(
-        "serve",
+        name,
         &format!(
-            "engine.cores = 0\nctl.socket = none\nlistener.web.addr = {addr}\nlistener.web.pool = web\n\
-             pool.web.backend.a.addr = {}\n",
-            backend.addr
+            "engine.cores = 0\n{extra}ctl.socket = none\nlistener.web.addr = {addr}\n\
+             listener.web.pool = web\npool.web.backend.a.addr = {backend}\n"
         ),
     );
     let mut child = levee()
@@ -179,6 +178,13 @@ fn run_serves_and_sigterm_drains_and_exits_zero() {
         .spawn()
         .expect("spawn");
     wait_for_listener(addr, &mut child);
+    (child, addr)
+}
+
+#[test]
+fn run_serves_and_sigterm_drains_and_exits_zero() {
+    let backend = Backend::named("through levee");
+    let (mut child, addr) = run_in_front_of("serve", backend.addr, "");
     let mut c = TcpStream::connect(addr).expect("connect");
     c.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
     let mut got = Vec::new();
@@ -201,24 +207,7 @@ fn forwarders_run_under_the_configured_scheduling_policy() {
         ("", libc::SCHED_BATCH),
         ("engine.sched_policy = normal\n", libc::SCHED_OTHER),
     ] {
-        let addr = refused_addr();
-        let path = config_file(
-            "sched",
-            &format!(
-                "engine.cores = 0\n{setting}ctl.socket = none\nlistener.web.addr = {addr}\n\
-                 listener.web.pool = web\npool.web.backend.a.addr = {}\n",
-                backend.addr
-            ),
-        );
-        let mut child = levee()
-            .arg("run")
-            .arg("-c")
-            .arg(&path)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn");
-        wait_for_listener(addr, &mut child);
+        let (mut child, _) = run_in_front_of("sched", backend.addr, setting);
         let policies = common::forwarder_policies(child.id());
         sigterm(&child);
         let log = stop_and_log(&mut child);
