@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use levee::balance::{
-    Balancer, MAX_CANDIDATES, MaglevTable, PoolLoad, flow_hash, maglev::DEFAULT_TABLE_SIZE,
+    Balancer, MAX_CANDIDATES, MaglevTable, flow_hash, maglev::DEFAULT_TABLE_SIZE,
 };
 use levee::config::{BackendConfig, Balance, HashKey, PoolConfig};
+use levee::pool::PoolLoad;
 
 fn pool(balance: Balance, n: usize, bound: Option<f64>) -> PoolConfig {
     PoolConfig {

@@ -6,4 +6,5 @@ pub mod ctl;
 pub mod demo;
 pub mod forward;
 pub mod health;
+pub mod pool;
 pub mod stats;

@@ -7,10 +7,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use levee::balance::hash::xxh64;
 use levee::balance::{
-    BackendState, Balancer, BuildError, LeastConn, MAX_CANDIDATES, PoolLoad, PowerOfTwoChoices,
-    RoundRobin, Selector, SmoothWeighted, SourceHash, flow_hash,
+    Balancer, BuildError, LeastConn, MAX_CANDIDATES, PowerOfTwoChoices, RoundRobin, Selector,
+    SmoothWeighted, SourceHash, flow_hash,
 };
 use levee::config::{BackendConfig, Balance, HashKey, PoolConfig};
+use levee::pool::{BackendState, PoolLoad};
 use proptest::prelude::*;
 
 const ALL: [Balance; 6] = [

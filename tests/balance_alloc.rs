@@ -4,8 +4,9 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
-use levee::balance::{BackendState, Balancer, BuildError, MAX_CANDIDATES, PoolLoad};
+use levee::balance::{Balancer, BuildError, MAX_CANDIDATES};
 use levee::config::{BackendConfig, Balance, HashKey, PoolConfig};
+use levee::pool::{BackendState, PoolLoad};
 
 thread_local! {
     static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };

@@ -6,8 +6,9 @@ use std::process::Command;
 use std::sync::Arc;
 
 use levee::balance::maglev::{EMPTY_SLOT, MAX_BACKENDS, MAX_TABLE_SIZE};
-use levee::balance::{BackendState, BuildError, Maglev, MaglevTable, PoolLoad, Selector};
+use levee::balance::{BuildError, Maglev, MaglevTable, Selector};
 use levee::config::{BackendConfig, Balance, HashKey, PoolConfig};
+use levee::pool::{BackendState, PoolLoad};
 use proptest::prelude::*;
 
 const M: u32 = 65537;

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use levee::config::{Balance, CheckKind, Config};
 use levee::forward::Engine;
-use levee::health::Status;
+use levee::pool::Status;
 use levee::stats::CloseReason;
 
 /// The entry point of backend processes; a no-op in a normal run.

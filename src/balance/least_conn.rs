@@ -12,7 +12,8 @@
 
 use std::cmp::Ordering;
 
-use super::{PoolLoad, Selector, rankable};
+use super::{Selector, rankable};
+use crate::pool::PoolLoad;
 
 /// Compares backends `a` and `b` by `(active + 1) / weight`, cross-multiplied so that no
 /// division rounds. `Less` means `a` is less loaded.

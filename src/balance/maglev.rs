@@ -43,8 +43,9 @@ use std::collections::BinaryHeap;
 use std::sync::Arc;
 
 use super::hash::xxh64;
-use super::{BuildError, MAX_CANDIDATES, PoolLoad, Selector};
+use super::{BuildError, MAX_CANDIDATES, Selector};
 use crate::config::BackendConfig;
+use crate::pool::PoolLoad;
 
 /// Seed of the hash of a backend's name that gives its permutation's first slot.
 pub const OFFSET_SEED: u64 = 0x6d61_676c_6576_6f66; // "maglevof"

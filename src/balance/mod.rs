@@ -30,16 +30,15 @@ pub mod hash;
 pub mod least_conn;
 pub mod maglev;
 pub mod p2c;
-pub mod pool;
 pub mod round_robin;
 pub mod source_hash;
 
+use crate::pool::PoolLoad;
 pub use balancer::Balancer;
 pub use hash::flow_hash;
 pub use least_conn::LeastConn;
 pub use maglev::{Maglev, MaglevTable};
 pub use p2c::PowerOfTwoChoices;
-pub use pool::{BackendState, PoolLoad};
 pub use round_robin::{RoundRobin, SmoothWeighted};
 pub use source_hash::SourceHash;
 

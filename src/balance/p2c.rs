@@ -8,7 +8,8 @@
 //! Flood, OOPSLA 2014), seeded from the forwarder number: no allocation, no shared state.
 
 use super::least_conn::cmp_load;
-use super::{PoolLoad, Selector, fill_cyclic, rankable};
+use super::{Selector, fill_cyclic, rankable};
+use crate::pool::PoolLoad;
 
 /// Power-of-two-choices selector with its own random state.
 #[derive(Debug, Clone)]

@@ -4,7 +4,8 @@
 //! Both rank fallbacks too: round robin the next backends in index order, smooth weighted round
 //! robin the backends with the next highest current weights (the ones it would pick next).
 
-use super::{PoolLoad, Selector, fill_cyclic, rankable};
+use super::{Selector, fill_cyclic, rankable};
+use crate::pool::PoolLoad;
 
 /// Plain round robin over the backends with room: each ranking starts one past the previous
 /// first choice, so backends with room take turns in index order and a full one gives its turn

@@ -7,7 +7,8 @@
 //! the next backends with room in index order: a backend that is down or full sends its clients
 //! to its successor and nobody else moves. Weights other than 0 are ignored.
 
-use super::{PoolLoad, Selector, fill_cyclic, rankable};
+use super::{Selector, fill_cyclic, rankable};
+use crate::pool::PoolLoad;
 
 /// Source-hash selector; stateless.
 #[derive(Debug, Clone, Default)]

@@ -4,14 +4,15 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::config::registry::{self, Lookup};
 use crate::config::{AdminState, Config, LogLevel, listing_entries};
-use crate::forward::{PoolShared, Tunables};
+use crate::forward::Tunables;
+use crate::pool::Pool;
 use crate::stats::{CloseReason, ForwarderStats, Totals};
 
 /// What `levee ctl` reads and changes.
 pub struct Live {
     /// The configuration as now in effect: the file, plus every change made since.
     config: Mutex<Config>,
-    pools: Vec<Arc<PoolShared>>,
+    pools: Vec<Arc<Pool>>,
     tunables: Arc<Tunables>,
     counters: Vec<Arc<ForwarderStats>>,
     set_log_level: Box<dyn Fn(LogLevel) + Send + Sync>,
@@ -20,7 +21,7 @@ pub struct Live {
 impl Live {
     pub fn new(
         config: Config,
-        pools: Vec<Arc<PoolShared>>,
+        pools: Vec<Arc<Pool>>,
         tunables: Arc<Tunables>,
         counters: Vec<Arc<ForwarderStats>>,
         set_log_level: Box<dyn Fn(LogLevel) + Send + Sync>,

@@ -22,9 +22,10 @@ use super::conn::{self, BufLinks, Conn, Flow, Recv, State};
 use super::sockopt::{backend_socket, peer_addr, reset_and_close, set_linger_zero, shutdown_write};
 use super::token::{self, Dir, Kind};
 use super::uring::{self, Capabilities};
-use super::{PoolShared, StopFlags, Tunables, millis};
-use crate::balance::{BackendState, PoolLoad, Selector, flow_hash};
+use super::{StopFlags, Tunables, millis};
+use crate::balance::{Selector, flow_hash};
 use crate::config::{AllDown, EngineConfig};
+use crate::pool::{BackendState, Pool, PoolLoad};
 use crate::stats::{CloseReason, ForwarderStats};
 
 /// Completions handled per batch; more wait for the next batch of the same turn.
@@ -52,8 +53,8 @@ struct Listener {
 }
 
 /// A pool as one forwarder sees it: the shared state plus this forwarder's own selector.
-struct Pool {
-    shared: Arc<PoolShared>,
+struct LocalPool {
+    shared: Arc<Pool>,
     selector: Box<dyn Selector>,
 }
 
@@ -64,7 +65,7 @@ pub struct Setup {
     pub engine: EngineConfig,
     /// This forwarder's own SO_REUSEPORT socket for each listener, with its pool index.
     pub listeners: Vec<(OwnedFd, usize)>,
-    pub pools: Vec<Arc<PoolShared>>,
+    pub pools: Vec<Arc<Pool>>,
     pub stats: Arc<ForwarderStats>,
     pub stop: Arc<StopFlags>,
     /// An eventfd the engine writes to when `stop` is set.
@@ -84,7 +85,7 @@ pub struct Forwarder {
     high_slot: u32,
     live: u32,
     listeners: Vec<Listener>,
-    pools: Vec<Pool>,
+    pools: Vec<LocalPool>,
     /// Directions whose receive ended for want of buffers.
     starved: Vec<(u32, Dir)>,
     /// Directions that received bytes or a FIN in this turn's completions, to be pumped once
@@ -142,7 +143,7 @@ impl Forwarder {
             .into_iter()
             .map(|shared| {
                 let selector = shared.balancer.selector(setup.index);
-                Pool { shared, selector }
+                LocalPool { shared, selector }
             })
             .collect();
         let high_water = e.buffer_size.saturating_mul(4).max(64 * 1024);

@@ -20,30 +20,14 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use socket2::SockAddr;
 use tracing::{info, warn};
 
-use crate::balance::{Balancer, BuildError, MAX_CANDIDATES, PoolLoad};
-use crate::config::{AllDown, Balance, Config, EngineConfig, HashKey, SchedPolicy};
-use crate::health::{Monitor, PoolHealth};
+use crate::balance::{Balancer, BuildError, MAX_CANDIDATES};
+use crate::config::{Config, EngineConfig, SchedPolicy};
+use crate::health::Monitor;
+use crate::pool::Pool;
 use crate::stats::{ForwarderStats, Totals};
 use forwarder::{Forwarder, Setup};
-
-/// A pool as every forwarder shares it.
-pub struct PoolShared {
-    pub name: String,
-    pub load: PoolLoad,
-    pub balancer: Balancer,
-    /// Backend addresses, ready for connect(2); the kernel reads them during a connect.
-    pub addrs: Vec<SockAddr>,
-    pub names: Vec<String>,
-    /// What to hash for the selector, or `None` when its algorithm ignores the flow.
-    pub hash_key: Option<HashKey>,
-    /// Backend health: what forwarders report, what the monitor decided.
-    pub health: PoolHealth,
-    /// What a new connection gets when no backend is up.
-    pub all_down: AllDown,
-}
 
 /// Why the engine could not start.
 #[derive(Debug)]
@@ -236,7 +220,7 @@ impl Stopper {
 pub struct Engine {
     threads: Vec<JoinHandle<io::Result<()>>>,
     stats: Vec<Arc<ForwarderStats>>,
-    pools: Vec<Arc<PoolShared>>,
+    pools: Vec<Arc<Pool>>,
     stopper: Stopper,
     addrs: Vec<SocketAddr>,
     monitor: Option<Monitor>,
@@ -257,17 +241,7 @@ impl Engine {
                     pool: p.name.clone(),
                     error,
                 })?;
-                let hashes = matches!(p.balance, Balance::Maglev | Balance::SourceHash);
-                Ok(Arc::new(PoolShared {
-                    name: p.name.clone(),
-                    load: PoolLoad::new(p),
-                    balancer,
-                    addrs: p.backends.iter().map(|b| SockAddr::from(b.addr)).collect(),
-                    names: p.backends.iter().map(|b| b.name.clone()).collect(),
-                    hash_key: hashes.then_some(p.hash_key),
-                    health: PoolHealth::new(p),
-                    all_down: p.health.all_down,
-                }))
+                Ok(Arc::new(Pool::new(p, balancer)))
             })
             .collect::<Result<Vec<_>, StartError>>()?;
 
@@ -419,7 +393,7 @@ impl Engine {
     }
 
     /// The pools as the forwarders see them: live load, backend names.
-    pub fn pools(&self) -> &[Arc<PoolShared>] {
+    pub fn pools(&self) -> &[Arc<Pool>] {
         &self.pools
     }
 

@@ -10,11 +10,9 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
 
-use super::Status;
 use super::probe::{Probe, Step};
-use crate::balance::BackendState;
 use crate::config::{CheckKind, HealthConfig, PoolConfig};
-use crate::forward::PoolShared;
+use crate::pool::{BackendState, Pool, Status};
 
 /// Longest the loop sleeps: how soon streaks, drains and ramps are acted on.
 const TICK: Duration = Duration::from_millis(50);
@@ -27,7 +25,7 @@ pub struct Monitor {
 
 impl Monitor {
     /// Starts monitoring `pools`, whose configurations are `configs` (same order).
-    pub fn start(pools: &[Arc<PoolShared>], configs: &[PoolConfig]) -> io::Result<Self> {
+    pub fn start(pools: &[Arc<Pool>], configs: &[PoolConfig]) -> io::Result<Self> {
         let now = Instant::now();
         let mut tracked = Vec::new();
         for (p, cfg) in configs.iter().enumerate() {
@@ -58,7 +56,7 @@ impl Monitor {
                 });
             }
         }
-        let pools: Vec<Arc<PoolShared>> = pools.to_vec();
+        let pools: Vec<Arc<Pool>> = pools.to_vec();
         let settings: Vec<HealthConfig> = configs.iter().map(|c| c.health.clone()).collect();
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
@@ -147,7 +145,7 @@ struct Tracked {
 }
 
 struct Loop {
-    pools: Vec<Arc<PoolShared>>,
+    pools: Vec<Arc<Pool>>,
     settings: Vec<HealthConfig>,
     tracked: Vec<Tracked>,
 }

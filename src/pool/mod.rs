@@ -1,0 +1,66 @@
+//! A pool as every part of levee shares it: what it is (names, addresses, what to hash), how
+//! loaded its backends are, and how healthy. It sits below the parts that use it: `forward/`
+//! ranks and reserves through it, `health/` writes its health and effective weights, `ctl/`
+//! reads and changes it.
+//!
+//! Who writes what:
+//!
+//! | field | written by | read by |
+//! |---|---|---|
+//! | [`Pool`]'s spec fields (`name`, `names`, `addrs`, `hash_key`, `all_down`) | the engine at start | everyone |
+//! | [`PoolLoad`] connection counts | whoever opens a backend connection (forwarders) | selectors, `ctl` |
+//! | [`PoolLoad`] state and effective weight | the health monitor | selectors |
+//! | [`PoolLoad`] `max_conns`, bound | `levee ctl` | selectors, reservations |
+//! | [`PoolHealth`] status and counters | the health monitor | `ctl` |
+//! | [`PoolHealth`] operator weight and drain | `levee ctl` | the health monitor |
+//! | [`Signals`] streaks | forwarders | the health monitor |
+
+mod health;
+mod load;
+mod signals;
+
+pub use health::{HealthCounts, PoolHealth, Status};
+pub use load::{BackendState, PoolLoad};
+pub use signals::Signals;
+
+use socket2::SockAddr;
+
+use crate::balance::Balancer;
+use crate::config::{AllDown, Balance, HashKey, PoolConfig};
+
+/// A pool as every forwarder, the health monitor and `levee ctl` share it.
+pub struct Pool {
+    pub name: String,
+    pub load: PoolLoad,
+    pub balancer: Balancer,
+    /// Backend addresses, ready for connect(2); the kernel reads them during a connect.
+    pub addrs: Vec<SockAddr>,
+    pub names: Vec<String>,
+    /// What to hash for the selector, or `None` when its algorithm ignores the flow.
+    pub hash_key: Option<HashKey>,
+    /// Backend health: what forwarders report, what the monitor decided.
+    pub health: PoolHealth,
+    /// What a new connection gets when no backend is up.
+    pub all_down: AllDown,
+}
+
+impl Pool {
+    /// The shared state of the pool `cfg` describes, with `balancer` built for it.
+    pub fn new(cfg: &PoolConfig, balancer: Balancer) -> Self {
+        let hashes = matches!(cfg.balance, Balance::Maglev | Balance::SourceHash);
+        Self {
+            name: cfg.name.clone(),
+            load: PoolLoad::new(cfg),
+            balancer,
+            addrs: cfg
+                .backends
+                .iter()
+                .map(|b| SockAddr::from(b.addr))
+                .collect(),
+            names: cfg.backends.iter().map(|b| b.name.clone()).collect(),
+            hash_key: hashes.then_some(cfg.hash_key),
+            health: PoolHealth::new(cfg),
+            all_down: cfg.health.all_down,
+        }
+    }
+}
