@@ -20,6 +20,7 @@ fn pool(balance: Balance, n: usize, bound: Option<f64>) -> PoolConfig {
         hash_key: HashKey::SourceIp,
         table_size: DEFAULT_TABLE_SIZE,
         bound,
+        overflow: levee::config::Overflow::Queue,
         health: levee::config::HealthConfig::default(),
         backends: (0..n)
             .map(|i| BackendConfig {

@@ -30,6 +30,7 @@ fn pool(balance: Balance, weights: &[u32], max_conns: u32, bound: Option<f64>) -
         hash_key: HashKey::SourceIp,
         table_size: 65537,
         bound,
+        overflow: levee::config::Overflow::Queue,
         health: levee::config::HealthConfig::default(),
         backends: weights
             .iter()

@@ -60,6 +60,7 @@ fn rank_does_not_allocate() -> Result<(), BuildError> {
                 hash_key: HashKey::SourceIpPort,
                 table_size: 65537,
                 bound,
+                overflow: levee::config::Overflow::Queue,
                 health: levee::config::HealthConfig::default(),
                 backends: (0..200)
                     .map(|i| BackendConfig {

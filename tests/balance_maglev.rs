@@ -34,6 +34,7 @@ fn pool(backends: Vec<BackendConfig>) -> PoolConfig {
         hash_key: HashKey::SourceIp,
         table_size: M,
         bound: None,
+        overflow: levee::config::Overflow::Queue,
         health: levee::config::HealthConfig::default(),
         backends,
     }

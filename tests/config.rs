@@ -745,12 +745,25 @@ engine.drain_timeout = 10s
 engine.sched_policy = batch
 log.level = info
 ctl.socket = /run/levee.sock
+overflow.dir = auto
+overflow.workers = 1
+overflow.max_workers = 15
+overflow.cores = auto
+overflow.handoff = auto
+overflow.queue_timeout = 10s
+overflow.max_queue = 4096
+overflow.discipline = fifo
+overflow.codel_target = 5ms
+overflow.codel_interval = 100ms
+overflow.max_attempts = 3
 listener.web.addr = 0.0.0.0:8080
 listener.web.pool = web
+listener.web.refuse_payload =\x20
 pool.web.balance = maglev
 pool.web.hash_key = src_ip
 pool.web.table_size = 65537
 pool.web.bound = 1.5
+pool.web.overflow = queue
 pool.web.check.type = none
 pool.web.check.interval = 2s
 pool.web.check.timeout = 1s
@@ -827,7 +840,7 @@ fn get_and_set_runtime_keys() {
 
 #[test]
 fn the_registry_describes_every_key() {
-    assert_eq!(KEYS.len(), 40);
+    assert_eq!(KEYS.len(), 53);
     let runtime: Vec<&str> = KEYS.iter().filter(|k| k.runtime).map(|k| k.name).collect();
     assert_eq!(
         runtime,
@@ -837,6 +850,11 @@ fn the_registry_describes_every_key() {
             "engine.idle_timeout",
             "engine.sched_policy",
             "log.level",
+            "overflow.workers",
+            "overflow.queue_timeout",
+            "overflow.discipline",
+            "overflow.codel_target",
+            "overflow.codel_interval",
             "pool.NAME.bound",
             "pool.NAME.backend.NAME.weight",
             "pool.NAME.backend.NAME.max_conns",
@@ -1064,9 +1082,10 @@ fn pool_strategy() -> impl Strategy<Value = config::PoolConfig> {
         name_strategy(),
         prop::collection::vec(backend_strategy(), 1..7),
         health_strategy(),
+        prop::sample::select(config::Overflow::NAMES),
     )
         .prop_map(
-            |(balance, hash_key, table_size, bound, prefix, mut backends, health)| {
+            |(balance, hash_key, table_size, bound, prefix, mut backends, health, overflow)| {
                 for (i, b) in backends.iter_mut().enumerate() {
                     b.name = format!("{prefix}{i}");
                 }
@@ -1076,9 +1095,58 @@ fn pool_strategy() -> impl Strategy<Value = config::PoolConfig> {
                     hash_key: HashKey::from_name(hash_key).unwrap_or(HashKey::SourceIp),
                     table_size,
                     bound,
+                    overflow: config::Overflow::from_name(overflow)
+                        .unwrap_or(config::Overflow::Queue),
                     health,
                     backends,
                 }
+            },
+        )
+}
+
+fn overflow_strategy() -> impl Strategy<Value = config::OverflowConfig> {
+    (
+        prop_oneof![
+            Just(None),
+            "/[a-z]{1,20}(/[a-z0-9._-]{1,12}){0,3}".prop_map(|p| Some(PathBuf::from(p))),
+        ],
+        (1..=127u32, any::<prop::sample::Index>()),
+        prop_oneof![
+            Just(CoreSet::Auto),
+            prop::collection::btree_set(0..64usize, 1..10)
+                .prop_map(|ids| CoreSet::List(ids.into_iter().collect())),
+        ],
+        prop::sample::select(config::Handoff::NAMES),
+        duration_strategy(1, 3_600_000),
+        1..=(1u32 << 20),
+        prop::sample::select(config::Discipline::NAMES),
+        (duration_strategy(1, 60_000), duration_strategy(1, 60_000)),
+        1..=100u32,
+    )
+        .prop_map(
+            |(
+                dir,
+                (max_workers, workers),
+                cores,
+                handoff,
+                queue_timeout,
+                max_queue,
+                discipline,
+                (codel_target, codel_interval),
+                max_attempts,
+            )| config::OverflowConfig {
+                dir,
+                workers: workers.index(max_workers.min(64) as usize + 1) as u32,
+                max_workers,
+                cores,
+                handoff: config::Handoff::from_name(handoff).unwrap_or(config::Handoff::Auto),
+                queue_timeout,
+                max_queue,
+                discipline: config::Discipline::from_name(discipline)
+                    .unwrap_or(config::Discipline::Fifo),
+                codel_target,
+                codel_interval,
+                max_attempts,
             },
         )
 }
@@ -1146,9 +1214,11 @@ fn config_strategy() -> impl Strategy<Value = Config> {
         prop::collection::vec((ip_strategy(), any::<prop::sample::Index>()), 0..4),
         name_strategy(),
         name_strategy(),
+        overflow_strategy(),
+        prop::collection::vec(any::<u8>(), 0..40),
     )
         .prop_map(
-            |(engine, level, mut pools, extra, pool_prefix, listener_prefix)| {
+            |(engine, level, mut pools, extra, pool_prefix, listener_prefix, overflow, payload)| {
                 for (i, p) in pools.iter_mut().enumerate() {
                     p.name = format!("{pool_prefix}{i}");
                 }
@@ -1166,6 +1236,11 @@ fn config_strategy() -> impl Strategy<Value = Config> {
                         name: format!("{listener_prefix}{i}"),
                         addr: SocketAddr::new(ip, 1000 + i as u16),
                         pool,
+                        refuse_payload: if i % 2 == 0 {
+                            payload.clone()
+                        } else {
+                            Vec::new()
+                        },
                     })
                     .collect();
                 Config {
@@ -1178,6 +1253,7 @@ fn config_strategy() -> impl Strategy<Value = Config> {
                         socket: (pools.len() % 2 == 0)
                             .then(|| std::path::PathBuf::from(format!("/run/{pool_prefix}.sock"))),
                     },
+                    overflow,
                     listeners,
                     pools,
                 }
@@ -1231,5 +1307,46 @@ fn bad_escapes_and_long_check_strings_are_errors() {
             "a".repeat(1025)
         )),
         "levee.conf:4: pool.web.check.send: expected at most 1024 bytes, found 1025"
+    );
+}
+
+// ---- overflow keys -----------------------------------------------------------------------------
+
+#[test]
+fn overflow_keys_parse_and_check_each_other() {
+    let cfg = parse_ok(&format!(
+        "{MINIMAL}overflow.dir = /dev/shm/edge
+overflow.workers = 3
+overflow.queue_timeout = 2500ms
+overflow.discipline = codel
+overflow.handoff = scm_rights
+pool.web.overflow = reject
+listener.web.refuse_payload = HTTP/1.1 503 Service Unavailable\\r\\n\\r\\n
+"
+    ));
+    let o = &cfg.overflow;
+    assert_eq!(o.dir.as_deref(), Some(Path::new("/dev/shm/edge")));
+    assert_eq!((o.workers, o.max_workers), (3, 15));
+    assert_eq!(o.queue_timeout, ms(2500));
+    assert_eq!(o.discipline, config::Discipline::Codel);
+    assert_eq!(o.handoff, config::Handoff::ScmRights);
+    assert_eq!(cfg.pools[0].overflow, config::Overflow::Reject);
+    assert_eq!(
+        cfg.listeners[0].refuse_payload,
+        b"HTTP/1.1 503 Service Unavailable\r\n\r\n"
+    );
+    assert_eq!(parse_ok(MINIMAL).overflow.dir, None);
+
+    assert_eq!(
+        errors(&format!(
+            "{MINIMAL}overflow.max_workers = 2\noverflow.workers = 4\n"
+        )),
+        "levee.conf:5: overflow.workers: 4 workers, but overflow.max_workers allows 2: raise \
+         overflow.max_workers or start fewer"
+    );
+    assert_eq!(
+        errors(&format!("{MINIMAL}overflow.dir = shm\n")),
+        "levee.conf:4: overflow.dir: expected auto, or an absolute path of at most 80 bytes, \
+         found `shm`"
     );
 }

@@ -11,6 +11,7 @@ pub fn entries(cfg: &Config) -> Vec<(String, String)> {
     push(&mut out, &[], &cfg.engine);
     push(&mut out, &[], &cfg.log);
     push(&mut out, &[], &cfg.ctl);
+    push(&mut out, &[], &cfg.overflow);
     for listener in &cfg.listeners {
         push(&mut out, &[&listener.name], &draft(cfg, listener));
     }
@@ -81,6 +82,7 @@ impl Config {
             (Slot::Engine(field), []) => Ok(field.format(&self.engine)),
             (Slot::Log(field), []) => Ok(field.format(&self.log)),
             (Slot::Ctl(field), []) => Ok(field.format(&self.ctl)),
+            (Slot::Overflow(field), []) => Ok(field.format(&self.overflow)),
             (Slot::Listener(field), [listener]) => self
                 .listener(listener)
                 .map(|l| field.format(&draft(self, l)))
@@ -113,6 +115,7 @@ impl Config {
         let result = match (&spec.slot, names.as_slice()) {
             (Slot::Engine(field), []) => field.parse_into(&mut self.engine, text),
             (Slot::Log(field), []) => field.parse_into(&mut self.log, text),
+            (Slot::Overflow(field), []) => field.parse_into(&mut self.overflow, text),
             (Slot::Pool(field), [pool]) => match self.pool_mut(pool) {
                 Some(p) => field.parse_into(p, text),
                 None => Err(missing("pool", pool)),

@@ -59,6 +59,7 @@ pub struct Config {
     pub engine: EngineConfig,
     pub log: LogConfig,
     pub ctl: CtlConfig,
+    pub overflow: OverflowConfig,
     /// In the order their first key appeared in the file.
     pub listeners: Vec<ListenerConfig>,
     /// In the order their first key appeared in the file.
@@ -127,6 +128,75 @@ impl Default for CtlConfig {
     }
 }
 
+/// `overflow.*`: the queue that takes connections no backend has room for, and the worker
+/// processes that drain it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OverflowConfig {
+    /// `overflow.dir`: where the shared memory lives; `None` is `auto`, a directory of this
+    /// process's own under /dev/shm.
+    pub dir: Option<std::path::PathBuf>,
+    /// `overflow.workers`: worker processes `levee run` starts and keeps running.
+    pub workers: u32,
+    /// `overflow.max_workers`: workers that may attach at once, supervised or started on
+    /// their own.
+    pub max_workers: u32,
+    /// `overflow.cores`: CPUs the supervised workers are pinned to, one each in turn.
+    pub cores: CoreSet,
+    /// `overflow.handoff`: how a worker takes a client's socket from a forwarder.
+    pub handoff: Handoff,
+    /// `overflow.queue_timeout`: a connection waiting longer than this is closed.
+    pub queue_timeout: Duration,
+    /// `overflow.max_queue`: connections one pool's queue holds at most.
+    pub max_queue: u32,
+    /// `overflow.discipline`: which waiting connections are served, and which shed.
+    pub discipline: Discipline,
+    /// `overflow.codel_target`: CoDel's acceptable standing queue delay.
+    pub codel_target: Duration,
+    /// `overflow.codel_interval`: CoDel's window for the minimum delay.
+    pub codel_interval: Duration,
+    /// `overflow.max_attempts`: deliveries of one ticket to workers that died before taking
+    /// it over, after which its client is closed.
+    pub max_attempts: u32,
+}
+
+/// Every overflow setting at its default.
+impl Default for OverflowConfig {
+    fn default() -> Self {
+        registry::with_defaults()
+    }
+}
+
+/// `overflow.handoff`
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handoff {
+    /// `pidfd_getfd(2)` where the kernel allows it, else `SCM_RIGHTS`; decided when a worker
+    /// attaches.
+    Auto,
+    /// The worker pulls the socket with `pidfd_getfd(2)`.
+    Pidfd,
+    /// The forwarder sends the socket over a Unix socket (`SCM_RIGHTS`).
+    ScmRights,
+}
+
+/// `overflow.discipline`
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Discipline {
+    /// First come, first served; a connection leaves unserved only at `queue_timeout`.
+    Fifo,
+    /// FIFO, shedding connections that waited long while the queue stands above its target
+    /// (CoDel, as in folly's `Codel`).
+    Codel,
+}
+
+/// `pool.NAME.overflow`
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overflow {
+    /// Wait in the pool's queue for a worker to serve it.
+    Queue,
+    /// Close it at once, counted.
+    Reject,
+}
+
 /// `log.level`, most severe first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum LogLevel {
@@ -156,6 +226,8 @@ pub struct ListenerConfig {
     pub addr: SocketAddr,
     /// `listener.NAME.pool`, resolved: an index into [`Config::pools`].
     pub pool: usize,
+    /// `listener.NAME.refuse_payload`: bytes written to a client before it is refused.
+    pub refuse_payload: Vec<u8>,
 }
 
 /// `pool.NAME.*`
@@ -171,6 +243,8 @@ pub struct PoolConfig {
     /// `pool.NAME.bound`: bounded load factor; a backend above `bound × mean` is skipped.
     /// `None` (the key set to 0) means only `max_conns` bounds a backend.
     pub bound: Option<f64>,
+    /// `pool.NAME.overflow`: what a connection gets when no backend has room.
+    pub overflow: Overflow,
     /// Health checks, passive ejection, slow start.
     pub health: HealthConfig,
     /// In the order their first key appeared in the file.

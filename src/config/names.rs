@@ -3,7 +3,10 @@
 
 use std::fmt;
 
-use super::{AdminState, AllDown, Balance, CheckKind, HashKey, LogLevel, SchedPolicy};
+use super::{
+    AdminState, AllDown, Balance, CheckKind, Discipline, Handoff, HashKey, LogLevel, Overflow,
+    SchedPolicy,
+};
 
 macro_rules! value_names {
     ($ty:ident { $($variant:ident => $name:literal),+ $(,)? }) => {
@@ -67,6 +70,22 @@ value_names!(AdminState {
 value_names!(SchedPolicy {
     Batch => "batch",
     Normal => "normal",
+});
+
+value_names!(Handoff {
+    Auto => "auto",
+    Pidfd => "pidfd",
+    ScmRights => "scm_rights",
+});
+
+value_names!(Discipline {
+    Fifo => "fifo",
+    Codel => "codel",
+});
+
+value_names!(Overflow {
+    Queue => "queue",
+    Reject => "reject",
 });
 
 value_names!(LogLevel {

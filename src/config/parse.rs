@@ -13,7 +13,8 @@ use super::error::{ConfigError, ConfigErrors, ErrorKind};
 use super::registry::{self, KeySpec, ListenerDraft, Lookup, Scope, Slot};
 use super::value;
 use super::{
-    BackendConfig, Config, CtlConfig, EngineConfig, ListenerConfig, LogConfig, PoolConfig,
+    BackendConfig, Config, CtlConfig, EngineConfig, ListenerConfig, LogConfig, OverflowConfig,
+    PoolConfig,
 };
 
 /// Most backends one pool may hold: selectors rank backends by `u16` index.
@@ -58,6 +59,7 @@ struct Parser<'f> {
     engine: EngineConfig,
     log: LogConfig,
     ctl: CtlConfig,
+    overflow: OverflowConfig,
     listeners: Vec<Object<ListenerDraft>>,
     listener_index: HashMap<String, usize>,
     pools: Vec<PoolDraft>,
@@ -73,6 +75,7 @@ pub fn parse(text: &str, file: &str) -> Result<Config, ConfigErrors> {
         engine: registry::with_defaults(),
         log: registry::with_defaults(),
         ctl: registry::with_defaults(),
+        overflow: registry::with_defaults(),
         listeners: Vec::new(),
         listener_index: HashMap::new(),
         pools: Vec::new(),
@@ -157,6 +160,7 @@ impl Parser<'_> {
             (Slot::Engine(field), []) => field.parse_into(&mut self.engine, text),
             (Slot::Log(field), []) => field.parse_into(&mut self.log, text),
             (Slot::Ctl(field), []) => field.parse_into(&mut self.ctl, text),
+            (Slot::Overflow(field), []) => field.parse_into(&mut self.overflow, text),
             (Slot::Listener(field), [listener]) => {
                 let listener = self.listener(listener, number);
                 field.parse_into(listener, text)
@@ -252,11 +256,25 @@ impl Parser<'_> {
         }
     }
 
+    /// Keys of the overflow tier that must agree with each other.
+    fn check_overflow(&mut self) {
+        let o = &self.overflow;
+        if o.workers > o.max_workers {
+            let message = format!(
+                "{} workers, but overflow.max_workers allows {}: raise overflow.max_workers or start fewer",
+                o.workers, o.max_workers
+            );
+            let line = self.assigned.get("overflow.workers").map(|a| a.line);
+            self.error(line, Some("overflow.workers"), ErrorKind::BadValue, message);
+        }
+    }
+
     fn finish(mut self) -> Result<Config, ConfigErrors> {
         let listeners = std::mem::take(&mut self.listeners);
         let pools = std::mem::take(&mut self.pools);
         let references = self.check_listeners(&listeners);
         self.check_pools(&pools, &references);
+        self.check_overflow();
         if listeners.is_empty() {
             let message = "no listener is defined; add one, like `listener.web.addr = 0.0.0.0:80` and `listener.web.pool = web`".to_string();
             self.error(None, None, ErrorKind::NoListener, message);
@@ -281,6 +299,7 @@ impl Parser<'_> {
             engine: self.engine,
             log: self.log,
             ctl: self.ctl,
+            overflow: self.overflow,
             listeners: references.listeners,
             pools: pools
                 .into_iter()

@@ -13,8 +13,9 @@ use std::time::Duration;
 
 use super::value::{self, CountRule};
 use super::{
-    AdminState, AllDown, BackendConfig, Balance, CheckKind, CoreSet, CtlConfig, EngineConfig,
-    HashKey, HealthConfig, ListenerConfig, LogConfig, LogLevel, PoolConfig, SchedPolicy,
+    AdminState, AllDown, BackendConfig, Balance, CheckKind, CoreSet, CtlConfig, Discipline,
+    EngineConfig, Handoff, HashKey, HealthConfig, ListenerConfig, LogConfig, LogLevel, Overflow,
+    OverflowConfig, PoolConfig, SchedPolicy,
 };
 
 /// Which object a key belongs to, which also says how many `NAME` segments its pattern has.
@@ -23,6 +24,7 @@ pub enum Scope {
     Engine,
     Log,
     Ctl,
+    Overflow,
     Listener,
     Pool,
     Backend,
@@ -35,6 +37,7 @@ impl Scope {
             Scope::Engine => "engine",
             Scope::Log => "log",
             Scope::Ctl => "ctl",
+            Scope::Overflow => "overflow",
             Scope::Listener => "listener",
             Scope::Pool => "pool",
             Scope::Backend => "backend",
@@ -62,6 +65,7 @@ pub(crate) enum Slot {
     Engine(Field<EngineConfig>),
     Log(Field<LogConfig>),
     Ctl(Field<CtlConfig>),
+    Overflow(Field<OverflowConfig>),
     Listener(Field<ListenerDraft>),
     Pool(Field<PoolConfig>),
     Backend(Field<BackendConfig>),
@@ -125,6 +129,11 @@ pub(crate) enum Field<T: 'static> {
         get: fn(&T) -> &str,
         set: fn(&mut T, String),
     },
+    /// A directory: an absolute path, or `auto` (`None`).
+    Dir {
+        get: fn(&T) -> Option<&std::path::Path>,
+        set: fn(&mut T, Option<std::path::PathBuf>),
+    },
     /// An absolute path, or `none`.
     Path {
         get: fn(&T) -> Option<&std::path::Path>,
@@ -170,6 +179,7 @@ impl<T> Field<T> {
             Field::PoolName { set, .. } => set(target, value::parse_name(text)?),
             Field::Bytes { max_len, set, .. } => set(target, value::parse_bytes(text, *max_len)?),
             Field::Path { set, .. } => set(target, value::parse_path(text)?),
+            Field::Dir { set, .. } => set(target, value::parse_dir(text)?),
         }
         Ok(())
     }
@@ -188,6 +198,9 @@ impl<T> Field<T> {
             Field::Bytes { get, .. } => value::format_bytes(get(target)),
             Field::Path { get, .. } => {
                 get(target).map_or_else(|| "none".to_string(), |p| p.display().to_string())
+            }
+            Field::Dir { get, .. } => {
+                get(target).map_or_else(|| "auto".to_string(), |p| p.display().to_string())
             }
         }
     }
@@ -218,6 +231,10 @@ impl<T> Field<T> {
             } => "IP:port (port 1 or above), IPv6 in brackets".to_string(),
             Field::PoolName { .. } => "name of a pool".to_string(),
             Field::Path { .. } => "absolute path, or none".to_string(),
+            Field::Dir { .. } => format!(
+                "auto, or an absolute path of at most {} bytes",
+                value::MAX_DIR_LEN
+            ),
             Field::Bytes { max_len, .. } => {
                 format!("text of up to {max_len} bytes; escapes \\r \\n \\t \\\\ \\xHH")
             }
@@ -305,6 +322,30 @@ impl Target for CtlConfig {
     }
 }
 
+impl Target for OverflowConfig {
+    fn blank() -> Self {
+        OverflowConfig {
+            dir: None,
+            workers: 0,
+            max_workers: 0,
+            cores: CoreSet::Auto,
+            handoff: Handoff::Auto,
+            queue_timeout: Duration::ZERO,
+            max_queue: 0,
+            discipline: Discipline::Fifo,
+            codel_target: Duration::ZERO,
+            codel_interval: Duration::ZERO,
+            max_attempts: 0,
+        }
+    }
+    fn field(slot: &Slot) -> Option<&Field<Self>> {
+        match slot {
+            Slot::Overflow(field) => Some(field),
+            _ => None,
+        }
+    }
+}
+
 impl Target for ListenerDraft {
     fn blank() -> Self {
         ListenerDraft {
@@ -312,6 +353,7 @@ impl Target for ListenerDraft {
                 name: String::new(),
                 addr: UNSPECIFIED,
                 pool: 0,
+                refuse_payload: Vec::new(),
             },
             pool: String::new(),
         }
@@ -332,6 +374,7 @@ impl Target for PoolConfig {
             hash_key: HashKey::SourceIp,
             table_size: 0,
             bound: None,
+            overflow: Overflow::Queue,
             health: HealthConfig {
                 check: CheckKind::None,
                 interval: Duration::ZERO,
@@ -394,6 +437,7 @@ macro_rules! with_field {
             Slot::Engine($field) => $body,
             Slot::Log($field) => $body,
             Slot::Ctl($field) => $body,
+            Slot::Overflow($field) => $body,
             Slot::Listener($field) => $body,
             Slot::Pool($field) => $body,
             Slot::Backend($field) => $body,
@@ -407,6 +451,7 @@ impl KeySpec {
             Slot::Engine(_) => Scope::Engine,
             Slot::Log(_) => Scope::Log,
             Slot::Ctl(_) => Scope::Ctl,
+            Slot::Overflow(_) => Scope::Overflow,
             Slot::Listener(_) => Scope::Listener,
             Slot::Pool(_) => Scope::Pool,
             Slot::Backend(_) => Scope::Backend,
@@ -728,6 +773,147 @@ pub static KEYS: &[KeySpec] = &[
         }),
     },
     KeySpec {
+        name: "overflow.dir",
+        default: Some("auto"),
+        unit: "",
+        runtime: false,
+        description: "Directory of the overflow tier's shared memory (queues, backend load, notices); auto is /dev/shm/levee.PID, removed at exit",
+        slot: Slot::Overflow(Field::Dir {
+            get: |o| o.dir.as_deref(),
+            set: |o, v| o.dir = v,
+        }),
+    },
+    KeySpec {
+        name: "overflow.workers",
+        default: Some("1"),
+        unit: "processes",
+        runtime: true,
+        description: "Worker processes levee run starts and restarts to serve queued connections; 0 leaves it to workers started on their own",
+        slot: Slot::Overflow(Field::Count {
+            min: 0,
+            max: 64,
+            rule: CountRule::Any,
+            get: |o| o.workers,
+            set: |o, v| o.workers = v,
+        }),
+    },
+    KeySpec {
+        name: "overflow.max_workers",
+        default: Some("15"),
+        unit: "processes",
+        runtime: false,
+        description: "Workers that may be attached at once, supervised or started on their own",
+        slot: Slot::Overflow(Field::Count {
+            min: 1,
+            max: 127,
+            rule: CountRule::Any,
+            get: |o| o.max_workers,
+            set: |o, v| o.max_workers = v,
+        }),
+    },
+    KeySpec {
+        name: "overflow.cores",
+        default: Some("auto"),
+        unit: "",
+        runtime: false,
+        description: "CPUs the supervised workers are pinned to, one each in turn; auto leaves them unpinned",
+        slot: Slot::Overflow(Field::Cores {
+            get: |o| &o.cores,
+            set: |o, v| o.cores = v,
+        }),
+    },
+    KeySpec {
+        name: "overflow.handoff",
+        default: Some("auto"),
+        unit: "",
+        runtime: false,
+        description: "How a worker takes a client socket: pidfd (pidfd_getfd), scm_rights (sent over a Unix socket), or auto (pidfd where permitted)",
+        slot: Slot::Overflow(Field::Choice {
+            names: Handoff::NAMES,
+            get: |o| o.handoff.name(),
+            set: |o, v| Handoff::from_name(v).map(|v| o.handoff = v).is_some(),
+        }),
+    },
+    KeySpec {
+        name: "overflow.queue_timeout",
+        default: Some("10s"),
+        unit: "time",
+        runtime: true,
+        description: "A connection queued longer than this is closed; one predicted to wait longer is refused at once",
+        slot: Slot::Overflow(Field::Duration {
+            min: ms(1),
+            max: ms(HOUR),
+            get: |o| o.queue_timeout,
+            set: |o, v| o.queue_timeout = v,
+        }),
+    },
+    KeySpec {
+        name: "overflow.max_queue",
+        default: Some("4096"),
+        unit: "connections",
+        runtime: false,
+        description: "Connections one pool's queue holds; past it new ones are refused",
+        slot: Slot::Overflow(Field::Count {
+            min: 1,
+            max: 1 << 20,
+            rule: CountRule::Any,
+            get: |o| o.max_queue,
+            set: |o, v| o.max_queue = v,
+        }),
+    },
+    KeySpec {
+        name: "overflow.discipline",
+        default: Some("fifo"),
+        unit: "",
+        runtime: true,
+        description: "fifo serves in arrival order; codel also sheds connections that waited long while the queue stands above codel_target",
+        slot: Slot::Overflow(Field::Choice {
+            names: Discipline::NAMES,
+            get: |o| o.discipline.name(),
+            set: |o, v| Discipline::from_name(v).map(|v| o.discipline = v).is_some(),
+        }),
+    },
+    KeySpec {
+        name: "overflow.codel_target",
+        default: Some("5ms"),
+        unit: "time",
+        runtime: true,
+        description: "CoDel: the queueing delay the queue may keep standing",
+        slot: Slot::Overflow(Field::Duration {
+            min: ms(1),
+            max: ms(MINUTE),
+            get: |o| o.codel_target,
+            set: |o, v| o.codel_target = v,
+        }),
+    },
+    KeySpec {
+        name: "overflow.codel_interval",
+        default: Some("100ms"),
+        unit: "time",
+        runtime: true,
+        description: "CoDel: the window over which the minimum queueing delay is taken",
+        slot: Slot::Overflow(Field::Duration {
+            min: ms(1),
+            max: ms(MINUTE),
+            get: |o| o.codel_interval,
+            set: |o, v| o.codel_interval = v,
+        }),
+    },
+    KeySpec {
+        name: "overflow.max_attempts",
+        default: Some("3"),
+        unit: "deliveries",
+        runtime: false,
+        description: "Deliveries of one queued connection to workers that died before taking it over; then it is closed",
+        slot: Slot::Overflow(Field::Count {
+            min: 1,
+            max: 100,
+            rule: CountRule::Any,
+            get: |o| o.max_attempts,
+            set: |o, v| o.max_attempts = v,
+        }),
+    },
+    KeySpec {
         name: "listener.NAME.addr",
         default: None,
         unit: "",
@@ -748,6 +934,18 @@ pub static KEYS: &[KeySpec] = &[
         slot: Slot::Listener(Field::PoolName {
             get: |l| &l.pool,
             set: |l, v| l.pool = v,
+        }),
+    },
+    KeySpec {
+        name: "listener.NAME.refuse_payload",
+        default: Some(""),
+        unit: "",
+        runtime: false,
+        description: "Bytes written to a client before it is refused (queue full, timed out, rejected), like an HTTP 503; empty: reset at once",
+        slot: Slot::Listener(Field::Bytes {
+            max_len: 4096,
+            get: |l| &l.config.refuse_payload,
+            set: |l, v| l.config.refuse_payload = v,
         }),
     },
     KeySpec {
@@ -799,6 +997,18 @@ pub static KEYS: &[KeySpec] = &[
             max: 100.0,
             get: |p| p.bound,
             set: |p, v| p.bound = v,
+        }),
+    },
+    KeySpec {
+        name: "pool.NAME.overflow",
+        default: Some("queue"),
+        unit: "",
+        runtime: false,
+        description: "When no backend has room: queue (wait for a worker to serve it) or reject (close at once)",
+        slot: Slot::Pool(Field::Choice {
+            names: Overflow::NAMES,
+            get: |p| p.overflow.name(),
+            set: |p, v| Overflow::from_name(v).map(|v| p.overflow = v).is_some(),
         }),
     },
     KeySpec {
@@ -1092,7 +1302,7 @@ mod tests {
 
     fn name_count(scope: Scope) -> usize {
         match scope {
-            Scope::Engine | Scope::Log | Scope::Ctl => 0,
+            Scope::Engine | Scope::Log | Scope::Ctl | Scope::Overflow => 0,
             Scope::Listener | Scope::Pool => 1,
             Scope::Backend => 2,
         }
@@ -1107,6 +1317,7 @@ mod tests {
                 Scope::Engine => "engine.",
                 Scope::Log => "log.",
                 Scope::Ctl => "ctl.",
+                Scope::Overflow => "overflow.",
                 Scope::Listener => "listener.NAME.",
                 Scope::Pool => "pool.NAME.",
                 Scope::Backend => "pool.NAME.backend.NAME.",

@@ -320,6 +320,24 @@ pub fn parse_path(text: &str) -> Result<Option<std::path::PathBuf>, String> {
     Ok(Some(std::path::PathBuf::from(text)))
 }
 
+/// Longest `overflow.dir`: the Unix sockets a worker binds inside it must stay within the
+/// 107 bytes of a socket address.
+pub const MAX_DIR_LEN: usize = 80;
+
+/// `auto` (`None`) or an absolute directory path of at most [`MAX_DIR_LEN`] bytes.
+pub fn parse_dir(text: &str) -> Result<Option<std::path::PathBuf>, String> {
+    if text == "auto" {
+        return Ok(None);
+    }
+    if !text.starts_with('/') || text.chars().any(char::is_control) || text.len() > MAX_DIR_LEN {
+        return Err(format!(
+            "expected auto, or an absolute path of at most {MAX_DIR_LEN} bytes, {}",
+            found(text)
+        ));
+    }
+    Ok(Some(std::path::PathBuf::from(text)))
+}
+
 /// Bytes written as text with C-style escapes: `\r`, `\n`, `\t`, `\\`, `\xHH`. Values are
 /// trimmed, so a leading or trailing space is written `\x20`.
 pub fn parse_bytes(text: &str, max_len: usize) -> Result<Vec<u8>, String> {

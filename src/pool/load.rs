@@ -333,6 +333,7 @@ mod tests {
             hash_key: HashKey::SourceIp,
             table_size: 65537,
             bound,
+            overflow: crate::config::Overflow::Queue,
             health: crate::config::HealthConfig::default(),
             backends: weights
                 .iter()

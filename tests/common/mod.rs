@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use levee::config::{
     BackendConfig, Balance, Config, CoreSet, CtlConfig, EngineConfig, HashKey, ListenerConfig,
-    LogConfig, PoolConfig, SchedPolicy,
+    LogConfig, OverflowConfig, PoolConfig, SchedPolicy,
 };
 use levee::forward::Engine;
 
@@ -53,10 +53,12 @@ pub fn single(pool: PoolConfig) -> Config {
         engine: engine_config(),
         log: LogConfig::default(),
         ctl: CtlConfig { socket: None },
+        overflow: OverflowConfig::default(),
         listeners: vec![ListenerConfig {
             name: "test".into(),
             addr: "127.0.0.1:0".parse().expect("literal"),
             pool: 0,
+            refuse_payload: Vec::new(),
         }],
         pools: vec![pool],
     }
