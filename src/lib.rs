@@ -6,5 +6,6 @@ pub mod ctl;
 pub mod demo;
 pub mod forward;
 pub mod health;
+pub mod overflow;
 pub mod pool;
 pub mod stats;
