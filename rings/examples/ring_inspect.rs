@@ -2,13 +2,15 @@
 //!
 //! ```text
 //! ring_inspect PATH                      kind, size, creator (alive or not), attached handles,
-//!                                        and for a queue its depths and counters
+//!                                        for a queue its depths and counters, for a table its
+//!                                        holders and the caps and counts of its rows
 //! ring_inspect PATH --take-dead-letters  also prints each dead letter and removes it
 //! ```
 //!
 //! `cargo run -p levee-rings --example ring_inspect -- /dev/shm/levee-admission`
 
 use levee_rings::mpmc::Queue;
+use levee_rings::table::Table;
 use levee_rings::{RingKind, inspect};
 
 fn main() {
@@ -48,8 +50,10 @@ fn run(path: &str, take: bool) -> Result<(), levee_rings::Error> {
     if info.is_stale() {
         println!("stale: nothing is using it; open it to drain it, or remove it");
     }
-    if info.kind != RingKind::Mpmc {
-        return Ok(());
+    match info.kind {
+        RingKind::Mpmc => {}
+        RingKind::Table => return show_table(path),
+        RingKind::Spsc => return Ok(()),
     }
     let queue = Queue::open(path)?;
     let c = queue.config();
@@ -81,6 +85,40 @@ fn run(path: &str, take: bool) -> Result<(), levee_rings::Error> {
             );
             letter.ack();
         }
+    }
+    Ok(())
+}
+
+/// Rows shown at most; a table may have millions.
+const ROWS_SHOWN: usize = 64;
+
+fn show_table(path: &str) -> Result<(), levee_rings::Error> {
+    let table = Table::open(path)?;
+    let c = table.config();
+    println!(
+        "config: rows {}, holders {}, words {}, padded {}",
+        c.rows, c.holders, c.words, c.padded
+    );
+    for h in table.holders()? {
+        println!(
+            "holder {}: pid {} ({})",
+            h.index,
+            h.pid,
+            if h.alive {
+                "alive"
+            } else {
+                "dead: its units stay counted until a holder reaps it"
+            }
+        );
+    }
+    for row in 0..c.rows.min(ROWS_SHOWN) {
+        let (cap, count) = (table.cap(row), table.count(row));
+        if cap != 0 || count != 0 {
+            println!("row {row}: count {count}, cap {cap}");
+        }
+    }
+    if c.rows > ROWS_SHOWN {
+        println!("(rows past {ROWS_SHOWN} not shown)");
     }
     Ok(())
 }

@@ -85,11 +85,12 @@ pub enum Error {
         /// "producer" or "consumer".
         role: &'static str,
     },
-    /// Every handle slot of an MPMC segment is held by a live handle.
+    /// Every handle slot of an MPMC queue (every holder entry of a table) is held by a live
+    /// handle.
     TooManyHandles {
         /// The segment file.
         path: PathBuf,
-        /// The segment's handle limit.
+        /// The segment's handle limit (a table's `holders`).
         max: u32,
     },
     /// Shared memory broke an invariant: the ring was corrupted (or written by a hostile peer).
@@ -174,7 +175,7 @@ impl fmt::Display for Error {
                 expected,
             } => write!(
                 f,
-                "ring segment {} holds an {found} ring, not an {expected} ring; check the path",
+                "ring segment {} is of kind {found}, not {expected}; check the path",
                 path.display()
             ),
             Error::BadHeader { path, reason } => write!(
@@ -191,7 +192,7 @@ impl fmt::Display for Error {
             Error::TooManyHandles { path, max } => write!(
                 f,
                 "ring {} already has {max} live handles, its limit; create it with a higher \
-                 max_handles",
+                 max_handles (for a table: holders)",
                 path.display()
             ),
             Error::Corrupt { what } => write!(

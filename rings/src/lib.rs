@@ -1,4 +1,5 @@
-//! Lock-free SPSC and MPMC rings in shared memory, safe across processes.
+//! Lock-free SPSC and MPMC rings, and a table of exact counters, in shared memory, safe across
+//! processes.
 //!
 //! Any Linux program can create a ring at a path (under /dev/shm, or on a real filesystem where
 //! queued records must survive a reboot) and any other can attach to it by that path. The crate
@@ -14,6 +15,10 @@
 //!   `ArrayQueue` is the same algorithm), extended so that a slot's stamp also names which handle
 //!   is writing or claiming it: a crashed producer's half-written slot and a crashed consumer's
 //!   claim are found and recovered, with an attempt count and a dead-letter ring.
+//! - [`table`]: rows of capacities, application words and per-holder counts — counting
+//!   semaphores that are exact across processes (increment one's own column, then read every
+//!   column) and that a crashed holder cannot leak (its column is zeroed by whoever takes over
+//!   its lock).
 //! - Waiting ([`wait`]): an event count on a shared futex word, usable from `futex(2)` and from
 //!   an io_uring `FutexWait`; no wake-up is lost (Dekker's pattern), with asymmetric barriers
 //!   (`membarrier(2)` on the sleeping side, as in liburcu) so the per-record path has no locked
@@ -37,6 +42,7 @@ mod primitive;
 pub mod segment;
 pub mod spsc;
 mod sys;
+pub mod table;
 pub mod wait;
 
 pub use error::{Error, PushError, Result};
@@ -127,6 +133,43 @@ pub mod model {
         /// Recovers dead handle `dead`'s slots, acting as `me`.
         pub fn recover(&self, me: u32, dead: u32) -> bool {
             self.0.recover(me, dead).expect("consistent queue")
+        }
+    }
+
+    /// The table's counting protocol over loom atomics; `me` is the holder index.
+    #[derive(Clone)]
+    pub struct Table(crate::table::TableCore);
+
+    /// A table of `rows` rows, each capped at `cap`, with `holders` count columns.
+    pub fn table(rows: usize, holders: u32, cap: u32) -> Table {
+        Table(crate::table::model_table(rows, holders, cap))
+    }
+
+    impl Table {
+        /// Takes a unit of `row` as holder `me`; `false` when the row is full (or on a race).
+        pub fn try_acquire(&self, me: u32, row: usize) -> bool {
+            self.0.try_acquire_with(me, row, |_| true)
+        }
+
+        /// Gives back a unit of `row` as holder `me`.
+        pub fn release(&self, me: u32, row: usize) {
+            self.0.sub(me, row, 1)
+        }
+
+        /// The row's count.
+        pub fn count(&self, row: usize) -> u64 {
+            self.0.count(row)
+        }
+
+        /// Zeroes holder `dead`'s columns, as a reaper holding its lock does.
+        pub fn reap(&self, dead: u32) -> bool {
+            self.0.zero_holder(dead)
+        }
+
+        /// Registers for a release, re-checks with `still_blocked`, and if still blocked waits
+        /// (yielding) until a waker moves the futex word.
+        pub fn wait_for_release(&self, still_blocked: impl FnOnce() -> bool) {
+            self.0.model_wait_for_release(still_blocked)
         }
     }
 }

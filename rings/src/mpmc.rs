@@ -859,6 +859,13 @@ mod handles {
             })
         }
 
+        /// Records in the ring, as [`Stats::depth`] counts them, from two position loads (no
+        /// scan of the handles). Approximate under concurrency: the positions are read one
+        /// after the other and are hints that producers and consumers move as they go.
+        pub fn depth(&self) -> usize {
+            self.core.depth(false)
+        }
+
         /// Counters and depths.
         pub fn stats(&self) -> Stats {
             let core = &self.core;
@@ -1028,6 +1035,12 @@ mod handles {
         /// The largest record the queue accepts.
         pub fn max_record(&self) -> usize {
             self.handle.core.layout.config.max_record
+        }
+
+        /// Records in the ring, as [`Queue::depth`] counts them: two position loads, so cheap
+        /// enough for every push, and approximate under concurrency.
+        pub fn depth(&self) -> usize {
+            self.handle.core.depth(false)
         }
 
         /// Blocks until a slot looks free, or `timeout` passes (`Ok(false)`). Another producer
@@ -1213,6 +1226,18 @@ mod handles {
         /// drop it, and it is delivered again on the next call) before claiming another.
         pub fn claim(&mut self) -> Result<Option<Claim<'_>>> {
             self.reader.claim()
+        }
+
+        /// The record claimed earlier and not yet acknowledged (a [`Claim`] dropped without
+        /// [`Claim::ack`]), as it is: unlike [`Consumer::claim`], which delivers it again with
+        /// one more attempt, this counts no new delivery. `None` when nothing is held. For a
+        /// caller that keeps a claim across turns of an event loop.
+        pub fn pending(&mut self) -> Option<Claim<'_>> {
+            let h = &self.reader.handle;
+            let held = word(&h.core.shm, h.entry() + E_CLAIM).load(Ordering::Acquire);
+            (held != CLAIM_NONE).then_some(Claim {
+                reader: &mut self.reader,
+            })
         }
 
         /// Claims the next record, blocking until one is ready or `timeout` passes. Spins

@@ -11,6 +11,21 @@ pub(crate) use loom::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 #[cfg(not(loom))]
 pub(crate) use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
+/// Marks where a protocol relies on the single total order of its `SeqCst` accesses: an
+/// increment of one word, then loads of others (Dekker's pattern, as in the table's counts).
+///
+/// In a normal build it is nothing: `SeqCst` read-modify-writes and loads already lie in one
+/// total order that each load respects. Loom models `SeqCst` loads and stores only as
+/// acquire/release (a documented limitation) but keeps the total order for `SeqCst` fences, so
+/// under loom this is a `SeqCst` fence. For the "increment, then load" pattern the two give the
+/// same guarantee: of two such threads, the one whose increment (or fence) comes later in the
+/// order loads a value at least as new as the other's increment.
+#[inline]
+pub(crate) fn seq_cst_point() {
+    #[cfg(loom)]
+    loom::sync::atomic::fence(Ordering::SeqCst);
+}
+
 /// Tells the CPU (or the loom scheduler) that this thread is waiting on another.
 #[inline]
 pub(crate) fn spin_hint() {

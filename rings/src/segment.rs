@@ -6,7 +6,7 @@
 //! |---|---|
 //! | 0 | magic `b"LEVEERNG"` as u64 — stored last, with Release: this is publication |
 //! | 8 | layout version (u32) |
-//! | 12 | kind (u32): 1 SPSC, 2 MPMC |
+//! | 12 | kind (u32): 1 SPSC, 2 MPMC, 3 table |
 //! | 16 | total length of the segment (u64) |
 //! | 24 | line size the layout is aligned to (u32), reserved (u32) |
 //! | 32 | six kind-specific parameters (u64 each) |
@@ -20,7 +20,8 @@
 //! or a full /dev/shm is an error now rather than a SIGBUS later), initialised, and only then
 //! linked at its path with `linkat`, which refuses to replace an existing file. An opener checks
 //! the file's size before it maps anything, so a short or truncated file is refused rather than
-//! faulted on.
+//! faulted on. An anonymous segment ([`crate::table::Table::create_anonymous`]) is made the
+//! same way and never linked.
 
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
@@ -64,6 +65,8 @@ pub enum RingKind {
     Spsc,
     /// A multi-producer multi-consumer message queue ([`crate::mpmc`]).
     Mpmc,
+    /// A table of rows with exact per-holder counts ([`crate::table`]).
+    Table,
 }
 
 impl RingKind {
@@ -71,6 +74,7 @@ impl RingKind {
         match self {
             RingKind::Spsc => 1,
             RingKind::Mpmc => 2,
+            RingKind::Table => 3,
         }
     }
 
@@ -78,6 +82,7 @@ impl RingKind {
         match code {
             1 => Some(RingKind::Spsc),
             2 => Some(RingKind::Mpmc),
+            3 => Some(RingKind::Table),
             _ => None,
         }
     }
@@ -86,6 +91,7 @@ impl RingKind {
         match self {
             RingKind::Spsc => "SPSC",
             RingKind::Mpmc => "MPMC",
+            RingKind::Table => "TABLE",
         }
     }
 }
@@ -152,6 +158,12 @@ impl Mapping {
     pub(crate) fn creator(&self) -> ProcessId {
         read_creator(&self.shm)
     }
+
+    /// Whether a handle's open file description (any but the mapping's own, which never locks)
+    /// holds lock byte `index`: whether that handle lives.
+    pub(crate) fn is_locked(&self, index: u32) -> Result<bool> {
+        sys::is_locked(&self.file, index).map_err(|e| Error::io("test lock", &self.path, e))
+    }
 }
 
 fn checksum(shm: &Shm) -> u64 {
@@ -210,14 +222,18 @@ fn cpath(path: &Path) -> Result<CString> {
     })
 }
 
-/// Makes an unnamed (or hidden) 0600 file next to `path`. Returns it and, for the fallback, the
-/// temporary name to unlink.
-fn unnamed_file(path: &Path) -> Result<(File, Option<PathBuf>)> {
-    let dir = match path.parent() {
+/// The directory a segment at `path` is made in.
+fn dir_of(path: &Path) -> PathBuf {
+    match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
         _ => PathBuf::from("."),
-    };
-    let cdir = cpath(&dir)?;
+    }
+}
+
+/// Makes an unnamed (or hidden) 0600 file in `dir`, for a segment to be known as `path` (which
+/// errors name). Returns it and, for the fallback, the temporary name to unlink.
+fn unnamed_file(dir: &Path, path: &Path) -> Result<(File, Option<PathBuf>)> {
+    let cdir = cpath(dir)?;
     // SAFETY: a NUL-terminated path and valid flags; the returned fd is checked below.
     let fd = unsafe {
         libc::open(
@@ -270,16 +286,27 @@ fn allocate(file: &File, len: usize, path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Creates and publishes a segment for `layout` at `path`.
-pub(crate) fn create<L: Layout>(path: &Path, layout: &L) -> Result<Mapping> {
+fn remove_temporary(tmp: &Option<PathBuf>) {
+    if let Some(t) = tmp {
+        let _ = std::fs::remove_file(t);
+    }
+}
+
+/// A segment made and initialised in an unnamed file, its magic stored, not yet linked.
+struct Unlinked {
+    file: File,
+    /// The hidden name to unlink, where the filesystem lacks `O_TMPFILE`.
+    tmp: Option<PathBuf>,
+    map: MmapRaw,
+    shm: Shm,
+}
+
+/// Makes a segment for `layout` in an unnamed file in `dir` (`path` names it in errors), sizes,
+/// allocates and initialises it, and stores its magic last.
+fn build<L: Layout>(dir: &Path, path: &Path, layout: &L) -> Result<Unlinked> {
     let total = layout.total_len();
     let me = ProcessId::current().map_err(|e| Error::io("read own identity", path, e))?;
-    let (file, tmp) = unnamed_file(path)?;
-    let cleanup = |tmp: &Option<PathBuf>| {
-        if let Some(t) = tmp {
-            let _ = std::fs::remove_file(t);
-        }
-    };
+    let (file, tmp) = unnamed_file(dir, path)?;
     let result = (|| {
         allocate(&file, total, path)?;
         let (map, shm) = map(&file, total, path)?;
@@ -306,14 +333,55 @@ pub(crate) fn create<L: Layout>(path: &Path, layout: &L) -> Result<Mapping> {
         unsafe { shm.u64(OFF_MAGIC) }.store(MAGIC, Ordering::Release);
         Ok((map, shm))
     })();
-    let (map, shm) = match result {
-        Ok(v) => v,
+    match result {
+        Ok((map, shm)) => Ok(Unlinked {
+            file,
+            tmp,
+            map,
+            shm,
+        }),
         Err(e) => {
-            cleanup(&tmp);
+            remove_temporary(&tmp);
+            Err(e)
+        }
+    }
+}
+
+/// Creates a segment for `layout` that is never linked into the filesystem: only this process
+/// (and children it hands the mapping to) can use it. `dir` must be on a filesystem that holds
+/// the segment (/dev/shm, say); where it lacks `O_TMPFILE`, the hidden temporary name is unlinked
+/// at once.
+pub(crate) fn create_anonymous<L: Layout>(dir: &Path, layout: &L) -> Result<Mapping> {
+    let Unlinked {
+        file,
+        tmp,
+        map,
+        shm,
+    } = build(dir, dir, layout)?;
+    remove_temporary(&tmp);
+    Ok(Mapping {
+        shm,
+        file,
+        path: dir.to_owned(),
+        map,
+    })
+}
+
+/// Creates and publishes a segment for `layout` at `path`.
+pub(crate) fn create<L: Layout>(path: &Path, layout: &L) -> Result<Mapping> {
+    let Unlinked {
+        file,
+        tmp,
+        map,
+        shm,
+    } = build(&dir_of(path), path, layout)?;
+    let target = match cpath(path) {
+        Ok(t) => t,
+        Err(e) => {
+            remove_temporary(&tmp);
             return Err(e);
         }
     };
-    let target = cpath(path)?;
     let linked = match &tmp {
         None => {
             let proc_path = cpath(Path::new(&format!("/proc/self/fd/{}", file.as_raw_fd())))?;
@@ -335,7 +403,7 @@ pub(crate) fn create<L: Layout>(path: &Path, layout: &L) -> Result<Mapping> {
         }
     };
     let link_err = (linked != 0).then(io::Error::last_os_error);
-    cleanup(&tmp);
+    remove_temporary(&tmp);
     if let Some(err) = link_err {
         if err.kind() == io::ErrorKind::AlreadyExists {
             let (creator_alive, attached) = match inspect(path) {
@@ -531,6 +599,7 @@ fn lock_count(kind: RingKind, params: [u64; 6]) -> std::result::Result<u32, Stri
     Ok(match kind {
         RingKind::Spsc => crate::spsc::RingLayout::from_params(params)?.lock_count(),
         RingKind::Mpmc => crate::mpmc::QueueLayout::from_params(params)?.lock_count(),
+        RingKind::Table => crate::table::TableLayout::from_params(params)?.lock_count(),
     })
 }
 

@@ -160,7 +160,7 @@ proptest! {
 
     #[test]
     fn arbitrary_segment_bytes_never_crash_a_reader(
-        mode in 0u8..3,
+        mode in 0u8..8,
         at in any::<u16>(),
         bytes in proptest::collection::vec(any::<u8>(), 0..2048),
     ) {

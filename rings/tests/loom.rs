@@ -1,8 +1,10 @@
-//! Loom models of the index protocols. Run with `scripts/rings-loom.sh`
+//! Loom models of the index protocols and the table's counting protocol. Run with `scripts/rings-loom.sh`
 //! (`RUSTFLAGS="--cfg loom"`, preemptions capped); without `cfg(loom)` this file is empty.
 #![cfg(loom)]
 
 use levee_rings::model;
+use loom::sync::Arc;
+use loom::sync::atomic::{AtomicUsize, Ordering};
 use loom::thread;
 
 fn msg(id: u8, len: usize) -> Vec<u8> {
@@ -195,5 +197,110 @@ fn mpmc_abandoned_write_is_skipped_after_recovery() {
         assert!(q.push(2, &msg(8, 8)));
         assert!(q.pop(3, &mut out).is_some());
         assert_eq!(out, msg(8, 8));
+    });
+}
+
+/// Holders `0..n` each try a unit of a row capped at `cap` (`tries` times, without spinning),
+/// counting themselves inside with an atomic the table does not see: never more than `cap`
+/// inside at once, and every unit is given back.
+fn table_race(holders: u32, cap: u32, tries: usize) {
+    loom::model(move || {
+        let t = model::table(1, holders, cap);
+        let inside = Arc::new(AtomicUsize::new(0));
+        let threads: Vec<_> = (0..holders)
+            .map(|me| {
+                let (t, inside) = (t.clone(), inside.clone());
+                thread::spawn(move || {
+                    for _ in 0..tries {
+                        if t.try_acquire(me, 0) {
+                            let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
+                            assert!(now <= cap as usize, "{now} inside a cap of {cap}");
+                            inside.fetch_sub(1, Ordering::SeqCst);
+                            t.release(me, 0);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for h in threads {
+            h.join().unwrap();
+        }
+        assert_eq!(t.count(0), 0);
+        assert!(t.try_acquire(0, 0), "a free row admits");
+    });
+}
+
+/// Two holders race for the one unit of a cap-1 row, twice each.
+#[test]
+fn table_two_holders_race_for_a_cap_1_row() {
+    table_race(2, 1, 2);
+}
+
+/// Three holders race for a cap-2 row, twice each.
+#[test]
+fn table_three_holders_race_for_a_cap_2_row() {
+    table_race(3, 2, 2);
+}
+
+/// A holder waits for the full row's unit; another releases it. The waiter registers, re-checks
+/// and "sleeps" until the futex word moves: a lost wake-up would leave it spinning forever.
+#[test]
+fn table_a_release_wakes_a_waiter() {
+    loom::model(|| {
+        let t = model::table(1, 2, 1);
+        assert!(t.try_acquire(0, 0));
+        let t2 = t.clone();
+        let releaser = thread::spawn(move || t2.release(0, 0));
+        while !t.try_acquire(1, 0) {
+            t.wait_for_release(|| t.count(0) >= 1);
+        }
+        releaser.join().unwrap();
+        assert_eq!(t.count(0), 1);
+    });
+}
+
+/// A holder that died with the row's unit is reaped while another waits for the unit: the
+/// reaper's zeroing wakes the waiter, and the unit is acquired exactly once.
+#[test]
+fn table_a_reaped_dead_holder_wakes_a_waiter() {
+    loom::model(|| {
+        let t = model::table(1, 3, 1);
+        assert!(t.try_acquire(2, 0)); // holder 2 then "dies" holding it
+        let t2 = t.clone();
+        let reaper = thread::spawn(move || assert!(t2.reap(2)));
+        while !t.try_acquire(0, 0) {
+            t.wait_for_release(|| t.count(0) >= 1);
+        }
+        reaper.join().unwrap();
+        assert_eq!(t.count(0), 1);
+        assert!(!t.try_acquire(1, 0));
+    });
+}
+
+/// A racer's failed attempt leaves a transient unit that a waiter's re-check may see after the
+/// release it waits for has already happened: the racer's undo must wake it. Reaching that
+/// takes three preemptions (both racers past the early look, both incremented, the racer paused
+/// between its loads and its undo), one more than the script's cap, so this model raises its own
+/// bound; it stays well under a second.
+#[test]
+fn table_a_failed_attempt_wakes_a_waiter_its_transient_unit_blocked() {
+    let mut builder = loom::model::Builder::new();
+    builder.preemption_bound = Some(builder.preemption_bound.map_or(3, |p| p.max(3)));
+    builder.check(|| {
+        let t = model::table(1, 3, 1);
+        assert!(t.try_acquire(0, 0));
+        let (t2, t3) = (t.clone(), t.clone());
+        let releaser = thread::spawn(move || t2.release(0, 0));
+        let racer = thread::spawn(move || {
+            if t3.try_acquire(2, 0) {
+                t3.release(2, 0);
+            }
+        });
+        while !t.try_acquire(1, 0) {
+            t.wait_for_release(|| t.count(0) >= 1);
+        }
+        releaser.join().unwrap();
+        racer.join().unwrap();
+        assert_eq!(t.count(0), 1);
     });
 }

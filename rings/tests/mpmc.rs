@@ -135,6 +135,62 @@ fn handle_limit_is_enforced_and_freed_on_drop() {
 }
 
 #[test]
+fn pending_shows_a_held_claim_without_counting_a_delivery() {
+    let s = Scratch::new("mpmc-pending");
+    let q = Queue::create(s.path("q"), &small(8)).unwrap();
+    let mut p = q.producer().unwrap();
+    let mut c = q.consumer().unwrap();
+    assert!(c.pending().is_none(), "nothing claimed yet");
+    p.push(b"work").unwrap();
+    p.push(b"next").unwrap();
+    let claim = c.claim().unwrap().expect("a record");
+    assert_eq!(&claim[..], b"work");
+    let _ = claim; // held across "turns", not acked
+    for _ in 0..3 {
+        let held = c.pending().expect("still held");
+        assert_eq!(&held[..], b"work");
+        assert_eq!(held.attempts(), 0, "looking again is not a new delivery");
+    }
+    // claim() does count one: the held record again, one attempt later.
+    let again = c.claim().unwrap().expect("redelivered");
+    assert_eq!((&again[..], again.attempts()), (&b"work"[..], 1));
+    let _ = again;
+    let held = c.pending().expect("still held");
+    assert_eq!(held.attempts(), 1);
+    held.ack();
+    assert!(c.pending().is_none(), "acknowledged through pending");
+    let claim = c.claim().unwrap().expect("the next record");
+    assert_eq!((&claim[..], claim.attempts()), (&b"next"[..], 0));
+    claim.ack();
+    assert!(c.pending().is_none());
+    assert_eq!(q.stats().requeued, 0);
+}
+
+#[test]
+fn depth_counts_the_ring_cheaply_from_queue_and_producer() {
+    let s = Scratch::new("mpmc-depth");
+    let q = Queue::create(s.path("q"), &small(4)).unwrap();
+    let mut p = q.producer().unwrap();
+    let mut c = q.consumer().unwrap();
+    assert_eq!((q.depth(), p.depth()), (0, 0));
+    for i in 0..4 {
+        p.push(&common::message(i, 8)).unwrap();
+        assert_eq!((q.depth(), p.depth()), (i as usize + 1, i as usize + 1));
+    }
+    assert!(matches!(p.push(b"x"), Err(PushError::Full)));
+    assert_eq!(q.depth(), 4, "a full ring is at capacity");
+    let claim = c.claim().unwrap().unwrap();
+    // Claimed and copied out: the slot is free, the record no longer in the ring.
+    assert_eq!((q.depth(), p.depth(), q.stats().depth), (3, 3, 3));
+    let _ = claim; // held, not acked: still out of the ring
+    assert_eq!(q.depth(), 3);
+    while let Some(claim) = c.claim().unwrap() {
+        claim.ack();
+    }
+    assert_eq!((q.depth(), p.depth()), (0, 0));
+}
+
+#[test]
 fn claim_wait_sleeps_until_a_producer_pushes() {
     let s = Scratch::new("mpmc-wait");
     let q = Queue::create(s.path("q"), &small(8)).unwrap();
@@ -218,6 +274,8 @@ enum Op {
     Push(usize),
     ClaimAck(usize),
     ClaimDrop(usize),
+    /// Looks at consumer k's held claim with `pending`, acknowledging it when the flag says so.
+    Pending(usize, bool),
     DeadLetter,
 }
 
@@ -226,6 +284,7 @@ fn op() -> impl Strategy<Value = Op> {
         5 => (1usize..=64).prop_map(Op::Push),
         4 => (0usize..2).prop_map(Op::ClaimAck),
         2 => (0usize..2).prop_map(Op::ClaimDrop),
+        2 => (0usize..2, any::<bool>()).prop_map(|(k, ack)| Op::Pending(k, ack)),
         1 => Just(Op::DeadLetter),
     ]
 }
@@ -287,6 +346,16 @@ proptest! {
                             c.map(|c| c.to_vec()), w),
                     }
                 }
+                Op::Pending(k, ack) => match (cs[k].pending(), held[k].take()) {
+                    (Some(c), Some((m, attempts))) => {
+                        prop_assert_eq!(&c[..], &m[..]);
+                        prop_assert_eq!(c.attempts(), attempts);
+                        if ack { c.ack(); } else { held[k] = Some((m, attempts)); }
+                    }
+                    (None, None) => {}
+                    (c, w) => prop_assert!(false, "pending {:?} vs model {:?}",
+                        c.map(|c| c.to_vec()), w),
+                },
                 Op::DeadLetter => {
                     let letter = dl.claim().unwrap();
                     match (letter, dead.pop_front()) {
@@ -303,6 +372,8 @@ proptest! {
             }
             let st = q.stats();
             prop_assert_eq!(st.depth, ring.len());
+            prop_assert_eq!(q.depth(), ring.len());
+            prop_assert_eq!(p.depth(), ring.len());
             prop_assert_eq!(st.dead_letters, dead.len());
         }
     }

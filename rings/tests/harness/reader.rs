@@ -6,7 +6,8 @@
 //! - `0`: the whole file (header validation, `inspect`, opening either kind);
 //! - `1`: a valid SPSC segment with a few records, whose control and data area the rest of the
 //!   input overwrites (the first two bytes pick where, in 8-byte steps);
-//! - `2`: the same for an MPMC queue (positions, handle entries, slots, dead letters).
+//! - `2`: the same for an MPMC queue (positions, handle entries, slots, dead letters);
+//! - `3`: the same for a table (wait line, holder entries, caps, words, counts).
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
@@ -14,6 +15,7 @@ use std::path::Path;
 
 use levee_rings::mpmc::{Config, Queue};
 use levee_rings::spsc;
+use levee_rings::table::{self, Table};
 
 /// Bounds every loop, so a hostile segment cannot make the harness itself run long.
 const STEPS: usize = 64;
@@ -24,7 +26,7 @@ pub fn run(dir: &Path, data: &[u8]) {
     };
     let path = dir.join("segment");
     let _ = std::fs::remove_file(&path);
-    match mode % 3 {
+    match mode % 4 {
         0 => {
             std::fs::write(&path, body).expect("write segment file");
             let _ = levee_rings::inspect(&path);
@@ -33,6 +35,9 @@ pub fn run(dir: &Path, data: &[u8]) {
             }
             if let Ok(q) = Queue::open(&path) {
                 exercise_queue(&q);
+            }
+            if let Ok(t) = Table::open(&path) {
+                exercise_table(&t);
             }
         }
         1 => {
@@ -53,6 +58,28 @@ pub fn run(dir: &Path, data: &[u8]) {
             }
             let _ = p.reserve(64).map(|r| r.commit());
             p.publish();
+        }
+        3 => {
+            let config = table::Config {
+                rows: 4,
+                holders: 3,
+                words: 2,
+                padded: mode & 4 != 0,
+            };
+            let t = Table::create(&path, &config).expect("create table");
+            let h = t.holder().expect("holder");
+            for row in 0..4 {
+                t.set_cap(row, row as u32);
+                let _ = h.try_acquire(row);
+            }
+            overwrite(&path, body);
+            let _ = levee_rings::inspect(&path);
+            exercise_table(&t);
+            if let Ok(t) = Table::open(&path) {
+                exercise_table(&t);
+            }
+            drop(h);
+            exercise_table(&t);
         }
         _ => {
             let config = Config {
@@ -148,4 +175,33 @@ fn exercise_queue(q: &Queue) {
         }
     }
     let _ = q.stats();
+}
+
+fn exercise_table(t: &Table) {
+    let c = t.config();
+    let _ = t.holders();
+    for index in 0..c.holders + 1 {
+        let _ = t.is_attached(index);
+    }
+    let rows = c.rows.min(STEPS);
+    for row in 0..rows {
+        let _ = (t.cap(row), t.count(row));
+        for k in 0..c.words {
+            let _ = t.word(row, k).load(std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    let _ = t.prepare_release_wait(|| true);
+    let _ = t.prepare_release_wait(|| false);
+    if let Ok(h) = t.holder() {
+        let _ = h.reap();
+        for row in 0..rows {
+            let _ = h.try_acquire(row);
+            let _ = h.try_acquire_with(row, |others| others < 2);
+            h.add(row, 3);
+            h.sub(row, 2);
+            h.release(row);
+            h.release(row);
+            let _ = h.held(row);
+        }
+    }
 }
