@@ -12,7 +12,7 @@ use tracing::{error, info, warn};
 use levee::config::{self, Config};
 use levee::ctl::{Live, Server};
 use levee::demo;
-use levee::forward::Engine;
+use levee::forward::{Engine, Options};
 
 /// Exit status for a configuration that does not validate.
 const EXIT_CONFIG: u8 = 2;
@@ -51,6 +51,21 @@ enum Command {
         /// Configuration file; without it, the built-in default is shown.
         #[arg(short = 'c', long = "config", value_name = "FILE")]
         config: Option<PathBuf>,
+    },
+    /// Serve connections from a running levee's overflow queue: attach to it, take queued
+    /// connections over when a backend has room, and relay them. `levee run` starts
+    /// `overflow.workers` of these itself; more may be started on their own.
+    Worker {
+        /// The running levee's overflow directory (`stats.overflow.dir` in `levee ctl -a`).
+        #[arg(long = "dir", value_name = "DIR", conflicts_with = "config")]
+        dir: Option<PathBuf>,
+        /// Configuration file of the running levee: its overflow.dir, or for `auto`, its
+        /// ctl.socket, which says where its overflow directory is.
+        #[arg(short = 'c', long = "config", value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Pin the worker to this CPU.
+        #[arg(long = "cpu", value_name = "N")]
+        cpu: Option<usize>,
     },
     /// Read or change a running levee, like sysctl: `levee ctl -a`, `levee ctl KEY`,
     /// `levee ctl -w KEY=VALUE`, `levee ctl -p FILE`.
@@ -114,6 +129,7 @@ fn main() -> ExitCode {
             }
             Err(code) => code,
         },
+        Some(Command::Worker { dir, config, cpu }) => worker(dir, config, cpu),
         Some(Command::Show { config: Some(path) }) => match load(&path) {
             Ok(cfg) => {
                 print!("{}", config::listing(&cfg));
@@ -249,7 +265,16 @@ fn run_builtin() -> ExitCode {
 fn run(cfg: &Config, builtin: bool, set_level: LevelSetter) -> ExitCode {
     raise_fd_limit(cfg);
 
-    let engine = match Engine::start(cfg) {
+    let options = Options {
+        worker_exe: match std::env::current_exe() {
+            Ok(exe) => Some(exe),
+            Err(e) => {
+                warn!(error = %e, "cannot find levee's own binary: no worker processes will be started");
+                None
+            }
+        },
+    };
+    let engine = match Engine::start_with(cfg, &options) {
         Ok(e) => e,
         Err(e) => {
             error!("{e}");
@@ -273,6 +298,10 @@ fn run(cfg: &Config, builtin: bool, set_level: LevelSetter) -> ExitCode {
             engine.tunables().clone(),
             engine.counters(),
             Box::new(move |level| set_level(level)),
+            engine.overflow().map(|tier| levee::ctl::Overflow {
+                tier: tier.clone(),
+                workers: engine.worker_target(),
+            }),
         );
         match Server::start(path, Arc::new(live)) {
             Ok(server) => Some(server),
@@ -314,6 +343,84 @@ fn run(cfg: &Config, builtin: bool, set_level: LevelSetter) -> ExitCode {
     match engine.join() {
         Ok(totals) => {
             info!("stopped: {totals}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            error!("{e}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+/// `levee worker`: finds the running levee's overflow directory, reads the configuration it
+/// runs with from there, and serves its queues until SIGTERM or until that levee stops.
+fn worker(dir: Option<PathBuf>, cfg_path: Option<PathBuf>, cpu: Option<usize>) -> ExitCode {
+    let dir = match (dir, cfg_path) {
+        (Some(dir), _) => dir,
+        (None, Some(path)) => {
+            let cfg = match load(&path) {
+                Ok(cfg) => cfg,
+                Err(code) => return code,
+            };
+            match (&cfg.overflow.dir, &cfg.ctl.socket) {
+                (Some(dir), _) => dir.clone(),
+                (None, Some(socket)) => match levee::ctl::query(socket, "stats.overflow.dir") {
+                    Ok(dir) => PathBuf::from(dir),
+                    Err(e) => {
+                        eprintln!(
+                            "levee worker: {}: overflow.dir is auto, and the levee on {} \
+                                 cannot say where it is: {e}",
+                            path.display(),
+                            socket.display()
+                        );
+                        return ExitCode::from(EXIT_FAILURE);
+                    }
+                },
+                (None, None) => {
+                    eprintln!(
+                        "levee worker: {}: overflow.dir is auto and ctl.socket is none: set \
+                         overflow.dir, or give the directory with --dir",
+                        path.display()
+                    );
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            }
+        }
+        (None, None) => {
+            eprintln!("levee worker: say which levee to serve: --dir DIR or -c FILE");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let conf = dir.join("levee.conf");
+    let cfg = match load(&conf) {
+        Ok(cfg) => cfg,
+        Err(code) => return code,
+    };
+    let _ = init_logging(&cfg.log.level);
+    let engine = match Engine::start_worker(&cfg, &dir, cpu) {
+        Ok(e) => e,
+        Err(e) => {
+            error!("{e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let stopper = engine.stopper();
+    // The first signal drains, a second closes what is left. The thread dies with the process.
+    let _ = std::thread::Builder::new()
+        .name("levee-signals".into())
+        .spawn(move || {
+            if let Ok(sig) = stop_signals().wait() {
+                info!(signal = %sig, "worker stopping: no new connections from the queue");
+                stopper.stop();
+            }
+            if let Ok(sig) = stop_signals().wait() {
+                warn!(signal = %sig, "worker stopping now");
+                stopper.stop_now();
+            }
+        });
+    match engine.join() {
+        Ok(totals) => {
+            info!("worker stopped: {totals}");
             ExitCode::SUCCESS
         }
         Err(e) => {

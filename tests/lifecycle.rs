@@ -107,13 +107,14 @@ fn a_backend_at_its_cap_is_skipped() {
 }
 
 #[test]
-fn every_backend_full_is_refused_with_a_count() {
+fn every_backend_full_with_overflow_reject_is_refused_with_a_count() {
     let backend = Backend::spawn(|mut s| {
         let mut sink = [0u8; 16];
         let _ = s.read(&mut sink);
     });
     let mut p = pool("p", Balance::RoundRobin, &[backend.addr]);
     p.backends[0].max_conns = 2;
+    p.overflow = levee::config::Overflow::Reject;
     let engine = start(&single(p));
     let addr = engine.listener_addrs()[0];
     let held: Vec<_> = (0..2).map(|_| connect(addr)).collect();
@@ -132,7 +133,7 @@ fn every_backend_full_is_refused_with_a_count() {
     drop(held);
     engine.stop();
     let t = engine.join().expect("join");
-    assert_eq!(t.closed(CloseReason::NoBackend), 1, "{t}");
+    assert_eq!(t.closed(CloseReason::Rejected), 1, "{t}");
     assert_eq!(
         backend.accepted.load(std::sync::atomic::Ordering::Relaxed),
         2

@@ -61,6 +61,21 @@ pub fn run(socket: &Path, action: &Action, values_only: bool) -> u8 {
     status
 }
 
+/// The value of one key of the levee listening on `socket`, for other commands of levee
+/// (`levee worker` asks for `stats.overflow.dir`).
+pub fn query(socket: &Path, key: &str) -> Result<String, String> {
+    let replies = exchange(socket, &[format!("get {key}")]).map_err(|e| e.to_string())?;
+    for line in replies.iter().flatten() {
+        if let Some(pair) = line.strip_prefix("= ") {
+            return Ok(pair.split_once(" = ").map_or(pair, |(_, v)| v).to_string());
+        }
+        if let Some(err) = line.strip_prefix("! ") {
+            return Err(err.to_string());
+        }
+    }
+    Err(format!("no answer for {key}"))
+}
+
 /// The protocol lines for an action.
 fn requests(action: &Action) -> Result<Vec<String>, String> {
     Ok(match action {

@@ -5,7 +5,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use crate::config::registry::{self, Lookup};
 use crate::config::{AdminState, Config, LogLevel, listing_entries};
 use crate::forward::Tunables;
-use crate::pool::Pool;
+use crate::overflow::Settings;
+use crate::overflow::supervisor::{Tier, WorkerTarget};
+use crate::pool::{Left, Pool, Refused};
 use crate::stats::{CloseReason, ForwarderStats, Totals};
 
 /// What `levee ctl` reads and changes.
@@ -16,6 +18,14 @@ pub struct Live {
     tunables: Arc<Tunables>,
     counters: Vec<Arc<ForwarderStats>>,
     set_log_level: Box<dyn Fn(LogLevel) + Send + Sync>,
+    overflow: Option<Overflow>,
+}
+
+/// The overflow tier as `ctl` reads and changes it.
+pub struct Overflow {
+    pub tier: Arc<Tier>,
+    /// The supervisor's worker count, when workers are supervised.
+    pub workers: Option<Arc<WorkerTarget>>,
 }
 
 impl Live {
@@ -25,6 +35,7 @@ impl Live {
         tunables: Arc<Tunables>,
         counters: Vec<Arc<ForwarderStats>>,
         set_log_level: Box<dyn Fn(LogLevel) + Send + Sync>,
+        overflow: Option<Overflow>,
     ) -> Self {
         Self {
             config: Mutex::new(config),
@@ -32,6 +43,7 @@ impl Live {
             tunables,
             counters,
             set_log_level,
+            overflow,
         }
     }
 
@@ -123,6 +135,31 @@ impl Live {
                 .set_sched_policy(e.sched_policy)
                 .map_err(|err| format!("{key}: {err}"))?,
             ("log.level", []) => (self.set_log_level)(cfg.log.level),
+            ("overflow.workers", []) => {
+                match self.overflow.as_ref().and_then(|o| o.workers.as_ref()) {
+                    Some(target) => target.set(cfg.overflow.workers),
+                    None => {
+                        return Err(format!(
+                            "{key}: this levee supervises no workers (no pool queues, or its \
+                         binary could not be found); start workers with levee worker"
+                        ));
+                    }
+                }
+            }
+            (
+                "overflow.queue_timeout"
+                | "overflow.discipline"
+                | "overflow.codel_target"
+                | "overflow.codel_interval",
+                [],
+            ) => match &self.overflow {
+                Some(o) => Settings::store(&o.tier.shared.load, &cfg.overflow),
+                None => {
+                    return Err(format!(
+                        "{key}: no pool queues (every pool's overflow is reject)"
+                    ));
+                }
+            },
             ("pool.NAME.bound", [p]) => {
                 let p = pool(p)?;
                 self.pools[p].load.set_bound(cfg.pools[p].bound);
@@ -189,6 +226,25 @@ impl Live {
                 t.closed(r).to_string(),
             ));
         }
+        if let Some(o) = &self.overflow {
+            out.push((
+                "stats.overflow.dir".to_string(),
+                o.tier.shared.dir.display().to_string(),
+            ));
+            let workers = o
+                .tier
+                .shared
+                .load
+                .holders()
+                .map_or(0, |h| h.iter().filter(|h| h.alive && h.index != 0).count());
+            out.push((
+                "stats.overflow.workers_attached".to_string(),
+                workers.to_string(),
+            ));
+        }
+        for (index, p) in self.pools.iter().enumerate() {
+            self.queue_stats(index, p, &mut out);
+        }
         for p in &self.pools {
             for (i, name) in p.names.iter().enumerate() {
                 let key = |what: &str| format!("stats.pool.{}.backend.{name}.{what}", p.name);
@@ -208,5 +264,53 @@ impl Live {
             }
         }
         out
+    }
+
+    /// `stats.pool.P.queue.*`: the pool's queue now and since start.
+    fn queue_stats(&self, index: usize, p: &Pool, out: &mut Vec<(String, String)>) {
+        let Some(o) = &self.overflow else { return };
+        let Some(queue) = o.tier.shared.queues.get(index).and_then(Option::as_ref) else {
+            return;
+        };
+        let key = |what: &str| format!("stats.pool.{}.queue.{what}", p.name);
+        let ring = queue.stats();
+        let holding = o.tier.shared.load.count(p.load.rows().queue());
+        let waiting = ring.depth as u64 + holding;
+        let q = &p.queue;
+        out.push((key("depth"), waiting.to_string()));
+        out.push((key("held_by_workers"), holding.to_string()));
+        let oldest = q.oldest().map_or(0, |since| {
+            crate::forward::coarse_now_ms().saturating_sub(since)
+        });
+        out.push((key("oldest_wait_ms"), oldest.to_string()));
+        let rate = q.drain_rate();
+        out.push((key("drain_rate"), format!("{rate:.1}")));
+        let predicted = if rate > 0.0 {
+            (waiting as f64 / rate * 1000.0).round() as u64
+        } else {
+            0
+        };
+        out.push((key("predicted_wait_ms"), predicted.to_string()));
+        out.push((key("queued"), q.queued().to_string()));
+        for how in Left::ALL {
+            out.push((key(how.name()), q.left(how).to_string()));
+        }
+        for why in Refused::ALL {
+            out.push((
+                key(&format!("refused.{}", why.name())),
+                q.refused(why).to_string(),
+            ));
+        }
+        out.push((key("requeued"), ring.requeued.to_string()));
+        out.push((key("dead_letters"), ring.dead_letters.to_string()));
+        let waits = q.waits();
+        for (name, quantile) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99)] {
+            let ms = waits.value_at_quantile(quantile) as f64 / 1000.0;
+            out.push((key(&format!("wait_{name}_ms")), format!("{ms:.1}")));
+        }
+        out.push((
+            key("wait_max_ms"),
+            format!("{:.1}", waits.max() as f64 / 1000.0),
+        ));
     }
 }

@@ -18,8 +18,8 @@ mod client;
 mod live;
 mod server;
 
-pub use client::{Action, run as run_client};
-pub use live::Live;
+pub use client::{Action, query, run as run_client};
+pub use live::{Live, Overflow};
 pub use server::Server;
 
 /// Longest request line the server reads.

@@ -147,6 +147,9 @@ pub struct Conn {
     pub candidates: [u16; MAX_CANDIDATES],
     pub candidate_count: u8,
     pub next_candidate: u8,
+    /// A connect to some backend was started: a connection left without a backend then
+    /// failed to connect, rather than found every backend full.
+    pub attempted: bool,
     /// When the connect budget runs out (coarse milliseconds).
     pub connect_deadline: u64,
     /// The linked connect timeout; the kernel reads it when the operation is submitted.
@@ -172,6 +175,7 @@ impl Conn {
             candidates: [0; MAX_CANDIDATES],
             candidate_count: 0,
             next_candidate: 0,
+            attempted: false,
             connect_deadline: 0,
             link_timeout: Timespec::new(),
             inflight: 0,

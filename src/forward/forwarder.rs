@@ -19,13 +19,15 @@ use tracing::{debug, warn};
 
 use super::bufring::BufRing;
 use super::conn::{self, BufLinks, Conn, Flow, Recv, State};
+use super::intake::{Intake, IntakeSetup};
+use super::parking::{Parking, ParkingSetup};
 use super::sockopt::{backend_socket, peer_addr, reset_and_close, set_linger_zero, shutdown_write};
 use super::token::{self, Dir, Kind};
 use super::uring::{self, Capabilities};
 use super::{StopFlags, Tunables, millis};
 use crate::balance::{Selector, flow_hash};
-use crate::config::{AllDown, EngineConfig};
-use crate::pool::{BackendState, Pool, PoolLoad};
+use crate::config::{AllDown, EngineConfig, Overflow};
+use crate::pool::{BackendState, Pool, PoolLoad, Refused};
 use crate::stats::{CloseReason, ForwarderStats};
 
 /// Completions handled per batch; more wait for the next batch of the same turn.
@@ -42,9 +44,11 @@ const WAITING_MAX: usize = 1024;
 const EXIT_GRACE_MS: u64 = 2_000;
 
 /// A listener socket as one forwarder sees it.
-struct Listener {
+pub(super) struct Listener {
     fd: Option<OwnedFd>,
     pool: u16,
+    /// Written to a client before it is refused.
+    pub(super) refuse_payload: Arc<[u8]>,
     /// The multishot accept is in flight.
     armed: bool,
     /// Accept failed for want of resources (e.g. EMFILE): retried at the next tick rather than
@@ -53,9 +57,17 @@ struct Listener {
 }
 
 /// A pool as one forwarder sees it: the shared state plus this forwarder's own selector.
-struct LocalPool {
-    shared: Arc<Pool>,
-    selector: Box<dyn Selector>,
+pub(super) struct LocalPool {
+    pub(super) shared: Arc<Pool>,
+    pub(super) selector: Box<dyn Selector>,
+}
+
+/// A listener socket handed to a forwarder.
+pub struct ListenerSetup {
+    pub fd: OwnedFd,
+    /// Index of its pool.
+    pub pool: usize,
+    pub refuse_payload: Arc<[u8]>,
 }
 
 /// Everything a forwarder needs from the engine.
@@ -63,14 +75,18 @@ pub struct Setup {
     pub index: usize,
     pub caps: Capabilities,
     pub engine: EngineConfig,
-    /// This forwarder's own SO_REUSEPORT socket for each listener, with its pool index.
-    pub listeners: Vec<(OwnedFd, usize)>,
+    /// This forwarder's own SO_REUSEPORT socket for each listener.
+    pub listeners: Vec<ListenerSetup>,
     pub pools: Vec<Arc<Pool>>,
     pub stats: Arc<ForwarderStats>,
     pub stop: Arc<StopFlags>,
     /// An eventfd the engine writes to when `stop` is set.
     pub wake: RawFd,
     pub tunables: Arc<Tunables>,
+    /// Parks connections no backend has room for on the pools' queues (`levee run`).
+    pub parking: Option<ParkingSetup>,
+    /// Takes connections from the pools' queues rather than from listeners (a worker).
+    pub intake: Option<IntakeSetup>,
 }
 
 pub struct Forwarder {
@@ -80,12 +96,12 @@ pub struct Forwarder {
     links: BufLinks,
     conns: Box<[Conn]>,
     /// Free connection slots; a stack, so recently used slots (warm in cache) are reused first.
-    free: Vec<u32>,
+    pub(super) free: Vec<u32>,
     /// One past the highest slot in use: the tick scans only below it.
     high_slot: u32,
     live: u32,
-    listeners: Vec<Listener>,
-    pools: Vec<LocalPool>,
+    pub(super) listeners: Vec<Listener>,
+    pub(super) pools: Vec<LocalPool>,
     /// Directions whose receive ended for want of buffers.
     starved: Vec<(u32, Dir)>,
     /// Directions that received bytes or a FIN in this turn's completions, to be pumped once
@@ -94,23 +110,29 @@ pub struct Forwarder {
     /// Clients accepted while every slot was taken: a multishot accept can deliver several
     /// before the pause reaches it. They wait here, with their pool, for the next free slot,
     /// as they would have in the kernel's backlog.
-    waiting: VecDeque<(RawFd, u16)>,
-    stats: Arc<ForwarderStats>,
-    stop: Arc<StopFlags>,
+    waiting: VecDeque<(RawFd, u16, u16)>,
+    pub(super) stats: Arc<ForwarderStats>,
+    pub(super) stop: Arc<StopFlags>,
     wake: RawFd,
     /// Coarse monotonic milliseconds, read once per loop turn.
-    now: u64,
+    pub(super) now: u64,
     tick: Timespec,
     accepts_paused: bool,
     /// Set once stopping: the drain deadline.
     drain_until: Option<u64>,
-    tunables: Arc<Tunables>,
+    pub(super) tunables: Arc<Tunables>,
     drain_timeout_ms: u64,
     /// Queue length of one direction at which its receive is paused, and where it resumes.
     high_water: u32,
     low_water: u32,
     /// Starved receives resume once this many buffers are free again.
     starve_resume: u32,
+    /// This forwarder's number in its engine.
+    pub(super) index: usize,
+    /// The forwarder's side of the overflow tier, when its engine has one.
+    pub(super) parking: Option<Box<Parking>>,
+    /// A worker's source of connections: the pools' queues.
+    pub(super) intake: Option<Box<Intake>>,
 }
 
 impl Forwarder {
@@ -131,9 +153,10 @@ impl Forwarder {
         let listeners = setup
             .listeners
             .into_iter()
-            .map(|(fd, pool)| Listener {
-                fd: Some(fd),
-                pool: pool as u16,
+            .map(|l| Listener {
+                fd: Some(l.fd),
+                pool: l.pool as u16,
+                refuse_payload: l.refuse_payload,
                 armed: false,
                 backoff: false,
             })
@@ -147,6 +170,8 @@ impl Forwarder {
             })
             .collect();
         let high_water = e.buffer_size.saturating_mul(4).max(64 * 1024);
+        let parking = setup.parking.map(Parking::new).transpose()?.map(Box::new);
+        let intake = setup.intake.map(Intake::new).transpose()?.map(Box::new);
         Ok(Self {
             ring,
             links: BufLinks::new(count),
@@ -172,6 +197,9 @@ impl Forwarder {
             drain_timeout_ms: millis(e.drain_timeout),
             high_water,
             low_water: high_water / 2,
+            index: setup.index,
+            parking,
+            intake,
         })
     }
 
@@ -224,6 +252,7 @@ impl Forwarder {
             self.pump_due();
             self.resume_starved();
             self.admit_waiting();
+            self.serve_intake();
             if self.finished() {
                 // Hand the last closes to the kernel before the ring goes away.
                 self.ring.submit()?;
@@ -246,6 +275,13 @@ impl Forwarder {
             Kind::ConnectTimeout => self.on_operation_done(index),
             Kind::Recv(dir) => self.on_recv(index, dir, res, flags),
             Kind::Send(dir) => self.on_send(index, dir, res),
+            Kind::ParkPoll => self.on_park_poll(index, res),
+            Kind::OverflowTick if self.intake.is_some() => self.on_intake_retry(),
+            Kind::OverflowTick => self.on_overflow_tick(),
+            Kind::Notice => self.on_notice_wait(index),
+            Kind::QueueWait => self.on_queue_wait(index),
+            Kind::SlotWait => self.on_slot_wait(),
+            Kind::ScmRecv => self.on_scm_recv(),
         }
     }
 
@@ -256,7 +292,7 @@ impl Forwarder {
     /// Every pointer inside `entry` must stay valid until the operation completes; the callers
     /// point only into `self.conns`, the buffer ring and the pools, which outlive the ring's
     /// operations (slots are reused only once their `inflight` count is zero).
-    fn push(&mut self, entry: squeue::Entry) {
+    pub(super) fn push(&mut self, entry: squeue::Entry) {
         self.reserve(1);
         // SAFETY: see above; `reserve` made room, so this push cannot fail.
         let pushed = unsafe { self.ring.submission().push(&entry) };
@@ -431,7 +467,7 @@ impl Forwarder {
             self.stats.accepted.add(1);
             let pool = self.listeners[i].pool;
             match self.free.pop() {
-                Some(slot) if self.waiting.is_empty() => self.open_conn(slot, res, pool),
+                Some(slot) if self.waiting.is_empty() => self.open_conn(slot, res, pool, i as u16),
                 slot => {
                     // Raced with the pause below (accepts already on their way), or others
                     // wait already: wait in line, bounded, for a slot.
@@ -439,7 +475,7 @@ impl Forwarder {
                         self.free.push(slot);
                     }
                     if self.waiting.len() < WAITING_MAX {
-                        self.waiting.push_back((res, pool));
+                        self.waiting.push_back((res, pool, i as u16));
                     } else {
                         reset_and_close(res);
                         self.stats.close(CloseReason::OverCapacity);
@@ -473,7 +509,7 @@ impl Forwarder {
         }
     }
 
-    fn open_conn(&mut self, slot: u32, client: RawFd, pool: u16) {
+    fn open_conn(&mut self, slot: u32, client: RawFd, pool: u16, listener: u16) {
         let deadline = self.now + self.tunables.connect_timeout_ms();
         self.conns[slot as usize].open(client, pool, self.now, deadline);
         self.live += 1;
@@ -484,45 +520,123 @@ impl Forwarder {
             Some(key) => peer_addr(client).map_or(0, |peer| flow_hash(&peer, key)),
             None => 0,
         };
+        let overflow = p.shared.overflow;
+        let queues = overflow == Overflow::Queue && self.parking.is_some();
+        // A newcomer never overtakes a connection already waiting (HAProxy's rule): while the
+        // queue is not empty, freed slots are the queue's.
+        if queues && self.queue_waiting(pool) {
+            self.unopen(slot);
+            self.park(client, pool, listener, flow);
+            return;
+        }
+        let p = &mut self.pools[usize::from(pool)];
         let c = &mut self.conns[slot as usize];
         let out = &mut c.candidates[..self.tunables.connect_tries()];
         let mut n = p.selector.rank(flow, &p.shared.load, out);
-        if n == 0 && p.shared.all_down == AllDown::TryAnyway && none_up(&p.shared.load) {
+        let all_down = none_up(&p.shared.load);
+        if n == 0 && p.shared.all_down == AllDown::TryAnyway && all_down {
             n = rank_ignoring_health(&p.shared.load, flow, out);
         }
         c.candidate_count = n as u8;
-        if n == 0 {
-            self.close(slot, CloseReason::NoBackend, Reset::Client);
+        // Every candidate that is up is full (or fills up before this connection gets a slot):
+        // it overflows. With no backend up at all, it is refused as before.
+        let acquired = if n == 0 {
+            None
+        } else {
+            self.acquire_next(slot)
+        };
+        let Some(b) = acquired else {
+            if all_down && n == 0 {
+                self.close(slot, CloseReason::NoBackend, Reset::Client);
+            } else if queues {
+                self.unopen(slot);
+                self.park(client, pool, listener, flow);
+            } else if overflow == Overflow::Reject {
+                self.unopen(slot);
+                self.pools[usize::from(pool)]
+                    .shared
+                    .queue
+                    .count_refused(Refused::Rejected);
+                self.refuse_fd(client, listener, CloseReason::Rejected);
+            } else {
+                self.close(slot, CloseReason::NoBackend, Reset::Client);
+            }
             return;
-        }
+        };
         // Receive from the client at once: its first bytes are ready when the backend is.
         self.arm_recv(slot, Dir::Up);
-        self.connect_next(slot);
+        self.start_connect(slot, b);
     }
 
-    /// Tries the next candidate backend that has room, within the connect budget.
-    fn connect_next(&mut self, slot: u32) {
+    /// A connection a worker took over from the queue, with backend `backend` reserved for it:
+    /// from here on it is like any other.
+    pub(super) fn adopt(
+        &mut self,
+        slot: u32,
+        client: RawFd,
+        pool: u16,
+        backend: u16,
+        candidates: &[u16],
+    ) {
+        let deadline = self.now + self.tunables.connect_timeout_ms();
+        let c = &mut self.conns[slot as usize];
+        c.open(client, pool, self.now, deadline);
+        let n = candidates.len().min(c.candidates.len());
+        c.candidates[..n].copy_from_slice(&candidates[..n]);
+        c.candidate_count = n as u8;
+        // `candidates[0]` is the backend reserved for it.
+        c.next_candidate = 1;
+        c.acquired = Some(backend);
+        self.live += 1;
+        self.high_slot = self.high_slot.max(slot + 1);
+        self.arm_recv(slot, Dir::Up);
+        self.start_connect(slot, backend);
+    }
+
+    /// Gives back a slot that `open_conn` took before anything was submitted for it.
+    fn unopen(&mut self, slot: u32) {
+        let c = &mut self.conns[slot as usize];
+        debug_assert!(c.inflight == 0 && c.acquired.is_none());
+        c.state = State::Free;
+        c.client = -1;
+        self.free.push(slot);
+        self.live -= 1;
+    }
+
+    /// Reserves the next candidate backend that has room; `None` when none has.
+    fn acquire_next(&mut self, slot: u32) -> Option<u16> {
         let c = &mut self.conns[slot as usize];
         let load = &self.pools[usize::from(c.pool)].shared.load;
-        let mut chosen = None;
         while c.next_candidate < c.candidate_count {
             let b = c.candidates[usize::from(c.next_candidate)];
             c.next_candidate += 1;
             if load.try_acquire(usize::from(b)) {
-                chosen = Some(b);
-                break;
+                c.acquired = Some(b);
+                return Some(b);
             }
         }
-        let Some(b) = chosen else {
-            let reason = if self.stats.connect_attempts.get() > 0 && c.next_candidate > 0 {
-                CloseReason::ConnectFailed
-            } else {
-                CloseReason::NoBackend
-            };
-            self.close(slot, reason, Reset::Client);
-            return;
-        };
-        c.acquired = Some(b);
+        None
+    }
+
+    /// Tries the next candidate backend that has room, within the connect budget.
+    fn connect_next(&mut self, slot: u32) {
+        match self.acquire_next(slot) {
+            Some(b) => self.start_connect(slot, b),
+            None => {
+                // A connection that never got as far as trying a backend found them all full.
+                let reason = if self.conns[slot as usize].attempted {
+                    CloseReason::ConnectFailed
+                } else {
+                    CloseReason::NoBackend
+                };
+                self.close(slot, reason, Reset::Client);
+            }
+        }
+    }
+
+    /// Connects to backend `b`, reserved for this connection, within the connect budget.
+    fn start_connect(&mut self, slot: u32, b: u16) {
+        let c = &mut self.conns[slot as usize];
         let remaining = c.connect_deadline.saturating_sub(self.now);
         if remaining == 0 {
             self.stats.connect_timeouts.add(1);
@@ -540,6 +654,7 @@ impl Forwarder {
             }
         };
         c.backend = fd;
+        c.attempted = true;
         c.link_timeout = Timespec::new()
             .sec(remaining / 1000)
             .nsec((remaining % 1000) as u32 * 1_000_000);
@@ -788,6 +903,9 @@ impl Forwarder {
         self.close_fd(backend);
         self.free.push(slot);
         self.live -= 1;
+        if let Some(intake) = self.intake.as_deref_mut() {
+            intake.due = true;
+        }
     }
 
     /// Serves clients waiting for a slot, then resumes accepting once none wait and a slot is
@@ -795,8 +913,8 @@ impl Forwarder {
     fn admit_waiting(&mut self) {
         while !self.waiting.is_empty() {
             let Some(slot) = self.free.pop() else { break };
-            if let Some((fd, pool)) = self.waiting.pop_front() {
-                self.open_conn(slot, fd, pool);
+            if let Some((fd, pool, listener)) = self.waiting.pop_front() {
+                self.open_conn(slot, fd, pool, listener);
             }
         }
         if self.accepts_paused
@@ -812,7 +930,7 @@ impl Forwarder {
     }
 
     /// Closes a socket through the ring; success needs no completion.
-    fn close_fd(&mut self, fd: RawFd) {
+    pub(super) fn close_fd(&mut self, fd: RawFd) {
         if fd < 0 {
             return;
         }
@@ -855,6 +973,7 @@ impl Forwarder {
                 self.arm_accept(i);
             }
         }
+        self.intake_tick();
     }
 
     fn on_wake(&mut self) {
@@ -870,11 +989,12 @@ impl Forwarder {
         }
     }
 
-    fn begin_drain(&mut self) {
+    pub(super) fn begin_drain(&mut self) {
         if self.drain_until.is_some() {
             return;
         }
         self.drain_until = Some(self.now + self.drain_timeout_ms);
+        self.drain_intake();
         self.cancel_accepts();
         for l in &mut self.listeners {
             if !l.armed {
@@ -891,10 +1011,11 @@ impl Forwarder {
         for slot in 0..self.high_slot {
             self.close(slot, CloseReason::DrainTimeout, Reset::Both);
         }
-        while let Some((fd, _)) = self.waiting.pop_front() {
+        while let Some((fd, _, _)) = self.waiting.pop_front() {
             reset_and_close(fd);
             self.stats.close(CloseReason::DrainTimeout);
         }
+        self.close_parked();
     }
 
     /// Stopping, and nothing left: every connection freed and every listener closed (or the
@@ -905,7 +1026,8 @@ impl Forwarder {
         };
         let idle = self.live == 0
             && self.waiting.is_empty()
-            && self.listeners.iter().all(|l| l.fd.is_none());
+            && self.listeners.iter().all(|l| l.fd.is_none())
+            && !self.parking_busy();
         if !idle && self.now >= until + EXIT_GRACE_MS {
             warn!(
                 live = self.live,
@@ -967,7 +1089,7 @@ fn tick_for(idle_timeout_ms: u64) -> Timespec {
 
 /// Milliseconds on the coarse monotonic clock: a vDSO read without a syscall, good to a few ms,
 /// which is all timeouts need.
-fn coarse_now_ms() -> u64 {
+pub(crate) fn coarse_now_ms() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,

@@ -5,7 +5,9 @@
 mod bufring;
 mod conn;
 mod forwarder;
+mod intake;
 mod listener;
+mod parking;
 mod sockopt;
 mod token;
 pub mod uring;
@@ -22,12 +24,24 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
+use std::path::{Path, PathBuf};
+
+use levee_rings::mpmc;
+use levee_rings::table::Holder;
+
 use crate::balance::{Balancer, BuildError, MAX_CANDIDATES};
-use crate::config::{Config, EngineConfig, SchedPolicy};
+use crate::config::{Config, CoreSet, EngineConfig, Handoff, SchedPolicy};
 use crate::health::Monitor;
-use crate::pool::Pool;
+use crate::overflow::Settings;
+use crate::overflow::handoff::ProcessHandle;
+use crate::overflow::shared::{self, Shared, SharedError};
+use crate::overflow::supervisor::{Supervisor, Tier, WorkerCommand, WorkerTarget};
+use crate::pool::{Pool, PoolLoad};
 use crate::stats::{ForwarderStats, Totals};
-use forwarder::{Forwarder, Setup};
+pub(crate) use forwarder::coarse_now_ms;
+use forwarder::{Forwarder, ListenerSetup, Setup};
+pub use intake::{IntakeSetup, Takeover};
+pub use parking::ParkingSetup;
 
 /// Why the engine could not start.
 #[derive(Debug)]
@@ -47,6 +61,8 @@ pub enum StartError {
         index: usize,
         error: io::Error,
     },
+    Overflow(SharedError),
+    Ring(levee_rings::Error),
     Io(io::Error),
 }
 
@@ -66,6 +82,8 @@ impl fmt::Display for StartError {
             Self::Forwarder { index, error } => {
                 write!(f, "forwarder {index} failed to start: {error}")
             }
+            Self::Overflow(e) => e.fmt(f),
+            Self::Ring(e) => write!(f, "overflow tier: {e}"),
             Self::Io(e) => e.fmt(f),
         }
     }
@@ -225,31 +243,60 @@ pub struct Engine {
     addrs: Vec<SocketAddr>,
     monitor: Option<Monitor>,
     tunables: Arc<Tunables>,
+    /// The overflow tier's segments; dropped (and its files removed) after the forwarders.
+    overflow: Option<Arc<Tier>>,
+    supervisor: Option<Supervisor>,
+    drain_timeout: Duration,
+}
+
+/// How to start an engine beyond its configuration.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// The levee binary, to start `overflow.workers` worker processes with; `None` starts none
+    /// (workers started on their own may still attach).
+    pub worker_exe: Option<PathBuf>,
+}
+
+/// One forwarder to start: its CPU, listeners, and part in the overflow tier.
+struct ForwarderPlan {
+    core: Option<usize>,
+    listeners: Vec<ListenerSetup>,
+    parking: Option<ParkingSetup>,
+    intake: Option<IntakeSetup>,
 }
 
 impl Engine {
-    /// Probes io_uring, binds every listener and starts the forwarders. Returns once every
-    /// forwarder is ready to accept.
+    /// Probes io_uring, binds every listener and starts the forwarders, with no supervised
+    /// workers. Returns once every forwarder is ready to accept.
     pub fn start(cfg: &Config) -> Result<Self, StartError> {
+        Self::start_with(cfg, &Options::default())
+    }
+
+    /// As [`Engine::start`], and with the overflow tier's supervisor starting workers as
+    /// `options` says.
+    pub fn start_with(cfg: &Config, options: &Options) -> Result<Self, StartError> {
         let caps = uring::probe().map_err(StartError::Uring)?;
         let cores = cfg.engine.cores.resolve().map_err(StartError::Cores)?;
-        let pools = cfg
-            .pools
-            .iter()
-            .map(|p| {
-                let balancer = Balancer::new(p).map_err(|error| StartError::Pool {
-                    pool: p.name.clone(),
-                    error,
-                })?;
-                Ok(Arc::new(Pool::new(p, balancer)))
-            })
-            .collect::<Result<Vec<_>, StartError>>()?;
+        let (tier, notices) = if shared::wanted(cfg) {
+            let (shared, notices) =
+                Shared::create(cfg, cores.len()).map_err(StartError::Overflow)?;
+            let holder = Arc::new(shared.load.holder().map_err(StartError::Ring)?);
+            Settings::store(&shared.load, &cfg.overflow);
+            (Some(Arc::new(Tier { shared, holder })), notices)
+        } else {
+            (None, Vec::new())
+        };
+        let pools = build_pools(
+            cfg,
+            tier.as_deref().map(|t| (&t.shared, &t.holder)),
+            cores.len(),
+            true,
+        )?;
 
         // One socket per listener per forwarder. The first decides the port, so a listener on
         // port 0 gets one ephemeral port shared by all its sockets.
         let mut addrs = Vec::with_capacity(cfg.listeners.len());
-        let mut sockets: Vec<Vec<(OwnedFd, usize)>> =
-            (0..cores.len()).map(|_| Vec::new()).collect();
+        let mut sockets: Vec<Vec<ListenerSetup>> = (0..cores.len()).map(|_| Vec::new()).collect();
         for l in &cfg.listeners {
             let mut addr = l.addr;
             listener::ensure_free(addr).map_err(|error| StartError::Listen {
@@ -257,6 +304,7 @@ impl Engine {
                 addr,
                 error,
             })?;
+            let payload: Arc<[u8]> = Arc::from(l.refuse_payload.as_slice());
             for per_core in &mut sockets {
                 let fd = listener::open(addr, cfg.engine.backlog).map_err(|error| {
                     StartError::Listen {
@@ -268,11 +316,162 @@ impl Engine {
                 if addr.port() == 0 {
                     addr = local_addr(&fd).map_err(StartError::Io)?;
                 }
-                per_core.push((fd, l.pool));
+                per_core.push(ListenerSetup {
+                    fd,
+                    pool: l.pool,
+                    refuse_payload: payload.clone(),
+                });
             }
             addrs.push(addr);
         }
 
+        let mut parking = Vec::with_capacity(cores.len());
+        if let Some(t) = tier.as_deref() {
+            for per_worker in notices {
+                let producers = t
+                    .shared
+                    .queues
+                    .iter()
+                    .map(|q| q.as_ref().map(mpmc::Queue::producer).transpose())
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(StartError::Ring)?;
+                parking.push(ParkingSetup {
+                    dir: t.shared.dir.clone(),
+                    geometry: t.shared.geometry,
+                    load: t.shared.load.clone(),
+                    park: t.shared.park.clone(),
+                    producers,
+                    notices: per_worker,
+                    futex: caps.futex,
+                });
+            }
+        }
+        let mut parking = parking.into_iter();
+        let plans = cores
+            .iter()
+            .copied()
+            .zip(sockets)
+            .map(|(core, listeners)| ForwarderPlan {
+                core: Some(core),
+                listeners,
+                parking: parking.next(),
+                intake: None,
+            })
+            .collect();
+        let mut engine = Self::spawn(cfg, caps, pools, plans, tier.clone())?;
+        engine.addrs = addrs;
+        info!(
+            forwarders = cores.len(),
+            cpus = ?cores,
+            defer_taskrun = caps.defer_taskrun,
+            sched_policy = cfg.engine.sched_policy.name(),
+            "forwarders ready"
+        );
+        match Monitor::start(&engine.pools, &cfg.pools) {
+            Ok(m) => engine.monitor = Some(m),
+            Err(e) => {
+                engine.stop();
+                let _ = engine.join();
+                return Err(StartError::Io(e));
+            }
+        }
+        if let Some(t) = tier {
+            let command = match &options.worker_exe {
+                Some(exe) => {
+                    let cpus = match &cfg.overflow.cores {
+                        CoreSet::Auto => Vec::new(),
+                        set => set.resolve().map_err(|e| {
+                            StartError::Cores(e.replace("engine.cores", "overflow.cores"))
+                        })?,
+                    };
+                    Some(WorkerCommand {
+                        exe: exe.clone(),
+                        cpus,
+                    })
+                }
+                None => None,
+            };
+            info!(
+                dir = %t.shared.dir.display(),
+                workers = cfg.overflow.workers,
+                supervised = command.is_some(),
+                "overflow queue ready"
+            );
+            match Supervisor::start(t, engine.pools.clone(), cfg.overflow.workers, command) {
+                Ok(s) => engine.supervisor = Some(s),
+                Err(e) => {
+                    engine.stop();
+                    let _ = engine.join();
+                    return Err(StartError::Io(e));
+                }
+            }
+        }
+        Ok(engine)
+    }
+
+    /// Starts a worker: one engine thread, pinned to `cpu` if given, that takes connections from
+    /// the queues of the levee whose overflow directory is `dir`, configured as `cfg` (that
+    /// levee's `levee.conf`).
+    pub fn start_worker(cfg: &Config, dir: &Path, cpu: Option<usize>) -> Result<Self, StartError> {
+        let caps = uring::probe().map_err(StartError::Uring)?;
+        let shared =
+            Shared::open(dir, cfg, Duration::from_secs(10)).map_err(StartError::Overflow)?;
+        let holder = shared.load.holder().map_err(StartError::Ring)?;
+        let me = holder.index();
+        if me == 0 || me > shared.geometry.max_workers {
+            return Err(StartError::Io(io::Error::other(format!(
+                "overflow.dir {}: no levee is running there, or every worker place is taken \
+                 (holder {me}, overflow.max_workers {})",
+                dir.display(),
+                shared.geometry.max_workers
+            ))));
+        }
+        let holder = Arc::new(holder);
+        let takeover = choose_takeover(cfg, &shared)?;
+        info!(
+            worker = me,
+            dir = %dir.display(),
+            handoff = match takeover {
+                Takeover::Pidfd => "pidfd",
+                Takeover::ScmRights => "scm_rights",
+            },
+            "worker attached"
+        );
+        let consumers = shared
+            .queues
+            .iter()
+            .map(|q| q.as_ref().map(mpmc::Queue::consumer).transpose())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(StartError::Ring)?;
+        let intake = IntakeSetup {
+            me,
+            dir: dir.to_owned(),
+            geometry: shared.geometry,
+            load: shared.load.clone(),
+            park: shared.park.clone(),
+            consumers,
+            takeover,
+            futex: caps.futex,
+        };
+        let pools = build_pools(cfg, Some((&shared, &holder)), 1, false)?;
+        let tier = Arc::new(Tier { shared, holder });
+        let plan = ForwarderPlan {
+            core: cpu,
+            listeners: Vec::new(),
+            parking: None,
+            intake: Some(intake),
+        };
+        Self::spawn(cfg, caps, pools, vec![plan], Some(tier))
+    }
+
+    /// Starts one forwarder thread per plan and waits until each is ready.
+    fn spawn(
+        cfg: &Config,
+        caps: uring::Capabilities,
+        pools: Vec<Arc<Pool>>,
+        plans: Vec<ForwarderPlan>,
+        overflow: Option<Arc<Tier>>,
+    ) -> Result<Self, StartError> {
         // SAFETY: plain eventfd(2) call; the result is checked before use.
         let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
         if raw < 0 {
@@ -282,32 +481,43 @@ impl Engine {
         let wake = Arc::new(unsafe { OwnedFd::from_raw_fd(raw) });
         let stop = Arc::new(StopFlags::default());
         let tunables = Arc::new(Tunables::new(&cfg.engine));
-        let stats: Vec<_> = cores
-            .iter()
+        let count = plans.len();
+        let stats: Vec<_> = (0..count)
             .map(|_| Arc::new(ForwarderStats::default()))
             .collect();
 
         let (ready_tx, ready_rx) = mpsc::channel();
-        let mut threads = Vec::with_capacity(cores.len());
-        for (index, (core, listeners)) in cores.iter().copied().zip(sockets).enumerate() {
+        let mut threads = Vec::with_capacity(count);
+        for (index, plan) in plans.into_iter().enumerate() {
+            let worker = plan.intake.is_some();
+            let core = plan.core;
             let setup = Setup {
                 index,
                 caps,
                 engine: cfg.engine.clone(),
-                listeners,
+                listeners: plan.listeners,
                 pools: pools.clone(),
                 stats: stats[index].clone(),
                 stop: stop.clone(),
                 wake: wake.as_raw_fd(),
                 tunables: tunables.clone(),
+                parking: plan.parking,
+                intake: plan.intake,
             };
             let ready = ready_tx.clone();
             let policy = cfg.engine.sched_policy;
             let registry = tunables.clone();
+            let name = if worker {
+                "levee-worker".to_string()
+            } else {
+                format!("levee-fwd-{index}")
+            };
             let spawned = std::thread::Builder::new()
-                .name(format!("levee-fwd-{index}"))
+                .name(name)
                 .spawn(move || {
-                    if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
+                    if let Some(core) = core
+                        && !core_affinity::set_for_current(core_affinity::CoreId { id: core })
+                    {
                         warn!(
                             forwarder = index,
                             cpu = core,
@@ -342,16 +552,19 @@ impl Engine {
         }
         drop(ready_tx);
 
-        let mut engine = Self {
+        let engine = Self {
             threads,
             stats,
             pools,
             stopper: Stopper { flags: stop, wake },
-            addrs,
+            addrs: Vec::new(),
             monitor: None,
             tunables,
+            overflow,
+            supervisor: None,
+            drain_timeout: cfg.engine.drain_timeout,
         };
-        for _ in 0..cores.len() {
+        for _ in 0..count {
             match ready_rx.recv() {
                 Ok((_, Ok(()))) => {}
                 Ok((index, Err(error))) => {
@@ -366,21 +579,6 @@ impl Engine {
                         "a forwarder thread died at start",
                     )));
                 }
-            }
-        }
-        info!(
-            forwarders = cores.len(),
-            cpus = ?cores,
-            defer_taskrun = caps.defer_taskrun,
-            sched_policy = cfg.engine.sched_policy.name(),
-            "forwarders ready"
-        );
-        match Monitor::start(&engine.pools, &cfg.pools) {
-            Ok(m) => engine.monitor = Some(m),
-            Err(e) => {
-                engine.stop();
-                let _ = engine.join();
-                return Err(StartError::Io(e));
             }
         }
         Ok(engine)
@@ -429,7 +627,7 @@ impl Engine {
             m.stop();
         }
         let mut first_error = None;
-        for (i, t) in self.threads.into_iter().enumerate() {
+        for (i, t) in std::mem::take(&mut self.threads).into_iter().enumerate() {
             match t.join() {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
@@ -441,9 +639,99 @@ impl Engine {
                 }
             }
         }
+        // Workers go after the forwarders: until then they may still take parked clients.
+        if let Some(s) = self.supervisor.take() {
+            s.stop(self.drain_timeout);
+        }
         match first_error {
             Some(e) => Err(e),
             None => Ok(Totals::sum(self.stats.iter().map(|s| &**s))),
+        }
+    }
+
+    /// The overflow tier, when the configuration queues.
+    pub fn overflow(&self) -> Option<&Arc<Tier>> {
+        self.overflow.as_ref()
+    }
+
+    /// How many supervised workers to keep running, when there is a supervisor.
+    pub fn worker_target(&self) -> Option<Arc<WorkerTarget>> {
+        self.supervisor.as_ref().map(|s| s.target.clone())
+    }
+
+    /// Process ids of the supervised workers running now.
+    pub fn worker_pids(&self) -> Vec<u32> {
+        self.supervisor
+            .as_ref()
+            .map_or_else(Vec::new, Supervisor::worker_pids)
+    }
+}
+
+/// Every pool's shared state: loads in the overflow tier's table (`init`ialised from the
+/// configuration by the table's creator), or private ones without a tier.
+fn build_pools(
+    cfg: &Config,
+    tier: Option<(&Shared, &Arc<Holder>)>,
+    forwarders: usize,
+    init: bool,
+) -> Result<Vec<Arc<Pool>>, StartError> {
+    let rows = crate::pool::table::layout(&cfg.pools).0;
+    cfg.pools
+        .iter()
+        .zip(rows)
+        .map(|(p, rows)| {
+            let balancer = Balancer::new(p).map_err(|error| StartError::Pool {
+                pool: p.name.clone(),
+                error,
+            })?;
+            let load = match tier {
+                Some((shared, holder)) => {
+                    let load = PoolLoad::attach(shared.load.clone(), holder.clone(), rows);
+                    if init {
+                        load.init(p);
+                    }
+                    load
+                }
+                None => PoolLoad::new(p),
+            };
+            Ok(Arc::new(Pool::with_load(p, balancer, load, forwarders)))
+        })
+        .collect()
+}
+
+/// How this worker takes sockets: as configured, or for `auto` (and the environment variable
+/// `LEVEE_OVERFLOW_HANDOFF`, which overrides the key), pidfd_getfd where the kernel permits it
+/// on the levee that made the queues.
+fn choose_takeover(cfg: &Config, shared: &Shared) -> Result<Takeover, StartError> {
+    let configured = match std::env::var("LEVEE_OVERFLOW_HANDOFF").ok().as_deref() {
+        Some(name) => Handoff::from_name(name).ok_or_else(|| {
+            StartError::Io(io::Error::other(format!(
+                "LEVEE_OVERFLOW_HANDOFF={name}: expected auto, pidfd or scm_rights"
+            )))
+        })?,
+        None => cfg.overflow.handoff,
+    };
+    match configured {
+        Handoff::Pidfd => Ok(Takeover::Pidfd),
+        Handoff::ScmRights => Ok(Takeover::ScmRights),
+        Handoff::Auto => {
+            let creator = shared.load.creator();
+            // A descriptor number no process has: EBADF if the kernel lets us take descriptors
+            // from that process at all, EPERM if not.
+            let probe = ProcessHandle::open(creator.pid, creator.start_ticks)
+                .and_then(|h| h.take(i32::MAX).map(drop));
+            match probe {
+                Err(e) if e.raw_os_error() == Some(libc::EBADF) => Ok(Takeover::Pidfd),
+                Ok(()) => Ok(Takeover::Pidfd),
+                Err(e) => {
+                    warn!(
+                        error = %e,
+                        "pidfd_getfd on levee is not permitted (Yama ptrace_scope, seccomp, or \
+                         another user?): sockets will be handed over with SCM_RIGHTS"
+                    );
+                    Ok(Takeover::ScmRights)
+                }
+            }
         }
     }
 }

@@ -28,6 +28,18 @@ pub enum Kind {
     Recv(Dir),
     /// Send on the destination side of a direction.
     Send(Dir),
+    /// The poll on a parked client that ends when it leaves; the index is the park entry.
+    ParkPoll,
+    /// The overflow tier's short timer: queue deadlines, notices, shed connections.
+    OverflowTick,
+    /// A futex wait on a worker's notice ring; the index is the worker's.
+    Notice,
+    /// A worker's futex wait for tickets in a pool's queue; the index is the pool's.
+    QueueWait,
+    /// A worker's futex wait for a backend slot to free.
+    SlotWait,
+    /// A worker's poll on its socket for handed-over descriptors.
+    ScmRecv,
 }
 
 impl Kind {
@@ -43,6 +55,12 @@ impl Kind {
             Self::Recv(Dir::Down) => 7,
             Self::Send(Dir::Up) => 8,
             Self::Send(Dir::Down) => 9,
+            Self::ParkPoll => 10,
+            Self::OverflowTick => 11,
+            Self::Notice => 12,
+            Self::QueueWait => 13,
+            Self::SlotWait => 14,
+            Self::ScmRecv => 15,
         }
     }
 
@@ -58,6 +76,12 @@ impl Kind {
             7 => Self::Recv(Dir::Down),
             8 => Self::Send(Dir::Up),
             9 => Self::Send(Dir::Down),
+            10 => Self::ParkPoll,
+            11 => Self::OverflowTick,
+            12 => Self::Notice,
+            13 => Self::QueueWait,
+            14 => Self::SlotWait,
+            15 => Self::ScmRecv,
             _ => return None,
         })
     }
@@ -81,12 +105,12 @@ mod tests {
 
     #[test]
     fn every_kind_round_trips_with_its_index() {
-        for code in 0..10 {
-            let kind = Kind::from_code(code).expect("codes 0..10 are kinds");
+        for code in 0..16 {
+            let kind = Kind::from_code(code).expect("codes 0..16 are kinds");
             for index in [0, 1, 77, u32::MAX] {
                 assert_eq!(decode(encode(kind, index)), Some((kind, index)));
             }
         }
-        assert_eq!(decode(10 << 56), None);
+        assert_eq!(decode(16 << 56), None);
     }
 }

@@ -15,6 +15,9 @@ pub struct Capabilities {
     /// SINGLE_ISSUER with DEFER_TASKRUN: completions are processed only when the forwarder asks,
     /// in its own thread, which saves interrupts and cross-CPU task work.
     pub defer_taskrun: bool,
+    /// `FutexWait` (Linux 6.7): the overflow tier sleeps on shared futex words in the ring.
+    /// Without it, waits there become a 10 ms poll.
+    pub futex: bool,
 }
 
 /// io_uring is missing or lacks an operation levee relies on.
@@ -97,13 +100,17 @@ fn probe_here() -> Result<Capabilities, ProbeError> {
     if !missing.is_empty() {
         return Err(ProbeError::MissingOps(missing));
     }
+    let futex = probe.is_supported(opcode::FutexWait::CODE);
     drop(ring);
     let defer_taskrun = IoUring::<io_uring::squeue::Entry>::builder()
         .setup_single_issuer()
         .setup_defer_taskrun()
         .build(8)
         .is_ok();
-    Ok(Capabilities { defer_taskrun })
+    Ok(Capabilities {
+        defer_taskrun,
+        futex,
+    })
 }
 
 /// Builds a forwarder's ring. Must run on the thread that will submit to it (SINGLE_ISSUER).

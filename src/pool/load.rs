@@ -1,12 +1,18 @@
-//! Live state of a pool's backends, shared by every forwarder of this process.
+//! Live state of a pool's backends, shared by every forwarder of this process and by the
+//! worker processes of the overflow tier.
 //!
-//! Selectors read it to rank backends; forwarders reserve a connection slot with
+//! Selectors read it to rank backends; forwarders and workers reserve a connection slot with
 //! [`PoolLoad::try_acquire`] before connecting and give it back with [`PoolLoad::release`]. The
-//! per-backend cap is exact: the reservation is a compare-and-swap against `max_conns`, so no
-//! interleaving of forwarders ever opens more than `max_conns` connections to one backend.
+//! per-backend cap is exact across threads and processes, and survives a process that dies
+//! holding slots: the counts live in a shared [`Table`](levee_rings::table::Table), one column
+//! per process, whose exact acquisition and crash reclamation `levee-rings` documents.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
+use levee_rings::table::{Holder, Table};
+
+use super::table::{self, B_ADMIN, B_BASE_WEIGHT, P_AVAILABLE_WEIGHT, P_BOUND_MILLI, PoolRows};
 use crate::config::{AdminState, PoolConfig};
 
 /// Health of a backend as the forwarders see it.
@@ -29,21 +35,6 @@ impl BackendState {
             _ => Self::Drain,
         }
     }
-}
-
-/// One backend's counters. Only atomics and `repr(C)`, so the same layout can later live in a
-/// shared mapping; one cache line each so two forwarders updating neighbours do not contend.
-#[repr(C, align(64))]
-#[derive(Debug)]
-pub struct BackendSlot {
-    active: AtomicU32,
-    max_conns: AtomicU32,
-    /// Weight in the low 32 bits, [`BackendState`] in the high 32: one word, so a change to
-    /// either yields the exact old and new contribution to [`PoolLoad`]'s available weight.
-    admin: AtomicU64,
-    /// The weight the pool's table was built for. While the effective weight is below it (slow
-    /// start), [`PoolLoad::admits`] turns away the matching share of flows.
-    base_weight: AtomicU32,
 }
 
 fn pack_admin(weight: u32, state: BackendState) -> u64 {
@@ -85,7 +76,7 @@ enum BoundTest {
 
 impl BoundTest {
     /// Whether a backend with `active` connections is below its capacity.
-    fn allows(self, active: u32) -> bool {
+    fn allows(self, active: u64) -> bool {
         match self {
             Self::Unbounded => true,
             Self::Below { num, den } => u128::from(active) * den < num,
@@ -93,55 +84,107 @@ impl BoundTest {
     }
 }
 
-/// The live load of one pool.
-#[derive(Debug)]
+/// The live load of one pool: its rows of the load table, and this process's holder.
 pub struct PoolLoad {
-    slots: Box<[BackendSlot]>,
-    /// Sum of `active` over all backends; kept beside them so the bounded-load mean costs O(1).
-    total_active: AtomicU32,
-    /// Sum of the weights of the available backends, kept so the bounded-load capacity costs
-    /// O(1) instead of a pass over the pool for every candidate. Each admin change adds its exact
-    /// delta (wrapping); two racing changes to one backend may land in either order, so a reader
-    /// can briefly see a value "below zero" and treats it as 0.
-    available_weight: AtomicU64,
-    /// `bound × 1000`, or 0 when no bound is set.
-    bound_milli: AtomicU32,
+    table: Table,
+    holder: Arc<Holder>,
+    rows: PoolRows,
+}
+
+impl std::fmt::Debug for PoolLoad {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PoolLoad")
+            .field("table", &self.table)
+            .field("rows", &self.rows)
+            .finish()
+    }
 }
 
 impl PoolLoad {
+    /// The load of the pool `cfg` describes, in a table of its own that no other process sees.
+    ///
+    /// # Panics
+    ///
+    /// When no shared memory can be made for it at all (a full /dev/shm and temporary
+    /// directory): the engine uses [`PoolLoad::attach`], which reports the error instead.
     pub fn new(cfg: &PoolConfig) -> Self {
-        let slots: Box<[BackendSlot]> = cfg
-            .backends
-            .iter()
-            .map(|b| {
-                let state = match b.state {
-                    AdminState::Up => BackendState::Up,
-                    AdminState::Drain => BackendState::Drain,
-                };
-                BackendSlot {
-                    active: AtomicU32::new(0),
-                    max_conns: AtomicU32::new(b.max_conns),
-                    admin: AtomicU64::new(pack_admin(b.weight, state)),
-                    base_weight: AtomicU32::new(b.weight),
-                }
-            })
-            .collect();
-        let available_weight = slots
-            .iter()
-            .map(|s| admin_contribution(s.admin.load(Ordering::Relaxed)))
-            .sum();
-        let bound_milli = bound_to_milli(cfg.bound);
-        Self {
-            slots,
-            total_active: AtomicU32::new(0),
-            available_weight: AtomicU64::new(available_weight),
-            bound_milli: AtomicU32::new(bound_milli),
+        let made = table::private(cfg).and_then(|(t, rows)| {
+            let holder = t.holder()?;
+            Ok((t, rows, holder))
+        });
+        match made {
+            Ok((table, rows, holder)) => {
+                let load = Self::attach(table, Arc::new(holder), rows);
+                load.init(cfg);
+                load
+            }
+            Err(e) => panic!("cannot make a pool load table: {e}"),
         }
+    }
+
+    /// The load of the pool whose rows are `rows` in a shared `table`, counted in `holder`'s
+    /// column. Reads what is there: the table's creator wrote it with [`PoolLoad::init`].
+    pub fn attach(table: Table, holder: Arc<Holder>, rows: PoolRows) -> Self {
+        Self {
+            table,
+            holder,
+            rows,
+        }
+    }
+
+    /// Writes the configuration's caps, weights, states and bound into the pool's rows: once,
+    /// by whoever creates the table.
+    pub fn init(&self, cfg: &PoolConfig) {
+        let mut available = 0;
+        for (i, b) in cfg.backends.iter().enumerate().take(self.len()) {
+            let state = match b.state {
+                AdminState::Up => BackendState::Up,
+                AdminState::Drain => BackendState::Drain,
+            };
+            let admin = pack_admin(b.weight, state);
+            available += admin_contribution(admin);
+            let row = self.rows.backend(i);
+            self.table.set_cap(row, b.max_conns);
+            self.table
+                .word(row, B_ADMIN)
+                .store(admin, Ordering::Relaxed);
+            self.table
+                .word(row, B_BASE_WEIGHT)
+                .store(u64::from(b.weight), Ordering::Relaxed);
+        }
+        self.pool_word(P_AVAILABLE_WEIGHT)
+            .store(available, Ordering::Relaxed);
+        self.set_bound(cfg.bound);
+    }
+
+    /// The table and this process's holder, for the parts of the overflow tier that share them.
+    pub fn table(&self) -> &Table {
+        &self.table
+    }
+
+    pub fn holder(&self) -> &Arc<Holder> {
+        &self.holder
+    }
+
+    pub fn rows(&self) -> PoolRows {
+        self.rows
+    }
+
+    fn admin(&self, i: usize) -> &AtomicU64 {
+        self.table.word(self.rows.backend(i), B_ADMIN)
+    }
+
+    fn pool_word(&self, k: usize) -> &AtomicU64 {
+        self.table.word(self.rows.pool(), k)
     }
 
     /// The weight backend `i`'s share in the pool's table stands for.
     pub fn base_weight(&self, i: usize) -> u32 {
-        self.slots[i].base_weight.load(Ordering::Relaxed)
+        let w = self
+            .table
+            .word(self.rows.backend(i), B_BASE_WEIGHT)
+            .load(Ordering::Relaxed);
+        u32::try_from(w).unwrap_or(u32::MAX)
     }
 
     /// Whether backend `i` takes the flow (or pick) `key` given its slow-start ramp: always at
@@ -162,26 +205,26 @@ impl PoolLoad {
 
     /// Number of backends, whatever their state.
     pub fn len(&self) -> usize {
-        self.slots.len()
+        self.rows.backends
     }
 
     pub fn is_empty(&self) -> bool {
-        self.slots.is_empty()
+        self.rows.backends == 0
     }
 
-    /// Connections open to backend `i` now.
+    /// Connections open to backend `i` now, from every process.
     pub fn active(&self, i: usize) -> u32 {
-        self.slots[i].active.load(Ordering::Relaxed)
+        u32::try_from(self.table.count(self.rows.backend(i))).unwrap_or(u32::MAX)
     }
 
-    /// Connections open to the whole pool now.
+    /// Connections open to the whole pool now, from every process.
     pub fn total_active(&self) -> u32 {
-        self.total_active.load(Ordering::Relaxed)
+        u32::try_from(self.table.count(self.rows.pool())).unwrap_or(u32::MAX)
     }
 
     /// Effective weight of backend `i` now (0: takes no new connections).
     pub fn weight(&self, i: usize) -> u32 {
-        admin_weight(self.slots[i].admin.load(Ordering::Relaxed))
+        admin_weight(self.admin(i).load(Ordering::Relaxed))
     }
 
     pub fn set_weight(&self, i: usize, weight: u32) {
@@ -190,15 +233,15 @@ impl PoolLoad {
 
     /// Cap on connections to backend `i` (0: none).
     pub fn max_conns(&self, i: usize) -> u32 {
-        self.slots[i].max_conns.load(Ordering::Relaxed)
+        self.table.cap(self.rows.backend(i))
     }
 
     pub fn set_max_conns(&self, i: usize, max: u32) {
-        self.slots[i].max_conns.store(max, Ordering::Relaxed);
+        self.table.set_cap(self.rows.backend(i), max);
     }
 
     pub fn state(&self, i: usize) -> BackendState {
-        admin_state(self.slots[i].admin.load(Ordering::Relaxed))
+        admin_state(self.admin(i).load(Ordering::Relaxed))
     }
 
     pub fn set_state(&self, i: usize, state: BackendState) {
@@ -208,44 +251,45 @@ impl PoolLoad {
     /// Applies an admin change to backend `i` and moves the pool's available weight by exactly
     /// what that change moved the backend's contribution.
     fn update_admin(&self, i: usize, change: impl Fn(u64) -> u64) {
-        let slot = &self.slots[i];
-        let old = match slot
-            .admin
+        let old = match self
+            .admin(i)
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |a| Some(change(a)))
         {
             Ok(old) | Err(old) => old,
         };
         let delta = admin_contribution(change(old)).wrapping_sub(admin_contribution(old));
-        self.available_weight.fetch_add(delta, Ordering::Relaxed);
+        self.pool_word(P_AVAILABLE_WEIGHT)
+            .fetch_add(delta, Ordering::Relaxed);
     }
 
     /// Sum of the weights of the backends that are up: the `W` of the bounded-load capacity.
     pub fn available_weight(&self) -> u64 {
-        let w = self.available_weight.load(Ordering::Relaxed);
+        let w = self.pool_word(P_AVAILABLE_WEIGHT).load(Ordering::Relaxed);
         // Above the largest possible sum it can only be a transient "negative" from two racing
-        // changes to one backend: read it as empty until the other delta lands.
+        // changes to one backend (or a corrupt peer): read it as empty until the other delta
+        // lands.
         let most = u64::from(u32::MAX).saturating_mul(self.len() as u64);
         if w > most { 0 } else { w }
     }
 
     /// Bounded-load factor, if one is set.
     pub fn bound(&self) -> Option<f64> {
-        match self.bound_milli.load(Ordering::Relaxed) {
+        match self.pool_word(P_BOUND_MILLI).load(Ordering::Relaxed) {
             0 => None,
-            m => Some(f64::from(m) / f64::from(BOUND_SCALE)),
+            m => Some(m as f64 / f64::from(BOUND_SCALE)),
         }
     }
 
     /// Sets the bounded-load factor (`None` or 0: only `max_conns` bounds a backend); takes
     /// effect on the next ranking and reservation.
     pub fn set_bound(&self, bound: Option<f64>) {
-        self.bound_milli
-            .store(bound_to_milli(bound), Ordering::Relaxed);
+        self.pool_word(P_BOUND_MILLI)
+            .store(u64::from(bound_to_milli(bound)), Ordering::Relaxed);
     }
 
     /// Whether backend `i` may be offered new connections at all: up and weight above 0.
     pub fn is_available(&self, i: usize) -> bool {
-        admin_contribution(self.slots[i].admin.load(Ordering::Relaxed)) > 0
+        admin_contribution(self.admin(i).load(Ordering::Relaxed)) > 0
     }
 
     /// Whether backend `i` is available and has room for one more connection: below its
@@ -258,9 +302,9 @@ impl PoolLoad {
         if !self.is_available(i) {
             return false;
         }
-        let active = self.active(i);
+        let active = u64::from(self.active(i));
         let max = self.max_conns(i);
-        if max != 0 && active >= max {
+        if max != 0 && active >= u64::from(max) {
             return false;
         }
         self.bound_test(i).allows(active)
@@ -268,7 +312,7 @@ impl PoolLoad {
 
     /// The bounded-load test of backend `i` as of now.
     fn bound_test(&self, i: usize) -> BoundTest {
-        let milli = self.bound_milli.load(Ordering::Relaxed);
+        let milli = self.pool_word(P_BOUND_MILLI).load(Ordering::Relaxed);
         if milli == 0 {
             return BoundTest::Unbounded;
         }
@@ -278,7 +322,8 @@ impl PoolLoad {
         }
         // `active < ceil(num / den)` is `active × den < num`: no division on the hot path.
         // u128: bound, demand and weights are each up to 32 bits (the weight sum up to 48),
-        // their products are not 64.
+        // their products are not 64. The bound word is shared: clamp what a peer wrote.
+        let milli = milli.min(u64::from(u32::MAX));
         let demand = u128::from(self.total_active()) + 1;
         BoundTest::Below {
             num: u128::from(milli) * demand * u128::from(self.weight(i)),
@@ -287,37 +332,29 @@ impl PoolLoad {
     }
 
     /// Reserves one connection on backend `i` if it is under its `max_conns` (exact, whatever
-    /// other threads do) and, when a bound is set, under its bounded-load capacity. A successful
-    /// reservation must be given back with [`Self::release`].
+    /// other threads and processes do) and, when a bound is set, under its bounded-load
+    /// capacity. A successful reservation must be given back with [`Self::release`]. Two
+    /// reservations racing for a backend's last slot may both fail; neither ever exceeds it.
     pub fn try_acquire(&self, i: usize) -> bool {
-        let slot = &self.slots[i];
-        let max = slot.max_conns.load(Ordering::Relaxed);
-        let limit = if max == 0 { u32::MAX } else { max };
         let bound = self.bound_test(i);
-        let won = slot
-            .active
-            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |a| {
-                (a < limit && bound.allows(a)).then_some(a + 1)
-            })
-            .is_ok();
+        let won = self
+            .holder
+            .try_acquire_with(self.rows.backend(i), |others| bound.allows(others));
         if won {
-            self.total_active.fetch_add(1, Ordering::Relaxed);
+            self.holder.add(self.rows.pool(), 1);
         }
         won
     }
 
-    /// Gives back a reservation made by [`Self::try_acquire`].
+    /// Gives back a reservation made by [`Self::try_acquire`] in this process. Saturating, so a
+    /// stray release cannot wrap the count and make the backend look full for good.
     pub fn release(&self, i: usize) {
-        // Saturating, so a stray release cannot wrap the count and make the backend look full
-        // for good.
-        let released = self.slots[i]
-            .active
-            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |a| a.checked_sub(1))
-            .is_ok();
-        debug_assert!(released, "release without acquire on backend {i}");
-        if released {
-            self.total_active.fetch_sub(1, Ordering::Relaxed);
-        }
+        debug_assert!(
+            self.holder.held(self.rows.backend(i)) > 0,
+            "release without acquire on backend {i}"
+        );
+        self.holder.release(self.rows.backend(i));
+        self.holder.sub(self.rows.pool(), 1);
     }
 }
 

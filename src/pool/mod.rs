@@ -14,19 +14,24 @@
 //! | [`PoolHealth`] status and counters | the health monitor | `ctl` |
 //! | [`PoolHealth`] operator weight and drain | `levee ctl` | the health monitor |
 //! | [`Signals`] streaks | forwarders | the health monitor |
+//! | [`QueueStats`] counts and waits | forwarders | `ctl` |
+//! | [`QueueStats`] drain rate | the overflow supervisor | forwarders (admission), `ctl` |
 
 mod health;
 mod load;
+pub mod queue;
 mod signals;
+pub mod table;
 
 pub use health::{HealthCounts, PoolHealth, Status};
 pub use load::{BackendState, PoolLoad};
+pub use queue::{Left, QueueStats, Refused};
 pub use signals::Signals;
 
 use socket2::SockAddr;
 
 use crate::balance::Balancer;
-use crate::config::{AllDown, Balance, HashKey, PoolConfig};
+use crate::config::{AllDown, Balance, HashKey, Overflow, PoolConfig};
 
 /// A pool as every forwarder, the health monitor and `levee ctl` share it.
 pub struct Pool {
@@ -42,15 +47,30 @@ pub struct Pool {
     pub health: PoolHealth,
     /// What a new connection gets when no backend is up.
     pub all_down: AllDown,
+    /// What a new connection gets when every backend that is up is full.
+    pub overflow: Overflow,
+    /// How the pool's queue has fared.
+    pub queue: QueueStats,
 }
 
 impl Pool {
-    /// The shared state of the pool `cfg` describes, with `balancer` built for it.
+    /// The shared state of the pool `cfg` describes, with `balancer` built for it and a load
+    /// that only this process sees.
     pub fn new(cfg: &PoolConfig, balancer: Balancer) -> Self {
+        Self::with_load(cfg, balancer, PoolLoad::new(cfg), 1)
+    }
+
+    /// The same, with `load` in the overflow tier's shared table, for `forwarders` forwarders.
+    pub fn with_load(
+        cfg: &PoolConfig,
+        balancer: Balancer,
+        load: PoolLoad,
+        forwarders: usize,
+    ) -> Self {
         let hashes = matches!(cfg.balance, Balance::Maglev | Balance::SourceHash);
         Self {
             name: cfg.name.clone(),
-            load: PoolLoad::new(cfg),
+            load,
             balancer,
             addrs: cfg
                 .backends
@@ -61,6 +81,8 @@ impl Pool {
             hash_key: hashes.then_some(cfg.hash_key),
             health: PoolHealth::new(cfg),
             all_down: cfg.health.all_down,
+            overflow: cfg.overflow,
+            queue: QueueStats::new(forwarders),
         }
     }
 }

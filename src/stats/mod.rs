@@ -28,10 +28,25 @@ pub enum CloseReason {
     DrainTimeout,
     /// A socket call failed before the relay could start (e.g. out of file descriptors).
     LocalError,
+    /// Queued, then taken over by a worker process, which relays it from there.
+    HandedOff,
+    /// No backend had room and the pool's queue was full, or the predicted wait was past
+    /// `overflow.queue_timeout`.
+    QueueFull,
+    /// Queued for `overflow.queue_timeout` without a worker taking it.
+    QueueTimeout,
+    /// The client closed while queued.
+    Abandoned,
+    /// No backend had room and the pool's overflow is `reject`.
+    Rejected,
+    /// Queued, then shed by CoDel.
+    Shed,
+    /// Queued, and every worker that claimed it died before taking it over.
+    DeadLettered,
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 9] = [
+    pub const ALL: [CloseReason; 16] = [
         Self::Done,
         Self::ClientError,
         Self::BackendError,
@@ -41,6 +56,13 @@ impl CloseReason {
         Self::OverCapacity,
         Self::DrainTimeout,
         Self::LocalError,
+        Self::HandedOff,
+        Self::QueueFull,
+        Self::QueueTimeout,
+        Self::Abandoned,
+        Self::Rejected,
+        Self::Shed,
+        Self::DeadLettered,
     ];
 
     pub fn name(self) -> &'static str {
@@ -54,6 +76,13 @@ impl CloseReason {
             Self::OverCapacity => "over_capacity",
             Self::DrainTimeout => "drain_timeout",
             Self::LocalError => "local_error",
+            Self::HandedOff => "handed_off",
+            Self::QueueFull => "queue_full",
+            Self::QueueTimeout => "queue_timeout",
+            Self::Abandoned => "abandoned",
+            Self::Rejected => "rejected",
+            Self::Shed => "shed",
+            Self::DeadLettered => "dead_lettered",
         }
     }
 }

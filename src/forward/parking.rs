@@ -1,0 +1,841 @@
+//! The forwarder's side of the overflow tier: parking connections that no backend has room
+//! for, and letting go of them when a worker takes them over or they leave the queue.
+//!
+//! A parked connection holds no connection slot and no buffer: only its socket (not read from
+//! since it was accepted), a park entry, and one `POLLRDHUP` poll that completes if the client
+//! leaves. Its ticket is on the pool's queue. It leaves the queue exactly one way (see
+//! [`park`](crate::overflow::park)), and is counted once: served (handed off), expired,
+//! abandoned, shed, dead-lettered, or closed at shutdown.
+//!
+//! The poll holds a reference to the socket, so a socket is closed only once its poll has
+//! completed: letting go of an entry cancels the poll and finishes at its completion.
+
+use std::collections::VecDeque;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use hdrhistogram::Histogram;
+use io_uring::opcode;
+use io_uring::types::{CancelBuilder, Fd, Timespec};
+use levee_rings::table::Table;
+use levee_rings::{FutexWait, mpmc, spsc};
+use tracing::{debug, warn};
+
+use super::forwarder::Forwarder;
+use super::sockopt::{peer_addr, set_linger_zero};
+use super::token::{self, Kind};
+use crate::overflow::Settings;
+use crate::overflow::handoff::{self, socket_cookie};
+use crate::overflow::notice::{Notice, NoticeKind};
+use crate::overflow::park::{self, Cancel, Park};
+use crate::overflow::shared::{self, Geometry};
+use crate::overflow::ticket::Ticket;
+use crate::pool::queue::new_wait_histogram;
+use crate::pool::{Left, Refused};
+use crate::stats::CloseReason;
+
+/// How often a forwarder with parked connections looks at deadlines and notices.
+const TICK_MS: u64 = 10;
+/// How often it scans its entries for ones a worker or the supervisor asked it to close.
+const SCAN_MS: u64 = 50;
+/// `futex2` flag for a 32-bit futex word; never `FUTEX2_PRIVATE`, since the word is shared.
+pub(super) const FUTEX2_SIZE_U32: u32 = 0x02;
+
+/// What the engine hands a forwarder for its part of the overflow tier.
+pub struct ParkingSetup {
+    pub dir: PathBuf,
+    pub geometry: Geometry,
+    pub load: Table,
+    pub park: Table,
+    /// This forwarder's producer on each pool's queue; `None` for pools that reject.
+    pub producers: Vec<Option<mpmc::Producer>>,
+    /// This forwarder's end of each worker's notice ring, workers 1, 2, ... in order.
+    pub notices: Vec<spsc::Consumer>,
+    /// Whether io_uring can wait on a futex (Linux 6.7); without it, the tick polls.
+    pub futex: bool,
+}
+
+/// How a parked connection's socket is closed once its entry is let go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Finish {
+    /// A worker holds the socket: close only this process's copy, touching nothing else.
+    HandOver,
+    /// The client left: close.
+    Close,
+    /// Refuse: the listener's payload and FIN, or RST without one.
+    Refuse,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EntryState {
+    Free,
+    Parked,
+    /// Let go; waiting for its poll's completion to close the socket as `finish` says.
+    Leaving(Finish),
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Parked {
+    state: EntryState,
+    fd: RawFd,
+    pool: u16,
+    listener: u16,
+    generation: u64,
+    /// Coarse monotonic milliseconds.
+    since_ms: u64,
+    /// Its poll is in flight.
+    polling: bool,
+}
+
+impl Parked {
+    const FREE: Parked = Parked {
+        state: EntryState::Free,
+        fd: -1,
+        pool: 0,
+        listener: 0,
+        generation: 0,
+        since_ms: 0,
+        polling: false,
+    };
+}
+
+struct NoticeRing {
+    ring: spsc::Consumer,
+    /// The futex wait in flight on this ring, kept alive until its completion.
+    wait: Option<FutexWait>,
+}
+
+pub(super) struct Parking {
+    dir: PathBuf,
+    geometry: Geometry,
+    load: Table,
+    park: Table,
+    producers: Vec<Option<mpmc::Producer>>,
+    notices: Vec<NoticeRing>,
+    entries: Box<[Parked]>,
+    free: Vec<u32>,
+    /// Entries in arrival order, with the generation they were parked in; stale pairs (the
+    /// entry left and was reused) are skipped as they come up.
+    order: VecDeque<(u32, u64)>,
+    next_generation: u64,
+    parked: u32,
+    tick_armed: bool,
+    tick: Timespec,
+    last_scan_ms: u64,
+    pid: u32,
+    start_ticks: u64,
+    /// Unbound datagram socket for `SCM_RIGHTS` handoffs, made on first use.
+    scm: Option<OwnedFd>,
+    /// Handoffs asked for but not sent yet (the worker's socket was full): worker, entry.
+    unsent: Vec<(u32, u32)>,
+    futex: bool,
+    /// Per pool: waits recorded while `ctl` held the pool's histogram.
+    pending_waits: Vec<Histogram<u64>>,
+}
+
+impl Parking {
+    pub(super) fn new(setup: ParkingSetup) -> std::io::Result<Self> {
+        let me = levee_rings::ProcessId::current()?;
+        let pools = setup.producers.len();
+        let entries = setup.geometry.park_entries;
+        Ok(Self {
+            dir: setup.dir,
+            geometry: setup.geometry,
+            load: setup.load,
+            park: setup.park,
+            producers: setup.producers,
+            notices: setup
+                .notices
+                .into_iter()
+                .map(|ring| NoticeRing { ring, wait: None })
+                .collect(),
+            entries: vec![Parked::FREE; entries].into_boxed_slice(),
+            free: (0..entries as u32).rev().collect(),
+            order: VecDeque::with_capacity(entries),
+            next_generation: 1,
+            parked: 0,
+            tick_armed: false,
+            tick: Timespec::new().nsec((TICK_MS * 1_000_000) as u32),
+            last_scan_ms: 0,
+            pid: me.pid,
+            start_ticks: me.start_ticks,
+            scm: None,
+            unsent: Vec::new(),
+            futex: setup.futex,
+            pending_waits: (0..pools).map(|_| new_wait_histogram()).collect(),
+        })
+    }
+
+    /// Connections parked now (including ones leaving whose socket is not closed yet).
+    pub(super) fn busy(&self) -> bool {
+        self.free.len() < self.entries.len()
+    }
+}
+
+impl Forwarder {
+    fn park_word(&self, entry: u32) -> Option<&std::sync::atomic::AtomicU64> {
+        let p = self.parking.as_deref()?;
+        let row = p.geometry.park_row(self.index, entry)?;
+        Some(p.park.word(row, 0))
+    }
+
+    /// Whether connections already wait in `pool`'s queue (ready tickets, or tickets a worker
+    /// holds while it waits for a backend): a newcomer then queues behind them.
+    pub(super) fn queue_waiting(&self, pool: u16) -> bool {
+        let Some(p) = self.parking.as_deref() else {
+            return false;
+        };
+        let depth = p.producers[usize::from(pool)]
+            .as_ref()
+            .map_or(0, mpmc::Producer::depth);
+        depth > 0 || {
+            let rows = self.pools[usize::from(pool)].shared.load.rows();
+            p.load.count(rows.queue()) > 0
+        }
+    }
+
+    /// Queues `client`, which no backend of `pool` has room for, or refuses it when the queue
+    /// is full or its wait would outlast the queue timeout.
+    pub(super) fn park(&mut self, client: RawFd, pool: u16, listener: u16, flow: u64) {
+        let pool_index = usize::from(pool);
+        let Some(p) = self.parking.as_deref_mut() else {
+            self.refuse_fd(client, listener, CloseReason::Rejected);
+            return;
+        };
+        let settings = Settings::read(&p.load);
+        let shared = &self.pools[pool_index].shared;
+        let Some(producer) = p.producers[pool_index].as_mut() else {
+            shared.queue.count_refused(Refused::Rejected);
+            self.refuse_fd(client, listener, CloseReason::Rejected);
+            return;
+        };
+        let waiting = producer.depth() as u64 + p.load.count(shared.load.rows().queue());
+        if waiting >= u64::from(p.geometry.park_entries as u32) || p.free.is_empty() {
+            shared.queue.count_refused(Refused::Full);
+            self.refuse_fd(client, listener, CloseReason::QueueFull);
+            return;
+        }
+        // Refuse now rather than queue a client that would only time out: the wait it can
+        // expect is the queue ahead of it over the rate the queue has been draining at. With no
+        // rate measured yet (the first of a burst), it is queued.
+        let rate = shared.queue.drain_rate();
+        if rate > 0.0 && (waiting + 1) as f64 / rate * 1000.0 > settings.queue_timeout_ms as f64 {
+            shared.queue.count_refused(Refused::Predicted);
+            self.refuse_fd(client, listener, CloseReason::QueueFull);
+            return;
+        }
+        // SAFETY: `client` is a socket this forwarder accepted and still owns.
+        let fd = unsafe { BorrowedFd::borrow_raw(client) };
+        let (cookie, local) = match (socket_cookie(fd), local_addr(fd)) {
+            (Ok(c), Some(l)) => (c, l),
+            (Err(e), _) => {
+                warn!(error = %e, "cannot read a queued client's socket cookie");
+                self.refuse_fd(client, listener, CloseReason::LocalError);
+                return;
+            }
+            (_, None) => {
+                self.refuse_fd(client, listener, CloseReason::LocalError);
+                return;
+            }
+        };
+        let Some(peer) = peer_addr(client) else {
+            // The client is already gone.
+            self.stats.close(CloseReason::Abandoned);
+            self.close_fd(client);
+            return;
+        };
+        let Some(entry) = p.free.pop() else {
+            unreachable!("checked above");
+        };
+        let generation = p.next_generation & park::GENERATION_MASK;
+        p.next_generation += 1;
+        let now_ns = handoff::monotonic_ns();
+        let ticket = Ticket {
+            pool,
+            forwarder: self.index as u16,
+            entry,
+            generation,
+            pid: p.pid,
+            fd: client,
+            start_ticks: p.start_ticks,
+            cookie,
+            flow,
+            enqueued_ns: now_ns,
+            deadline_ns: now_ns.saturating_add(settings.queue_timeout_ms * 1_000_000),
+            client: peer,
+            local,
+        };
+        let row = p.geometry.park_row(self.index, entry);
+        let Some(word) = row.map(|r| p.park.word(r, 0)) else {
+            p.free.push(entry);
+            self.refuse_fd(client, listener, CloseReason::LocalError);
+            return;
+        };
+        // Queued in the word before the ticket is visible, so a worker never finds it free.
+        word.store(
+            park::encode(Park::Queued { generation }),
+            std::sync::atomic::Ordering::Release,
+        );
+        let pushed = p.producers[pool_index]
+            .as_mut()
+            .map(|producer| producer.push(&ticket.encode()));
+        if let Some(Err(e)) = pushed {
+            word.store(0, std::sync::atomic::Ordering::Release);
+            p.free.push(entry);
+            let reason = match e {
+                levee_rings::PushError::Full => {
+                    self.pools[pool_index]
+                        .shared
+                        .queue
+                        .count_refused(Refused::Full);
+                    CloseReason::QueueFull
+                }
+                other => {
+                    warn!(error = %other, "cannot queue a connection");
+                    CloseReason::LocalError
+                }
+            };
+            self.refuse_fd(client, listener, reason);
+            return;
+        }
+        p.entries[entry as usize] = Parked {
+            state: EntryState::Parked,
+            fd: client,
+            pool,
+            listener,
+            generation,
+            since_ms: self.now,
+            polling: true,
+        };
+        p.order.push_back((entry, generation));
+        p.parked += 1;
+        self.pools[pool_index].shared.queue.count_queued();
+        // Ends if the client leaves while it waits: RDHUP on its FIN, HUP or ERR on a reset.
+        let poll = opcode::PollAdd::new(
+            Fd(client),
+            (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) as u32,
+        )
+        .build()
+        .user_data(token::encode(Kind::ParkPoll, entry));
+        self.push(poll);
+        self.arm_overflow_tick();
+        self.arm_notice_waits();
+    }
+
+    fn arm_overflow_tick(&mut self) {
+        let Some(p) = self.parking.as_deref_mut() else {
+            return;
+        };
+        if p.tick_armed {
+            return;
+        }
+        p.tick_armed = true;
+        let entry = opcode::Timeout::new(&p.tick)
+            .build()
+            .user_data(token::encode(Kind::OverflowTick, 0));
+        self.push(entry);
+    }
+
+    /// Waits on every worker's notice ring that has nothing to read now, so a commit or a
+    /// request for a socket wakes this forwarder at once.
+    fn arm_notice_waits(&mut self) {
+        let Some(p) = self.parking.as_deref_mut() else {
+            return;
+        };
+        if !p.futex {
+            return;
+        }
+        let mut waits = Vec::new();
+        for (i, n) in p.notices.iter_mut().enumerate() {
+            if n.wait.is_some() {
+                continue;
+            }
+            match n.ring.prepare_data_wait() {
+                Ok(Some(w)) => {
+                    waits.push(
+                        opcode::FutexWait::new(
+                            w.word(),
+                            u64::from(w.value()),
+                            u64::from(u32::MAX),
+                            FUTEX2_SIZE_U32,
+                        )
+                        .build()
+                        .user_data(token::encode(Kind::Notice, i as u32)),
+                    );
+                    n.wait = Some(w);
+                }
+                // Something to read already: the tick reads it.
+                Ok(None) => {}
+                Err(e) => debug!(error = %e, "notice ring wait failed"),
+            }
+        }
+        for w in waits {
+            self.push(w);
+        }
+    }
+
+    pub(super) fn on_notice_wait(&mut self, worker: u32) {
+        if let Some(p) = self.parking.as_deref_mut()
+            && let Some(n) = p.notices.get_mut(worker as usize)
+        {
+            n.wait = None;
+        }
+        self.read_notices();
+        if self.parking.as_deref().is_some_and(Parking::busy) {
+            self.arm_notice_waits();
+        }
+    }
+
+    /// Reads every notice waiting on any worker's ring.
+    fn read_notices(&mut self) {
+        let Some(p) = self.parking.as_deref_mut() else {
+            return;
+        };
+        let mut got = Vec::new();
+        for (i, n) in p.notices.iter_mut().enumerate() {
+            loop {
+                match n.ring.peek() {
+                    Ok(Some(record)) => {
+                        got.push((i as u32 + 1, Notice::decode(&record)));
+                        record.release();
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        warn!(worker = i + 1, error = %e, "a worker's notice ring is corrupt");
+                        break;
+                    }
+                }
+            }
+        }
+        for (worker, notice) in got {
+            match notice {
+                Some(n) => self.on_notice(worker, n),
+                None => warn!(worker, "a worker sent a notice levee does not know"),
+            }
+        }
+        self.send_unsent();
+    }
+
+    fn on_notice(&mut self, worker: u32, n: Notice) {
+        let entry = n.entry;
+        let Some(p) = self.parking.as_deref() else {
+            return;
+        };
+        let Some(e) = p.entries.get(entry as usize).copied() else {
+            warn!(
+                worker,
+                entry, "a notice names a park entry that does not exist"
+            );
+            return;
+        };
+        if e.state != EntryState::Parked || e.generation != n.generation & park::GENERATION_MASK {
+            return; // about a connection that left already
+        }
+        let Some(word) = self.park_word(entry) else {
+            return;
+        };
+        match n.kind {
+            NoticeKind::Committed => {
+                if park::release_committed(word, e.generation, worker as u8) {
+                    self.leave(
+                        entry,
+                        Left::Served,
+                        CloseReason::HandedOff,
+                        Finish::HandOver,
+                    );
+                }
+            }
+            NoticeKind::SendSocket => {
+                if park::decode(word.load(std::sync::atomic::Ordering::Acquire))
+                    == (Park::Taking {
+                        generation: e.generation,
+                        worker: worker as u8,
+                    })
+                {
+                    self.send_socket(worker, entry);
+                }
+            }
+            NoticeKind::Close => self.reap_closing(entry),
+        }
+    }
+
+    /// Sends parked entry `entry`'s socket to `worker` over its Unix socket.
+    fn send_socket(&mut self, worker: u32, entry: u32) {
+        let Some(p) = self.parking.as_deref_mut() else {
+            return;
+        };
+        if p.scm.is_none() {
+            match handoff::datagram_socket(None) {
+                Ok(s) => p.scm = Some(s),
+                Err(e) => {
+                    warn!(error = %e, "cannot open a socket for SCM_RIGHTS handoffs");
+                    return;
+                }
+            }
+        }
+        let e = p.entries[entry as usize];
+        let to = shared::worker_socket_path(&p.dir, worker);
+        let mut payload = [0u8; 12];
+        payload[..4].copy_from_slice(&entry.to_le_bytes());
+        payload[4..].copy_from_slice(&e.generation.to_le_bytes());
+        let Some(sock) = p.scm.as_ref() else { return };
+        match handoff::send_fd(sock.as_fd(), &to, &payload, e.fd) {
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
+                p.unsent.push((worker, entry));
+            }
+            Err(err) => {
+                debug!(worker, error = %err, "cannot hand a socket to a worker");
+                p.unsent.push((worker, entry));
+            }
+        }
+    }
+
+    fn send_unsent(&mut self) {
+        let Some(p) = self.parking.as_deref_mut() else {
+            return;
+        };
+        if p.unsent.is_empty() {
+            return;
+        }
+        let unsent = std::mem::take(&mut p.unsent);
+        for (worker, entry) in unsent {
+            let still = self
+                .parking
+                .as_deref()
+                .is_some_and(|p| p.entries[entry as usize].state == EntryState::Parked);
+            if still {
+                self.send_socket(worker, entry);
+            }
+        }
+    }
+
+    /// The poll on a parked client ended: it left (or the poll was cancelled).
+    pub(super) fn on_park_poll(&mut self, entry: u32, res: i32) {
+        let Some(p) = self.parking.as_deref_mut() else {
+            return;
+        };
+        let Some(e) = p.entries.get_mut(entry as usize) else {
+            return;
+        };
+        e.polling = false;
+        let (state, generation) = (e.state, e.generation);
+        match state {
+            EntryState::Leaving(finish) => self.finish(entry, finish),
+            EntryState::Parked if res > 0 => {
+                let Some(word) = self.park_word(entry) else {
+                    return;
+                };
+                match park::cancel(word, generation) {
+                    Cancel::Cancelled | Cancel::Lost => {
+                        self.leave(
+                            entry,
+                            Left::Abandoned,
+                            CloseReason::Abandoned,
+                            Finish::Close,
+                        );
+                    }
+                    Cancel::Closing(why) => {
+                        let (how, reason) = closing_reason(why);
+                        self.leave(entry, how, reason, Finish::Close);
+                    }
+                    // A worker is taking it over; it will find the client gone.
+                    Cancel::Taking(_) => {}
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Lets go of parked entry `entry`: counts how it left, then closes the socket as `finish`
+    /// says once its poll has completed.
+    fn leave(&mut self, entry: u32, how: Left, reason: CloseReason, finish: Finish) {
+        let Some(p) = self.parking.as_deref_mut() else {
+            return;
+        };
+        let e = &mut p.entries[entry as usize];
+        if e.state != EntryState::Parked {
+            return;
+        }
+        e.state = EntryState::Leaving(finish);
+        p.parked -= 1;
+        let (pool, since, polling) = (usize::from(e.pool), e.since_ms, e.polling);
+        let queue = &self.pools[pool].shared.queue;
+        queue.count_left(how);
+        if how == Left::Served {
+            let wait_us = self.now.saturating_sub(since) * 1000;
+            queue.record_wait(&mut p.pending_waits[pool], wait_us);
+        }
+        self.stats.close(reason);
+        if polling {
+            let target = token::encode(Kind::ParkPoll, entry);
+            self.push(
+                opcode::AsyncCancel2::new(CancelBuilder::user_data(target))
+                    .build()
+                    .user_data(token::encode(Kind::Ignore, 0)),
+            );
+        } else {
+            self.finish(entry, finish);
+        }
+    }
+
+    /// Closes a left entry's socket and frees the entry.
+    fn finish(&mut self, entry: u32, finish: Finish) {
+        let Some(p) = self.parking.as_deref_mut() else {
+            return;
+        };
+        let e = std::mem::replace(&mut p.entries[entry as usize], Parked::FREE);
+        p.free.push(entry);
+        match finish {
+            Finish::HandOver | Finish::Close => self.close_fd(e.fd),
+            Finish::Refuse => self.refuse_parked(e.fd, e.listener),
+        }
+    }
+
+    /// Refuses a client levee owns and has not counted yet: counts `reason`, then closes.
+    pub(super) fn refuse_fd(&mut self, fd: RawFd, listener: u16, reason: CloseReason) {
+        self.stats.close(reason);
+        self.refuse_parked(fd, listener);
+    }
+
+    /// Writes the listener's refuse payload and FIN, or resets the client when it has none.
+    fn refuse_parked(&mut self, fd: RawFd, listener: u16) {
+        let payload = self
+            .listeners
+            .get(usize::from(listener))
+            .map(|l| l.refuse_payload.clone())
+            .unwrap_or_else(|| Arc::from(&[][..]));
+        if payload.is_empty() {
+            set_linger_zero(fd);
+        } else {
+            // The socket's send buffer is empty (nothing was ever sent on it), so a payload of
+            // a few KiB goes in whole; what does not is cut, never waited for.
+            // SAFETY: plain send(2) on a socket this forwarder owns, from a live buffer.
+            unsafe {
+                libc::send(
+                    fd,
+                    payload.as_ptr().cast(),
+                    payload.len(),
+                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                );
+            }
+            let _ = super::sockopt::shutdown_write(fd);
+        }
+        self.close_fd(fd);
+    }
+
+    /// An entry someone set to CLOSING: close its client for the reason they gave.
+    fn reap_closing(&mut self, entry: u32) {
+        let Some(p) = self.parking.as_deref() else {
+            return;
+        };
+        let e = p.entries[entry as usize];
+        if e.state != EntryState::Parked {
+            return;
+        }
+        let Some(word) = self.park_word(entry) else {
+            return;
+        };
+        if let Park::Closing { generation, .. } =
+            park::decode(word.load(std::sync::atomic::Ordering::Acquire))
+            && generation == e.generation
+            && let Cancel::Closing(why) = park::cancel(word, e.generation)
+        {
+            let (how, reason) = closing_reason(why);
+            self.leave(entry, how, reason, Finish::Refuse);
+        }
+    }
+
+    /// The overflow tick: notices, deadlines, entries to close; re-armed while anything is
+    /// parked.
+    pub(super) fn on_overflow_tick(&mut self) {
+        let Some(p) = self.parking.as_deref_mut() else {
+            return;
+        };
+        p.tick_armed = false;
+        self.read_notices();
+        self.expire();
+        let scan = self
+            .parking
+            .as_deref()
+            .is_some_and(|p| self.now >= p.last_scan_ms + SCAN_MS);
+        if scan {
+            self.scan_closing();
+        }
+        self.publish_oldest();
+        if self.parking.as_deref().is_some_and(Parking::busy) {
+            self.arm_overflow_tick();
+            self.arm_notice_waits();
+        }
+    }
+
+    /// Closes queued clients whose deadline passed and that no live worker is taking.
+    fn expire(&mut self) {
+        let timeout = match self.parking.as_deref() {
+            Some(p) => Settings::read(&p.load).queue_timeout_ms,
+            None => return,
+        };
+        loop {
+            let Some(p) = self.parking.as_deref_mut() else {
+                return;
+            };
+            let Some(&(entry, generation)) = p.order.front() else {
+                return;
+            };
+            let e = p.entries[entry as usize];
+            if e.state != EntryState::Parked || e.generation != generation {
+                p.order.pop_front();
+                continue;
+            }
+            if self.now < e.since_ms + timeout {
+                return;
+            }
+            let Some(word) = self.park_word(entry) else {
+                return;
+            };
+            match park::cancel(word, generation) {
+                Cancel::Cancelled | Cancel::Lost => {
+                    self.leave(
+                        entry,
+                        Left::Expired,
+                        CloseReason::QueueTimeout,
+                        Finish::Refuse,
+                    );
+                }
+                Cancel::Closing(why) => {
+                    let (how, reason) = closing_reason(why);
+                    self.leave(entry, how, reason, Finish::Refuse);
+                }
+                Cancel::Taking(worker) => {
+                    let alive = self
+                        .parking
+                        .as_deref()
+                        .is_none_or(|p| p.load.is_attached(u32::from(worker)).unwrap_or(true));
+                    if alive {
+                        // The worker is taking it over this very moment: leave it be, and look
+                        // at the ones behind it next tick.
+                        return;
+                    }
+                    // It died taking it. Its ticket may go back on the queue, but the wait is
+                    // over: close the client; a later taker finds the entry stale.
+                    let dead = |w: u8| w == worker;
+                    if park::close(word, generation, park::CloseWhy::Expired, dead) {
+                        let _ = park::cancel(word, generation);
+                    }
+                    self.leave(
+                        entry,
+                        Left::Expired,
+                        CloseReason::QueueTimeout,
+                        Finish::Refuse,
+                    );
+                }
+            }
+        }
+    }
+
+    /// Looks for entries a worker or the supervisor set to CLOSING.
+    fn scan_closing(&mut self) {
+        let Some(p) = self.parking.as_deref_mut() else {
+            return;
+        };
+        p.last_scan_ms = self.now;
+        let closing: Vec<u32> = p
+            .order
+            .iter()
+            .filter(|&&(entry, generation)| {
+                let e = p.entries[entry as usize];
+                e.state == EntryState::Parked
+                    && e.generation == generation
+                    && p.geometry.park_row(self.index, entry).is_some_and(|row| {
+                        matches!(
+                            park::decode(p.park.word(row, 0).load(std::sync::atomic::Ordering::Acquire)),
+                            Park::Closing { generation: g, .. } if g == generation
+                        )
+                    })
+            })
+            .map(|&(entry, _)| entry)
+            .collect();
+        for entry in closing {
+            self.reap_closing(entry);
+        }
+    }
+
+    /// Tells `ctl` when this forwarder's oldest queued connection of each pool arrived.
+    fn publish_oldest(&mut self) {
+        let Some(p) = self.parking.as_deref() else {
+            return;
+        };
+        let mut oldest = vec![0u64; self.pools.len()];
+        let mut missing = self.pools.len();
+        for &(entry, generation) in &p.order {
+            if missing == 0 {
+                break;
+            }
+            let e = p.entries[entry as usize];
+            if e.state == EntryState::Parked
+                && e.generation == generation
+                && oldest[usize::from(e.pool)] == 0
+            {
+                oldest[usize::from(e.pool)] = e.since_ms.max(1);
+                missing -= 1;
+            }
+        }
+        for (pool, since) in oldest.into_iter().enumerate() {
+            self.pools[pool].shared.queue.set_oldest(self.index, since);
+        }
+    }
+
+    /// At the drain deadline: every parked client that no worker is taking is closed.
+    pub(super) fn close_parked(&mut self) {
+        let Some(p) = self.parking.as_deref() else {
+            return;
+        };
+        let parked: Vec<(u32, u64)> = p
+            .entries
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.state == EntryState::Parked)
+            .map(|(i, e)| (i as u32, e.generation))
+            .collect();
+        for (entry, generation) in parked {
+            let Some(word) = self.park_word(entry) else {
+                continue;
+            };
+            match park::cancel(word, generation) {
+                // A worker holds it: it is the worker's to serve now.
+                Cancel::Taking(_) => {
+                    self.leave(
+                        entry,
+                        Left::Served,
+                        CloseReason::HandedOff,
+                        Finish::HandOver,
+                    );
+                }
+                _ => self.leave(
+                    entry,
+                    Left::Stopped,
+                    CloseReason::DrainTimeout,
+                    Finish::Refuse,
+                ),
+            }
+        }
+    }
+
+    /// Whether the forwarder still holds parked sockets.
+    pub(super) fn parking_busy(&self) -> bool {
+        self.parking.as_deref().is_some_and(Parking::busy)
+    }
+}
+
+fn closing_reason(why: park::CloseWhy) -> (Left, CloseReason) {
+    match why {
+        park::CloseWhy::DeadLettered => (Left::DeadLettered, CloseReason::DeadLettered),
+        park::CloseWhy::Shed => (Left::Shed, CloseReason::Shed),
+        park::CloseWhy::Expired => (Left::Expired, CloseReason::QueueTimeout),
+    }
+}
+
+fn local_addr(fd: BorrowedFd<'_>) -> Option<std::net::SocketAddr> {
+    socket2::SockRef::from(&fd).local_addr().ok()?.as_socket()
+}
