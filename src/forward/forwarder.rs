@@ -218,6 +218,8 @@ impl Forwarder {
         if self.stop.requested.load(Ordering::Acquire) {
             self.begin_drain();
         }
+        // A worker looks at its queues before its first wait, which only a completion ends.
+        self.serve_intake();
         let mut cqes: [MaybeUninit<cqueue::Entry>; CQE_BATCH] =
             [const { MaybeUninit::uninit() }; CQE_BATCH];
         let mut batch = [(0u64, 0i32, 0u32); CQE_BATCH];
