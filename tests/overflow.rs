@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{IO_TIMEOUT, engine_config, pool, single, wait_until};
+use common::{IO_TIMEOUT, pool, single, wait_until};
 use levee::config::{Balance, Config, Overflow};
 use levee::forward::{Engine, Options};
 use levee::pool::{Left, Refused};
@@ -459,7 +459,7 @@ fn spawn_worker(engine: &Engine, handoff: Option<&str>) -> std::process::Child {
     cmd.spawn().expect("spawn levee worker")
 }
 
-fn stop_worker(mut child: std::process::Child) -> String {
+fn stop_worker(child: std::process::Child) -> String {
     // SAFETY: kill(2) on our own child's pid.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let out = child.wait_with_output().expect("worker output");
