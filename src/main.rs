@@ -173,6 +173,8 @@ fn load(path: &Path) -> Result<Config, ExitCode> {
 }
 
 const DEMO_BACKENDS: usize = 3;
+/// Connections levee opens to each demo backend at once in the built-in default.
+const DEMO_MAX_CONNS: u32 = 8;
 
 /// The built-in default, with the demo backends' addresses filled in. It goes through the same
 /// parser as any file, so it is checked like one.
@@ -184,10 +186,16 @@ fn builtin_config(backends: &[std::net::SocketAddr]) -> Result<Config, ExitCode>
          listener.default.addr = 127.0.0.1:8080\n\
          listener.default.pool = demo\n\
          # Round robin, so that successive requests from one client visit every backend.\n\
-         pool.demo.balance = round_robin\n",
+         pool.demo.balance = round_robin\n\
+         # Small caps, so that a burst overflows into the queue and one worker drains it.\n\
+         overflow.workers = 1\n",
     );
     for (i, addr) in backends.iter().enumerate() {
         text.push_str(&format!("pool.demo.backend.demo{}.addr = {addr}\n", i + 1));
+        text.push_str(&format!(
+            "pool.demo.backend.demo{}.max_conns = {DEMO_MAX_CONNS}\n",
+            i + 1
+        ));
     }
     config::parse(&text, "<built-in>").map_err(|errors| {
         eprint!("{errors}");
@@ -315,6 +323,18 @@ fn run(cfg: &Config, builtin: bool, set_level: LevelSetter) -> ExitCode {
         let addr = engine.listener_addrs()[0];
         info!("try it: curl http://{addr}/");
         info!("load it: wrk -t1 -c50 -d10s --latency http://{addr}/");
+        info!(
+            "overflow it: each demo backend takes {DEMO_MAX_CONNS} connections from levee and \
+             {} ms per answer; a burst of new connections beyond that waits in the queue: \
+             wrk -t1 -c200 -d10s -H 'Connection: close' http://{addr}/",
+            demo::THINK.as_millis()
+        );
+        if let Some(socket) = &cfg.ctl.socket {
+            info!(
+                "watch the queue drain: watch -n 0.5 'levee ctl -s {} -a | grep queue'",
+                socket.display()
+            );
+        }
         info!(
             "run your own configuration with: levee run -c FILE (levee check -c FILE validates it)"
         );

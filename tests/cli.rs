@@ -243,11 +243,44 @@ fn no_arguments_runs_the_built_in_default() {
         bodies.iter().any(|b| b.contains("demo backend demo")),
         "{bodies:?}"
     );
+    // A burst beyond the demo backends' caps (3 x 8) goes through the queue, all served.
+    let burst: Vec<_> = (0..60)
+        .map(|_| {
+            let mut c = TcpStream::connect(default).expect("connect");
+            thread::spawn(move || {
+                c.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
+                c.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+                    .expect("write");
+                let mut got = String::new();
+                let _ = c.read_to_string(&mut got);
+                got.starts_with("HTTP/1.1 200 OK")
+            })
+        })
+        .collect();
+    let served = burst
+        .into_iter()
+        .map(|h| matches!(h.join(), Ok(true)))
+        .filter(|&ok| ok)
+        .count();
+    assert_eq!(served, 60);
     sigterm(&child);
     let log = stop_and_log(&mut child);
     assert!(
         log.contains("curl http://127.0.0.1:8080/"),
         "the log says how to try it: {log}"
     );
+    assert!(
+        log.contains("overflow it:"),
+        "the log says how to overflow it: {log}"
+    );
     assert!(log.contains("started 3 built-in HTTP backends"), "{log}");
+    // levee's own closing line, not its worker's.
+    let handed_off: u64 = log
+        .lines()
+        .find(|l| l.contains("levee: stopped:"))
+        .and_then(|l| l.split("closed_handed_off=").nth(1))
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(handed_off > 0, "the burst went through the queue: {log}");
 }

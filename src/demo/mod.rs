@@ -19,6 +19,9 @@ pub const MAX_CONNS: usize = 1024;
 pub const MAX_HEAD: usize = 16 * 1024;
 /// A connection idle this long is closed.
 const IDLE: Duration = Duration::from_secs(30);
+/// Each answer takes this long, as real work would: with the built-in default's small caps,
+/// a burst of connections then has to queue, and the queue is there to be watched.
+pub const THINK: Duration = Duration::from_millis(10);
 
 /// A running demo backend.
 #[derive(Debug, Clone)]
@@ -96,6 +99,7 @@ fn serve(mut s: TcpStream, body: &str) -> io::Result<()> {
         };
         let head = Head::parse(&buf[..head_end]);
         let close = head.close;
+        thread::sleep(THINK);
         let response = format!(
             "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n{}\r\n{}",
             body.len(),

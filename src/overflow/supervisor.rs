@@ -100,6 +100,15 @@ impl Supervisor {
             .map(|q| q.as_ref().map(mpmc::Queue::dead_letters).transpose())
             .collect::<Result<Vec<_>, _>>()
             .map_err(io::Error::other)?;
+        // A handle per queue only to recover what dead workers claimed: consumers do it when
+        // they claim, but there may be no live worker at all.
+        let reapers = tier
+            .shared
+            .queues
+            .iter()
+            .map(|q| q.as_ref().map(mpmc::Queue::producer).transpose())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(io::Error::other)?;
         let thread = {
             let stop = stop.clone();
             let target = target.clone();
@@ -112,6 +121,7 @@ impl Supervisor {
                         rates: pools.iter().map(|_| Rate::default()).collect(),
                         pools,
                         dead_letters,
+                        reapers,
                         command,
                         target,
                         slots,
@@ -203,6 +213,7 @@ struct Loop {
     pools: Vec<Arc<Pool>>,
     rates: Vec<Rate>,
     dead_letters: Vec<Option<mpmc::DeadLetters>>,
+    reapers: Vec<Option<mpmc::Producer>>,
     command: Option<WorkerCommand>,
     target: Arc<WorkerTarget>,
     slots: Arc<Mutex<Vec<Slot>>>,
@@ -217,6 +228,17 @@ impl Loop {
                 "reclaimed the backend slots held by worker processes that died"
             ),
             Err(e) => warn!(error = %e, "cannot reap the load table"),
+        }
+        for (pool, reaper) in self.reapers.iter_mut().enumerate() {
+            match reaper.as_mut().map(mpmc::Producer::reap) {
+                Some(Ok(n)) if n > 0 => info!(
+                    pool = %self.pools[pool].name,
+                    handles = n,
+                    "put back the queued connections that dead workers had claimed"
+                ),
+                Some(Err(e)) => warn!(pool, error = %e, "cannot recover a queue's dead claims"),
+                _ => {}
+            }
         }
         self.dead_letters();
         self.measure();
