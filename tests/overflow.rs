@@ -553,3 +553,67 @@ fn a_wait_predicted_past_the_timeout_is_refused_at_once() {
     engine.stop();
     engine.join().expect("join");
 }
+
+/// The `waiting_room` example, built for this test profile if `cargo test` did not build it.
+fn waiting_room() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary");
+    let profile_dir = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .expect("target/PROFILE/deps");
+    let path = profile_dir.join("examples").join("waiting_room");
+    if !path.exists() {
+        let target = profile_dir.parent().expect("target dir");
+        let mut cargo =
+            std::process::Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+        cargo
+            .args(["build", "--example", "waiting_room", "--target-dir"])
+            .arg(target)
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            cargo.arg("--release");
+        }
+        let status = cargo.status().expect("run cargo");
+        assert!(status.success(), "cannot build the waiting_room example");
+    }
+    path
+}
+
+#[test]
+fn a_worker_written_from_the_protocol_document_serves_tickets() {
+    let (backend, engine, busy) = busy_backend(|_| {});
+    let addr = engine.listener_addrs()[0];
+    let dir = engine.overflow().expect("overflow tier").shared.dir.clone();
+    let room = std::process::Command::new(waiting_room())
+        .arg(&dir)
+        .args(["--count", "3", "--reply", "wait here\n"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn the waiting room");
+    let waiting: Vec<_> = (0..3)
+        .map(|_| {
+            let mut s = common::connect(addr);
+            s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+                .expect("write");
+            s
+        })
+        .collect();
+    for mut s in waiting {
+        assert_eq!(common::read_all(&mut s).expect("read"), b"wait here\n");
+    }
+    let out = room.wait_with_output().expect("waiting room");
+    assert!(out.status.success(), "{}", out.status);
+    wait_until("three counted as served", || {
+        queue_stat(&engine, Left::Served) == 3
+    });
+    assert_eq!(
+        backend.accepted.load(Ordering::Relaxed),
+        1,
+        "none reached the backend"
+    );
+    backend.gate.store(true, Ordering::Release);
+    assert_eq!(busy.join().expect("busy"), Outcome::Served);
+    engine.stop();
+    let t = engine.join().expect("join");
+    assert_eq!(t.closed(CloseReason::HandedOff), 3, "{t}");
+}
