@@ -617,3 +617,292 @@ fn a_worker_written_from_the_protocol_document_serves_tickets() {
     let t = engine.join().expect("join");
     assert_eq!(t.closed(CloseReason::HandedOff), 3, "{t}");
 }
+
+/// Environment variable that turns this test binary into a worker that claims one ticket and
+/// then hangs, as a worker killed between its claim and its commit would: `DIR|TAKE` where
+/// TAKE is 1 to also win the park entry first.
+const CHILD_CLAIMER: &str = "LEVEE_TEST_CLAIMER";
+
+#[test]
+fn child_claimer() {
+    let Ok(spec) = std::env::var(CHILD_CLAIMER) else {
+        return;
+    };
+    let (dir, take) = spec.split_once('|').expect("DIR|TAKE");
+    let dir = PathBuf::from(dir);
+    let load = levee_rings::table::Table::open(dir.join("load")).expect("load table");
+    let holder = load.holder().expect("holder");
+    let park = levee_rings::table::Table::open(dir.join("park")).expect("park");
+    let queue = levee_rings::mpmc::Queue::open(dir.join("queue.0")).expect("queue");
+    let mut consumer = queue.consumer().expect("consumer");
+    let claim = consumer
+        .claim_wait(Some(IO_TIMEOUT))
+        .expect("claim")
+        .expect("a ticket");
+    let t = levee::overflow::ticket::Ticket::decode(&claim).expect("ticket");
+    if take == "1" {
+        // Parked entries of forwarder 0 are the first rows of the park table.
+        let word = park.word(t.entry as usize, 0);
+        let taken =
+            levee::overflow::park::take(word, t.generation, holder.index() as u8, |_| false);
+        assert_eq!(taken, levee::overflow::park::Take::Taken);
+    }
+    println!("levee-test-claimer claimed");
+    // Holds the claim, unacknowledged, until killed.
+    let _held = claim;
+    loop {
+        thread::sleep(Duration::from_secs(60));
+    }
+}
+
+/// Starts a [`child_claimer`] on `engine`'s queue and waits until it holds a ticket.
+fn claim_and_hang(engine: &Engine, take: bool) -> std::process::Child {
+    use std::io::BufRead;
+    let dir = engine.overflow().expect("overflow tier").shared.dir.clone();
+    let mut child = std::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "--exact",
+            "child_claimer",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(
+            CHILD_CLAIMER,
+            format!("{}|{}", dir.display(), u8::from(take)),
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn claimer");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    loop {
+        match lines.next() {
+            Some(Ok(line)) if line.ends_with("levee-test-claimer claimed") => break,
+            Some(Ok(_)) => {}
+            _ => panic!("the claimer exited before it claimed"),
+        }
+    }
+    thread::spawn(move || for _ in lines {});
+    child
+}
+
+#[test]
+fn a_ticket_whose_worker_died_before_committing_is_served_by_the_next() {
+    let (backend, engine, busy) = busy_backend(|_| {});
+    let addr = engine.listener_addrs()[0];
+    let queued = burst(addr, 1..2);
+    wait_until("queued", || engine.pools()[0].queue.queued() == 1);
+    // Killed after it claimed the ticket and won the park entry, before it took the socket.
+    let mut claimer = claim_and_hang(&engine, true);
+    claimer.kill().expect("kill -9");
+    claimer.wait().expect("reap");
+    let worker = spawn_worker(&engine, None);
+    backend.gate.store(true, Ordering::Release);
+    assert_eq!(busy.join().expect("busy"), Outcome::Served);
+    assert_eq!(failures(&outcomes(queued)), vec![]);
+    let tier = engine.overflow().expect("tier").clone();
+    assert_eq!(
+        tier.shared.queues[0]
+            .as_ref()
+            .expect("queue")
+            .stats()
+            .requeued,
+        1
+    );
+    wait_until("served", || queue_stat(&engine, Left::Served) == 1);
+    stop_worker(worker);
+    engine.stop();
+    engine.join().expect("join");
+}
+
+#[test]
+fn a_ticket_out_of_attempts_is_dead_lettered_and_its_client_closed() {
+    let (backend, engine, busy) = busy_backend(|cfg| {
+        cfg.overflow.max_attempts = 1;
+        cfg.listeners[0].refuse_payload = b"sorry\n".to_vec();
+    });
+    let addr = engine.listener_addrs()[0];
+    let mut client = common::connect(addr);
+    wait_until("queued", || engine.pools()[0].queue.queued() == 1);
+    let mut claimer = claim_and_hang(&engine, false);
+    claimer.kill().expect("kill -9");
+    claimer.wait().expect("reap");
+    // One delivery was all it had: the supervisor recovers the claim, the queue dead-letters
+    // it, and the supervisor has the forwarder close the client.
+    assert_eq!(common::read_all(&mut client).expect("read"), b"sorry\n");
+    wait_until("counted", || queue_stat(&engine, Left::DeadLettered) == 1);
+    assert_eq!(backend.accepted.load(Ordering::Relaxed), 1);
+    backend.gate.store(true, Ordering::Release);
+    assert_eq!(busy.join().expect("busy"), Outcome::Served);
+    engine.stop();
+    let t = engine.join().expect("join");
+    assert_eq!(t.closed(CloseReason::DeadLettered), 1, "{t}");
+}
+
+#[test]
+fn a_worker_stops_on_its_own_when_the_levee_it_serves_dies() {
+    let backend = CountingBackend::start(Duration::ZERO);
+    backend.gate.store(false, Ordering::Release);
+    let dir = common::temp_dir("orphan");
+    let shm = PathBuf::from(format!("/dev/shm/levee-test-orphan.{}", std::process::id()));
+    let addr = common::refused_addr();
+    let config = dir.join("levee.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "engine.cores = 0\nctl.socket = none\noverflow.workers = 0\noverflow.dir = {}\n\
+             listener.web.addr = {addr}\nlistener.web.pool = web\n\
+             pool.web.backend.a.addr = {}\npool.web.backend.a.max_conns = 1\n",
+            shm.display(),
+            backend.addr
+        ),
+    )
+    .expect("config");
+    let mut levee = common::levee()
+        .args(["run", "-c"])
+        .arg(&config)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn levee");
+    wait_until("levee listens", || TcpStream::connect(addr).is_ok());
+    // That probe connection went to the backend and holds its one slot; these queue.
+    let mut queued: Vec<_> = (0..3).map(|_| common::connect(addr)).collect();
+    let mut worker = common::levee()
+        .args(["worker", "-c"])
+        .arg(&config)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn worker");
+    let mut log = std::io::BufReader::new(worker.stderr.take().expect("stderr"));
+    let mut seen = String::new();
+    while !seen.contains("worker attached") {
+        use std::io::BufRead;
+        assert!(
+            log.read_line(&mut seen).expect("worker log") > 0,
+            "the worker exited: {seen}"
+        );
+    }
+    levee.kill().expect("kill -9 levee");
+    levee.wait().expect("reap levee");
+    // Their sockets died with levee: the clients see the end.
+    for s in &mut queued {
+        let _ = common::read_all(s);
+    }
+    let status = worker.wait().expect("worker");
+    log.read_to_string(&mut seen).expect("worker log");
+    assert!(status.success(), "{status}: {seen}");
+    assert!(seen.contains("has stopped; stopping"), "{seen}");
+    let _ = std::fs::remove_dir_all(&shm);
+}
+
+/// `levee ctl`'s view of an engine, as `levee run` builds it.
+fn live(engine: &Engine, cfg: &Config) -> levee::ctl::Live {
+    levee::ctl::Live::new(
+        cfg.clone(),
+        engine.pools().to_vec(),
+        engine.tunables().clone(),
+        engine.counters(),
+        Box::new(|_| {}),
+        engine.overflow().map(|tier| levee::ctl::Overflow {
+            tier: tier.clone(),
+            workers: engine.worker_target(),
+        }),
+    )
+}
+
+#[test]
+fn the_queue_timeout_changes_on_the_running_engine() {
+    let (backend, engine, busy) = busy_backend(|cfg| {
+        cfg.overflow.queue_timeout = Duration::from_secs(3600);
+    });
+    let ctl = live(&engine, &capped(&backend, 1));
+    assert_eq!(
+        ctl.set("overflow.queue_timeout", "200ms").as_deref(),
+        Ok("200ms")
+    );
+    let addr = engine.listener_addrs()[0];
+    // Queued after the change: it expires after 200 ms, not after an hour.
+    let mut s = common::connect(addr);
+    let _ = common::read_all(&mut s);
+    assert_eq!(queue_stat(&engine, Left::Expired), 1);
+    assert_eq!(
+        ctl.get("stats.pool.p.queue.expired").as_deref(),
+        Ok("1"),
+        "and ctl shows it"
+    );
+    backend.gate.store(true, Ordering::Release);
+    assert_eq!(busy.join().expect("busy"), Outcome::Served);
+    engine.stop();
+    engine.join().expect("join");
+}
+
+#[test]
+fn the_number_of_workers_changes_on_the_running_engine() {
+    let backend = CountingBackend::start(Duration::ZERO);
+    let cfg = capped(&backend, 1);
+    let engine = with_workers(&cfg);
+    wait_for_workers(&engine, 1);
+    let ctl = live(&engine, &cfg);
+    assert_eq!(ctl.set("overflow.workers", "3").as_deref(), Ok("3"));
+    wait_for_workers(&engine, 3);
+    assert_eq!(engine.worker_pids().len(), 3);
+    assert_eq!(ctl.set("overflow.workers", "1").as_deref(), Ok("1"));
+    wait_until("two workers stopped", || {
+        engine
+            .overflow()
+            .and_then(|t| t.shared.load.holders().ok())
+            .map(|h| h.iter().filter(|h| h.alive && h.index != 0).count())
+            == Some(1)
+    });
+    engine.stop();
+    engine.join().expect("join");
+}
+
+#[test]
+fn codel_sheds_connections_that_waited_long_in_a_standing_queue() {
+    let backend = CountingBackend::start(Duration::from_millis(20));
+    let mut cfg = capped(&backend, 1);
+    cfg.overflow.discipline = levee::config::Discipline::Codel;
+    cfg.overflow.codel_target = Duration::from_millis(5);
+    cfg.overflow.codel_interval = Duration::from_millis(50);
+    let engine = with_workers(&cfg);
+    wait_for_workers(&engine, 1);
+    let addr = engine.listener_addrs()[0];
+    // Fifty requests of 20 ms through one slot: a queue that stands for a second.
+    let results = outcomes(burst(addr, 0..50));
+    let served = results.iter().filter(|o| **o == Outcome::Served).count() as u64;
+    wait_until("every queued one counted", || {
+        queue_stat(&engine, Left::Served) + queue_stat(&engine, Left::Shed) == 49
+    });
+    let shed = queue_stat(&engine, Left::Shed);
+    assert!(shed > 0, "CoDel shed nothing from a standing queue");
+    assert_eq!(served + shed, 50, "each client served or shed, none lost");
+    assert!(backend.peak() <= 1);
+    engine.stop();
+    let t = engine.join().expect("join");
+    assert_eq!(t.closed(CloseReason::Shed), shed, "{t}");
+}
+
+#[test]
+fn an_idle_worker_sleeps() {
+    let backend = CountingBackend::start(Duration::ZERO);
+    let engine = with_workers(&capped(&backend, 1));
+    wait_for_workers(&engine, 1);
+    let pid = engine.worker_pids()[0];
+    let cpu = || -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+        let fields: Vec<&str> = stat[stat.rfind(')').expect("name") + 2..]
+            .split(' ')
+            .collect();
+        // utime and stime: fields 14 and 15, counted from the state (field 3).
+        fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
+    };
+    let before = cpu();
+    thread::sleep(Duration::from_secs(2));
+    let used = cpu() - before;
+    // Clock ticks are 10 ms: an idle worker wakes once a second for a few system calls.
+    assert!(used <= 2, "an idle worker used {used} ticks of CPU in 2 s");
+    engine.stop();
+    engine.join().expect("join");
+}
