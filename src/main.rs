@@ -417,6 +417,13 @@ fn worker(dir: Option<PathBuf>, cfg_path: Option<PathBuf>, cpu: Option<usize>) -
         Err(code) => return code,
     };
     let _ = init_logging(&cfg.log.level);
+    let mut worker_cfg = cfg.clone();
+    // A worker parks nothing: only its own connections count.
+    worker_cfg
+        .pools
+        .iter_mut()
+        .for_each(|p| p.overflow = config::Overflow::Reject);
+    raise_fd_limit_for(1, &worker_cfg);
     let engine = match Engine::start_worker(&cfg, &dir, cpu) {
         Ok(e) => e,
         Err(e) => {
@@ -483,12 +490,24 @@ fn init_logging(level: &config::LogLevel) -> LevelSetter {
 /// Each connection holds two descriptors; raise the soft limit to the hard one and say so when
 /// even that is short of what the configuration may use.
 fn raise_fd_limit(cfg: &Config) {
+    let forwarders = cfg.engine.cores.resolve().map_or(1, |c| c.len()) as u64;
+    raise_fd_limit_for(forwarders, cfg);
+}
+
+/// As [`raise_fd_limit`] for `forwarders` engine threads: each holds `engine.max_conns`
+/// connections of two descriptors, and a forwarder of `levee run` also up to
+/// `overflow.max_queue` queued clients.
+fn raise_fd_limit_for(forwarders: u64, cfg: &Config) {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
         return;
     };
-    let forwarders = cfg.engine.cores.resolve().map_or(1, |c| c.len()) as u64;
-    let needed = forwarders * u64::from(cfg.engine.max_conns) * 2
+    let parked = if levee::overflow::shared::wanted(cfg) {
+        u64::from(cfg.overflow.max_queue)
+    } else {
+        0
+    };
+    let needed = forwarders * (u64::from(cfg.engine.max_conns) * 2 + parked)
         + forwarders * cfg.listeners.len() as u64
         + 64;
     // Raising the hard limit needs privilege; where it is refused, take what the hard limit allows.
