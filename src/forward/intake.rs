@@ -776,7 +776,7 @@ impl Forwarder {
         }
     }
 
-    /// Stopping: claim nothing more, and put back a ticket held for a backend.
+    /// Stopping: claim nothing more, and put back at once a ticket held for a backend.
     pub(super) fn drain_intake(&mut self) {
         let Some(intake) = self.intake.as_deref_mut() else {
             return;
@@ -786,8 +786,11 @@ impl Forwarder {
             let Some(intake) = self.intake.as_deref_mut() else {
                 return;
             };
-            if intake.pools[pool].held.take().is_some() {
-                // Unacknowledged: it goes back on the queue when this consumer detaches.
+            let held = intake.pools[pool].held.take().is_some();
+            // Detaching the consumer puts an unacknowledged ticket back on the queue now (one
+            // delivery counted) rather than when this worker exits, after its drain.
+            intake.pools[pool].consumer = None;
+            if held {
                 let row = self.pools[pool].shared.load.rows().queue();
                 self.pools[pool].shared.load.holder().sub(row, 1);
             }

@@ -654,9 +654,12 @@ impl Engine {
         self.overflow.as_ref()
     }
 
-    /// How many supervised workers to keep running, when there is a supervisor.
+    /// How many supervised workers to keep running, when this engine starts workers.
     pub fn worker_target(&self) -> Option<Arc<WorkerTarget>> {
-        self.supervisor.as_ref().map(|s| s.target.clone())
+        self.supervisor
+            .as_ref()
+            .filter(|s| s.supervises())
+            .map(|s| s.target.clone())
     }
 
     /// Process ids of the supervised workers running now.

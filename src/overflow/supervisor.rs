@@ -69,6 +69,8 @@ pub struct WorkerCommand {
 }
 
 pub struct Supervisor {
+    /// Whether it starts workers (it knows the binary), or only looks after the queues.
+    supervises: bool,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
     workers: Arc<Mutex<Vec<Slot>>>,
@@ -109,6 +111,7 @@ impl Supervisor {
             .map(|q| q.as_ref().map(mpmc::Queue::producer).transpose())
             .collect::<Result<Vec<_>, _>>()
             .map_err(io::Error::other)?;
+        let supervises = command.is_some();
         let thread = {
             let stop = stop.clone();
             let target = target.clone();
@@ -133,6 +136,7 @@ impl Supervisor {
                 })?
         };
         Ok(Self {
+            supervises,
             stop,
             thread: Some(thread),
             workers: slots,
@@ -166,6 +170,11 @@ impl Supervisor {
                 }
             }
         }
+    }
+
+    /// Whether it starts and restarts workers.
+    pub fn supervises(&self) -> bool {
+        self.supervises
     }
 
     /// Process ids of the running supervised workers.
