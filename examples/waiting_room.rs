@@ -121,6 +121,7 @@ fn park_word(generation: u64, state: u64, low: u64) -> u64 {
 const QUEUED: u64 = 1;
 const TAKING: u64 = 2;
 const CLOSING: u64 = 3;
+const COMMITTED: u64 = 4;
 const EXPIRED: u64 = 3;
 
 fn serve(args: &Args) -> Result<(), String> {
@@ -191,7 +192,19 @@ fn serve(args: &Args) -> Result<(), String> {
                 continue;
             }
         };
+        // The connection is ours only once the entry says so: levee may have given up on it.
+        let committed = word
+            .compare_exchange(
+                park_word(t.generation, TAKING, u64::from(me)),
+                park_word(t.generation, COMMITTED, u64::from(me)),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok();
         claim.ack();
+        if !committed {
+            continue; // dropping `socket` closes only this copy
+        }
         commit(&args.dir, me, &t, &mut notices[t.forwarder])?;
         answer(socket, &args.reply);
         served += 1;
@@ -270,8 +283,14 @@ fn commit(
     notice[4..8].copy_from_slice(&t.entry.to_le_bytes());
     notice[8..16].copy_from_slice(&t.generation.to_le_bytes());
     if let Some(p) = ring.as_mut() {
-        // A full ring means levee is behind; it closes its copy at shutdown anyway.
-        let _ = p.push(&notice);
+        // A full ring means levee is behind: try again for a while. (Levee also finds the
+        // COMMITTED entry on its own within 50 ms.)
+        for _ in 0..100 {
+            match p.push(&notice) {
+                Err(levee_rings::PushError::Full) => std::thread::sleep(Duration::from_millis(1)),
+                _ => break,
+            }
+        }
     }
     Ok(())
 }

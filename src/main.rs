@@ -417,13 +417,13 @@ fn worker(dir: Option<PathBuf>, cfg_path: Option<PathBuf>, cpu: Option<usize>) -
         Err(code) => return code,
     };
     let _ = init_logging(&cfg.log.level);
-    let mut worker_cfg = cfg.clone();
-    // A worker parks nothing: only its own connections count.
-    worker_cfg
+    // Its open-file limit counts only the connections it relays: it parks no clients.
+    let mut relays_only = cfg.clone();
+    relays_only
         .pools
         .iter_mut()
         .for_each(|p| p.overflow = config::Overflow::Reject);
-    raise_fd_limit_for(1, &worker_cfg);
+    raise_fd_limit_for(1, &relays_only);
     let engine = match Engine::start_worker(&cfg, &dir, cpu) {
         Ok(e) => e,
         Err(e) => {

@@ -1310,6 +1310,30 @@ mod handles {
             let h = &self.reader.handle;
             word(&h.core.shm, h.entry() + E_CLAIM).store(CLAIM_NONE, Ordering::Release);
         }
+
+        /// Gives the record back, to the tail of the ring it came from, without counting a
+        /// delivery: for a consumer that stops before it could deal with it (a record dropped
+        /// or left behind by a dying handle counts one). `Ok(false)`: that ring is full; the
+        /// claim is kept.
+        pub fn release(self) -> Result<bool> {
+            let h = &self.reader.handle;
+            let attempts = self.attempts();
+            let data = self.to_vec();
+            match h.core.push(self.reader.dead, h.id, &data, attempts) {
+                Ok(()) => {
+                    word(&h.core.shm, h.entry() + E_CLAIM).store(CLAIM_NONE, Ordering::Release);
+                    Ok(true)
+                }
+                Err(PushError::Full) => Ok(false),
+                Err(PushError::TooLarge { .. }) => {
+                    // Cannot happen for a record that came out of this queue; drop it as corrupt.
+                    bump(&h.core.shm, CTR_CORRUPT);
+                    word(&h.core.shm, h.entry() + E_CLAIM).store(CLAIM_NONE, Ordering::Release);
+                    Ok(true)
+                }
+                Err(PushError::Corrupt(e)) => Err(e),
+            }
+        }
     }
 
     impl std::ops::Deref for Claim<'_> {

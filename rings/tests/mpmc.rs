@@ -135,6 +135,34 @@ fn handle_limit_is_enforced_and_freed_on_drop() {
 }
 
 #[test]
+fn a_released_claim_goes_to_the_tail_without_counting_a_delivery() {
+    let s = Scratch::new("mpmc-release");
+    let q = Queue::create(s.path("q"), &small(2)).unwrap();
+    let mut p = q.producer().unwrap();
+    let mut c = q.consumer().unwrap();
+    p.push(b"first").unwrap();
+    p.push(b"second").unwrap();
+    let claim = c.claim().unwrap().expect("a record");
+    assert_eq!(&claim[..], b"first");
+    // The ring has a free slot again once the claim is copied out: room for it to go back.
+    assert!(claim.release().unwrap());
+    assert!(c.pending().is_none(), "released, not held");
+    let next = c.claim().unwrap().expect("the second, now at the head");
+    assert_eq!(&next[..], b"second");
+    next.ack();
+    let back = c.claim().unwrap().expect("the released one, from the tail");
+    assert_eq!((&back[..], back.attempts()), (&b"first"[..], 0));
+    // A full ring keeps the claim rather than lose it.
+    p.push(b"x").unwrap();
+    p.push(b"y").unwrap();
+    assert!(!back.release().unwrap(), "the ring is full");
+    let kept = c.pending().expect("still held");
+    assert_eq!(&kept[..], b"first");
+    kept.ack();
+    assert_eq!(q.stats().requeued, 0, "a release is not a redelivery");
+}
+
+#[test]
 fn pending_shows_a_held_claim_without_counting_a_delivery() {
     let s = Scratch::new("mpmc-pending");
     let q = Queue::create(s.path("q"), &small(8)).unwrap();

@@ -135,6 +135,13 @@ impl Live {
                 .set_sched_policy(e.sched_policy)
                 .map_err(|err| format!("{key}: {err}"))?,
             ("log.level", []) => (self.set_log_level)(cfg.log.level),
+            ("overflow.workers", []) if cfg.overflow.workers > cfg.overflow.max_workers => {
+                return Err(format!(
+                    "{key}: {} workers, but overflow.max_workers allows {}; it changes only \
+                     with a restart",
+                    cfg.overflow.workers, cfg.overflow.max_workers
+                ));
+            }
             ("overflow.workers", []) => {
                 match self.overflow.as_ref().and_then(|o| o.workers.as_ref()) {
                     Some(target) => target.set(cfg.overflow.workers),
@@ -231,12 +238,8 @@ impl Live {
                 "stats.overflow.dir".to_string(),
                 o.tier.shared.dir.display().to_string(),
             ));
-            let workers = o
-                .tier
-                .shared
-                .load
-                .holders()
-                .map_or(0, |h| h.iter().filter(|h| h.alive && h.index != 0).count());
+            // Workers serving now: each counts itself in the settings row.
+            let workers = o.tier.shared.load.count(crate::pool::table::SETTINGS_ROW);
             out.push((
                 "stats.overflow.workers_attached".to_string(),
                 workers.to_string(),

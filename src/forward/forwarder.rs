@@ -218,7 +218,11 @@ impl Forwarder {
         if self.stop.requested.load(Ordering::Acquire) {
             self.begin_drain();
         }
-        // A worker looks at its queues before its first wait, which only a completion ends.
+        // A worker says it serves, and looks at its queues before its first wait, which only a
+        // completion ends.
+        if let (Some(intake), Some(pool)) = (self.intake.as_deref(), self.pools.first()) {
+            intake.announce(pool.shared.load.holder());
+        }
         self.serve_intake();
         let mut cqes: [MaybeUninit<cqueue::Entry>; CQE_BATCH] =
             [const { MaybeUninit::uninit() }; CQE_BATCH];
@@ -280,9 +284,9 @@ impl Forwarder {
             Kind::ParkPoll => self.on_park_poll(index, res),
             Kind::OverflowTick if self.intake.is_some() => self.on_intake_retry(),
             Kind::OverflowTick => self.on_overflow_tick(),
-            Kind::Notice => self.on_notice_wait(index),
-            Kind::QueueWait => self.on_queue_wait(index),
-            Kind::SlotWait => self.on_slot_wait(),
+            Kind::Notice => self.on_notice_wait(index, res),
+            Kind::QueueWait => self.on_queue_wait(index, res),
+            Kind::SlotWait => self.on_slot_wait(res),
             Kind::ScmRecv => self.on_scm_recv(),
         }
     }
@@ -525,8 +529,12 @@ impl Forwarder {
         let overflow = p.shared.overflow;
         let queues = overflow == Overflow::Queue && self.parking.is_some();
         // A newcomer never overtakes a connection already waiting (HAProxy's rule): while the
-        // queue is not empty, freed slots are the queue's.
-        if queues && self.queue_waiting(pool) {
+        // queue is not empty, freed slots are the queue's. Unless no backend is up at all:
+        // then nothing will be served from the queue, and `all_down` decides as ever.
+        if queues
+            && self.queue_waiting(pool)
+            && !none_up(&self.pools[usize::from(pool)].shared.load)
+        {
             self.unopen(slot);
             self.park(client, pool, listener, flow);
             return;
@@ -535,20 +543,22 @@ impl Forwarder {
         let c = &mut self.conns[slot as usize];
         let out = &mut c.candidates[..self.tunables.connect_tries()];
         let mut n = p.selector.rank(flow, &p.shared.load, out);
-        let all_down = none_up(&p.shared.load);
-        if n == 0 && p.shared.all_down == AllDown::TryAnyway && all_down {
+        // Only an empty ranking asks whether any backend is up: a pass over the pool.
+        let all_down = n == 0 && none_up(&p.shared.load);
+        if all_down && p.shared.all_down == AllDown::TryAnyway {
             n = rank_ignoring_health(&p.shared.load, flow, out);
         }
         c.candidate_count = n as u8;
         // Every candidate that is up is full (or fills up before this connection gets a slot):
-        // it overflows. With no backend up at all, it is refused as before.
+        // it overflows. With no backend up at all, it is refused as before; nothing in the
+        // queue would be served either.
         let acquired = if n == 0 {
             None
         } else {
             self.acquire_next(slot)
         };
         let Some(b) = acquired else {
-            if all_down && n == 0 {
+            if all_down {
                 self.close(slot, CloseReason::NoBackend, Reset::Client);
             } else if queues {
                 self.unopen(slot);

@@ -5,14 +5,16 @@
 //!
 //! Order of a takeover, each step undone if a later one fails:
 //!
-//! 1. Wait until the pool has room (a futex wait on the load table's release line), then count
-//!    this worker as holding a ticket (the pool's queue row) and claim the next ticket: between
-//!    the two, forwarders see the queue as not empty, so no newcomer overtakes it.
+//! 1. When the pool's queue holds tickets and a backend has room (a futex wait on the queue,
+//!    then on the load table's release line), count this worker as holding a ticket (the
+//!    pool's queue row) and claim the next one: between the two, forwarders see the queue as not
+//!    empty, so no newcomer overtakes it.
 //! 2. Drop the ticket if it expired, or if CoDel sheds it (the forwarder closes the client).
 //! 3. Reserve a backend slot in the selector's order for the ticket's flow; with none, keep the
 //!    ticket and wait for a release.
 //! 4. Win the park entry (QUEUED → TAKING by this worker), take the socket (pidfd_getfd, or ask
-//!    the forwarder to send it), check its `SO_COOKIE`.
+//!    the forwarder to send it), check its `SO_COOKIE`, and commit the entry (TAKING →
+//!    COMMITTED): only then is the connection this worker's to relay.
 //! 5. Acknowledge the ticket, tell the forwarder (it closes its copy), and connect.
 
 use std::collections::VecDeque;
@@ -42,8 +44,12 @@ use crate::pool::table::{Q_CODEL_FLAGS, Q_CODEL_INTERVAL_END, Q_CODEL_MIN_DELAY}
 
 /// How long a worker waits for a forwarder to send a socket it asked for.
 const SCM_WAIT_MS: u64 = 1_000;
-/// Retry period when a wait cannot be armed (no futex support, or a race to re-check).
+/// Retry period when a wait cannot be armed (no futex support, a race to re-check, an entry
+/// another live worker is taking).
 const RETRY_NS: u32 = 10_000_000;
+/// Notices kept for forwarders whose rings are full; past it the oldest are dropped (the
+/// forwarder finds committed entries on its own scan).
+const UNSENT_MAX: usize = 4096;
 
 /// How this worker takes sockets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,8 +66,8 @@ pub struct IntakeSetup {
     pub geometry: Geometry,
     pub load: Table,
     pub park: Table,
-    /// One consumer per pool; `None` for pools that reject.
-    pub consumers: Vec<Option<mpmc::Consumer>>,
+    /// Each pool's queue and this worker's consumer on it; `None` for pools that reject.
+    pub queues: Vec<Option<(mpmc::Queue, mpmc::Consumer)>>,
     pub takeover: Takeover,
     pub futex: bool,
 }
@@ -73,6 +79,7 @@ struct Held {
 }
 
 struct IntakePool {
+    queue: Option<mpmc::Queue>,
     consumer: Option<mpmc::Consumer>,
     wait: Option<FutexWait>,
     held: Option<Held>,
@@ -122,18 +129,22 @@ impl Intake {
                 Some(handoff::datagram_socket(Some(&path))?)
             }
         };
-        Ok(Self {
+        let intake = Self {
             me: setup.me,
             geometry: setup.geometry,
             load: setup.load,
             park: setup.park,
             pools: setup
-                .consumers
+                .queues
                 .into_iter()
-                .map(|consumer| IntakePool {
-                    consumer,
-                    wait: None,
-                    held: None,
+                .map(|q| {
+                    let (queue, consumer) = q.unzip();
+                    IntakePool {
+                        queue,
+                        consumer,
+                        wait: None,
+                        held: None,
+                    }
                 })
                 .collect(),
             slot_wait: None,
@@ -150,7 +161,32 @@ impl Intake {
             due: true,
             draining: false,
             dir: setup.dir,
-        })
+        };
+        intake.reclaim();
+        Ok(intake)
+    }
+
+    /// Counts this worker as serving, in the settings row (given back when it stops, or when
+    /// it is reaped after a crash): forwarders queue newcomers behind waiting ones only while
+    /// some worker serves.
+    pub(super) fn announce(&self, holder: &levee_rings::table::Holder) {
+        holder.add(crate::pool::table::SETTINGS_ROW, 1);
+    }
+
+    /// Puts back the entries a dead process with this worker's index left half taken, so their
+    /// tickets (back on the queue with that process's claims) can be taken again.
+    fn reclaim(&self) {
+        let rows = self.park.config().rows;
+        let me = self.me as u8;
+        let reclaimed = (0..rows)
+            .filter(|&row| park::reclaim(self.park.word(row, 0), me))
+            .count();
+        if reclaimed > 0 {
+            info!(
+                entries = reclaimed,
+                "put back the queued connections a worker before this one left half taken"
+            );
+        }
     }
 
     fn dead(&self) -> impl Fn(u8) -> bool + '_ {
@@ -164,6 +200,9 @@ impl Intake {
 
     /// Queues a notice for forwarder `f` and sends what it can.
     fn notify(&mut self, f: usize, n: Notice) {
+        if self.unsent.len() >= UNSENT_MAX {
+            self.unsent.pop_front();
+        }
         self.unsent.push_back((f, n));
         self.flush_notices();
     }
@@ -218,6 +257,17 @@ impl Intake {
         check_cookie(&fd, t)?;
         Ok(fd)
     }
+
+    /// Gives up waiting on the futexes (the kernel refuses them): the retry timer polls.
+    fn futex_failed(&mut self, res: i32, what: &str) {
+        if self.futex && res < 0 && !matches!(-res, libc::EAGAIN | libc::EINTR | libc::ECANCELED) {
+            warn!(
+                error = %std::io::Error::from_raw_os_error(-res),
+                "futex waits on the {what} fail; polling every 10 ms instead"
+            );
+            self.futex = false;
+        }
+    }
 }
 
 fn check_cookie(fd: &OwnedFd, t: &Ticket) -> std::io::Result<()> {
@@ -260,11 +310,12 @@ impl Forwarder {
         let Some(intake) = self.intake.as_deref_mut() else {
             return;
         };
+        // Notices still owed go out even while stopping: a forwarder waits for them.
+        intake.flush_notices();
         if !intake.due || intake.draining {
             return;
         }
         intake.due = false;
-        intake.flush_notices();
         for pool in 0..self.pools.len() {
             self.serve_pool(pool);
         }
@@ -291,15 +342,25 @@ impl Forwarder {
                 },
             };
             match self.take_over(pool, held) {
-                Step::Ack => self.drop_held(pool),
+                Step::Ack => self.ack_and_release(pool),
                 Step::Next => {}
                 Step::Wait => return,
             }
         }
     }
 
-    /// Claims the next ticket of `pool` if a backend has room.
+    /// Claims the next ticket of `pool` if there is one and a backend has room.
     fn claim(&mut self, pool: usize) -> Claimed {
+        let empty = self
+            .intake
+            .as_deref()
+            .is_none_or(|i| i.pools[pool].queue.as_ref().is_none_or(|q| q.depth() == 0));
+        if empty {
+            // Nothing queued: sleep on the queue without counting as holding, which would make
+            // a forwarder queue a newcomer that could go straight to its backend.
+            self.wait_for_tickets(pool);
+            return Claimed::Wait;
+        }
         if !self.pool_has_room(pool) {
             self.wait_for_slot(pool);
             return Claimed::Wait;
@@ -372,24 +433,14 @@ impl Forwarder {
             None
         };
         if let Some(why) = why {
-            let closed = intake
-                .entry(&ticket)
-                .is_some_and(|word| park::close(word, ticket.generation, why, intake.dead()));
-            if closed {
-                intake.notify(
-                    usize::from(ticket.forwarder),
-                    Notice {
-                        kind: NoticeKind::Close,
-                        entry: ticket.entry,
-                        generation: ticket.generation,
-                    },
-                );
-            }
+            self.ask_close(&ticket, why);
             self.ack_and_release(pool);
             return Claimed::Next;
         }
         let held = Held { ticket };
-        intake.pools[pool].held = Some(held);
+        if let Some(intake) = self.intake.as_deref_mut() {
+            intake.pools[pool].held = Some(held);
+        }
         Claimed::Ticket(held)
     }
 
@@ -407,10 +458,6 @@ impl Forwarder {
             }
         }
         self.pools[pool].shared.load.holder().sub(queue_row, 1);
-    }
-
-    fn drop_held(&mut self, pool: usize) {
-        self.ack_and_release(pool);
     }
 
     /// Steps 3 to 5 for a held ticket.
@@ -441,20 +488,32 @@ impl Forwarder {
         let taken = intake.entry(&t).map_or(Take::Stale, |word| {
             park::take(word, t.generation, me, intake.dead())
         });
-        if !matches!(taken, Take::Taken | Take::TakenOver { .. }) {
-            // The forwarder gave up on it (timeout, client gone) or another worker has it.
-            self.pools[pool].shared.load.release(usize::from(b));
-            return Step::Ack;
+        match taken {
+            Take::Taken | Take::TakenOver { .. } => {}
+            // The forwarder gave up on it (timeout, client gone) or it was reused.
+            Take::Stale => {
+                self.pools[pool].shared.load.release(usize::from(b));
+                return Step::Ack;
+            }
+            // A live index is taking it: a process that has not reclaimed its predecessor's
+            // entries yet. Keep the ticket and look again shortly.
+            Take::Busy => {
+                self.pools[pool].shared.load.release(usize::from(b));
+                self.retry_later();
+                return Step::Wait;
+            }
         }
         match intake.takeover {
             Takeover::Pidfd => match intake.take_socket(&t) {
                 Ok(fd) => {
-                    self.commit(pool, t, fd, b, &candidates[..n], k);
-                    Step::Next
+                    let mut order = [0u16; MAX_CANDIDATES];
+                    order[..n].copy_from_slice(&candidates[..n]);
+                    order.swap(0, k);
+                    self.commit(pool, t, fd, b, &order[..n])
                 }
                 Err(e) => {
                     debug!(pid = t.pid, fd = t.fd, error = %e, "cannot take a queued socket");
-                    self.give_up(&t);
+                    self.ask_close(&t, CloseWhy::Expired);
                     self.pools[pool].shared.load.release(usize::from(b));
                     Step::Ack
                 }
@@ -486,16 +545,16 @@ impl Forwarder {
         }
     }
 
-    /// The socket could not be taken: ask the forwarder to close its client, whose wait is
-    /// over either way.
-    fn give_up(&mut self, t: &Ticket) {
+    /// Asks the forwarder to close a ticket's client: it expired, was shed, or its socket could
+    /// not be taken. From QUEUED, or from TAKING by this worker.
+    fn ask_close(&mut self, t: &Ticket, why: CloseWhy) {
         let Some(intake) = self.intake.as_deref_mut() else {
             return;
         };
         let me = intake.me as u8;
         let closed = intake
             .entry(t)
-            .is_some_and(|word| park::close(word, t.generation, CloseWhy::Expired, |w| w == me));
+            .is_some_and(|word| park::close(word, t.generation, why, Some(me), intake.dead()));
         if closed {
             intake.notify(
                 usize::from(t.forwarder),
@@ -508,7 +567,8 @@ impl Forwarder {
         }
     }
 
-    /// Step 5: the socket is this worker's. Acknowledge, tell the forwarder, connect.
+    /// Step 4's end and step 5: the socket is in hand. Commit the entry, acknowledge, tell the
+    /// forwarder, connect. `candidates` start with the reserved backend.
     fn commit(
         &mut self,
         pool: usize,
@@ -516,8 +576,19 @@ impl Forwarder {
         fd: OwnedFd,
         backend: u16,
         candidates: &[u16],
-        chosen: usize,
-    ) {
+    ) -> Step {
+        let me = self.intake.as_deref().map_or(0, |i| i.me as u8);
+        let committed = self
+            .intake
+            .as_deref()
+            .and_then(|i| i.entry(&t))
+            .is_some_and(|word| park::commit(word, t.generation, me));
+        if !committed {
+            // The forwarder gave up on it first (its deadline passed long ago): not ours.
+            drop(fd);
+            self.pools[pool].shared.load.release(usize::from(backend));
+            return Step::Ack;
+        }
         self.ack_and_release(pool);
         if let Some(intake) = self.intake.as_deref_mut() {
             intake.notify(
@@ -529,25 +600,16 @@ impl Forwarder {
                 },
             );
         }
+        self.stats.accepted.add(1);
         let Some(slot) = self.free.pop() else {
             // Checked before claiming; cannot happen. The client is closed, counted.
             self.pools[pool].shared.load.release(usize::from(backend));
-            self.stats.accepted.add(1);
             self.stats.close(crate::stats::CloseReason::OverCapacity);
             drop(fd);
-            return;
+            return Step::Next;
         };
-        self.stats.accepted.add(1);
-        let mut order = [0u16; MAX_CANDIDATES];
-        order[..candidates.len()].copy_from_slice(candidates);
-        order.swap(0, chosen);
-        self.adopt(
-            slot,
-            fd.into_raw_fd(),
-            pool as u16,
-            backend,
-            &order[..candidates.len()],
-        );
+        self.adopt(slot, fd.into_raw_fd(), pool as u16, backend, candidates);
+        Step::Next
     }
 
     fn pool_has_room(&self, pool: usize) -> bool {
@@ -630,18 +692,20 @@ impl Forwarder {
         self.check_awaiting();
     }
 
-    pub(super) fn on_queue_wait(&mut self, pool: u32) {
+    pub(super) fn on_queue_wait(&mut self, pool: u32, res: i32) {
         if let Some(intake) = self.intake.as_deref_mut() {
             if let Some(p) = intake.pools.get_mut(pool as usize) {
                 p.wait = None;
             }
+            intake.futex_failed(res, "queues");
             intake.due = true;
         }
     }
 
-    pub(super) fn on_slot_wait(&mut self) {
+    pub(super) fn on_slot_wait(&mut self, res: i32) {
         if let Some(intake) = self.intake.as_deref_mut() {
             intake.slot_wait = None;
+            intake.futex_failed(res, "load table");
             intake.due = true;
         }
     }
@@ -682,40 +746,36 @@ impl Forwarder {
                 Ok(None) => break,
                 Err(e) => {
                     warn!(error = %e, "a bad datagram on the handoff socket");
-                    continue;
+                    break;
                 }
             };
             let Some(a) = intake.awaiting else {
                 continue; // late: given up already; dropping `fd` closes this copy
             };
-            let entry = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]);
+            let word = |o: usize| u32::from_le_bytes([buf[o], buf[o + 1], buf[o + 2], buf[o + 3]]);
             let mut g = [0u8; 8];
-            g.copy_from_slice(&buf[4..12]);
-            if n != 12 || entry != a.ticket.entry || u64::from_le_bytes(g) != a.ticket.generation {
+            g.copy_from_slice(&buf[8..16]);
+            let t = &a.ticket;
+            let ours = n == 16
+                && word(0) == u32::from(t.forwarder)
+                && word(4) == t.entry
+                && u64::from_le_bytes(g) == t.generation;
+            // Another handoff's late datagram, or not the ticket's socket: drop this copy and
+            // keep waiting for the right one.
+            if !ours || check_cookie(&fd, t).is_err() {
                 continue;
             }
             intake.awaiting = None;
-            match check_cookie(&fd, &a.ticket) {
-                Ok(()) => {
-                    let candidates = a.candidates;
-                    self.commit(
-                        a.pool,
-                        a.ticket,
-                        fd,
-                        a.backend,
-                        &candidates[..usize::from(a.count)],
-                        0,
-                    );
-                }
-                Err(e) => {
-                    warn!(error = %e, "a handed-over socket is not the ticket's");
-                    self.give_up(&a.ticket);
-                    self.pools[a.pool]
-                        .shared
-                        .load
-                        .release(usize::from(a.backend));
-                    self.drop_held(a.pool);
-                }
+            let candidates = a.candidates;
+            let step = self.commit(
+                a.pool,
+                a.ticket,
+                fd,
+                a.backend,
+                &candidates[..usize::from(a.count)],
+            );
+            if matches!(step, Step::Ack) {
+                self.ack_and_release(a.pool);
             }
             if let Some(intake) = self.intake.as_deref_mut() {
                 intake.due = true;
@@ -743,12 +803,12 @@ impl Forwarder {
             forwarder = a.ticket.forwarder,
             "the forwarder did not send a socket it was asked for; giving up on it"
         );
-        self.give_up(&a.ticket);
+        self.ask_close(&a.ticket, CloseWhy::Expired);
         self.pools[a.pool]
             .shared
             .load
             .release(usize::from(a.backend));
-        self.drop_held(a.pool);
+        self.ack_and_release(a.pool);
     }
 
     /// The worker's part of the periodic tick: recover claims of workers that died, and stop
@@ -776,33 +836,46 @@ impl Forwarder {
         }
     }
 
-    /// Stopping: claim nothing more, and put back at once a ticket held for a backend.
+    /// Stopping: claim nothing more, and put back at once, without counting a delivery, the
+    /// tickets held for a backend or a socket.
     pub(super) fn drain_intake(&mut self) {
         let Some(intake) = self.intake.as_deref_mut() else {
             return;
         };
-        intake.draining = true;
-        for pool in 0..intake.pools.len() {
-            let Some(intake) = self.intake.as_deref_mut() else {
-                return;
-            };
-            let held = intake.pools[pool].held.take().is_some();
-            // Detaching the consumer puts an unacknowledged ticket back on the queue now (one
-            // delivery counted) rather than when this worker exits, after its drain.
-            intake.pools[pool].consumer = None;
-            if held {
-                let row = self.pools[pool].shared.load.rows().queue();
-                self.pools[pool].shared.load.holder().sub(row, 1);
-            }
-        }
-        if let Some(intake) = self.intake.as_deref_mut()
-            && let Some(a) = intake.awaiting.take()
+        if !intake.draining
+            && let Some(pool) = self.pools.first()
         {
-            self.give_up(&a.ticket);
+            // No longer serving: forwarders stop queueing newcomers behind waiting ones for us.
+            pool.shared.load.holder().sub(crate::pool::table::SETTINGS_ROW, 1);
+        }
+        intake.draining = true;
+        if let Some(a) = intake.awaiting.take() {
+            let me = intake.me as u8;
+            if let Some(word) = intake.entry(&a.ticket) {
+                park::give_back(word, a.ticket.generation, me);
+            }
             self.pools[a.pool]
                 .shared
                 .load
                 .release(usize::from(a.backend));
+        }
+        for pool in 0..self.pools.len() {
+            let Some(intake) = self.intake.as_deref_mut() else {
+                return;
+            };
+            let ip = &mut intake.pools[pool];
+            if ip.held.take().is_some() {
+                if let Some(claim) = ip.consumer.as_mut().and_then(mpmc::Consumer::pending) {
+                    // If the queue is full (or corrupt) the claim stays, and goes back when the
+                    // consumer detaches below, with one delivery counted.
+                    let _ = claim.release();
+                }
+                let row = self.pools[pool].shared.load.rows().queue();
+                self.pools[pool].shared.load.holder().sub(row, 1);
+            }
+            if let Some(intake) = self.intake.as_deref_mut() {
+                intake.pools[pool].consumer = None;
+            }
         }
     }
 }

@@ -437,11 +437,15 @@ impl Engine {
             },
             "worker attached"
         );
-        let consumers = shared
+        let queues = shared
             .queues
             .iter()
-            .map(|q| q.as_ref().map(mpmc::Queue::consumer).transpose())
-            .collect::<Result<Vec<_>, _>>()
+            .map(|q| {
+                q.as_ref()
+                    .map(|q| Ok((q.clone(), q.consumer()?)))
+                    .transpose()
+            })
+            .collect::<Result<Vec<_>, levee_rings::Error>>()
             .map_err(StartError::Ring)?;
         let intake = IntakeSetup {
             me,
@@ -449,7 +453,7 @@ impl Engine {
             geometry: shared.geometry,
             load: shared.load.clone(),
             park: shared.park.clone(),
-            consumers,
+            queues,
             takeover,
             futex: caps.futex,
         };
@@ -641,7 +645,8 @@ impl Engine {
         }
         // Workers go after the forwarders: until then they may still take parked clients.
         if let Some(s) = self.supervisor.take() {
-            s.stop(self.drain_timeout);
+            // Their own drain, and a little more, before a worker is killed.
+            s.stop(self.drain_timeout + Duration::from_secs(2));
         }
         match first_error {
             Some(e) => Err(e),

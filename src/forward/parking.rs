@@ -2,8 +2,8 @@
 //! for, and letting go of them when a worker takes them over or they leave the queue.
 //!
 //! A parked connection holds no connection slot and no buffer: only its socket (not read from
-//! since it was accepted), a park entry, and one `POLLRDHUP` poll that completes if the client
-//! leaves. Its ticket is on the pool's queue. It leaves the queue exactly one way (see
+//! since it was accepted), a park entry, and one poll that completes if the client leaves. Its
+//! ticket is on the pool's queue. It leaves the queue exactly one way (see
 //! [`park`](crate::overflow::park)), and is counted once: served (handed off), expired,
 //! abandoned, shed, dead-lettered, or closed at shutdown.
 //!
@@ -14,6 +14,7 @@ use std::collections::VecDeque;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use hdrhistogram::Histogram;
 use io_uring::opcode;
@@ -37,8 +38,14 @@ use crate::stats::CloseReason;
 
 /// How often a forwarder with parked connections looks at deadlines and notices.
 const TICK_MS: u64 = 10;
-/// How often it scans its entries for ones a worker or the supervisor asked it to close.
+/// How often it scans its entries for ones a worker or the supervisor moved on their own.
 const SCAN_MS: u64 = 50;
+/// A worker still taking a connection this long after its deadline is not waited for: a
+/// takeover takes microseconds (pidfd) or at most a second (SCM_RIGHTS), so it is frozen.
+const FORCE_AFTER_MS: u64 = 5_000;
+/// Notices read from one ring in one go, so a worker that never stops writing cannot hold the
+/// forwarder.
+const NOTICES_PER_TURN: usize = 1024;
 /// `futex2` flag for a 32-bit futex word; never `FUTEX2_PRIVATE`, since the word is shared.
 pub(super) const FUTEX2_SIZE_U32: u32 = 0x02;
 
@@ -86,6 +93,10 @@ struct Parked {
     since_ms: u64,
     /// Its poll is in flight.
     polling: bool,
+    /// The client half-closed after sending its request: only a reset or error means it left.
+    half_closed: bool,
+    /// A handoff over `SCM_RIGHTS` waits in `unsent`.
+    send_pending: bool,
 }
 
 impl Parked {
@@ -97,6 +108,8 @@ impl Parked {
         generation: 0,
         since_ms: 0,
         polling: false,
+        half_closed: false,
+        send_pending: false,
     };
 }
 
@@ -116,7 +129,7 @@ pub(super) struct Parking {
     entries: Box<[Parked]>,
     free: Vec<u32>,
     /// Entries in arrival order, with the generation they were parked in; stale pairs (the
-    /// entry left and was reused) are skipped as they come up.
+    /// entry left and was reused) are dropped as they come up, or in a sweep when they pile up.
     order: VecDeque<(u32, u64)>,
     next_generation: u64,
     parked: u32,
@@ -127,7 +140,8 @@ pub(super) struct Parking {
     start_ticks: u64,
     /// Unbound datagram socket for `SCM_RIGHTS` handoffs, made on first use.
     scm: Option<OwnedFd>,
-    /// Handoffs asked for but not sent yet (the worker's socket was full): worker, entry.
+    /// Handoffs asked for but not sent yet (the worker's socket was full): worker, entry. At
+    /// most one per entry (`Parked::send_pending`).
     unsent: Vec<(u32, u32)>,
     futex: bool,
     /// Per pool: waits recorded while `ctl` held the pool's histogram.
@@ -171,17 +185,23 @@ impl Parking {
     pub(super) fn busy(&self) -> bool {
         self.free.len() < self.entries.len()
     }
+
+    fn dead(&self) -> impl Fn(u8) -> bool + '_ {
+        |w: u8| !self.load.is_attached(u32::from(w)).unwrap_or(true)
+    }
 }
 
 impl Forwarder {
-    fn park_word(&self, entry: u32) -> Option<&std::sync::atomic::AtomicU64> {
+    fn park_word(&self, entry: u32) -> Option<&AtomicU64> {
         let p = self.parking.as_deref()?;
         let row = p.geometry.park_row(self.index, entry)?;
         Some(p.park.word(row, 0))
     }
 
     /// Whether connections already wait in `pool`'s queue (ready tickets, or tickets a worker
-    /// holds while it waits for a backend): a newcomer then queues behind them.
+    /// holds while it waits for a backend) with a worker attached to serve them: a newcomer
+    /// then queues behind them. With no worker attached, nobody drains the queue, and a
+    /// newcomer that finds room goes straight to its backend.
     pub(super) fn queue_waiting(&self, pool: u16) -> bool {
         let Some(p) = self.parking.as_deref() else {
             return false;
@@ -189,10 +209,8 @@ impl Forwarder {
         let depth = p.producers[usize::from(pool)]
             .as_ref()
             .map_or(0, mpmc::Producer::depth);
-        depth > 0 || {
-            let rows = self.pools[usize::from(pool)].shared.load.rows();
-            p.load.count(rows.queue()) > 0
-        }
+        let rows = self.pools[usize::from(pool)].shared.load.rows();
+        (depth > 0 || p.load.count(rows.queue()) > 0) && Settings::read(&p.load).workers > 0
     }
 
     /// Queues `client`, which no backend of `pool` has room for, or refuses it when the queue
@@ -211,7 +229,7 @@ impl Forwarder {
             return;
         };
         let waiting = producer.depth() as u64 + p.load.count(shared.load.rows().queue());
-        if waiting >= u64::from(p.geometry.park_entries as u32) || p.free.is_empty() {
+        if waiting >= p.geometry.park_entries as u64 || p.free.is_empty() {
             shared.queue.count_refused(Refused::Full);
             self.refuse_fd(client, listener, CloseReason::QueueFull);
             return;
@@ -245,8 +263,9 @@ impl Forwarder {
             self.close_fd(client);
             return;
         };
-        let Some(entry) = p.free.pop() else {
-            unreachable!("checked above");
+        let (Some(entry), Some(producer)) = (p.free.pop(), p.producers[pool_index].as_mut()) else {
+            self.refuse_fd(client, listener, CloseReason::LocalError);
+            return;
         };
         let generation = p.next_generation & park::GENERATION_MASK;
         p.next_generation += 1;
@@ -266,22 +285,19 @@ impl Forwarder {
             client: peer,
             local,
         };
-        let row = p.geometry.park_row(self.index, entry);
-        let Some(word) = row.map(|r| p.park.word(r, 0)) else {
+        let Some(word) = p
+            .geometry
+            .park_row(self.index, entry)
+            .map(|r| p.park.word(r, 0))
+        else {
             p.free.push(entry);
             self.refuse_fd(client, listener, CloseReason::LocalError);
             return;
         };
         // Queued in the word before the ticket is visible, so a worker never finds it free.
-        word.store(
-            park::encode(Park::Queued { generation }),
-            std::sync::atomic::Ordering::Release,
-        );
-        let pushed = p.producers[pool_index]
-            .as_mut()
-            .map(|producer| producer.push(&ticket.encode()));
-        if let Some(Err(e)) = pushed {
-            word.store(0, std::sync::atomic::Ordering::Release);
+        word.store(park::encode(Park::Queued { generation }), Ordering::Release);
+        if let Err(e) = producer.push(&ticket.encode()) {
+            word.store(0, Ordering::Release);
             p.free.push(entry);
             let reason = match e {
                 levee_rings::PushError::Full => {
@@ -306,21 +322,38 @@ impl Forwarder {
             listener,
             generation,
             since_ms: self.now,
-            polling: true,
+            polling: false,
+            half_closed: false,
+            send_pending: false,
         };
         p.order.push_back((entry, generation));
         p.parked += 1;
         self.pools[pool_index].shared.queue.count_queued();
-        // Ends if the client leaves while it waits: RDHUP on its FIN, HUP or ERR on a reset.
-        let poll = opcode::PollAdd::new(
-            Fd(client),
-            (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) as u32,
-        )
-        .build()
-        .user_data(token::encode(Kind::ParkPoll, entry));
-        self.push(poll);
+        self.arm_park_poll(entry);
         self.arm_overflow_tick();
         self.arm_notice_waits();
+    }
+
+    /// Polls a parked client for its leaving: its FIN (RDHUP), a reset or error; once it has
+    /// half-closed with a request waiting, only the latter.
+    fn arm_park_poll(&mut self, entry: u32) {
+        let Some(p) = self.parking.as_deref_mut() else {
+            return;
+        };
+        let e = &mut p.entries[entry as usize];
+        if e.polling || e.state != EntryState::Parked {
+            return;
+        }
+        e.polling = true;
+        let mask = if e.half_closed {
+            libc::POLLHUP | libc::POLLERR
+        } else {
+            libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR
+        };
+        let poll = opcode::PollAdd::new(Fd(e.fd), mask as u32)
+            .build()
+            .user_data(token::encode(Kind::ParkPoll, entry));
+        self.push(poll);
     }
 
     fn arm_overflow_tick(&mut self) {
@@ -375,11 +408,21 @@ impl Forwarder {
         }
     }
 
-    pub(super) fn on_notice_wait(&mut self, worker: u32) {
-        if let Some(p) = self.parking.as_deref_mut()
-            && let Some(n) = p.notices.get_mut(worker as usize)
-        {
+    pub(super) fn on_notice_wait(&mut self, worker: u32, res: i32) {
+        let Some(p) = self.parking.as_deref_mut() else {
+            return;
+        };
+        if let Some(n) = p.notices.get_mut(worker as usize) {
             n.wait = None;
+        }
+        if res < 0 && !matches!(-res, libc::EAGAIN | libc::EINTR | libc::ECANCELED) {
+            // A wait the kernel refuses would be re-armed and refused again at once: poll with
+            // the tick instead.
+            warn!(
+                error = %std::io::Error::from_raw_os_error(-res),
+                "futex waits on the notice rings fail; polling them every 10 ms instead"
+            );
+            p.futex = false;
         }
         self.read_notices();
         if self.parking.as_deref().is_some_and(Parking::busy) {
@@ -387,14 +430,14 @@ impl Forwarder {
         }
     }
 
-    /// Reads every notice waiting on any worker's ring.
+    /// Reads the notices waiting on every worker's ring.
     fn read_notices(&mut self) {
         let Some(p) = self.parking.as_deref_mut() else {
             return;
         };
         let mut got = Vec::new();
         for (i, n) in p.notices.iter_mut().enumerate() {
-            loop {
+            for _ in 0..NOTICES_PER_TURN {
                 match n.ring.peek() {
                     Ok(Some(record)) => {
                         got.push((i as u32 + 1, Notice::decode(&record)));
@@ -446,47 +489,50 @@ impl Forwarder {
                     );
                 }
             }
-            NoticeKind::SendSocket => {
-                if park::decode(word.load(std::sync::atomic::Ordering::Acquire))
-                    == (Park::Taking {
-                        generation: e.generation,
-                        worker: worker as u8,
-                    })
-                {
-                    self.send_socket(worker, entry);
-                }
-            }
-            NoticeKind::Close => self.reap_closing(entry),
+            NoticeKind::SendSocket => self.send_socket(worker, entry),
+            NoticeKind::Close => self.settle(entry),
         }
     }
 
-    /// Sends parked entry `entry`'s socket to `worker` over its Unix socket.
+    /// Sends parked entry `entry`'s socket to `worker` over its Unix socket, if that worker is
+    /// the one taking it.
     fn send_socket(&mut self, worker: u32, entry: u32) {
+        let Some(word) = self.park_word(entry).map(|w| w.load(Ordering::Acquire)) else {
+            return;
+        };
         let Some(p) = self.parking.as_deref_mut() else {
             return;
         };
+        let e = p.entries[entry as usize];
+        let taking = park::decode(word)
+            == (Park::Taking {
+                generation: e.generation,
+                worker: worker as u8,
+            });
+        if e.state != EntryState::Parked || !taking {
+            return;
+        }
         if p.scm.is_none() {
             match handoff::datagram_socket(None) {
                 Ok(s) => p.scm = Some(s),
-                Err(e) => {
-                    warn!(error = %e, "cannot open a socket for SCM_RIGHTS handoffs");
+                Err(err) => {
+                    warn!(error = %err, "cannot open a socket for SCM_RIGHTS handoffs");
                     return;
                 }
             }
         }
-        let e = p.entries[entry as usize];
         let to = shared::worker_socket_path(&p.dir, worker);
-        let mut payload = [0u8; 12];
-        payload[..4].copy_from_slice(&entry.to_le_bytes());
-        payload[4..].copy_from_slice(&e.generation.to_le_bytes());
+        let mut payload = [0u8; 16];
+        payload[..4].copy_from_slice(&(self.index as u32).to_le_bytes());
+        payload[4..8].copy_from_slice(&entry.to_le_bytes());
+        payload[8..].copy_from_slice(&e.generation.to_le_bytes());
         let Some(sock) = p.scm.as_ref() else { return };
-        match handoff::send_fd(sock.as_fd(), &to, &payload, e.fd) {
-            Ok(()) => {}
-            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
-                p.unsent.push((worker, entry));
-            }
-            Err(err) => {
+        if let Err(err) = handoff::send_fd(sock.as_fd(), &to, &payload, e.fd) {
+            if err.kind() != std::io::ErrorKind::WouldBlock {
                 debug!(worker, error = %err, "cannot hand a socket to a worker");
+            }
+            if !p.entries[entry as usize].send_pending {
+                p.entries[entry as usize].send_pending = true;
                 p.unsent.push((worker, entry));
             }
         }
@@ -500,14 +546,11 @@ impl Forwarder {
             return;
         }
         let unsent = std::mem::take(&mut p.unsent);
+        for &(_, entry) in &unsent {
+            p.entries[entry as usize].send_pending = false;
+        }
         for (worker, entry) in unsent {
-            let still = self
-                .parking
-                .as_deref()
-                .is_some_and(|p| p.entries[entry as usize].state == EntryState::Parked);
-            if still {
-                self.send_socket(worker, entry);
-            }
+            self.send_socket(worker, entry);
         }
     }
 
@@ -520,32 +563,66 @@ impl Forwarder {
             return;
         };
         e.polling = false;
-        let (state, generation) = (e.state, e.generation);
+        let (state, fd) = (e.state, e.fd);
         match state {
             EntryState::Leaving(finish) => self.finish(entry, finish),
             EntryState::Parked if res > 0 => {
-                let Some(word) = self.park_word(entry) else {
+                let events = res as i16;
+                let gone = events & (libc::POLLHUP | libc::POLLERR) != 0;
+                if !gone && has_pending_bytes(fd) {
+                    // Half-closed after sending: it waits for its answer. Only a reset or an
+                    // error now means it left.
+                    if let Some(p) = self.parking.as_deref_mut() {
+                        p.entries[entry as usize].half_closed = true;
+                    }
+                    self.arm_park_poll(entry);
                     return;
-                };
-                match park::cancel(word, generation) {
-                    Cancel::Cancelled | Cancel::Lost => {
-                        self.leave(
-                            entry,
-                            Left::Abandoned,
-                            CloseReason::Abandoned,
-                            Finish::Close,
-                        );
-                    }
-                    Cancel::Closing(why) => {
-                        let (how, reason) = closing_reason(why);
-                        self.leave(entry, how, reason, Finish::Close);
-                    }
-                    // A worker is taking it over; it will find the client gone.
-                    Cancel::Taking(_) => {}
                 }
+                self.let_go(entry, false, (Left::Abandoned, CloseReason::Abandoned));
             }
             _ => {}
         }
+    }
+
+    /// Gives up on parked entry `entry` unless a live worker is taking it (or, with `force`,
+    /// even then), leaving as `otherwise` says if nobody else decided how. Returns whether the
+    /// entry is let go.
+    fn let_go(&mut self, entry: u32, force: bool, otherwise: (Left, CloseReason)) -> bool {
+        let Some(word) = self.park_word(entry) else {
+            return false;
+        };
+        let Some(p) = self.parking.as_deref() else {
+            return false;
+        };
+        let e = p.entries[entry as usize];
+        if e.state != EntryState::Parked {
+            return false;
+        }
+        let finish = if otherwise.0 == Left::Abandoned {
+            Finish::Close
+        } else {
+            Finish::Refuse
+        };
+        match park::cancel(word, e.generation, p.dead(), force) {
+            Cancel::Cancelled | Cancel::Lost | Cancel::TakerGone(_) => {
+                self.leave(entry, otherwise.0, otherwise.1, finish);
+            }
+            Cancel::Closing(why) => {
+                let (how, reason) = closing_reason(why);
+                self.leave(entry, how, reason, finish);
+            }
+            // The notice is on its way (or was lost): a worker relays it.
+            Cancel::Committed(_) => {
+                self.leave(
+                    entry,
+                    Left::Served,
+                    CloseReason::HandedOff,
+                    Finish::HandOver,
+                );
+            }
+            Cancel::Taking(_) => return false,
+        }
+        true
     }
 
     /// Lets go of parked entry `entry`: counts how it left, then closes the socket as `finish`
@@ -625,8 +702,12 @@ impl Forwarder {
         self.close_fd(fd);
     }
 
-    /// An entry someone set to CLOSING: close its client for the reason they gave.
-    fn reap_closing(&mut self, entry: u32) {
+    /// An entry whose word a worker or the supervisor moved on its own (CLOSING, or COMMITTED
+    /// with its notice lost): settle it now.
+    fn settle(&mut self, entry: u32) {
+        let Some(word) = self.park_word(entry) else {
+            return;
+        };
         let Some(p) = self.parking.as_deref() else {
             return;
         };
@@ -634,21 +715,19 @@ impl Forwarder {
         if e.state != EntryState::Parked {
             return;
         }
-        let Some(word) = self.park_word(entry) else {
-            return;
+        let moved = match park::decode(word.load(Ordering::Acquire)) {
+            Park::Closing { generation, .. } | Park::Committed { generation, .. } => {
+                generation == e.generation
+            }
+            _ => false,
         };
-        if let Park::Closing { generation, .. } =
-            park::decode(word.load(std::sync::atomic::Ordering::Acquire))
-            && generation == e.generation
-            && let Cancel::Closing(why) = park::cancel(word, e.generation)
-        {
-            let (how, reason) = closing_reason(why);
-            self.leave(entry, how, reason, Finish::Refuse);
+        if moved {
+            self.let_go(entry, false, (Left::Expired, CloseReason::QueueTimeout));
         }
     }
 
-    /// The overflow tick: notices, deadlines, entries to close; re-armed while anything is
-    /// parked.
+    /// The overflow tick: notices, deadlines, entries moved by others; re-armed while anything
+    /// is parked.
     pub(super) fn on_overflow_tick(&mut self) {
         let Some(p) = self.parking.as_deref_mut() else {
             return;
@@ -661,103 +740,88 @@ impl Forwarder {
             .as_deref()
             .is_some_and(|p| self.now >= p.last_scan_ms + SCAN_MS);
         if scan {
-            self.scan_closing();
+            self.scan_moved();
+            self.publish_oldest();
         }
-        self.publish_oldest();
         if self.parking.as_deref().is_some_and(Parking::busy) {
             self.arm_overflow_tick();
             self.arm_notice_waits();
         }
     }
 
-    /// Closes queued clients whose deadline passed and that no live worker is taking.
+    /// Closes queued clients whose deadline passed and that no live worker is taking (nor one
+    /// that has been taking it for [`FORCE_AFTER_MS`] past the deadline).
     fn expire(&mut self) {
         let timeout = match self.parking.as_deref() {
             Some(p) => Settings::read(&p.load).queue_timeout_ms,
             None => return,
         };
+        let mut i = 0;
         loop {
             let Some(p) = self.parking.as_deref_mut() else {
                 return;
             };
-            let Some(&(entry, generation)) = p.order.front() else {
-                return;
+            let Some(&(entry, generation)) = p.order.get(i) else {
+                break;
             };
             let e = p.entries[entry as usize];
             if e.state != EntryState::Parked || e.generation != generation {
-                p.order.pop_front();
+                // Left already: forget it (from the middle too, once it piles up below).
+                if i == 0 {
+                    p.order.pop_front();
+                } else {
+                    i += 1;
+                }
                 continue;
             }
-            if self.now < e.since_ms + timeout {
-                return;
+            let deadline = e.since_ms.saturating_add(timeout);
+            if self.now < deadline {
+                // The rest arrived later (the timeout is the same for all, or was shorter).
+                break;
             }
-            let Some(word) = self.park_word(entry) else {
-                return;
-            };
-            match park::cancel(word, generation) {
-                Cancel::Cancelled | Cancel::Lost => {
-                    self.leave(
-                        entry,
-                        Left::Expired,
-                        CloseReason::QueueTimeout,
-                        Finish::Refuse,
-                    );
-                }
-                Cancel::Closing(why) => {
-                    let (how, reason) = closing_reason(why);
-                    self.leave(entry, how, reason, Finish::Refuse);
-                }
-                Cancel::Taking(worker) => {
-                    let alive = self
-                        .parking
-                        .as_deref()
-                        .is_none_or(|p| p.load.is_attached(u32::from(worker)).unwrap_or(true));
-                    if alive {
-                        // The worker is taking it over this very moment: leave it be, and look
-                        // at the ones behind it next tick.
-                        return;
-                    }
-                    // It died taking it. Its ticket may go back on the queue, but the wait is
-                    // over: close the client; a later taker finds the entry stale.
-                    let dead = |w: u8| w == worker;
-                    if park::close(word, generation, park::CloseWhy::Expired, dead) {
-                        let _ = park::cancel(word, generation);
-                    }
-                    self.leave(
-                        entry,
-                        Left::Expired,
-                        CloseReason::QueueTimeout,
-                        Finish::Refuse,
-                    );
-                }
+            let force = self.now >= deadline.saturating_add(FORCE_AFTER_MS);
+            if !self.let_go(entry, force, (Left::Expired, CloseReason::QueueTimeout)) {
+                // A live worker is taking it this very moment: look again next tick, and at
+                // the ones behind it now.
+                i += 1;
             }
+        }
+        // Keep the arrival list bounded by what is parked.
+        if let Some(p) = self.parking.as_deref_mut()
+            && p.order.len() > 2 * p.parked as usize + 64
+        {
+            let entries = &p.entries;
+            p.order.retain(|&(entry, generation)| {
+                let e = entries[entry as usize];
+                e.state == EntryState::Parked && e.generation == generation
+            });
         }
     }
 
-    /// Looks for entries a worker or the supervisor set to CLOSING.
-    fn scan_closing(&mut self) {
+    /// Looks for entries a worker or the supervisor moved without a notice reaching us.
+    fn scan_moved(&mut self) {
         let Some(p) = self.parking.as_deref_mut() else {
             return;
         };
         p.last_scan_ms = self.now;
-        let closing: Vec<u32> = p
-            .order
+        let moved: Vec<u32> = p
+            .entries
             .iter()
-            .filter(|&&(entry, generation)| {
-                let e = p.entries[entry as usize];
+            .enumerate()
+            .filter(|(i, e)| {
                 e.state == EntryState::Parked
-                    && e.generation == generation
-                    && p.geometry.park_row(self.index, entry).is_some_and(|row| {
+                    && p.geometry.park_row(self.index, *i as u32).is_some_and(|row| {
                         matches!(
-                            park::decode(p.park.word(row, 0).load(std::sync::atomic::Ordering::Acquire)),
-                            Park::Closing { generation: g, .. } if g == generation
+                            park::decode(p.park.word(row, 0).load(Ordering::Acquire)),
+                            Park::Closing { generation, .. } | Park::Committed { generation, .. }
+                                if generation == e.generation
                         )
                     })
             })
-            .map(|&(entry, _)| entry)
+            .map(|(i, _)| i as u32)
             .collect();
-        for entry in closing {
-            self.reap_closing(entry);
+        for entry in moved {
+            self.settle(entry);
         }
     }
 
@@ -786,39 +850,21 @@ impl Forwarder {
         }
     }
 
-    /// At the drain deadline: every parked client that no worker is taking is closed.
+    /// At the drain deadline: every parked client no worker has committed is closed, even one
+    /// a worker is taking (which then cannot commit).
     pub(super) fn close_parked(&mut self) {
         let Some(p) = self.parking.as_deref() else {
             return;
         };
-        let parked: Vec<(u32, u64)> = p
+        let parked: Vec<u32> = p
             .entries
             .iter()
             .enumerate()
             .filter(|(_, e)| e.state == EntryState::Parked)
-            .map(|(i, e)| (i as u32, e.generation))
+            .map(|(i, _)| i as u32)
             .collect();
-        for (entry, generation) in parked {
-            let Some(word) = self.park_word(entry) else {
-                continue;
-            };
-            match park::cancel(word, generation) {
-                // A worker holds it: it is the worker's to serve now.
-                Cancel::Taking(_) => {
-                    self.leave(
-                        entry,
-                        Left::Served,
-                        CloseReason::HandedOff,
-                        Finish::HandOver,
-                    );
-                }
-                _ => self.leave(
-                    entry,
-                    Left::Stopped,
-                    CloseReason::DrainTimeout,
-                    Finish::Refuse,
-                ),
-            }
+        for entry in parked {
+            self.let_go(entry, true, (Left::Stopped, CloseReason::DrainTimeout));
         }
     }
 
@@ -838,4 +884,20 @@ fn closing_reason(why: park::CloseWhy) -> (Left, CloseReason) {
 
 fn local_addr(fd: BorrowedFd<'_>) -> Option<std::net::SocketAddr> {
     socket2::SockRef::from(&fd).local_addr().ok()?.as_socket()
+}
+
+/// Whether the client's socket holds bytes not read yet (its request, sent before a FIN).
+fn has_pending_bytes(fd: RawFd) -> bool {
+    let mut byte = 0u8;
+    // SAFETY: recv(2) of at most one byte into a live local, on a socket this forwarder owns;
+    // MSG_PEEK leaves it in the socket for whoever serves the client.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            (&raw mut byte).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    n > 0
 }

@@ -18,6 +18,11 @@ use crate::pool::table::{
     S_CODEL_INTERVAL_NS, S_CODEL_TARGET_NS, S_DISCIPLINE, S_QUEUE_TIMEOUT_MS, SETTINGS_ROW,
 };
 
+/// Largest values the settings row is read as (the registry's bounds): a word a corrupt peer
+/// wrote cannot overflow the arithmetic that uses it.
+const MAX_QUEUE_TIMEOUT_MS: u64 = 3_600_000;
+const MAX_CODEL_NS: u64 = 60_000_000_000;
+
 /// The overflow settings that may change while levee runs, as forwarders and workers read them
 /// from the load table's settings row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,6 +31,9 @@ pub struct Settings {
     pub discipline: Discipline,
     pub codel_target_ns: u64,
     pub codel_interval_ns: u64,
+    /// Worker processes serving now: the settings row's count, one unit per worker, which a
+    /// worker that dies gives back when it is reaped.
+    pub workers: u64,
 }
 
 impl Settings {
@@ -34,14 +42,15 @@ impl Settings {
     pub fn read(load: &Table) -> Self {
         let w = |k| load.word(SETTINGS_ROW, k).load(Ordering::Relaxed);
         Self {
-            queue_timeout_ms: w(S_QUEUE_TIMEOUT_MS).max(1),
+            queue_timeout_ms: w(S_QUEUE_TIMEOUT_MS).clamp(1, MAX_QUEUE_TIMEOUT_MS),
             discipline: if w(S_DISCIPLINE) == 1 {
                 Discipline::Codel
             } else {
                 Discipline::Fifo
             },
-            codel_target_ns: w(S_CODEL_TARGET_NS).max(1),
-            codel_interval_ns: w(S_CODEL_INTERVAL_NS).max(1),
+            codel_target_ns: w(S_CODEL_TARGET_NS).clamp(1, MAX_CODEL_NS),
+            codel_interval_ns: w(S_CODEL_INTERVAL_NS).clamp(1, MAX_CODEL_NS),
+            workers: load.count(SETTINGS_ROW),
         }
     }
 
@@ -61,4 +70,5 @@ impl Settings {
         set(S_CODEL_TARGET_NS, ns(cfg.codel_target));
         set(S_CODEL_INTERVAL_NS, ns(cfg.codel_interval));
     }
+
 }

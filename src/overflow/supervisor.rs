@@ -9,6 +9,7 @@
 
 use std::collections::VecDeque;
 use std::io;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -20,7 +21,7 @@ use levee_rings::mpmc;
 use levee_rings::table::Holder;
 use tracing::{info, warn};
 
-use super::park::{self, CloseWhy};
+use super::park::{self, CloseWhy, Park};
 use super::shared::Shared;
 use super::ticket::Ticket;
 use crate::pool::{Left, Pool};
@@ -196,8 +197,16 @@ impl Supervisor {
 }
 
 impl Drop for Supervisor {
+    /// Dropped without [`Supervisor::stop`] (an engine dropped without being joined): its
+    /// workers are asked to stop rather than left running.
     fn drop(&mut self) {
         self.halt();
+        let slots = self.workers.lock().unwrap_or_else(PoisonError::into_inner);
+        for s in slots.iter() {
+            if let Some(c) = s.child.as_ref() {
+                signal(c, libc::SIGTERM);
+            }
+        }
     }
 }
 
@@ -278,14 +287,24 @@ impl Loop {
                             .shared
                             .geometry
                             .park_row(usize::from(t.forwarder), t.entry);
-                        let closed = row.is_some_and(|r| {
-                            park::close(
-                                self.tier.shared.park.word(r, 0),
-                                t.generation,
-                                CloseWhy::DeadLettered,
-                                dead,
-                            )
-                        });
+                        let Some(word) = row.map(|r| self.tier.shared.park.word(r, 0)) else {
+                            claim.ack();
+                            continue;
+                        };
+                        let generation = t.generation & park::GENERATION_MASK;
+                        // A live index still shows TAKING while a new process in it has not yet
+                        // reclaimed its predecessor's entries: look again next turn.
+                        if let Park::Taking {
+                            generation: g,
+                            worker,
+                        } = park::decode(word.load(Ordering::Acquire))
+                            && g == generation
+                            && !dead(worker)
+                        {
+                            break;
+                        }
+                        let closed =
+                            park::close(word, t.generation, CloseWhy::DeadLettered, None, dead);
                         warn!(
                             pool = %self.pools[pool].name,
                             client = %t.client,
@@ -393,6 +412,9 @@ impl Loop {
             if s.child.is_none() && s.restart_at.is_some_and(|t| Instant::now() >= t) {
                 let mut cmd = Command::new(&command.exe);
                 cmd.arg("worker").arg("--dir").arg(&self.tier.shared.dir);
+                // A group of its own: Ctrl-C in levee's terminal reaches levee alone, which
+                // drains its queue before it stops the workers that serve it.
+                cmd.process_group(0);
                 if !command.cpus.is_empty() {
                     cmd.arg("--cpu")
                         .arg(command.cpus[i % command.cpus.len()].to_string());

@@ -82,7 +82,8 @@ pub struct QueueStats {
     queued: AtomicU64,
     left: [AtomicU64; Left::ALL.len()],
     refused: [AtomicU64; Refused::ALL.len()],
-    /// Connections served per second, recently (an exponentially weighted mean), × 1000.
+    /// Connections served per second over the last two seconds the queue was busy, × 1000;
+    /// 0 while it is idle, or busy for less than half a second.
     drain_rate_milli: AtomicU64,
     /// Per forwarder: when its oldest queued connection of this pool arrived (coarse
     /// monotonic ms), or 0 when it has none.

@@ -6,7 +6,7 @@
 //!
 //! | row | count column | words (written by) |
 //! |---|---|---|
-//! | 0: settings | — | queue timeout ms, discipline, CoDel target ns, CoDel interval ns (`levee ctl`) |
+//! | 0: settings | workers attached: each worker adds one as it starts serving | queue timeout ms, discipline, CoDel target ns, CoDel interval ns (`levee ctl`) |
 //! | per pool, one per backend | connections open to it; cap = `max_conns` (`levee ctl`) | admin word: weight and state (health monitor); the weight its table was built for (start) |
 //! | per pool, the pool row | connections open to the pool | bound × 1000 (`levee ctl`); available weight (health monitor) |
 //! | per pool, the queue row | tickets a worker holds while it waits for a backend | CoDel's three words (workers) |
