@@ -387,14 +387,15 @@ fn busy_backend(
 fn queued_connections_expire_at_the_queue_timeout_with_the_refuse_payload() {
     let (backend, engine, busy) = busy_backend(|cfg| {
         cfg.overflow.queue_timeout = Duration::from_millis(300);
-        cfg.listeners[0].refuse_payload = b"busy, try later\n".to_vec();
+        cfg.listeners[0].refuse_payload = b"busy, retry in ${retry_after} s\n".to_vec();
     });
     let addr = engine.listener_addrs()[0];
     let waiting: Vec<_> = (0..3).map(|_| common::connect(addr)).collect();
     for mut s in waiting {
+        // No drain rate measured (nothing was served): the queue timeout, rounded up.
         assert_eq!(
             common::read_all(&mut s).expect("read"),
-            b"busy, try later\n"
+            b"busy, retry in 1 s\n"
         );
     }
     assert_eq!(queue_stat(&engine, Left::Expired), 3);

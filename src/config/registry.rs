@@ -941,7 +941,7 @@ pub static KEYS: &[KeySpec] = &[
         default: Some(""),
         unit: "",
         runtime: false,
-        description: "Bytes written to a client before it is refused (queue full, timed out, rejected), like an HTTP 503; empty: reset at once",
+        description: "Bytes written to a client before it is refused (queue full, timed out, rejected), like an HTTP 503; ${retry_after} in it becomes the predicted wait in seconds; empty: reset at once",
         slot: Slot::Listener(Field::Bytes {
             max_len: 4096,
             get: |l| &l.config.refuse_payload,

@@ -569,7 +569,7 @@ impl Forwarder {
                     .shared
                     .queue
                     .count_refused(Refused::Rejected);
-                self.refuse_fd(client, listener, CloseReason::Rejected);
+                self.refuse_fd(client, listener, pool, CloseReason::Rejected);
             } else {
                 self.close(slot, CloseReason::NoBackend, Reset::Client);
             }

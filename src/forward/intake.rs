@@ -846,7 +846,10 @@ impl Forwarder {
             && let Some(pool) = self.pools.first()
         {
             // No longer serving: forwarders stop queueing newcomers behind waiting ones for us.
-            pool.shared.load.holder().sub(crate::pool::table::SETTINGS_ROW, 1);
+            pool.shared
+                .load
+                .holder()
+                .sub(crate::pool::table::SETTINGS_ROW, 1);
         }
         intake.draining = true;
         if let Some(a) = intake.awaiting.take() {

@@ -46,6 +46,8 @@ const FORCE_AFTER_MS: u64 = 5_000;
 /// Notices read from one ring in one go, so a worker that never stops writing cannot hold the
 /// forwarder.
 const NOTICES_PER_TURN: usize = 1024;
+/// In a listener's refuse payload, replaced by the predicted wait in whole seconds.
+pub const RETRY_AFTER: &[u8] = b"${retry_after}";
 /// `futex2` flag for a 32-bit futex word; never `FUTEX2_PRIVATE`, since the word is shared.
 pub(super) const FUTEX2_SIZE_U32: u32 = 0x02;
 
@@ -218,20 +220,20 @@ impl Forwarder {
     pub(super) fn park(&mut self, client: RawFd, pool: u16, listener: u16, flow: u64) {
         let pool_index = usize::from(pool);
         let Some(p) = self.parking.as_deref_mut() else {
-            self.refuse_fd(client, listener, CloseReason::Rejected);
+            self.refuse_fd(client, listener, pool, CloseReason::Rejected);
             return;
         };
         let settings = Settings::read(&p.load);
         let shared = &self.pools[pool_index].shared;
         let Some(producer) = p.producers[pool_index].as_mut() else {
             shared.queue.count_refused(Refused::Rejected);
-            self.refuse_fd(client, listener, CloseReason::Rejected);
+            self.refuse_fd(client, listener, pool, CloseReason::Rejected);
             return;
         };
         let waiting = producer.depth() as u64 + p.load.count(shared.load.rows().queue());
         if waiting >= p.geometry.park_entries as u64 || p.free.is_empty() {
             shared.queue.count_refused(Refused::Full);
-            self.refuse_fd(client, listener, CloseReason::QueueFull);
+            self.refuse_fd(client, listener, pool, CloseReason::QueueFull);
             return;
         }
         // Refuse now rather than queue a client that would only time out: the wait it can
@@ -240,7 +242,7 @@ impl Forwarder {
         let rate = shared.queue.drain_rate();
         if rate > 0.0 && (waiting + 1) as f64 / rate * 1000.0 > settings.queue_timeout_ms as f64 {
             shared.queue.count_refused(Refused::Predicted);
-            self.refuse_fd(client, listener, CloseReason::QueueFull);
+            self.refuse_fd(client, listener, pool, CloseReason::QueueFull);
             return;
         }
         // SAFETY: `client` is a socket this forwarder accepted and still owns.
@@ -249,11 +251,11 @@ impl Forwarder {
             (Ok(c), Some(l)) => (c, l),
             (Err(e), _) => {
                 warn!(error = %e, "cannot read a queued client's socket cookie");
-                self.refuse_fd(client, listener, CloseReason::LocalError);
+                self.refuse_fd(client, listener, pool, CloseReason::LocalError);
                 return;
             }
             (_, None) => {
-                self.refuse_fd(client, listener, CloseReason::LocalError);
+                self.refuse_fd(client, listener, pool, CloseReason::LocalError);
                 return;
             }
         };
@@ -264,7 +266,7 @@ impl Forwarder {
             return;
         };
         let (Some(entry), Some(producer)) = (p.free.pop(), p.producers[pool_index].as_mut()) else {
-            self.refuse_fd(client, listener, CloseReason::LocalError);
+            self.refuse_fd(client, listener, pool, CloseReason::LocalError);
             return;
         };
         let generation = p.next_generation & park::GENERATION_MASK;
@@ -291,7 +293,7 @@ impl Forwarder {
             .map(|r| p.park.word(r, 0))
         else {
             p.free.push(entry);
-            self.refuse_fd(client, listener, CloseReason::LocalError);
+            self.refuse_fd(client, listener, pool, CloseReason::LocalError);
             return;
         };
         // Queued in the word before the ticket is visible, so a worker never finds it free.
@@ -312,7 +314,7 @@ impl Forwarder {
                     CloseReason::LocalError
                 }
             };
-            self.refuse_fd(client, listener, reason);
+            self.refuse_fd(client, listener, pool, reason);
             return;
         }
         p.entries[entry as usize] = Parked {
@@ -666,18 +668,18 @@ impl Forwarder {
         p.free.push(entry);
         match finish {
             Finish::HandOver | Finish::Close => self.close_fd(e.fd),
-            Finish::Refuse => self.refuse_parked(e.fd, e.listener),
+            Finish::Refuse => self.refuse_parked(e.fd, e.listener, e.pool),
         }
     }
 
     /// Refuses a client levee owns and has not counted yet: counts `reason`, then closes.
-    pub(super) fn refuse_fd(&mut self, fd: RawFd, listener: u16, reason: CloseReason) {
+    pub(super) fn refuse_fd(&mut self, fd: RawFd, listener: u16, pool: u16, reason: CloseReason) {
         self.stats.close(reason);
-        self.refuse_parked(fd, listener);
+        self.refuse_parked(fd, listener, pool);
     }
 
     /// Writes the listener's refuse payload and FIN, or resets the client when it has none.
-    fn refuse_parked(&mut self, fd: RawFd, listener: u16) {
+    fn refuse_parked(&mut self, fd: RawFd, listener: u16, pool: u16) {
         let payload = self
             .listeners
             .get(usize::from(listener))
@@ -686,6 +688,7 @@ impl Forwarder {
         if payload.is_empty() {
             set_linger_zero(fd);
         } else {
+            let payload = self.with_retry_after(&payload, pool);
             // The socket's send buffer is empty (nothing was ever sent on it), so a payload of
             // a few KiB goes in whole; what does not is cut, never waited for.
             // SAFETY: plain send(2) on a socket this forwarder owns, from a live buffer.
@@ -700,6 +703,39 @@ impl Forwarder {
             let _ = super::sockopt::shutdown_write(fd);
         }
         self.close_fd(fd);
+    }
+
+    /// The payload with [`RETRY_AFTER`] replaced by the seconds the pool's queue predicts a
+    /// newcomer would wait (its depth over its drain rate, or the queue timeout when it has no
+    /// rate), at least 1: an HTTP 503 can then carry a `Retry-After` worth heeding.
+    fn with_retry_after<'a>(&self, payload: &'a [u8], pool: u16) -> std::borrow::Cow<'a, [u8]> {
+        let Some(at) = payload
+            .windows(RETRY_AFTER.len())
+            .position(|w| w == RETRY_AFTER)
+        else {
+            return std::borrow::Cow::Borrowed(payload);
+        };
+        let seconds = match (self.parking.as_deref(), self.pools.get(usize::from(pool))) {
+            (Some(p), Some(lp)) => {
+                let rows = lp.shared.load.rows();
+                let depth = p.producers[usize::from(pool)]
+                    .as_ref()
+                    .map_or(0, mpmc::Producer::depth) as u64
+                    + p.load.count(rows.queue());
+                let rate = lp.shared.queue.drain_rate();
+                if rate > 0.0 {
+                    (depth as f64 / rate).ceil() as u64
+                } else {
+                    Settings::read(&p.load).queue_timeout_ms.div_ceil(1000)
+                }
+            }
+            _ => 1,
+        };
+        let mut out = Vec::with_capacity(payload.len() + 8);
+        out.extend_from_slice(&payload[..at]);
+        out.extend_from_slice(seconds.max(1).to_string().as_bytes());
+        out.extend_from_slice(&payload[at + RETRY_AFTER.len()..]);
+        std::borrow::Cow::Owned(out)
     }
 
     /// An entry whose word a worker or the supervisor moved on its own (CLOSING, or COMMITTED

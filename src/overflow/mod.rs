@@ -70,5 +70,4 @@ impl Settings {
         set(S_CODEL_TARGET_NS, ns(cfg.codel_target));
         set(S_CODEL_INTERVAL_NS, ns(cfg.codel_interval));
     }
-
 }
