@@ -29,12 +29,11 @@ class Env:
     """What the contenders need to know about this run: paths, ports, CPUs, limits."""
 
     def __init__(self, *, dir, port_base, load_cpu, proxy_cpu, backend_cpu, nofile, levee,
-                 stream_module, handoff_cap=8):
+                 stream_module):
         self.dir = dir
         self.backend_port = port_base
         # The spike scenario's counting backend.
         self.count_port = port_base + 10
-        self.handoff_cap = handoff_cap
         self.load_cpu = load_cpu
         self.proxy_cpu = proxy_cpu
         self.backend_cpu = backend_cpu
@@ -54,7 +53,6 @@ class Env:
             "stream_module": self.stream_module,
             "cap": SPIKE["cap"],
             "queue_timeout_s": SPIKE["queue_timeout_s"],
-            "handoff_cap": self.handoff_cap,
             "extra": "",
             "key": "levee",
         }
@@ -120,12 +118,14 @@ class Levee(Contender):
     counting one."""
 
     def __init__(self, key="levee", label="levee", port_offset=1, color="#d95f02",
-                 sched_policy="batch", extra=(), backend="static", text=None):
+                 sched_policy="batch", extra=(), backend="static", text=None, cap=None):
         super().__init__(key, label, port_offset, color)
         self.sched_policy = sched_policy
         self.extra = list(extra)
         self.backend = backend
         self.text = text
+        # The backend cap its extra lines set, where the bench needs to know it.
+        self.cap = cap
 
     def prepare(self, env):
         values = env.values(cpu=env.proxy_cpu, port=self.port(env), key=self.key,
@@ -259,16 +259,35 @@ ALL = [Direct(), Levee(), HAProxy(), NginxStream(),
              text="levee, one forwarder, `pool.bench.overflow = reject`: no overflow tier"),
        Levee("levee_tier", "levee, tier unused", 22, "#d95f02", extra=_TIER,
              text="levee, one forwarder, `overflow = queue` (the default) with one worker on the "
-                  "proxy CPU, no cap: the tier is there and nothing overflows"),
-       Levee("levee_handoff", "levee, handed off", 23, "#e7298a",
-             extra=_TIER + ["pool.bench.backend.b1.max_conns = ${handoff_cap}"],
-             text="levee, one forwarder, `overflow = queue` with one worker on the proxy CPU, "
-                  "backend `max_conns` small enough that connections wait and the worker "
-                  "relays them")]
+                  "proxy CPU, no cap: the tier is there and nothing overflows")]
 BY_KEY = {c.key: c for c in ALL}
 DEFAULT = ["direct", "levee", "haproxy", "nginx"]
 SPIKE_DEFAULT = ["levee_queue", "levee_reject", "haproxy_queue", "nginx_cap"]
-HANDOFF = ["levee_noqueue", "levee_tier", "levee_handoff"]
+HANDOFF = ["levee_noqueue", "levee_tier"]
+# The handoff scenario's contenders whose connections go through the worker: one per backend
+# cap (scripts/bench --handoff-caps), on ports from +23 up.
+HANDOFF_PORT = 23
+MAX_HANDOFF_CAPS = 6
+_HANDOFF_COLORS = ["#e7298a", "#c51b7d", "#8e0152", "#f1b6da", "#de77ae", "#4d004b"]
+
+
+def handoff_key(cap):
+    return f"levee_handoff{cap}"
+
+
+def register_handoff(caps):
+    """Adds a `levee_handoffN` contender for each cap N (and drops any from before)."""
+    global ALL, BY_KEY
+    ALL = [c for c in ALL if not c.key.startswith("levee_handoff")]
+    for i, cap in enumerate(caps):
+        ALL.append(Levee(
+            handoff_key(cap), f"levee, handed off (cap {cap})", HANDOFF_PORT + i,
+            _HANDOFF_COLORS[i % len(_HANDOFF_COLORS)], cap=cap,
+            extra=_TIER + [f"pool.bench.backend.b1.max_conns = {cap}"],
+            text=f"levee, one forwarder, `overflow = queue` with one worker on the proxy CPU, "
+                 f"backend `max_conns = {cap}`: connections wait and the worker relays them"))
+    BY_KEY = {c.key: c for c in ALL}
+    return [handoff_key(cap) for cap in caps]
 
 
 class Backend:
