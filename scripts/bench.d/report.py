@@ -568,6 +568,10 @@ def markdown(result, results_rel, charts, *, spike=None, spike_rel=None, handoff
           "per-round ratio is the figure to trust, and the targets table gives its range.",
           "- Every proxy is started fresh for each measurement, so its peak RSS (VmHWM, summed "
           "over the process and its children) belongs to that measurement alone.",
+          "- levee's CPU and memory figures sum the levee process and its children: a levee "
+          "whose pool queues (`pool.NAME.overflow = queue`, the default) starts one worker "
+          "process (`overflow.workers = 1`) with it, counted even when nothing overflows. Runs "
+          "at commits before the overflow tier had no worker.",
           "- Proxy CPU is utime + stime from /proc/PID/stat (all threads, plus children for "
           "nginx's worker) just before and after the measured wrk run, divided by the requests "
           "completed (or the gigabytes moved). direct has no proxy, so no proxy CPU.",
