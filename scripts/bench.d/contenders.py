@@ -32,6 +32,8 @@ class Env:
                  stream_module):
         self.dir = dir
         self.backend_port = port_base
+        # The spike scenario's counting backend.
+        self.count_port = port_base + 10
         self.load_cpu = load_cpu
         self.proxy_cpu = proxy_cpu
         self.backend_cpu = backend_cpu
@@ -49,6 +51,10 @@ class Env:
             "worker_connections": max(self.nofile - 64, 1024),
             "maxconn": max((self.nofile - 200) // 2, 100),
             "stream_module": self.stream_module,
+            "cap": SPIKE["cap"],
+            "queue_timeout_s": SPIKE["queue_timeout_s"],
+            "extra": "",
+            "key": "levee",
         }
         v.update(extra)
         return v
@@ -107,20 +113,37 @@ class Direct(Contender):
 
 
 class Levee(Contender):
+    """levee from templates/levee.conf; `extra` lines (template text too) are appended, and
+    `backend` says which backend it forwards to: the static nginx, or the spike scenario's
+    counting one."""
+
     def __init__(self, key="levee", label="levee", port_offset=1, color="#d95f02",
-                 sched_policy="batch"):
+                 sched_policy="batch", extra=(), backend="static", text=None, cap=None):
         super().__init__(key, label, port_offset, color)
         self.sched_policy = sched_policy
+        self.extra = list(extra)
+        self.backend = backend
+        self.text = text
+        # The backend cap its extra lines set, where the bench needs to know it.
+        self.cap = cap
 
     def prepare(self, env):
-        self.config_text, path = write_config(
-            env, "levee.conf", f"{self.key}.conf",
-            env.values(cpu=env.proxy_cpu, port=self.port(env), sched_policy=self.sched_policy),
-        )
+        values = env.values(cpu=env.proxy_cpu, port=self.port(env), key=self.key,
+                            sched_policy=self.sched_policy)
+        if self.backend == "count":
+            values["backend_port"] = env.count_port
+        extra = "".join(string.Template(line).substitute(values) + "\n" for line in self.extra)
+        values["extra"] = extra
+        self.config_text, path = write_config(env, "levee.conf", f"{self.key}.conf", values)
         self.argv = pinned(env.proxy_cpu, env.levee, "run", "-c", path)
         return self.argv
 
+    def ctl_socket(self, env):
+        return os.path.join(env.dir, f"{self.key}.sock")
+
     def describe(self):
+        if self.text:
+            return self.text
         return (f"levee, one forwarder (`engine.cores` = the proxy CPU), "
                 f"`engine.sched_policy = {self.sched_policy}`")
 
@@ -157,12 +180,114 @@ class NginxStream(Contender):
         return "nginx `stream` module, `worker_processes 1`, `worker_cpu_affinity` to the proxy CPU"
 
 
+class HAProxyQueue(Contender):
+    """HAProxy in front of the counting backend with `maxconn` on the server: past it,
+    connections wait in HAProxy's queue for `timeout queue`."""
+
+    def __init__(self):
+        super().__init__("haproxy_queue", "HAProxy maxconn + queue", 13, "#1f77b4")
+
+    def prepare(self, env):
+        self.config_text, path = write_config(
+            env, "haproxy-spike.cfg", "haproxy-spike.cfg",
+            env.values(cpu=env.proxy_cpu, port=self.port(env), backend_port=env.count_port),
+        )
+        self.argv = pinned(env.proxy_cpu, "haproxy", "-db", "-f", path)
+        return self.argv
+
+    def stats_socket(self, env):
+        return os.path.join(env.dir, "haproxy-spike.sock")
+
+    def describe(self):
+        return (f"HAProxy `mode tcp`, `nbthread 1`, server `maxconn {SPIKE['cap']}`, "
+                f"`timeout queue {SPIKE['queue_timeout_s']}s`")
+
+
+class NginxCap(Contender):
+    """nginx stream with `max_conns` on the upstream server; the free nginx has no queue, so a
+    connection past the cap is closed."""
+
+    def __init__(self):
+        super().__init__("nginx_cap", "nginx stream max_conns", 14, "#2ca02c")
+
+    def prepare(self, env):
+        self.config_text, path = write_config(
+            env, "nginx-stream-spike.conf", "nginx-stream-spike.conf",
+            env.values(cpu_mask=cpu_mask(env.proxy_cpu), port=self.port(env),
+                       backend_port=env.count_port),
+        )
+        self.argv = nginx_argv(env, env.proxy_cpu, "nginx-stream-spike", path)
+        return self.argv
+
+    def describe(self):
+        return (f"nginx `stream`, `worker_processes 1`, upstream server `max_conns={SPIKE['cap']}` "
+                "(no queue in the free version)")
+
+
+# The spike scenario's shape; scripts/bench may change it (its --spike-* options) before the
+# contenders write their configurations.
+SPIKE = {"cap": 8, "hold_ms": 50, "queue_timeout_s": 10}
+
+# The overflow tier's lines every spike levee shares: one worker on the proxy's CPU (the same CPU
+# budget as the other proxies' one thread), the queue timeout HAProxy gets, and the cap.
+_SPIKE_TIER = [
+    "overflow.workers = 1",
+    "overflow.cores = ${cpu}",
+    "overflow.queue_timeout = ${queue_timeout_s}s",
+    "pool.bench.backend.b1.max_conns = ${cap}",
+]
+# The handoff scenario: the overflow tier configured the same way in every contender that has
+# one, with the worker on the proxy's CPU.
+_TIER = ["overflow.workers = 1", "overflow.cores = ${cpu}"]
+
 ALL = [Direct(), Levee(), HAProxy(), NginxStream(),
        # Only on request (--contenders): levee with the forwarder's default scheduling policy
        # switched back to SCHED_OTHER, to measure what SCHED_BATCH is worth on this layout.
-       Levee("levee_normal", "levee, sched normal", 4, "#a6761d", sched_policy="normal")]
+       Levee("levee_normal", "levee, sched normal", 4, "#a6761d", sched_policy="normal"),
+       # The spike scenario, in front of the counting backend.
+       Levee("levee_queue", "levee overflow=queue", 11, "#d95f02", backend="count",
+             extra=_SPIKE_TIER + ["pool.bench.overflow = queue"],
+             text="levee, one forwarder, backend `max_conns` = the cap, `overflow = queue` with "
+                  "one worker process on the proxy CPU"),
+       Levee("levee_reject", "levee overflow=reject", 12, "#7570b3", backend="count",
+             extra=_SPIKE_TIER + ["pool.bench.overflow = reject"],
+             text="levee, one forwarder, backend `max_conns` = the cap, `overflow = reject`"),
+       HAProxyQueue(), NginxCap(),
+       # The handoff scenario, in front of the static nginx.
+       Levee("levee_noqueue", "levee, no overflow tier", 21, "#7570b3",
+             extra=["pool.bench.overflow = reject"],
+             text="levee, one forwarder, `pool.bench.overflow = reject`: no overflow tier"),
+       Levee("levee_tier", "levee, tier unused", 22, "#d95f02", extra=_TIER,
+             text="levee, one forwarder, `overflow = queue` (the default) with one worker on the "
+                  "proxy CPU, no cap: the tier is there and nothing overflows")]
 BY_KEY = {c.key: c for c in ALL}
 DEFAULT = ["direct", "levee", "haproxy", "nginx"]
+SPIKE_DEFAULT = ["levee_queue", "levee_reject", "haproxy_queue", "nginx_cap"]
+HANDOFF = ["levee_noqueue", "levee_tier"]
+# The handoff scenario's contenders whose connections go through the worker: one per backend
+# cap (scripts/bench --handoff-caps), on ports from +23 up.
+HANDOFF_PORT = 23
+MAX_HANDOFF_CAPS = 6
+_HANDOFF_COLORS = ["#e7298a", "#c51b7d", "#8e0152", "#f1b6da", "#de77ae", "#4d004b"]
+
+
+def handoff_key(cap):
+    return f"levee_handoff{cap}"
+
+
+def register_handoff(caps):
+    """Adds a `levee_handoffN` contender for each cap N (and drops any from before)."""
+    global ALL, BY_KEY
+    ALL = [c for c in ALL if not c.key.startswith("levee_handoff")]
+    for i, cap in enumerate(caps):
+        ALL.append(Levee(
+            handoff_key(cap), f"levee, handed off (cap {cap})", HANDOFF_PORT + i,
+            _HANDOFF_COLORS[i % len(_HANDOFF_COLORS)], cap=cap,
+            extra=_TIER + [f"pool.bench.backend.b1.max_conns = {cap}"],
+            text=f"levee, one forwarder, `overflow = queue` with one worker on the proxy CPU, "
+                 f"backend `max_conns = {cap}`: connections wait and the worker relays them"))
+    BY_KEY = {c.key: c for c in ALL}
+    return [handoff_key(cap) for cap in caps]
 
 
 class Backend:
@@ -193,8 +318,9 @@ class Backend:
                 f.write(chunk)
         self.files = {
             "/": (len(self.SMALL_BODY), hashlib.sha256(self.SMALL_BODY).hexdigest()),
-            "/big.bin": ((bulk_bytes >> 20) << 20, h.hexdigest()),
         }
+        if bulk_bytes:
+            self.files["/big.bin"] = ((bulk_bytes >> 20) << 20, h.hexdigest())
         self.config_text, path = write_config(
             env, "backend-nginx.conf", "backend.conf",
             env.values(cpu_mask=cpu_mask(env.backend_cpu), port=env.backend_port),
@@ -211,5 +337,35 @@ class Backend:
         if self.proc is None or not self.proc.alive():
             raise BenchError(
                 f"the backend nginx has exited; its log ({self.proc.log_path}) ends with:\n"
+                f"{self.proc.log_tail()}"
+            )
+
+
+class CountBackend:
+    """The spike scenario's backend (countd.py): holds each request for a fixed time and counts
+    its own concurrent connections, which the load generator reads over a Unix socket."""
+
+    SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "countd.py")
+
+    def __init__(self):
+        self.argv = None
+        self.proc = None
+        self.control = None
+
+    def prepare(self, env, python):
+        self.control = os.path.join(env.dir, "countd.sock")
+        self.argv = pinned(env.backend_cpu, python, self.SCRIPT, "--port", str(env.count_port),
+                           "--hold-ms", f"{SPIKE['hold_ms']:g}", "--control", self.control)
+        return self.argv
+
+    def start(self, env, procs):
+        self.proc = procs.start("countd", self.argv, os.path.join(env.dir, "countd.log"))
+        wait_listening(self.proc, env.count_port)
+        return self.proc
+
+    def check(self):
+        if self.proc is None or not self.proc.alive():
+            raise BenchError(
+                f"the counting backend has exited; its log ({self.proc.log_path}) ends with:\n"
                 f"{self.proc.log_tail()}"
             )

@@ -34,12 +34,17 @@ def run_wrk(argv, seconds):
         out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
     except subprocess.TimeoutExpired as e:
         raise BenchError(f"wrk did not finish within {seconds + 60:.0f}s: {' '.join(argv)}") from e
-    for line in out.stdout.splitlines():
+    return parse_wrk(argv, out.stdout, out.stderr, out.returncode)
+
+
+def parse_wrk(argv, stdout, stderr, status):
+    """What report.lua printed in wrk's output, parsed."""
+    for line in stdout.splitlines():
         if line.startswith(MARK):
             return json.loads(line[len(MARK):])
     raise BenchError(
-        f"wrk printed no result (status {out.returncode}): {' '.join(argv)}\n"
-        f"stdout: {out.stdout[-2000:]}\nstderr: {out.stderr[-2000:]}"
+        f"wrk printed no result (status {status}): {' '.join(argv)}\n"
+        f"stdout: {stdout[-2000:]}\nstderr: {stderr[-2000:]}"
     )
 
 

@@ -4,9 +4,14 @@ side by side, within one round, means anything on these machines)."""
 import statistics
 
 METRICS = ("rate", "p50_us", "p99_us", "p999_us", "cpu_per_unit", "hwm_kb", "rss_kb",
-           "backend_cpu_per_unit")
+           "backend_cpu_per_unit",
+           # open-loop (spike) steps
+           "ok", "failed_conns", "p90_us", "max_us", "backend_peak", "backend_peak_inflight",
+           "recovery_s", "recovered",
+           # handoff steps
+           "handed_off", "handed_off_frac")
 # Ratios taken within a round, against every other contender's measurement of the same step.
-RATIO_METRICS = ("rate", "p99_us", "cpu_per_unit", "hwm_kb", "rss_kb")
+RATIO_METRICS = ("rate", "p50_us", "p99_us", "max_us", "cpu_per_unit", "hwm_kb", "rss_kb")
 
 
 def median(xs):
@@ -42,7 +47,7 @@ def summarize(measurements, contenders):
                 if present:
                     s[k + "_min"], s[k + "_max"] = min(present), max(present)
             s["errors"] = sum(x.get("errors", 0) for x in mine)
-            s["failed_rounds"] = sum(1 for x in mine if x.get("failed"))
+            s["failed_rounds"] = sum(1 for x in mine if x.get("failed") is True)
             for base in contenders:
                 if base == c:
                     continue

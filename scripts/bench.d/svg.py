@@ -50,14 +50,30 @@ class Panel:
         return out
 
 
+class LinePanel:
+    def __init__(self, title, series, *, unit="", x_unit="", log=False, note=None, width=440,
+                 x_max=None):
+        """series: list of {label, color, points: [(x, y), ...], dash: optional}; a y of None
+        breaks the line."""
+        self.title = title
+        self.series = series
+        self.unit = unit
+        self.x_unit = x_unit
+        self.log = log
+        self.note = note
+        self.width = width
+        self.x_max = x_max
+
+
 def panel_width(p):
+    if isinstance(p, LinePanel):
+        return p.width
     return max(230, 90 + len(p.groups) * (max(len(p.series), 1) * 22 + 16))
 
 
 def chart(title, panels, *, row_height=270, subtitle=None, max_width=1320):
     """Panels left to right, wrapping to a new row past `max_width`."""
     left, right, top, bottom = 62, 14, 44, 46
-    header = 70 if subtitle else 52
     rows, row, used = [], [], 0
     for p in panels:
         pw = panel_width(p)
@@ -69,6 +85,18 @@ def chart(title, panels, *, row_height=270, subtitle=None, max_width=1320):
     if row:
         rows.append(row)
     width = max(max(sum(pw for _, pw in r) for r in rows), 420)
+    # One legend for the whole chart: the series are the same in every panel. It wraps to
+    # more lines when it is wider than the chart.
+    items, lx, ly = [], 10, (58 if subtitle else 40)
+    for s in panels[0].series:
+        if s.get("legend") is False:
+            continue
+        w = 24 + 7 * len(s["label"])
+        if lx > 10 and lx + w > width:
+            lx, ly = 10, ly + 17
+        items.append((lx, ly, s))
+        lx += w
+    header = ly + 12 if items else (70 if subtitle else 52)
     height = header + len(rows) * row_height
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
@@ -78,17 +106,15 @@ def chart(title, panels, *, row_height=270, subtitle=None, max_width=1320):
     ]
     if subtitle:
         out.append(f'<text x="10" y="38" fill="#555">{escape(subtitle)}</text>')
-    # One legend for the whole chart: the series are the same in every panel.
-    lx, ly = 10, (58 if subtitle else 40)
-    for s in panels[0].series:
+    for lx, ly, s in items:
         out.append(f'<rect x="{lx}" y="{ly - 9}" width="11" height="11" fill="{s["color"]}"/>')
         out.append(f'<text x="{lx + 15}" y="{ly}">{escape(s["label"])}</text>')
-        lx += 24 + 7 * len(s["label"])
     for i, r in enumerate(rows):
         x0 = 0
         for p, pw in r:
             out.append(f'<g transform="translate({x0} {header + i * row_height})">')
-            out += panel_svg(p, pw, row_height, left, right, top, bottom)
+            draw = line_panel_svg if isinstance(p, LinePanel) else panel_svg
+            out += draw(p, pw, row_height, left, right, top, bottom)
             out.append("</g>")
             x0 += pw
     out.append("</svg>")
@@ -172,5 +198,90 @@ def panel_svg(p, pw, height, left, right, top, bottom):
                        f'transform="rotate(-90 {tx:.1f} {ty:.1f})">{escape(text)}</text>')
     if p.note:
         out.append(f'<text x="{px0}" y="{height - 8}" font-size="9" fill="#666">'
+                   f'{escape(p.note)}</text>')
+    return out
+
+
+def line_panel_svg(p, pw, height, left, right, top, bottom):
+    """A line chart in its own coordinates: x from 0 to the largest x, y linear or log."""
+    out = []
+    px0, px1 = left, pw - right
+    py0, py1 = top, height - bottom
+    out.append(f'<text x="{(px0 + px1) / 2:.1f}" y="{top - 16}" text-anchor="middle" '
+               f'font-weight="bold">{escape(p.title)}</text>')
+    xs = [x for s in p.series for x, v in s["points"] if v is not None]
+    ys = [v for s in p.series for _, v in s["points"] if v is not None and (v > 0 or not p.log)]
+    if not xs or not ys:
+        out.append(f'<text x="{(px0 + px1) / 2:.1f}" y="{(py0 + py1) / 2:.1f}" '
+                   f'text-anchor="middle" fill="#888">no data</text>')
+        return out
+    x_max = p.x_max or max(xs)
+    x_step = nice_step(x_max)
+    x_top = x_step * math.ceil(x_max / x_step)
+
+    def x(v):
+        return px0 + v / x_top * (px1 - px0)
+
+    if p.log:
+        lo_exp = math.floor(math.log10(min(ys)))
+        hi_exp = max(math.ceil(math.log10(max(ys))), lo_exp + 1)
+
+        def y(v):
+            v = max(v, 10 ** lo_exp)
+            return py1 - (math.log10(v) - lo_exp) / (hi_exp - lo_exp) * (py1 - py0)
+
+        ticks = [10 ** e for e in range(lo_exp, hi_exp + 1)]
+    else:
+        step = nice_step(max(ys) * 1.05)
+        top_v = step * math.ceil(max(ys) * 1.05 / step)
+
+        def y(v):
+            return py1 - v / top_v * (py1 - py0)
+
+        ticks = [step * i for i in range(int(round(top_v / step)) + 1)]
+    for t in ticks:
+        ty = y(t)
+        out.append(f'<line x1="{px0}" x2="{px1}" y1="{ty:.1f}" y2="{ty:.1f}" stroke="#e4e4e4"/>')
+        out.append(f'<text x="{px0 - 4}" y="{ty + 4:.1f}" text-anchor="end" fill="#444">'
+                   f'{escape(si(t))}</text>')
+    k = 0
+    while k * x_step <= x_top + 1e-9:
+        tx = x(k * x_step)
+        out.append(f'<line x1="{tx:.1f}" x2="{tx:.1f}" y1="{py1}" y2="{py1 + 4}" stroke="#333"/>')
+        out.append(f'<text x="{tx:.1f}" y="{py1 + 15}" text-anchor="middle" fill="#444">'
+                   f'{escape(si(k * x_step))}</text>')
+        k += 1
+    out.append(f'<line x1="{px0}" x2="{px1}" y1="{py1}" y2="{py1}" stroke="#333"/>')
+    out.append(f'<line x1="{px0}" x2="{px0}" y1="{py0}" y2="{py1}" stroke="#333"/>')
+    if p.unit:
+        cy = (py0 + py1) / 2
+        out.append(f'<text x="12" y="{cy:.1f}" text-anchor="middle" fill="#444" '
+                   f'transform="rotate(-90 12 {cy:.1f})">{escape(p.unit)}</text>')
+    if p.x_unit:
+        out.append(f'<text x="{(px0 + px1) / 2:.1f}" y="{py1 + 30}" text-anchor="middle" '
+                   f'fill="#444">{escape(p.x_unit)}</text>')
+    # Wider lines first, so that a thin one drawn over a wide one shows both where they agree.
+    for s in sorted(p.series, key=lambda s: -s.get("width", 1.6)):
+        runs, cur = [], []
+        for px, v in s["points"]:
+            if v is None or (p.log and v <= 0):
+                if cur:
+                    runs.append(cur)
+                cur = []
+                continue
+            cur.append(f"{x(px):.1f},{y(v):.1f}")
+        if cur:
+            runs.append(cur)
+        dash = f' stroke-dasharray="{s["dash"]}"' if s.get("dash") else ""
+        stroke = s.get("width", 1.6)
+        for r in runs:
+            if len(r) == 1:
+                cx, cy = r[0].split(",")
+                out.append(f'<circle cx="{cx}" cy="{cy}" r="1.8" fill="{s["color"]}"/>')
+                continue
+            out.append(f'<polyline fill="none" stroke="{s["color"]}" stroke-width="{stroke}"{dash} '
+                       f'points="{" ".join(r)}"><title>{escape(s["label"])}</title></polyline>')
+    if p.note:
+        out.append(f'<text x="{px0}" y="{height - 4}" font-size="9" fill="#666">'
                    f'{escape(p.note)}</text>')
     return out
