@@ -973,3 +973,25 @@ fn stopping_closes_what_is_still_queued_at_the_drain_deadline() {
     assert_eq!(pools[0].queue.left(Left::Stopped), 2);
     assert!(t.closed(CloseReason::DrainTimeout) >= 2, "{t}");
 }
+
+#[test]
+fn workers_start_once_a_pool_can_overflow() {
+    let backend = CountingBackend::start(Duration::ZERO);
+    let cfg = single(pool("p", Balance::RoundRobin, &[backend.addr]));
+    let engine = with_workers(&cfg);
+    // No cap, no bound: nothing can overflow, and no worker is started. The supervisor looks
+    // every 50 ms; a dozen of its turns is plenty to have started one.
+    thread::sleep(Duration::from_millis(600));
+    assert!(
+        engine.worker_pids().is_empty(),
+        "a worker for a pool that cannot overflow"
+    );
+    let ctl = live(&engine, &cfg);
+    assert_eq!(
+        ctl.set("pool.p.backend.b0.max_conns", "4").as_deref(),
+        Ok("4")
+    );
+    wait_for_workers(&engine, 1);
+    engine.stop();
+    engine.join().expect("join");
+}

@@ -36,8 +36,9 @@ const RATE_MIN_BUSY: Duration = Duration::from_millis(500);
 /// First delay before restarting a worker that exited, doubled on each quick exit.
 const RESTART_FIRST: Duration = Duration::from_millis(100);
 const RESTART_MAX: Duration = Duration::from_secs(5);
-/// A worker that ran this long before exiting is restarted after the first delay again.
-const RESTART_RESET: Duration = Duration::from_secs(10);
+/// A worker that ran this long before exiting did not crash at start: it is restarted after the
+/// first delay again.
+const RESTART_RESET: Duration = Duration::from_secs(3);
 
 /// The overflow tier of a running `levee run`: its segments and its holder in the load table.
 pub struct Tier {
@@ -251,8 +252,8 @@ impl Loop {
             match reaper.as_mut().map(mpmc::Producer::reap) {
                 Some(Ok(n)) if n > 0 => info!(
                     pool = %self.pools[pool].name,
-                    handles = n,
-                    "put back the queued connections that dead workers had claimed"
+                    workers = n,
+                    "recovered the queue handles of dead workers (what they had claimed goes back)"
                 ),
                 Some(Err(e)) => warn!(pool, error = %e, "cannot recover a queue's dead claims"),
                 _ => {}
@@ -354,13 +355,33 @@ impl Loop {
         }
     }
 
-    /// Keeps `target` workers running.
+    /// Whether any queueing pool can overflow at all: a backend with a cap, or a bound.
+    fn could_overflow(&self) -> bool {
+        self.pools
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| self.tier.shared.queues.get(*i).is_some_and(Option::is_some))
+            .any(|(_, p)| {
+                p.load.bound().is_some() || (0..p.load.len()).any(|b| p.load.max_conns(b) > 0)
+            })
+    }
+
+    /// Keeps `target` workers running, from the first moment a pool can overflow.
     fn supervise(&mut self) {
         let Some(command) = self.command.as_ref() else {
             return;
         };
         let target = self.target.get() as usize;
         let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        // With no cap and no bound nothing overflows: no worker is started (one may be, the
+        // moment `levee ctl` sets a cap). Workers already running stay.
+        if slots.is_empty() && target > 0 {
+            drop(slots);
+            if !self.could_overflow() {
+                return;
+            }
+            slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        }
         while slots.len() < target {
             slots.push(Slot {
                 child: None,
