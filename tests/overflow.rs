@@ -995,3 +995,26 @@ fn workers_start_once_a_pool_can_overflow() {
     engine.stop();
     engine.join().expect("join");
 }
+
+#[test]
+fn a_client_that_left_is_not_relayed_by_the_worker_that_takes_it() {
+    let (backend, engine, busy) = busy_backend(|_| {});
+    let addr = engine.listener_addrs()[0];
+    let worker = spawn_worker(&engine, None);
+    wait_for_workers(&engine, 1);
+    let leaver = common::connect(addr);
+    wait_until("queued", || engine.pools()[0].queue.queued() == 1);
+    drop(leaver);
+    // The slot frees at once: the worker may take the ticket before the forwarder's poll on the
+    // client is armed. Either way, it is counted as abandoned and no backend sees it.
+    backend.gate.store(true, Ordering::Release);
+    assert_eq!(busy.join().expect("busy"), Outcome::Served);
+    wait_until("counted as abandoned", || {
+        queue_stat(&engine, Left::Abandoned) == 1
+    });
+    assert_eq!(backend.accepted.load(Ordering::Relaxed), 1);
+    stop_worker(worker);
+    engine.stop();
+    let t = engine.join().expect("join");
+    assert_eq!(t.closed(CloseReason::Abandoned), 1, "{t}");
+}

@@ -578,6 +578,13 @@ impl Forwarder {
         candidates: &[u16],
     ) -> Step {
         let me = self.intake.as_deref().map_or(0, |i| i.me as u8);
+        if client_left(&fd) {
+            // It left while it waited: no backend sees it. The forwarder counts it.
+            drop(fd);
+            self.ask_close(&t, CloseWhy::Abandoned);
+            self.pools[pool].shared.load.release(usize::from(backend));
+            return Step::Ack;
+        }
         let committed = self
             .intake
             .as_deref()
@@ -881,6 +888,28 @@ impl Forwarder {
             }
         }
     }
+}
+
+/// Whether the client behind a socket just taken over has left: it closed (or reset) without a
+/// byte waiting. One that half-closed after its request is still there.
+fn client_left(fd: &OwnedFd) -> bool {
+    let mut byte = 0u8;
+    // SAFETY: recv(2) of at most one byte into a live local; MSG_PEEK leaves the byte in the
+    // socket for the relay.
+    let n = unsafe {
+        libc::recv(
+            fd.as_raw_fd(),
+            (&raw mut byte).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    n == 0
+        || (n < 0
+            && !matches!(
+                std::io::Error::last_os_error().raw_os_error(),
+                Some(libc::EAGAIN | libc::EINTR)
+            ))
 }
 
 fn futex_wait(w: &FutexWait, user_data: u64) -> io_uring::squeue::Entry {

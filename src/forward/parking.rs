@@ -40,6 +40,11 @@ use crate::stats::CloseReason;
 const TICK_MS: u64 = 10;
 /// How often it scans its entries for ones a worker or the supervisor moved on their own.
 const SCAN_MS: u64 = 50;
+/// A parked client is polled for its leaving once it has waited this long. Most are taken over
+/// sooner, and a poll armed on each would cost a submission, a cancellation and a wake-up on the
+/// client's FIN (through the worker's copy of the socket) per handoff; a worker that takes a
+/// client over checks that it is still there before it connects anywhere.
+const POLL_AFTER_MS: u64 = 50;
 /// A worker still taking a connection this long after its deadline is not waited for: a
 /// takeover takes microseconds (pidfd) or at most a second (SCM_RIGHTS), so it is frozen.
 const FORCE_AFTER_MS: u64 = 5_000;
@@ -331,7 +336,6 @@ impl Forwarder {
         p.order.push_back((entry, generation));
         p.parked += 1;
         self.pools[pool_index].shared.queue.count_queued();
-        self.arm_park_poll(entry);
         self.arm_overflow_tick();
         self.arm_notice_waits();
     }
@@ -611,6 +615,12 @@ impl Forwarder {
             }
             Cancel::Closing(why) => {
                 let (how, reason) = closing_reason(why);
+                // Nobody to refuse when the client is gone.
+                let finish = if how == Left::Abandoned {
+                    Finish::Close
+                } else {
+                    finish
+                };
                 self.leave(entry, how, reason, finish);
             }
             // The notice is on its way (or was lost): a worker relays it.
@@ -771,6 +781,7 @@ impl Forwarder {
         p.tick_armed = false;
         self.read_notices();
         self.expire();
+        self.poll_waiting();
         let scan = self
             .parking
             .as_deref()
@@ -831,6 +842,28 @@ impl Forwarder {
                 let e = entries[entry as usize];
                 e.state == EntryState::Parked && e.generation == generation
             });
+        }
+    }
+
+    /// Arms the leaving poll of the clients that have waited [`POLL_AFTER_MS`], oldest first.
+    fn poll_waiting(&mut self) {
+        let Some(p) = self.parking.as_deref() else {
+            return;
+        };
+        let due: Vec<u32> = p
+            .order
+            .iter()
+            .filter(|&&(entry, generation)| {
+                let e = p.entries[entry as usize];
+                e.state == EntryState::Parked && e.generation == generation && !e.polling
+            })
+            .take_while(|&&(entry, _)| {
+                self.now >= p.entries[entry as usize].since_ms + POLL_AFTER_MS
+            })
+            .map(|&(entry, _)| entry)
+            .collect();
+        for entry in due {
+            self.arm_park_poll(entry);
         }
     }
 
@@ -915,6 +948,7 @@ fn closing_reason(why: park::CloseWhy) -> (Left, CloseReason) {
         park::CloseWhy::DeadLettered => (Left::DeadLettered, CloseReason::DeadLettered),
         park::CloseWhy::Shed => (Left::Shed, CloseReason::Shed),
         park::CloseWhy::Expired => (Left::Expired, CloseReason::QueueTimeout),
+        park::CloseWhy::Abandoned => (Left::Abandoned, CloseReason::Abandoned),
     }
 }
 

@@ -49,6 +49,8 @@ pub enum CloseWhy {
     /// A worker found its deadline passed when it claimed the ticket, or could not take its
     /// socket.
     Expired = 3,
+    /// A worker that took its socket found the client gone (closed, nothing sent).
+    Abandoned = 4,
 }
 
 impl CloseWhy {
@@ -57,6 +59,7 @@ impl CloseWhy {
             1 => Some(Self::DeadLettered),
             2 => Some(Self::Shed),
             3 => Some(Self::Expired),
+            4 => Some(Self::Abandoned),
             _ => None,
         }
     }
