@@ -49,6 +49,9 @@ pub(super) struct Listener {
     pool: u16,
     /// Written to a client before it is refused.
     pub(super) refuse_payload: Arc<[u8]>,
+    /// The address its clients connect to, when it is bound to one (not a wildcard): a queued
+    /// client's ticket names it without a getsockname.
+    pub(super) local: Option<std::net::SocketAddr>,
     /// The multishot accept is in flight.
     armed: bool,
     /// Accept failed for want of resources (e.g. EMFILE): retried at the next tick rather than
@@ -68,6 +71,8 @@ pub struct ListenerSetup {
     /// Index of its pool.
     pub pool: usize,
     pub refuse_payload: Arc<[u8]>,
+    /// The address it is bound to.
+    pub addr: std::net::SocketAddr,
 }
 
 /// Everything a forwarder needs from the engine.
@@ -157,6 +162,7 @@ impl Forwarder {
                 fd: Some(l.fd),
                 pool: l.pool as u16,
                 refuse_payload: l.refuse_payload,
+                local: (!l.addr.ip().is_unspecified()).then_some(l.addr),
                 armed: false,
                 backoff: false,
             })
@@ -522,9 +528,11 @@ impl Forwarder {
         self.high_slot = self.high_slot.max(slot + 1);
 
         let p = &mut self.pools[usize::from(pool)];
-        let flow = match p.shared.hash_key {
-            Some(key) => peer_addr(client).map_or(0, |peer| flow_hash(&peer, key)),
-            None => 0,
+        // Only hashing selectors need the client's address (one getpeername).
+        let peer = p.shared.hash_key.and_then(|_| peer_addr(client));
+        let flow = match (p.shared.hash_key, peer) {
+            (Some(key), Some(peer)) => flow_hash(&peer, key),
+            _ => 0,
         };
         let overflow = p.shared.overflow;
         let queues = overflow == Overflow::Queue && self.parking.is_some();
@@ -536,7 +544,7 @@ impl Forwarder {
             && !none_up(&self.pools[usize::from(pool)].shared.load)
         {
             self.unopen(slot);
-            self.park(client, pool, listener, flow);
+            self.park(client, pool, listener, flow, peer);
             return;
         }
         let p = &mut self.pools[usize::from(pool)];
@@ -562,7 +570,7 @@ impl Forwarder {
                 self.close(slot, CloseReason::NoBackend, Reset::Client);
             } else if queues {
                 self.unopen(slot);
-                self.park(client, pool, listener, flow);
+                self.park(client, pool, listener, flow, peer);
             } else if overflow == Overflow::Reject {
                 self.unopen(slot);
                 self.pools[usize::from(pool)]

@@ -320,6 +320,7 @@ impl Engine {
                     fd,
                     pool: l.pool,
                     refuse_payload: payload.clone(),
+                    addr,
                 });
             }
             addrs.push(addr);

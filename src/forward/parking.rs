@@ -222,7 +222,15 @@ impl Forwarder {
 
     /// Queues `client`, which no backend of `pool` has room for, or refuses it when the queue
     /// is full or its wait would outlast the queue timeout.
-    pub(super) fn park(&mut self, client: RawFd, pool: u16, listener: u16, flow: u64) {
+    /// `peer` is the client's address when the caller has read it already.
+    pub(super) fn park(
+        &mut self,
+        client: RawFd,
+        pool: u16,
+        listener: u16,
+        flow: u64,
+        peer: Option<std::net::SocketAddr>,
+    ) {
         let pool_index = usize::from(pool);
         let Some(p) = self.parking.as_deref_mut() else {
             self.refuse_fd(client, listener, pool, CloseReason::Rejected);
@@ -252,7 +260,11 @@ impl Forwarder {
         }
         // SAFETY: `client` is a socket this forwarder accepted and still owns.
         let fd = unsafe { BorrowedFd::borrow_raw(client) };
-        let (cookie, local) = match (socket_cookie(fd), local_addr(fd)) {
+        let bound = self
+            .listeners
+            .get(usize::from(listener))
+            .and_then(|l| l.local);
+        let (cookie, local) = match (socket_cookie(fd), bound.or_else(|| local_addr(fd))) {
             (Ok(c), Some(l)) => (c, l),
             (Err(e), _) => {
                 warn!(error = %e, "cannot read a queued client's socket cookie");
@@ -264,7 +276,7 @@ impl Forwarder {
                 return;
             }
         };
-        let Some(peer) = peer_addr(client) else {
+        let Some(peer) = peer.or_else(|| peer_addr(client)) else {
             // The client is already gone.
             self.stats.close(CloseReason::Abandoned);
             self.close_fd(client);
