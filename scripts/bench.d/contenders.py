@@ -258,8 +258,9 @@ ALL = [Direct(), Levee(), HAProxy(), NginxStream(),
              extra=["pool.bench.overflow = reject"],
              text="levee, one forwarder, `pool.bench.overflow = reject`: no overflow tier"),
        Levee("levee_tier", "levee, tier unused", 22, "#d95f02", extra=_TIER,
-             text="levee, one forwarder, `overflow = queue` (the default) with one worker on the "
-                  "proxy CPU, no cap: the tier is there and nothing overflows")]
+             text="levee, one forwarder, `overflow = queue` (the default), no cap: the tier is "
+                  "there and nothing overflows (levee starts its worker only once a backend has a "
+                  "cap)")]
 BY_KEY = {c.key: c for c in ALL}
 DEFAULT = ["direct", "levee", "haproxy", "nginx"]
 SPIKE_DEFAULT = ["levee_queue", "levee_reject", "haproxy_queue", "nginx_cap"]

@@ -570,8 +570,10 @@ def markdown(result, results_rel, charts, *, spike=None, spike_rel=None, handoff
           "over the process and its children) belongs to that measurement alone.",
           "- levee's CPU and memory figures sum the levee process and its children: a levee "
           "whose pool queues (`pool.NAME.overflow = queue`, the default) starts one worker "
-          "process (`overflow.workers = 1`) with it, counted even when nothing overflows. Runs "
-          "at commits before the overflow tier had no worker.",
+          "process (`overflow.workers = 1`) once some backend has a `max_conns`, and its CPU "
+          "and memory count with levee's. From commit 0a93f43 on, the peer comparison's levee "
+          "(no cap) has no worker; at the commits between eaa60fd and it, it had one, idle. "
+          "Runs at commits before the overflow tier had no worker.",
           "- Proxy CPU is utime + stime from /proc/PID/stat (all threads, plus children for "
           "nginx's worker) just before and after the measured wrk run, divided by the requests "
           "completed (or the gigabytes moved). direct has no proxy, so no proxy CPU.",
