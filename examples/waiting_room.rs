@@ -278,10 +278,11 @@ fn commit(
         let path = dir.join(format!("notice.{me}.{}", t.forwarder));
         *ring = Some(spsc::Producer::open(&path).map_err(|e| e.to_string())?);
     }
-    let mut notice = [0u8; 16];
+    let mut notice = [0u8; 24];
     notice[0..4].copy_from_slice(&1u32.to_le_bytes());
     notice[4..8].copy_from_slice(&t.entry.to_le_bytes());
     notice[8..16].copy_from_slice(&t.generation.to_le_bytes());
+    notice[16..24].copy_from_slice(&now_ns().to_le_bytes());
     if let Some(p) = ring.as_mut() {
         // A full ring means levee is behind: try again for a while. (Levee also finds the
         // COMMITTED entry on its own within 50 ms.)

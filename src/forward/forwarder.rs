@@ -265,6 +265,7 @@ impl Forwarder {
             self.resume_starved();
             self.admit_waiting();
             self.serve_intake();
+            self.read_notices_if_parked();
             if self.finished() {
                 // Hand the last closes to the kernel before the ring goes away.
                 self.ring.submit()?;

@@ -525,6 +525,7 @@ impl Forwarder {
                         kind: NoticeKind::SendSocket,
                         entry: t.entry,
                         generation: t.generation,
+                        at_ns: handoff::monotonic_ns(),
                     },
                 );
                 let mut kept = [0u16; MAX_CANDIDATES];
@@ -562,6 +563,7 @@ impl Forwarder {
                     kind: NoticeKind::Close,
                     entry: t.entry,
                     generation: t.generation,
+                    at_ns: handoff::monotonic_ns(),
                 },
             );
         }
@@ -604,6 +606,7 @@ impl Forwarder {
                     kind: NoticeKind::Committed,
                     entry: t.entry,
                     generation: t.generation,
+                    at_ns: handoff::monotonic_ns(),
                 },
             );
         }

@@ -98,6 +98,10 @@ struct Parked {
     generation: u64,
     /// Coarse monotonic milliseconds.
     since_ms: u64,
+    /// `CLOCK_MONOTONIC` ns, as in the ticket.
+    since_ns: u64,
+    /// When the worker that took it over committed (its notice says), 0 until then.
+    served_at_ns: u64,
     /// Its poll is in flight.
     polling: bool,
     /// The client half-closed after sending its request: only a reset or error means it left.
@@ -114,6 +118,8 @@ impl Parked {
         listener: 0,
         generation: 0,
         since_ms: 0,
+        since_ns: 0,
+        served_at_ns: 0,
         polling: false,
         half_closed: false,
         send_pending: false,
@@ -151,6 +157,10 @@ pub(super) struct Parking {
     /// most one per entry (`Parked::send_pending`).
     unsent: Vec<(u32, u32)>,
     futex: bool,
+    /// A worker asked for a socket over `SCM_RIGHTS`: such requests need an answer at once, so
+    /// the forwarder sleeps on the notice rings from then on. Commits alone can wait for the
+    /// end of the forwarder's next loop turn or tick.
+    prompt_notices: bool,
     /// Per pool: waits recorded while `ctl` held the pool's histogram.
     pending_waits: Vec<Histogram<u64>>,
 }
@@ -184,6 +194,7 @@ impl Parking {
             scm: None,
             unsent: Vec::new(),
             futex: setup.futex,
+            prompt_notices: false,
             pending_waits: (0..pools).map(|_| new_wait_histogram()).collect(),
         })
     }
@@ -341,6 +352,8 @@ impl Forwarder {
             listener,
             generation,
             since_ms: self.now,
+            since_ns: now_ns,
+            served_at_ns: 0,
             polling: false,
             half_closed: false,
             send_pending: false,
@@ -394,7 +407,7 @@ impl Forwarder {
         let Some(p) = self.parking.as_deref_mut() else {
             return;
         };
-        if !p.futex {
+        if !p.futex || !p.prompt_notices {
             return;
         }
         let mut waits = Vec::new();
@@ -445,6 +458,14 @@ impl Forwarder {
         self.read_notices();
         if self.parking.as_deref().is_some_and(Parking::busy) {
             self.arm_notice_waits();
+        }
+    }
+
+    /// At the end of each loop turn, while connections are parked: reads what the workers said,
+    /// so commits are handled while the forwarder is busy anyway, without a wake-up each.
+    pub(super) fn read_notices_if_parked(&mut self) {
+        if self.parking.as_deref().is_some_and(|p| p.parked > 0) {
+            self.read_notices();
         }
     }
 
@@ -499,6 +520,9 @@ impl Forwarder {
         match n.kind {
             NoticeKind::Committed => {
                 if park::release_committed(word, e.generation, worker as u8) {
+                    if let Some(p) = self.parking.as_deref_mut() {
+                        p.entries[entry as usize].served_at_ns = n.at_ns;
+                    }
                     self.leave(
                         entry,
                         Left::Served,
@@ -507,7 +531,15 @@ impl Forwarder {
                     );
                 }
             }
-            NoticeKind::SendSocket => self.send_socket(worker, entry),
+            NoticeKind::SendSocket => {
+                if let Some(p) = self.parking.as_deref_mut()
+                    && !p.prompt_notices
+                {
+                    p.prompt_notices = true;
+                    self.arm_notice_waits();
+                }
+                self.send_socket(worker, entry);
+            }
             NoticeKind::Close => self.settle(entry),
         }
     }
@@ -665,7 +697,12 @@ impl Forwarder {
         let queue = &self.pools[pool].shared.queue;
         queue.count_left(how);
         if how == Left::Served {
-            let wait_us = self.now.saturating_sub(since) * 1000;
+            // From the worker's commit time when its notice said, else from now.
+            let wait_us = if e.served_at_ns > e.since_ns {
+                (e.served_at_ns - e.since_ns) / 1000
+            } else {
+                self.now.saturating_sub(since) * 1000
+            };
             queue.record_wait(&mut p.pending_waits[pool], wait_us);
         }
         self.stats.close(reason);

@@ -1,6 +1,6 @@
 //! Notices: what a worker tells the forwarder that holds a queued connection, on the worker's
-//! own SPSC ring to that forwarder. Each is 16 bytes: kind (u32), park entry (u32), generation
-//! (u64), little-endian.
+//! own SPSC ring to that forwarder. Each is 24 bytes: kind (u32), park entry (u32), generation
+//! (u64), and when it happened (u64, `CLOCK_MONOTONIC` ns), little-endian.
 
 /// What happened to a queued connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,13 +33,15 @@ impl NoticeKind {
     }
 }
 
-pub const NOTICE_LEN: usize = 16;
+pub const NOTICE_LEN: usize = 24;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Notice {
     pub kind: NoticeKind,
     pub entry: u32,
     pub generation: u64,
+    /// `CLOCK_MONOTONIC` ns when the worker acted: a commit's time is the end of the wait.
+    pub at_ns: u64,
 }
 
 impl Notice {
@@ -48,6 +50,7 @@ impl Notice {
         b[0..4].copy_from_slice(&self.kind.code().to_le_bytes());
         b[4..8].copy_from_slice(&self.entry.to_le_bytes());
         b[8..16].copy_from_slice(&self.generation.to_le_bytes());
+        b[16..24].copy_from_slice(&self.at_ns.to_le_bytes());
         b
     }
 
@@ -57,12 +60,16 @@ impl Notice {
             return None;
         }
         let u32_at = |o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
-        let mut g = [0u8; 8];
-        g.copy_from_slice(&b[8..16]);
+        let u64_at = |o: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&b[o..o + 8]);
+            u64::from_le_bytes(w)
+        };
         Some(Notice {
             kind: NoticeKind::from_code(u32_at(0))?,
             entry: u32_at(4),
-            generation: u64::from_le_bytes(g),
+            generation: u64_at(8),
+            at_ns: u64_at(16),
         })
     }
 }
@@ -82,10 +89,11 @@ mod tests {
                 kind,
                 entry: 9,
                 generation: 1 << 40,
+                at_ns: 123_456_789,
             };
             assert_eq!(Notice::decode(&n.encode()), Some(n));
         }
-        assert_eq!(Notice::decode(&[0u8; 16]), None);
-        assert_eq!(Notice::decode(&[1u8; 15]), None);
+        assert_eq!(Notice::decode(&[0u8; 24]), None);
+        assert_eq!(Notice::decode(&[1u8; 16]), None);
     }
 }
