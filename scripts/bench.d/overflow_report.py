@@ -666,8 +666,9 @@ def handoff_markdown(result, rel, charts):
         conns = ka.split("-c")[-1]
         L += [f"### The fast path with the tier configured, keep-alive, {conns} connections", "",
               f"wrk `-c{conns}` keep-alive (the keepalive scenario's load): `levee_tier` has the "
-              "overflow tier (its shared memory, a worker waiting on the queue) and nothing "
-              "reaches it; `levee_noqueue` has none.", ""]
+              "overflow tier (its shared memory and queues, checked for waiting connections on "
+              "each new one; with no cap, levee starts no worker) and nothing reaches it; "
+              "`levee_noqueue` has none.", ""]
         rows = []
         for key in handoff_order(result, ka):
             s = summ(result, "handoff", ka, key)
