@@ -635,11 +635,15 @@ impl Forwarder {
         if intake.slot_wait.is_some() {
             return;
         }
-        if !intake.futex {
+        let load = &self.pools[pool].shared.load;
+        // Relaying some of the pool's connections itself, the worker hears of most freed slots
+        // from its own completions; a futex wait would mostly be woken by its own releases, each
+        // a wake-up and, to sleep again, a membarrier. A short timer covers slots freed by
+        // others.
+        if !intake.futex || load.holder().held(load.rows().pool()) > 0 {
             self.retry_later();
             return;
         }
-        let load = &self.pools[pool].shared.load;
         let blocked = || !(0..load.len()).any(|i| load.has_room(i));
         match intake.load.prepare_release_wait(blocked) {
             Ok(Some(w)) => {
