@@ -685,7 +685,7 @@ pub static KEYS: &[KeySpec] = &[
         default: Some("5s"),
         unit: "time",
         runtime: true,
-        description: "Time allowed for reaching a backend, all retries included",
+        description: "Time allowed for reaching a backend, all retries included; each attempt gets an equal share of what is left",
         slot: Slot::Engine(Field::Duration {
             min: ms(1),
             max: ms(5 * MINUTE),
@@ -698,7 +698,7 @@ pub static KEYS: &[KeySpec] = &[
         default: Some("2"),
         unit: "backends",
         runtime: true,
-        description: "Further backends tried after a connect fails, within connect_timeout",
+        description: "Further backends tried after a connect fails or its share of connect_timeout runs out",
         slot: Slot::Engine(Field::Count {
             min: 0,
             max: 7,
@@ -1110,7 +1110,7 @@ pub static KEYS: &[KeySpec] = &[
         default: Some("5"),
         unit: "failures",
         runtime: false,
-        description: "Consecutive connect failures, or consecutive resets, seen by the forwarders that eject a backend; 0 = never",
+        description: "Consecutive failures that eject a backend: connects refused or timed out, or connections the backend reset before sending a byte (a reset after it answered may be a client's doing and does not count); 0 = never",
         slot: Slot::Pool(Field::Count {
             min: 0,
             max: 10_000,

@@ -150,6 +150,8 @@ pub struct Conn {
     /// A connect to some backend was started: a connection left without a backend then
     /// failed to connect, rather than found every backend full.
     pub attempted: bool,
+    /// The backend sent at least one byte: its later reset is not held against it.
+    pub backend_answered: bool,
     /// When the connect budget runs out (coarse milliseconds).
     pub connect_deadline: u64,
     /// The linked connect timeout; the kernel reads it when the operation is submitted.
@@ -176,6 +178,7 @@ impl Conn {
             candidate_count: 0,
             next_candidate: 0,
             attempted: false,
+            backend_answered: false,
             connect_deadline: 0,
             link_timeout: Timespec::new(),
             inflight: 0,

@@ -132,12 +132,17 @@ pub struct Forwarder {
     low_water: u32,
     /// Starved receives resume once this many buffers are free again.
     starve_resume: u32,
+    /// Bytes in one receive buffer, and how many buffers the forwarder has.
+    buffer_size: u32,
+    buffer_count: u32,
     /// This forwarder's number in its engine.
     pub(super) index: usize,
     /// The forwarder's side of the overflow tier, when its engine has one.
     pub(super) parking: Option<Box<Parking>>,
     /// A worker's source of connections: the pools' queues.
     pub(super) intake: Option<Box<Intake>>,
+    /// Pause before retrying after io_uring refused a submission; 0 while all is well.
+    ring_backoff_ms: u64,
 }
 
 impl Forwarder {
@@ -181,7 +186,11 @@ impl Forwarder {
         Ok(Self {
             ring,
             links: BufLinks::new(count),
-            starve_resume: (bufs.target() / 2).max(1),
+            // Small: starved directions get buffers back as soon as a few are free, rather than
+            // wait for half the ring while readers that stopped hold the rest.
+            starve_resume: (bufs.target() / 8).max(4),
+            buffer_size: e.buffer_size,
+            buffer_count: u32::from(count),
             bufs,
             conns,
             free,
@@ -206,6 +215,7 @@ impl Forwarder {
             index: setup.index,
             parking,
             intake,
+            ring_backoff_ms: 0,
         })
     }
 
@@ -235,12 +245,15 @@ impl Forwarder {
         let mut batch = [(0u64, 0i32, 0u32); CQE_BATCH];
         loop {
             self.bufs.publish();
-            if let Err(e) = self.ring.submit_and_wait(1) {
-                match e.raw_os_error() {
-                    // Interrupted, or completions must be reaped before more can be submitted.
-                    Some(libc::EINTR | libc::EBUSY | libc::EAGAIN) => {}
-                    _ => return Err(e),
-                }
+            match self.ring.submit_and_wait(1) {
+                Ok(_) => self.ring_backoff_ms = 0,
+                // Interrupted, or completions must be reaped before more can be submitted.
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EINTR | libc::EBUSY | libc::EAGAIN)
+                    ) => {}
+                Err(e) => self.ring_failed(&e),
             }
             self.now = coarse_now_ms();
             loop {
@@ -337,12 +350,27 @@ impl Forwarder {
                 {
                     std::thread::yield_now();
                 }
-                Err(e) => {
-                    // Only a broken ring fails here; nothing sensible remains but to stop.
-                    panic!("io_uring submit failed: {e}");
-                }
+                Err(e) => self.ring_failed(&e),
             }
         }
+    }
+
+    /// A submission the kernel refused for something other than a full completion queue (out
+    /// of memory, say): logged, counted, and tried again after a pause that grows to 100 ms,
+    /// rather than stopping the forwarder, or the host with it.
+    #[cold]
+    fn ring_failed(&mut self, e: &io::Error) {
+        self.stats.ring_errors.add(1);
+        self.ring_backoff_ms = (self.ring_backoff_ms * 2).clamp(1, 100);
+        if self.ring_backoff_ms == 1 || self.ring_backoff_ms == 100 {
+            warn!(
+                forwarder = self.index,
+                error = %e,
+                retry_in_ms = self.ring_backoff_ms,
+                "io_uring refused a submission; retrying"
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(self.ring_backoff_ms));
     }
 
     /// One-shot and re-armed from its completion: a multishot timeout would need Linux 6.4, and
@@ -396,12 +424,35 @@ impl Forwarder {
             return;
         }
         let fd = c.source(dir);
+        let behind = f.queued > 0;
         c.flow_mut(dir).recv = Recv::Armed;
         c.inflight += 1;
-        let entry = opcode::RecvMulti::new(Fd(fd), self.bufs.group())
-            .build()
-            .user_data(token::encode(Kind::Recv(dir), slot));
+        // While the sink keeps up, one multishot receive serves the direction. Once bytes wait
+        // for it, a receive takes one buffer at a time: a multishot receive keeps filling
+        // buffers until its cancel lands (up to 32 a wake-up), so a reader that stopped reading
+        // would hold far more of the forwarder's buffers than its high-water mark.
+        let entry = if behind {
+            opcode::Recv::new(Fd(fd), std::ptr::null_mut(), self.buffer_size)
+                .buf_group(self.bufs.group())
+                .build()
+                .flags(squeue::Flags::BUFFER_SELECT)
+        } else {
+            opcode::RecvMulti::new(Fd(fd), self.bufs.group()).build()
+        }
+        .user_data(token::encode(Kind::Recv(dir), slot));
         self.push(entry);
+    }
+
+    /// The queue length at which a direction stops receiving: its high-water mark, or, while
+    /// the forwarder is short of buffers (under a quarter free), two buffers' worth, so that
+    /// every connection keeps a fair share and readers that stopped reading cannot hold the
+    /// pool.
+    fn high_water_now(&self) -> u32 {
+        if self.bufs.free() * 4 < self.buffer_count {
+            self.high_water.min(2 * self.buffer_size)
+        } else {
+            self.high_water
+        }
     }
 
     /// Pumps `dir` once this turn's completions are all handled. A backend's last bytes and its
@@ -658,12 +709,17 @@ impl Forwarder {
     /// Connects to backend `b`, reserved for this connection, within the connect budget.
     fn start_connect(&mut self, slot: u32, b: u16) {
         let c = &mut self.conns[slot as usize];
-        let remaining = c.connect_deadline.saturating_sub(self.now);
-        if remaining == 0 {
-            self.stats.connect_timeouts.add(1);
+        let left = c.connect_deadline.saturating_sub(self.now);
+        if left == 0 {
+            // The budget ran out before this attempt; the attempt that used it was counted.
             self.close(slot, CloseReason::ConnectFailed, Reset::Client);
             return;
         }
+        // Each attempt gets an equal share of what is left of the budget, so a backend that
+        // never answers (listening, never accepting) costs one share and the next candidate
+        // still gets its turn, as with HAProxy's `timeout connect` and `retries`.
+        let attempts_left = u64::from(c.candidate_count.saturating_sub(c.next_candidate)) + 1;
+        let remaining = (left / attempts_left).max(1);
         let shared = &self.pools[usize::from(c.pool)].shared;
         let addr = &shared.addrs[usize::from(b)];
         let fd = match backend_socket(addr) {
@@ -765,9 +821,14 @@ impl Forwarder {
                 return;
             };
             c.last_active = self.now;
+            if dir == Dir::Down {
+                c.backend_answered = true;
+            }
             let f = c.flow_mut(dir);
             self.links.push(f, bid, res as u32);
-            if f.queued >= self.high_water && !f.paused {
+            let high_water = self.high_water_now();
+            let f = self.conns[slot as usize].flow_mut(dir);
+            if f.queued >= high_water && !f.paused {
                 f.paused = true;
                 if f.recv == Recv::Armed {
                     f.recv = Recv::Cancelling;
@@ -874,7 +935,12 @@ impl Forwarder {
             let signals = &self.pools[usize::from(c.pool)].shared.health.signals;
             match reason {
                 CloseReason::Done => signals.finished_cleanly(usize::from(b)),
-                CloseReason::BackendError => signals.reset(usize::from(b)),
+                // A reset counts against the backend only before it sent anything: a backend
+                // that answered and then reset was most likely provoked by the client (junk, a
+                // request it refused to read), and a client must not get a backend ejected.
+                CloseReason::BackendError if !c.backend_answered => {
+                    signals.reset(usize::from(b));
+                }
                 _ => {}
             }
         }

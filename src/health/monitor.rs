@@ -68,6 +68,7 @@ impl Monitor {
                         pools,
                         settings,
                         tracked,
+                        poll_errors: 0,
                     }
                     .run(&stop);
                 })?
@@ -148,6 +149,8 @@ struct Loop {
     pools: Vec<Arc<Pool>>,
     settings: Vec<HealthConfig>,
     tracked: Vec<Tracked>,
+    /// Failed polls so far, for the log.
+    poll_errors: u64,
 }
 
 impl Loop {
@@ -183,7 +186,20 @@ impl Loop {
                 .min(TICK.as_millis()) as i32;
             // SAFETY: `fds` holds `fds.len()` initialised pollfds for the duration of the call.
             let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
-            if ready <= 0 {
+            if ready < 0 {
+                let e = io::Error::last_os_error();
+                if e.raw_os_error() != Some(libc::EINTR) {
+                    // A poll that keeps failing (out of memory, say) must not spin the thread:
+                    // wait a tick, as if it had timed out, and say so once in a while.
+                    self.poll_errors += 1;
+                    if self.poll_errors.is_power_of_two() {
+                        warn!(error = %e, failures = self.poll_errors, "health checks' poll failed");
+                    }
+                    std::thread::sleep(TICK);
+                }
+                continue;
+            }
+            if ready == 0 {
                 continue;
             }
             for (fd, &t) in fds.iter().zip(&owners) {

@@ -118,6 +118,8 @@ pub struct ForwarderStats {
     pub connect_timeouts: Counter,
     pub bytes_client_to_backend: Counter,
     pub bytes_backend_to_client: Counter,
+    /// Submissions io_uring refused (other than a full completion queue); retried.
+    pub ring_errors: Counter,
     pub closed: [Counter; CloseReason::ALL.len()],
 }
 
@@ -148,6 +150,7 @@ pub struct Totals {
     pub connect_timeouts: u64,
     pub bytes_client_to_backend: u64,
     pub bytes_backend_to_client: u64,
+    pub ring_errors: u64,
     pub closed: [u64; CloseReason::ALL.len()],
 }
 
@@ -162,6 +165,7 @@ impl Totals {
             t.connect_timeouts += s.connect_timeouts.get();
             t.bytes_client_to_backend += s.bytes_client_to_backend.get();
             t.bytes_backend_to_client += s.bytes_backend_to_client.get();
+            t.ring_errors += s.ring_errors.get();
             for (sum, c) in t.closed.iter_mut().zip(&s.closed) {
                 *sum += c.get();
             }
