@@ -17,10 +17,27 @@ use levee::forward::Engine;
 use levee::pool::Status;
 use levee::stats::CloseReason;
 
-/// The entry point of backend processes; a no-op in a normal run.
+/// The entry point of backend processes (started with `LEVEE_TEST_BACKEND` set, it serves until
+/// killed and never returns). In a normal run it checks that fixture, which every test here
+/// trusts: a named backend answers with its name, a reset one resets, and a killed one's port
+/// refuses at once.
 #[test]
 fn backend_process() {
     child_backend_main();
+    let mut named = spawn("n", refused_addr(), Mode::Named);
+    assert_eq!(ask(named.addr).expect("a named backend answers"), "n");
+    let reset = spawn("r", refused_addr(), Mode::Reset);
+    let e = ask(reset.addr).expect_err("a reset backend never answers");
+    assert!(
+        matches!(
+            e.kind(),
+            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+        ),
+        "a reset, not a clean close: {e}"
+    );
+    named.kill();
+    let e = std::net::TcpStream::connect(named.addr).expect_err("killed: nothing listens");
+    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}");
 }
 
 fn spawn(name: &str, addr: SocketAddr, mode: Mode) -> BackendProcess {
