@@ -1,7 +1,8 @@
 //! Backend health with real backend processes on loopback: a killed backend costs only the
 //! connections open on it, active checks take it down after `fall` and bring it back after
 //! `rise`, slow start ramps it, drain keeps new connections away, passive ejection acts on
-//! resets without ever ejecting past `eject.max_percent`.
+//! resets for a cool-down that doubles with each repeat offence up to `eject.max_time`, without
+//! ever ejecting past `eject.max_percent`.
 
 mod common;
 
@@ -240,26 +241,159 @@ fn drain_takes_no_new_connections_and_keeps_the_old_ones() {
     engine.join().expect("join");
 }
 
+/// The lines levee logs at `warn` and above, from the first call of [`capture_log`] on.
+static LOG: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+
+struct LogWriter;
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        LOG.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Sends this process's log to [`LOG`] (once; other tests' engines log there too).
+fn capture_log() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(|| LogWriter)
+            .with_ansi(false)
+            .with_max_level(tracing::Level::WARN)
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("no other subscriber");
+    });
+}
+
+/// The captured log lines that name `backend` (its `pool/name (addr)` label).
+fn log_lines(backend: &str) -> Vec<String> {
+    let log = LOG.lock().unwrap_or_else(|e| e.into_inner());
+    String::from_utf8_lossy(&log)
+        .lines()
+        .filter(|l| l.contains(backend))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// One look at a backend: whether it is ejected and how often it was, with the instants just
+/// before and just after the two reads.
+struct Look {
+    before: Instant,
+    after: Instant,
+    ejected: bool,
+    ejections: u64,
+}
+
 #[test]
 fn resets_eject_a_backend_for_a_cool_down_that_grows() {
+    // Cool-downs of 100, 200, 400, then 400 ms (the cap) as long as the backend keeps offending.
+    const TIME: Duration = Duration::from_millis(100);
+    const MAX_TIME: Duration = Duration::from_millis(400);
+    const EJECTIONS: u64 = 5;
+    // How much shorter than its cool-down a spell may look: the monitor takes the time at the
+    // start of its loop turn and counts the ejection a little later in the same turn.
+    const SLACK: Duration = Duration::from_millis(50);
+    let cooldown = |k: u64| TIME.saturating_mul(1 << (k - 1)).min(MAX_TIME);
+
+    capture_log();
     let good = spawn("good", refused_addr(), Mode::Named);
     let bad = spawn("bad", refused_addr(), Mode::Reset);
     let mut cfg = checked(&[&good, &bad]);
-    // Active checks only connect, which the bad backend passes: only passive ejection sees it.
+    // Passive ejection alone: an active check may see the bad backend's reset too and take it
+    // down, and while it is down its offences are forgotten.
+    cfg.pools[0].health.check = CheckKind::None;
     cfg.pools[0].health.eject_failures = 3;
-    cfg.pools[0].health.eject_time = Duration::from_millis(200);
+    cfg.pools[0].health.eject_time = TIME;
+    cfg.pools[0].health.eject_max_time = MAX_TIME;
     cfg.pools[0].health.eject_max_percent = 50;
     let engine = start(&cfg);
     let addr = engine.listener_addrs()[0];
-    wait_until("bad is ejected twice", || {
-        let _ = ask(addr);
-        engine.pools()[0].health.counts(1).ejections >= 2
-    });
+    let health = &engine.pools()[0].health;
+    // Clients keep coming, so the bad backend offends again as soon as it is back: well within
+    // `eject.max_time`, after which its offences would be forgotten.
+    let stream = Stream::start(addr, 4);
+
+    // Watch it until the last ejection has ended.
+    let mut looks: Vec<Look> = Vec::new();
+    let deadline = Instant::now() + IO_TIMEOUT;
+    loop {
+        let before = Instant::now();
+        let ejections = health.counts(1).ejections;
+        let ejected = status(&engine, 1) == Status::Ejected;
+        looks.push(Look {
+            before,
+            after: Instant::now(),
+            ejected,
+            ejections,
+        });
+        if ejections > EJECTIONS || (ejections == EJECTIONS && !ejected) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out with {ejections} ejections of {EJECTIONS}"
+        );
+        thread::sleep(Duration::from_millis(1));
+    }
+    let (ok, _) = stream.finish();
+    assert!(ok > 0, "the good backend served throughout");
+
+    // Each spell lasted at least its cool-down: from the last look before the ejection was
+    // counted to the first look after it ended (the backend back, or ejected once more).
+    let mut spells = Vec::new();
+    for k in 1..=EJECTIONS {
+        let from = looks
+            .iter()
+            .rev()
+            .find(|l| l.ejections < k)
+            .expect("looked before the first ejection")
+            .before;
+        // Not ejected with the count at k is the end only once the spell was seen: the count
+        // moves a moment before the status. Unseen (this thread starved), the next ejection
+        // still bounds it.
+        let seen = looks.iter().position(|l| l.ejections == k && l.ejected);
+        let to = looks[seen.unwrap_or(0)..]
+            .iter()
+            .find(|l| l.ejections > k || (seen.is_some() && !l.ejected))
+            .expect("looked after the spell ended")
+            .after;
+        spells.push(to - from);
+    }
+    for (k, spell) in (1..=EJECTIONS).zip(&spells) {
+        assert!(
+            *spell + SLACK >= cooldown(k),
+            "ejection {k} lasted about {spell:?}, its cool-down is {:?} (all: {spells:?})",
+            cooldown(k)
+        );
+    }
+
+    // The cool-downs levee chose, in order: doubling, then held at `eject.max_time`.
+    let label = format!("p/bad ({})", bad.addr);
+    let chosen: Vec<String> = log_lines(&label)
+        .iter()
+        .filter_map(|l| {
+            let rest = &l[l.find("ejected for ")? + "ejected for ".len()..];
+            Some(rest[..rest.find(':')?].to_owned())
+        })
+        .take(EJECTIONS as usize)
+        .collect();
+    let expected: Vec<String> = (1..=EJECTIONS)
+        .map(|k| format!("{:?}", cooldown(k)))
+        .collect();
+    assert_eq!(chosen, expected, "log: {:#?}", log_lines(&label));
+
     assert_eq!(status(&engine, 0), Status::Up);
-    assert_eq!(engine.pools()[0].health.counts(0).ejections, 0);
+    assert_eq!(health.counts(0).ejections, 0);
     engine.stop();
     let t = engine.join().expect("join");
-    assert!(t.closed(CloseReason::BackendError) >= 6, "{t}");
+    assert!(t.closed(CloseReason::BackendError) >= 3 * EJECTIONS, "{t}");
 }
 
 #[test]
