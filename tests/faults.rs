@@ -305,3 +305,64 @@ fn a_failing_poll_does_not_spin_the_health_thread() {
     let _ = child.wait();
     assert!(used < 20, "the health thread spun: {used} ticks in 2 s");
 }
+
+#[test]
+fn a_forwarder_whose_slots_are_all_held_refuses_rather_than_hangs() {
+    let backend = Backend::echo();
+    let mut cfg = single(pool("p", Balance::RoundRobin, &[backend.addr]));
+    cfg.engine.max_conns = 8;
+    let engine = common::start(&cfg);
+    let addr = engine.listener_addrs()[0];
+    // Eight idle clients hold every slot, as slow or idle attackers would.
+    let held: Vec<TcpStream> = (0..8)
+        .map(|i| {
+            let mut s = common::connect(addr);
+            s.write_all(&[i]).expect("write");
+            let mut b = [0u8; 1];
+            s.read_exact(&mut b).expect("echo");
+            s
+        })
+        .collect();
+    // Legitimate clients: each learns it was refused (a reset or a close), none hangs.
+    let started = Instant::now();
+    let refused = (0..20)
+        .filter(|_| {
+            let mut s = common::connect(addr);
+            s.set_read_timeout(Some(Duration::from_secs(5)))
+                .expect("timeout");
+            let _ = s.write_all(b"x");
+            let mut b = [0u8; 1];
+            // Refused: a reset or an end. Still waiting after 5 s: hanging.
+            match s.read(&mut b) {
+                Ok(0) => true,
+                Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+                Ok(_) => false,
+            }
+        })
+        .count();
+    let t = engine.totals();
+    figure(
+        "every slot held",
+        format!(
+            "8 idle clients held all 8 slots: 20 newcomers refused in {} ms ({} over_capacity, \
+             forwarders full now: {})",
+            started.elapsed().as_millis(),
+            t.closed(CloseReason::OverCapacity),
+            t.full_now
+        ),
+    );
+    assert_eq!(refused, 20);
+    assert_eq!(t.closed(CloseReason::OverCapacity), 20, "{t}");
+    assert_eq!(t.full_now, 1, "exposed as full");
+    // A slot frees: new clients are served again.
+    drop(held);
+    wait_until("a newcomer served again", || {
+        let mut s = common::connect(addr);
+        let _ = s.write_all(b"y");
+        let mut b = [0u8; 1];
+        matches!(s.read(&mut b), Ok(1))
+    });
+    assert_eq!(engine.totals().full_now, 0);
+    engine.stop();
+    engine.join().expect("join");
+}

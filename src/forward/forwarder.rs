@@ -39,6 +39,12 @@ const BUFFER_GROUP: u16 = 0;
 /// Most clients held accepted but not yet served when every slot is taken (see `waiting`).
 const WAITING_MAX: usize = 1024;
 
+/// How long a full forwarder leaves new clients in the kernel's backlog (and its waiting line)
+/// for a slot to free. Past it, it accepts them again and refuses each at once while it stays
+/// full, so that a forwarder whose slots are all held (by clients that never finish, say) does
+/// not look alive to clients it will never serve: they fail fast and are counted.
+const FULL_GRACE_MS: u64 = 1_000;
+
 /// After the drain deadline has closed everything, how long to wait for the kernel to finish the
 /// last cancelled operations before the thread exits anyway.
 const EXIT_GRACE_MS: u64 = 2_000;
@@ -115,7 +121,7 @@ pub struct Forwarder {
     /// Clients accepted while every slot was taken: a multishot accept can deliver several
     /// before the pause reaches it. They wait here, with their pool, for the next free slot,
     /// as they would have in the kernel's backlog.
-    waiting: VecDeque<(RawFd, u16, u16)>,
+    waiting: VecDeque<(RawFd, u16, u16, u64)>,
     pub(super) stats: Arc<ForwarderStats>,
     pub(super) stop: Arc<StopFlags>,
     wake: RawFd,
@@ -123,6 +129,8 @@ pub struct Forwarder {
     pub(super) now: u64,
     tick: Timespec,
     accepts_paused: bool,
+    /// Full for longer than [`FULL_GRACE_MS`]: accepting, and refusing while no slot is free.
+    refusing: bool,
     /// Set once stopping: the drain deadline.
     drain_until: Option<u64>,
     pub(super) tunables: Arc<Tunables>,
@@ -207,6 +215,7 @@ impl Forwarder {
             now: coarse_now_ms(),
             tick: tick_for(setup.tunables.idle_timeout_ms()),
             accepts_paused: false,
+            refusing: false,
             drain_until: None,
             tunables: setup.tunables,
             drain_timeout_ms: millis(e.drain_timeout),
@@ -532,6 +541,11 @@ impl Forwarder {
             let pool = self.listeners[i].pool;
             match self.free.pop() {
                 Some(slot) if self.waiting.is_empty() => self.open_conn(slot, res, pool, i as u16),
+                // Full for longer than the grace: refused at once, counted.
+                None if self.refusing => {
+                    reset_and_close(res);
+                    self.stats.close(CloseReason::OverCapacity);
+                }
                 slot => {
                     // Raced with the pause below (accepts already on their way), or others
                     // wait already: wait in line, bounded, for a slot.
@@ -539,17 +553,18 @@ impl Forwarder {
                         self.free.push(slot);
                     }
                     if self.waiting.len() < WAITING_MAX {
-                        self.waiting.push_back((res, pool, i as u16));
+                        self.waiting.push_back((res, pool, i as u16, self.now));
                     } else {
                         reset_and_close(res);
                         self.stats.close(CloseReason::OverCapacity);
                     }
                 }
             }
-            if self.free.is_empty() && !self.accepts_paused {
+            if self.free.is_empty() && !self.accepts_paused && !self.refusing {
                 // Full: leave further clients in the kernel's backlog rather than accept and
-                // drop them. Resumed when a slot frees.
+                // drop them, for a while. Resumed when a slot frees; past the grace, refused.
                 self.accepts_paused = true;
+                self.full_since(true);
                 self.cancel_accepts();
             }
         } else if res != -libc::ECANCELED {
@@ -1000,15 +1015,57 @@ impl Forwarder {
     fn admit_waiting(&mut self) {
         while !self.waiting.is_empty() {
             let Some(slot) = self.free.pop() else { break };
-            if let Some((fd, pool, listener)) = self.waiting.pop_front() {
+            if let Some((fd, pool, listener, _)) = self.waiting.pop_front() {
                 self.open_conn(slot, fd, pool, listener);
             }
+        }
+        if self.refusing && !self.free.is_empty() {
+            // A slot freed: back to serving, and to the grace the next time it fills.
+            self.refusing = false;
+            self.full_since(false);
         }
         if self.accepts_paused
             && self.waiting.is_empty()
             && !self.free.is_empty()
             && self.drain_until.is_none()
         {
+            self.accepts_paused = false;
+            self.full_since(false);
+            for i in 0..self.listeners.len() {
+                self.arm_accept(i);
+            }
+        }
+    }
+
+    /// Records whether the forwarder is full (every slot taken), for `levee ctl`.
+    fn full_since(&mut self, full: bool) {
+        if full {
+            self.stats.full_events.add(1);
+            self.stats.set_full_since(self.now.max(1));
+        } else {
+            self.stats.set_full_since(0);
+        }
+    }
+
+    /// Full for longer than [`FULL_GRACE_MS`]: refuse, rather than leave clients hanging,
+    /// those in the waiting line and those to come while no slot frees.
+    fn refuse_when_full_too_long(&mut self) {
+        let since = self.stats.full_since();
+        if since == 0 || self.refusing || self.now < since + FULL_GRACE_MS {
+            return;
+        }
+        self.refusing = true;
+        while let Some((fd, _, _, _)) = self.waiting.pop_front() {
+            reset_and_close(fd);
+            self.stats.close(CloseReason::OverCapacity);
+        }
+        warn!(
+            forwarder = self.index,
+            slots = self.conns.len(),
+            "every connection slot has been taken for a second: refusing new clients until one \
+             frees (raise engine.max_conns, or find who holds them)"
+        );
+        if self.accepts_paused && self.drain_until.is_none() {
             self.accepts_paused = false;
             for i in 0..self.listeners.len() {
                 self.arm_accept(i);
@@ -1060,6 +1117,7 @@ impl Forwarder {
                 self.arm_accept(i);
             }
         }
+        self.refuse_when_full_too_long();
         self.intake_tick();
     }
 
@@ -1098,7 +1156,7 @@ impl Forwarder {
         for slot in 0..self.high_slot {
             self.close(slot, CloseReason::DrainTimeout, Reset::Both);
         }
-        while let Some((fd, _, _)) = self.waiting.pop_front() {
+        while let Some((fd, _, _, _)) = self.waiting.pop_front() {
             reset_and_close(fd);
             self.stats.close(CloseReason::DrainTimeout);
         }

@@ -120,6 +120,10 @@ pub struct ForwarderStats {
     pub bytes_backend_to_client: Counter,
     /// Submissions io_uring refused (other than a full completion queue); retried.
     pub ring_errors: Counter,
+    /// Times every connection slot was taken (accepts paused).
+    pub full_events: Counter,
+    /// When the forwarder last became full (coarse monotonic ms), 0 while it is not.
+    full_since_ms: AtomicU64,
     pub closed: [Counter; CloseReason::ALL.len()],
 }
 
@@ -131,6 +135,15 @@ impl ForwarderStats {
 
     pub fn closed(&self, reason: CloseReason) -> u64 {
         self.closed[reason as usize].get()
+    }
+
+    pub fn set_full_since(&self, ms: u64) {
+        self.full_since_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// When the forwarder became full (coarse monotonic ms), or 0 when it is not.
+    pub fn full_since(&self) -> u64 {
+        self.full_since_ms.load(Ordering::Relaxed)
     }
 
     /// Connections accepted and not yet closed.
@@ -151,6 +164,9 @@ pub struct Totals {
     pub bytes_client_to_backend: u64,
     pub bytes_backend_to_client: u64,
     pub ring_errors: u64,
+    pub full_events: u64,
+    /// Forwarders full now.
+    pub full_now: u64,
     pub closed: [u64; CloseReason::ALL.len()],
 }
 
@@ -166,6 +182,8 @@ impl Totals {
             t.bytes_client_to_backend += s.bytes_client_to_backend.get();
             t.bytes_backend_to_client += s.bytes_backend_to_client.get();
             t.ring_errors += s.ring_errors.get();
+            t.full_events += s.full_events.get();
+            t.full_now += u64::from(s.full_since() != 0);
             for (sum, c) in t.closed.iter_mut().zip(&s.closed) {
                 *sum += c.get();
             }
