@@ -473,13 +473,32 @@ mod tests {
         assert!(load.try_acquire(1));
     }
 
-    #[cfg(not(debug_assertions))]
+    /// Backend 0 of `load` holds nothing, counts nothing, and its cap of 1 is whole.
+    fn one_free_slot(load: &PoolLoad) {
+        assert_eq!((load.active(0), load.total_active()), (0, 0));
+        assert!(load.has_room(0));
+        assert!(load.try_acquire(0));
+        assert!(!load.try_acquire(0), "the cap of 1 holds");
+        load.release(0);
+        assert_eq!((load.active(0), load.total_active()), (0, 0));
+    }
+
     #[test]
     fn stray_release_does_not_wrap() {
         let load = PoolLoad::new(&pool(&[1], 1, None));
-        load.release(0);
-        assert_eq!(load.active(0), 0);
-        assert_eq!(load.total_active(), 0);
-        assert!(load.try_acquire(0));
+        // What `release` does past its debug assertion, on the backend's and the pool's rows: in
+        // every build, not only in those without the assertion.
+        load.holder().release(load.rows().backend(0));
+        load.holder().sub(load.rows().pool(), 1);
+        one_free_slot(&load);
+        // `release` itself: stopped by the assertion in a debug build, saturating in a release
+        // build; in either the counts stay whole.
+        let stray = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| load.release(0)));
+        assert_eq!(
+            stray.is_err(),
+            cfg!(debug_assertions),
+            "a stray release panics exactly when debug assertions are on"
+        );
+        one_free_slot(&load);
     }
 }
