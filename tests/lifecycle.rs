@@ -3,9 +3,11 @@
 mod common;
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use levee::config::Balance;
@@ -22,6 +24,33 @@ fn wait_closed(c: &mut TcpStream) {
             Err(e) => panic!("expected the connection to end, got {e}"),
         }
     }
+}
+
+/// The accept queue of the socket listening on `addr` (an IPv4 address), as the kernel reports
+/// it in /proc/net/tcp (`rx_queue` of a listener), or `None` when nothing listens there.
+fn listen_queue(addr: SocketAddr) -> Option<u64> {
+    let SocketAddr::V4(v4) = addr else {
+        panic!("{addr}: only IPv4 listeners are looked up");
+    };
+    // The kernel prints the address as the native-endian u32 of its network-order bytes.
+    let local = format!(
+        "{:08X}:{:04X}",
+        u32::from_ne_bytes(v4.ip().octets()),
+        v4.port()
+    );
+    const LISTEN: &str = "0A";
+    std::fs::read_to_string("/proc/net/tcp")
+        .expect("/proc/net/tcp")
+        .lines()
+        .skip(1)
+        .find_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.get(1) != Some(&local.as_str()) || f.get(3) != Some(&LISTEN) {
+                return None;
+            }
+            let (_, rx) = f.get(4)?.split_once(':')?;
+            u64::from_str_radix(rx, 16).ok()
+        })
 }
 
 #[test]
@@ -64,7 +93,10 @@ fn connect_timeout_gives_up_within_its_budget() {
             Some(s)
         })
         .collect();
-    thread::sleep(Duration::from_millis(100));
+    // Full once it holds more than its backlog of 0; until then levee's connect could complete.
+    wait_until("the black hole's accept queue is full", || {
+        listen_queue(blackhole).is_some_and(|queued| queued >= 1)
+    });
 
     let mut cfg = single(pool("p", Balance::RoundRobin, &[blackhole]));
     cfg.engine.connect_timeout = Duration::from_millis(300);
@@ -118,15 +150,9 @@ fn every_backend_full_with_overflow_reject_is_refused_with_a_count() {
     let engine = start(&single(p));
     let addr = engine.listener_addrs()[0];
     let held: Vec<_> = (0..2).map(|_| connect(addr)).collect();
-    // Wait until both are through to the backend.
-    let deadline = Instant::now() + IO_TIMEOUT;
-    while backend.accepted.load(std::sync::atomic::Ordering::Relaxed) < 2 {
-        assert!(
-            Instant::now() < deadline,
-            "backend never saw two connections"
-        );
-        thread::sleep(Duration::from_millis(5));
-    }
+    wait_until("both are through to the backend", || {
+        backend.accepted.load(Ordering::Relaxed) == 2
+    });
     let mut refused = connect(addr);
     wait_closed(&mut refused);
     assert_eq!(engine.pools()[0].load.active(0), 2, "the cap is exact");
@@ -134,10 +160,7 @@ fn every_backend_full_with_overflow_reject_is_refused_with_a_count() {
     engine.stop();
     let t = engine.join().expect("join");
     assert_eq!(t.closed(CloseReason::Rejected), 1, "{t}");
-    assert_eq!(
-        backend.accepted.load(std::sync::atomic::Ordering::Relaxed),
-        2
-    );
+    assert_eq!(backend.accepted.load(Ordering::Relaxed), 2);
 }
 
 #[test]
@@ -181,16 +204,17 @@ fn stop_lets_connections_in_flight_finish() {
     c.write_all(b"before").expect("write");
     let mut got = [0u8; 6];
     c.read_exact(&mut got).expect("echo");
+    assert!(listen_queue(addr).is_some(), "levee listens on {addr}");
     engine.stop();
-    // Stopped: new connections are no longer accepted...
-    thread::sleep(Duration::from_millis(100));
-    match TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
-        Err(_) => {}
-        Ok(mut late) => {
-            late.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
-            wait_closed(&mut late);
-        }
-    }
+    // Stopped: the listener closes while a connection is still in flight, so new connections
+    // are refused...
+    wait_until("the listener is closed", || listen_queue(addr).is_none());
+    let late = TcpStream::connect_timeout(&addr, Duration::from_secs(1));
+    assert_eq!(
+        late.as_ref().map_err(std::io::Error::kind).err(),
+        Some(ErrorKind::ConnectionRefused),
+        "{late:?}"
+    );
     // ...but the one in flight still works to its end.
     c.write_all(b"after").expect("write during drain");
     let mut got = [0u8; 5];
@@ -199,6 +223,7 @@ fn stop_lets_connections_in_flight_finish() {
     c.shutdown(Shutdown::Write).expect("half-close");
     assert_eq!(read_all(&mut c).expect("eof"), b"");
     let t = engine.join().expect("join");
+    assert_eq!(t.accepted, 1, "{t}");
     assert_eq!(t.closed(CloseReason::Done), 1, "{t}");
     assert_eq!(t.closed(CloseReason::DrainTimeout), 0);
 }
@@ -241,18 +266,29 @@ fn a_burst_beyond_capacity_is_served_in_turn_not_dropped() {
             c
         })
         .collect();
+    let sent = Arc::new(AtomicUsize::new(0));
     let burst: Vec<thread::JoinHandle<Vec<u8>>> = (0..BURST)
         .map(|i| {
+            let sent = sent.clone();
             thread::spawn(move || {
                 let mut c = connect(addr);
                 let msg = format!("client {i:02}");
                 c.write_all(msg.as_bytes()).expect("write");
                 c.shutdown(Shutdown::Write).expect("half-close");
+                sent.fetch_add(1, Ordering::SeqCst);
                 read_all(&mut c).expect("served in turn")
             })
         })
         .collect();
-    thread::sleep(Duration::from_millis(100));
+    // Every client connected and sent its request while no slot was free: all of them wait.
+    wait_until("the whole burst is connected", || {
+        sent.load(Ordering::SeqCst) == BURST
+    });
+    assert_eq!(
+        backend.accepted.load(Ordering::Relaxed),
+        4,
+        "no client of the burst got through while the slots were held"
+    );
     drop(held);
     for (i, t) in burst.into_iter().enumerate() {
         assert_eq!(
