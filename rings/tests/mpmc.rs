@@ -228,9 +228,17 @@ fn claim_wait_sleeps_until_a_producer_pushes() {
             .unwrap()
             .is_none()
     );
+    // Push only once this thread sleeps on the data word: a push before would prove nothing
+    // about the wake-up.
+    let me = common::gettid();
+    let word = c
+        .prepare_data_wait()
+        .unwrap()
+        .expect("an empty queue waits")
+        .word() as usize;
     let q2 = q.clone();
     let t = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(20));
+        common::wait_until("the consumer sleeps", || common::sleeps_on(me, word));
         q2.producer().unwrap().push(b"late").unwrap();
     });
     let claim = c.claim_wait(None).unwrap().expect("woken by the push");

@@ -222,8 +222,11 @@ fn openers_wait_for_publication() {
     let s = Scratch::new("seg-wait");
     let path = s.path("r");
     let creator_path = path.clone();
+    // Create it only once this thread sleeps in the opener's wait: a segment made before would
+    // prove nothing about waiting.
+    let me = common::gettid();
     let t = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(30));
+        common::wait_until("the opener waits", || common::sleeps(me));
         spsc::Producer::create(&creator_path, 4096).unwrap()
     });
     let mut c = spsc::Consumer::open_with(&path, Duration::from_secs(30)).unwrap();

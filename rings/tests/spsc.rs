@@ -230,13 +230,22 @@ fn reopened_ends_continue_where_the_old_ones_published() {
     assert_eq!(ids, vec![1, 2, 3, 4, 0, 99]);
 }
 
+/// The address of the futex word a wait needed now sleeps on; the registration is dropped at
+/// once.
+fn word_of(w: levee_rings::Result<Option<levee_rings::FutexWait>>) -> usize {
+    w.unwrap().expect("the ring says to wait").word() as usize
+}
+
 #[test]
 fn wait_for_data_times_out_on_an_empty_ring_and_returns_when_data_arrives() {
     let s = Scratch::new("spsc-wait");
     let (mut p, mut c) = spsc::create(s.path("r"), 1024).unwrap();
     assert!(!c.wait_for_data(Some(Duration::from_millis(20))).unwrap());
+    // Push only once this thread sleeps on the data word: a push before would prove nothing
+    // about the wake-up.
+    let (me, word) = (common::gettid(), word_of(c.prepare_data_wait()));
     let t = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(20));
+        common::wait_until("the consumer sleeps", || common::sleeps_on(me, word));
         p.push(b"wake up!").unwrap();
         p
     });
@@ -256,9 +265,10 @@ fn wait_for_space_returns_when_the_consumer_frees_room() {
         !p.wait_for_space(8, Some(Duration::from_millis(20)))
             .unwrap()
     );
+    let (me, word) = (common::gettid(), word_of(p.prepare_space_wait(8)));
     let t = std::thread::spawn(move || {
         let mut out = Vec::new();
-        std::thread::sleep(Duration::from_millis(20));
+        common::wait_until("the producer sleeps", || common::sleeps_on(me, word));
         while c.pop(&mut out).unwrap() {}
         c
     });

@@ -1,5 +1,6 @@
-//! Helpers shared by the integration tests: scratch directories and child processes that are
-//! this very test binary, re-executed with a role in the environment.
+//! Helpers shared by the integration tests: scratch directories, child processes that are this
+//! very test binary re-executed with a role in the environment, bounded waits on what a test can
+//! observe (a thread asleep on a futex word), and the rule for skipping a test.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -160,4 +161,78 @@ pub fn check(m: &[u8]) -> u64 {
     fill(id, &mut want);
     assert_eq!(m, &want[..], "message {id} corrupted");
     id
+}
+
+/// The environment variable that lets a test whose kernel feature is missing pass as skipped.
+pub const ALLOW_SKIP: &str = "LEVEE_ALLOW_SKIP";
+
+/// A test cannot run here for `reason` (a missing kernel feature). It fails, so a test run never
+/// passes without checking, unless `LEVEE_ALLOW_SKIP=1` is set: then it prints `SKIPPED: reason`
+/// to stderr and the caller returns.
+pub fn skip(reason: &str) {
+    if std::env::var(ALLOW_SKIP).as_deref() == Ok("1") {
+        eprintln!("SKIPPED: {reason}");
+    } else {
+        panic!("{reason}; set {ALLOW_SKIP}=1 to let the tests that need it pass as skipped");
+    }
+}
+
+/// Waits (bounded) until `ready()` holds, polling an observable state.
+pub fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ready() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not happen within 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// The calling thread's id, for [`sleeps_on`] and [`sleeps`] from another thread.
+pub fn gettid() -> i32 {
+    // SAFETY: gettid has no preconditions.
+    unsafe { libc::gettid() }
+}
+
+/// The system call thread `tid` of this process is blocked in, with its arguments, from
+/// /proc/self/task/TID/syscall: `None` while it runs or when the kernel does not say.
+fn blocked_in(tid: i32) -> Option<Vec<String>> {
+    let line = std::fs::read_to_string(format!("/proc/self/task/{tid}/syscall")).ok()?;
+    let fields: Vec<String> = line.split_whitespace().map(str::to_owned).collect();
+    fields.first()?.parse::<i64>().ok()?;
+    Some(fields)
+}
+
+/// Whether thread `tid` is asleep (state S), from /proc/self/task/TID/stat.
+fn asleep(tid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/self/task/{tid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let i = stat.rfind(')')?;
+            stat[i + 1..].trim_start().chars().next()
+        })
+        == Some('S')
+}
+
+/// Whether thread `tid` of this process sleeps in `futex(2)` on the word at address `word` (a
+/// ring's, as [`levee_rings::FutexWait::word`] gives it); where the kernel does not say which
+/// system call a thread is in, whether it sleeps at all.
+pub fn sleeps_on(tid: i32, word: usize) -> bool {
+    if !Path::new(&format!("/proc/self/task/{tid}/syscall")).exists() {
+        return asleep(tid);
+    }
+    blocked_in(tid).is_some_and(|f| {
+        f[0] == libc::SYS_futex.to_string() && f.get(1) == Some(&format!("{word:#x}"))
+    })
+}
+
+/// Whether thread `tid` of this process sleeps in `nanosleep` (`std::thread::sleep`); where the
+/// kernel does not say which system call a thread is in, whether it sleeps at all.
+pub fn sleeps(tid: i32) -> bool {
+    if !Path::new(&format!("/proc/self/task/{tid}/syscall")).exists() {
+        return asleep(tid);
+    }
+    let calls = [libc::SYS_nanosleep, libc::SYS_clock_nanosleep].map(|c| c.to_string());
+    blocked_in(tid).is_some_and(|f| calls.contains(&f[0]))
 }
