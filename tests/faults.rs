@@ -7,6 +7,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -365,4 +366,448 @@ fn a_forwarder_whose_slots_are_all_held_refuses_rather_than_hangs() {
     assert_eq!(engine.totals().full_now, 0);
     engine.stop();
     engine.join().expect("join");
+}
+
+// ---- the probes that held already, kept so they keep holding -------------------------------
+
+/// A `levee run` process, killed when dropped, so a failing test leaves none behind.
+struct Levee(std::process::Child);
+
+impl std::ops::Deref for Levee {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Levee {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for Levee {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `levee run` in front of `backends`, with `extra` configuration; its listening address.
+fn run_levee(name: &str, backends: &[SocketAddr], extra: &str) -> (Levee, SocketAddr) {
+    let dir = common::temp_dir(name);
+    let addr = common::refused_addr();
+    let mut text = format!(
+        "engine.cores = 0\nctl.socket = none\nlistener.web.addr = {addr}\nlistener.web.pool = web\n\
+         pool.web.balance = round_robin\n{extra}"
+    );
+    for (i, b) in backends.iter().enumerate() {
+        text.push_str(&format!("pool.web.backend.b{i}.addr = {b}\n"));
+    }
+    let config = dir.join("levee.conf");
+    std::fs::write(&config, text).expect("config");
+    let child = common::levee()
+        .args(["run", "-c"])
+        .arg(&config)
+        .stderr(if std::env::var_os("LEVEE_FAULTS_LOG").is_some() {
+            std::process::Stdio::inherit()
+        } else {
+            std::process::Stdio::null()
+        })
+        .spawn()
+        .expect("spawn levee");
+    wait_until("levee listens", || TcpStream::connect(addr).is_ok());
+    (Levee(child), addr)
+}
+
+/// The soft open-file limit of process `pid`, from /proc.
+fn open_file_limit(pid: u32) -> usize {
+    std::fs::read_to_string(format!("/proc/{pid}/limits"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1024)
+}
+
+/// How many of process `pid`'s descriptors are sockets.
+fn sockets(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |dir| {
+        dir.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .filter(|target| target.to_string_lossy().starts_with("socket:"))
+            .count()
+    })
+}
+
+/// VmRSS in KiB and open descriptors of process `pid`.
+fn rss_and_fds(pid: u32) -> (u64, usize) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count);
+    (rss, fds)
+}
+
+/// One echo exchange on a new connection: whether it came back whole.
+fn echo_once(addr: SocketAddr, payload: &[u8]) -> bool {
+    let Ok(mut s) = TcpStream::connect(addr) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(common::IO_TIMEOUT));
+    if s.write_all(payload).is_err() || s.shutdown(std::net::Shutdown::Write).is_err() {
+        return false;
+    }
+    common::read_all(&mut s).is_ok_and(|got| got == payload)
+}
+
+#[test]
+fn short_connections_leave_no_descriptor_or_memory_behind() {
+    const CONNECTIONS: usize = 100_000;
+    let backend = Backend::echo();
+    let (mut levee, addr) = run_levee("short", &[backend.addr], "pool.web.overflow = reject\n");
+    // Warm up, so what was allocated once (buffers touched, threads' stacks) is not counted.
+    assert!((0..200).all(|_| echo_once(addr, b"warm")));
+    let (rss0, fds0) = rss_and_fds(levee.id());
+    let started = Instant::now();
+    let failed: usize = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..4)
+            .map(|_| {
+                s.spawn(move || {
+                    (0..CONNECTIONS / 4)
+                        .filter(|_| !echo_once(addr, b"ping"))
+                        .count()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().unwrap_or(CONNECTIONS))
+            .sum()
+    });
+    let elapsed = started.elapsed();
+    wait_until("levee back to its descriptors", || {
+        rss_and_fds(levee.id()).1 <= fds0
+    });
+    let (rss1, fds1) = rss_and_fds(levee.id());
+    figure(
+        "100k short connections",
+        format!(
+            "{CONNECTIONS} echo connections in {:.1} s, {failed} failed; levee RSS {} -> {} KiB, \
+             descriptors {fds0} -> {fds1}",
+            elapsed.as_secs_f64(),
+            rss0,
+            rss1
+        ),
+    );
+    let _ = levee.kill();
+    let _ = levee.wait();
+    assert_eq!(failed, 0);
+    assert!(fds1 <= fds0, "descriptors leaked: {fds0} -> {fds1}");
+    assert!(rss1 < rss0 + 16 * 1024, "memory grew: {rss0} -> {rss1} KiB");
+}
+
+#[test]
+fn idle_connections_cost_no_memory_to_speak_of() {
+    // Ten thousand: the test holds the clients, a backend process of its own holds the other
+    // ends, and levee (which raises its own limit to what max_conns needs where it may) holds
+    // twenty thousand descriptors.
+    const IDLE: usize = 10_000;
+    let backend = common::BackendProcess::spawn(
+        "child_backend_entry",
+        "hold",
+        common::refused_addr(),
+        common::Mode::Hold,
+    );
+    let (levee, addr) = run_levee(
+        "idle",
+        &[backend.addr],
+        "pool.web.overflow = reject\nengine.max_conns = 10100\n",
+    );
+    let (rss0, fds0) = rss_and_fds(levee.id());
+    let sockets0 = sockets(levee.id());
+    // Levee raises its open-file limit to what max_conns needs where it may (with
+    // CAP_SYS_RESOURCE); elsewhere the hard limit caps how many it can hold.
+    let limit = open_file_limit(levee.id());
+    let count = IDLE.min(limit.saturating_sub(fds0 + 16) / 2);
+    if count < IDLE {
+        eprintln!(
+            "NOTE: levee's open-file limit is {limit}: {count} idle connections, not {IDLE} \
+             (raise the hard limit, or give levee CAP_SYS_RESOURCE, for the full count)"
+        );
+    }
+    let idle: Vec<TcpStream> = (0..count).map(|_| common::connect(addr)).collect();
+    // Levee connects each to the backend at once: wait for both descriptors of every one.
+    wait_until("every idle connection reaches the backend", || {
+        rss_and_fds(levee.id()).1 >= fds0 + 2 * count
+    });
+    let (rss1, fds1) = rss_and_fds(levee.id());
+    let sockets1 = sockets(levee.id());
+    figure(
+        "idle connections",
+        format!(
+            "{count} idle connections: levee RSS {rss0} -> {rss1} KiB ({:.2} KiB each), \
+             descriptors {fds0} -> {fds1}",
+            (rss1.saturating_sub(rss0)) as f64 / count as f64
+        ),
+    );
+    // One more still gets through, past ten thousand idle ones.
+    let mut late = common::connect(addr);
+    late.write_all(b"x").expect("write");
+    wait_until("the late connection reaches the backend too", || {
+        rss_and_fds(levee.id()).1 >= fds0 + 2 * count + 2
+    });
+    drop(late);
+    drop(idle);
+    // A client and a backend socket each; run_levee's probe connection, half-closed towards
+    // a backend that never reads, may hold two more until the idle timeout.
+    assert!(
+        (2 * count..=2 * count + 2).contains(&(sockets1 - sockets0)),
+        "a client and a backend socket each: {sockets0} -> {sockets1} sockets"
+    );
+    assert!(
+        rss1 < rss0 + (count as u64 * 4),
+        "more than 4 KiB per idle connection: {rss0} -> {rss1} KiB"
+    );
+}
+
+#[test]
+fn a_backend_killed_under_load_costs_at_most_what_it_held() {
+    let mut a = common::BackendProcess::spawn(
+        "child_backend_entry",
+        "a",
+        common::refused_addr(),
+        common::Mode::Named,
+    );
+    let b = common::BackendProcess::spawn(
+        "child_backend_entry",
+        "b",
+        common::refused_addr(),
+        common::Mode::Named,
+    );
+    let (mut levee, addr) = run_levee("kill9", &[a.addr, b.addr], "");
+    let mut failed = 0;
+    let mut served = 0;
+    for i in 0..300 {
+        if i == 100 {
+            a.kill();
+        }
+        match common::ask(addr) {
+            Ok(_) => served += 1,
+            Err(_) => failed += 1,
+        }
+    }
+    figure(
+        "backend kill -9",
+        format!(
+            "300 sequential connections, one of two backends killed at the 100th: {served} served, {failed} failed"
+        ),
+    );
+    let _ = levee.kill();
+    let _ = levee.wait();
+    drop(b);
+    // Sequential requests: at most the one in flight at the kill may fail; later ones are
+    // retried on the other backend.
+    assert!(failed <= 1, "{failed} failed");
+}
+
+/// The entry of the backend processes above (this binary, re-run with a role); in a normal run
+/// it checks that such a process answers with its name.
+#[test]
+fn child_backend_entry() {
+    common::child_backend_main();
+    let b = common::BackendProcess::spawn(
+        "child_backend_entry",
+        "x",
+        common::refused_addr(),
+        common::Mode::Named,
+    );
+    assert_eq!(common::ask(b.addr).expect("the backend answers"), "x");
+}
+
+#[test]
+fn a_backend_that_never_answers_is_closed_at_the_idle_timeout() {
+    // Accepts, never reads, never writes.
+    let held = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = held.clone();
+    let silent = Backend::spawn(move |s| {
+        if let Ok(mut v) = keep.lock() {
+            v.push(s);
+        }
+    });
+    let mut cfg = single(pool("p", Balance::RoundRobin, &[silent.addr]));
+    cfg.engine.idle_timeout = Duration::from_millis(400);
+    let engine = common::start(&cfg);
+    let addr = engine.listener_addrs()[0];
+    let started = Instant::now();
+    let mut s = common::connect(addr);
+    s.write_all(b"GET / HTTP/1.1\r\n\r\n").expect("write");
+    let got = common::read_all(&mut s).unwrap_or_default();
+    figure(
+        "silent backend",
+        format!(
+            "a backend that accepts and never answers: the client closed after {} ms (idle_timeout 400 ms)",
+            started.elapsed().as_millis()
+        ),
+    );
+    assert!(got.is_empty());
+    engine.stop();
+    let t = engine.join().expect("join");
+    assert_eq!(t.closed(CloseReason::IdleTimeout), 1, "{t}");
+}
+
+#[test]
+fn resets_mid_transfer_close_both_sides_and_are_counted() {
+    const BIG: usize = 8 << 20;
+    let backend = sized_backend();
+    let engine = common::start(&single(pool("p", Balance::RoundRobin, &[backend.addr])));
+    let addr = engine.listener_addrs()[0];
+    // A client that resets after the first bytes of a large download.
+    let mut c = common::connect(addr);
+    c.write_all(format!("GET /{BIG} HTTP/1.1\r\n\r\n").as_bytes())
+        .expect("request");
+    let mut first = [0u8; 4096];
+    c.read_exact(&mut first).expect("first bytes");
+    socket2::SockRef::from(&c)
+        .set_linger(Some(Duration::ZERO))
+        .expect("linger");
+    drop(c);
+    wait_until("the reset counted", || {
+        engine.totals().closed(CloseReason::ClientError) == 1
+    });
+    // A backend that resets mid-transfer.
+    let resetting = Backend::spawn(|mut s| {
+        let mut head = [0u8; 64];
+        let _ = s.read(&mut head);
+        let _ = s.write_all(&vec![7u8; 256 * 1024]);
+        let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+    });
+    let engine2 = common::start(&single(pool("p", Balance::RoundRobin, &[resetting.addr])));
+    let mut c = common::connect(engine2.listener_addrs()[0]);
+    c.write_all(b"GET / HTTP/1.1\r\n\r\n").expect("request");
+    let mut got = Vec::new();
+    let end = c.read_to_end(&mut got);
+    let t1 = engine.totals();
+    let t2 = engine2.totals();
+    figure(
+        "resets mid-transfer",
+        format!(
+            "client reset mid-download: client_error {}, active {}; backend reset after {} bytes: \
+             the client saw {:?}, backend_error {}",
+            t1.closed(CloseReason::ClientError),
+            t1.active(),
+            got.len(),
+            end.as_ref().map(|_| "an end").map_err(|e| e.kind()),
+            t2.closed(CloseReason::BackendError)
+        ),
+    );
+    assert!(end.is_err(), "the client learns the transfer failed");
+    assert_eq!(t2.closed(CloseReason::BackendError), 1, "{t2}");
+    assert_eq!(t1.active(), 0);
+    engine.stop();
+    engine.join().expect("join");
+    engine2.stop();
+    engine2.join().expect("join");
+}
+
+#[test]
+fn sigterm_mid_transfer_lets_the_transfer_finish() {
+    const BIG: usize = 16 << 20;
+    let backend = sized_backend();
+    let (mut levee, addr) = run_levee("sigterm", &[backend.addr], "engine.drain_timeout = 20s\n");
+    let mut c = common::connect(addr);
+    c.write_all(format!("GET /{BIG} HTTP/1.1\r\n\r\n").as_bytes())
+        .expect("request");
+    let mut first = [0u8; 4096];
+    c.read_exact(&mut first).expect("first bytes");
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(levee.id() as i32, libc::SIGTERM) };
+    let mut rest = Vec::new();
+    c.read_to_end(&mut rest).expect("the rest");
+    let status = levee.wait().expect("levee");
+    let total = first.len() + rest.len();
+    figure(
+        "SIGTERM mid-transfer",
+        format!(
+            "a 16 MiB download under way at SIGTERM: {total} bytes received; levee exited {status}"
+        ),
+    );
+    assert!(total > BIG, "head and the whole body");
+    assert!(status.success());
+}
+
+#[test]
+fn running_out_of_descriptors_does_not_spin_and_recovers() {
+    let backend = Backend::echo();
+    let (levee, addr) = run_levee("emfile", &[backend.addr], "pool.web.overflow = reject\n");
+    let pid = levee.id();
+    // The lowest descriptor number levee has free: with the limit just above it, levee can
+    // open exactly one more descriptor (a client's), and then none for its backend.
+    let free = {
+        let used: std::collections::HashSet<usize> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .expect("levee's descriptors")
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect();
+        (0..).find(|n| !used.contains(n)).unwrap_or(0)
+    };
+    let (_, fds) = rss_and_fds(pid);
+    let set = |n: u64| {
+        let limit = libc::rlimit {
+            rlim_cur: n,
+            rlim_max: 20_000,
+        };
+        // SAFETY: prlimit(2) on our own child with a valid rlimit.
+        unsafe {
+            libc::prlimit(
+                pid as libc::pid_t,
+                libc::RLIMIT_NOFILE,
+                &limit,
+                std::ptr::null_mut(),
+            )
+        }
+    };
+    assert_eq!(set(free as u64 + 1), 0);
+    let clients: Vec<_> = (0..20)
+        .map(|_| thread::spawn(move || echo_once(addr, b"later")))
+        .collect();
+    let cpu = |pid: u32| {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let f: Vec<&str> = stat[stat.rfind(')').map_or(0, |i| i + 2)..]
+            .split(' ')
+            .collect();
+        f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+            + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+    };
+    // The first client takes the last descriptor; its backend socket finds none.
+    wait_until("levee holds its last descriptor", || {
+        rss_and_fds(pid).1 > fds
+    });
+    let before = cpu(pid);
+    thread::sleep(Duration::from_secs(1));
+    let used = cpu(pid) - before;
+    assert_eq!(set(20_000), 0);
+    let served = clients
+        .into_iter()
+        .map(|h| h.join().unwrap_or(false))
+        .filter(|&ok| ok)
+        .count();
+    figure(
+        "descriptor exhaustion",
+        format!(
+            "20 clients while levee had no descriptor left: {used} clock ticks of CPU in 1 s; \
+             {served} served once the limit was raised"
+        ),
+    );
+    drop(levee);
+    assert!(
+        used < 20,
+        "spun at the descriptor limit: {used} ticks in 1 s"
+    );
+    // The first client accepted finds no descriptor for its backend and waits, with the
+    // others in the backlog: all are served once descriptors are there again.
+    assert_eq!(served, 20, "recovered: {served} of 20 served");
 }

@@ -37,7 +37,7 @@ const CQE_BATCH: usize = 256;
 const BUFFER_GROUP: u16 = 0;
 
 /// Most clients held accepted but not yet served when every slot is taken (see `waiting`).
-const WAITING_MAX: usize = 1024;
+pub(super) const WAITING_MAX: usize = 1024;
 
 /// How long a full forwarder leaves new clients in the kernel's backlog (and its waiting line)
 /// for a slot to free. Past it, it accepts them again and refuses each at once while it stays
@@ -407,6 +407,25 @@ impl Forwarder {
         self.push(entry);
     }
 
+    /// Stops accepting until the next tick: the forwarder is out of descriptors or memory.
+    fn back_off_accepts(&mut self) {
+        if !self.backing_off() {
+            warn!(
+                forwarder = self.index,
+                "out of file descriptors for backend connections: accepting again at the next tick"
+            );
+        }
+        for l in &mut self.listeners {
+            l.backoff = true;
+        }
+        self.cancel_accepts();
+    }
+
+    /// Whether every listener backs off until the next tick (out of descriptors).
+    fn backing_off(&self) -> bool {
+        !self.listeners.is_empty() && self.listeners.iter().all(|l| l.backoff)
+    }
+
     /// Stops every armed accept (the forwarder is full or stopping).
     fn cancel_accepts(&mut self) {
         for i in 0..self.listeners.len() {
@@ -650,9 +669,31 @@ impl Forwarder {
             }
             return;
         };
+        // The backend's socket first: with no descriptor for it, the client goes back to the
+        // head of the waiting line, untouched, rather than be refused.
+        let addr = &self.pools[usize::from(pool)].shared.addrs[usize::from(b)];
+        let backend = match backend_socket(addr) {
+            Ok(fd) => fd,
+            Err(e) if out_of_descriptors(&e) => {
+                self.pools[usize::from(pool)]
+                    .shared
+                    .load
+                    .release(usize::from(b));
+                self.conns[slot as usize].acquired = None;
+                self.unopen(slot);
+                self.waiting.push_front((client, pool, listener, self.now));
+                self.back_off_accepts();
+                return;
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot open a backend socket");
+                self.close(slot, CloseReason::LocalError, Reset::Client);
+                return;
+            }
+        };
         // Receive from the client at once: its first bytes are ready when the backend is.
         self.arm_recv(slot, Dir::Up);
-        self.start_connect(slot, b);
+        self.start_connect(slot, b, Some(backend));
     }
 
     /// A connection a worker took over from the queue, with backend `backend` reserved for it:
@@ -677,7 +718,7 @@ impl Forwarder {
         self.live += 1;
         self.high_slot = self.high_slot.max(slot + 1);
         self.arm_recv(slot, Dir::Up);
-        self.start_connect(slot, backend);
+        self.start_connect(slot, backend, None);
     }
 
     /// Gives back a slot that `open_conn` took before anything was submitted for it.
@@ -708,7 +749,7 @@ impl Forwarder {
     /// Tries the next candidate backend that has room, within the connect budget.
     fn connect_next(&mut self, slot: u32) {
         match self.acquire_next(slot) {
-            Some(b) => self.start_connect(slot, b),
+            Some(b) => self.start_connect(slot, b, None),
             None => {
                 // A connection that never got as far as trying a backend found them all full.
                 let reason = if self.conns[slot as usize].attempted {
@@ -722,11 +763,15 @@ impl Forwarder {
     }
 
     /// Connects to backend `b`, reserved for this connection, within the connect budget.
-    fn start_connect(&mut self, slot: u32, b: u16) {
+    /// `socket` is the backend socket when the caller has made it already.
+    fn start_connect(&mut self, slot: u32, b: u16, socket: Option<RawFd>) {
         let c = &mut self.conns[slot as usize];
         let left = c.connect_deadline.saturating_sub(self.now);
         if left == 0 {
             // The budget ran out before this attempt; the attempt that used it was counted.
+            if let Some(fd) = socket {
+                c.backend = fd; // closed with the connection
+            }
             self.close(slot, CloseReason::ConnectFailed, Reset::Client);
             return;
         }
@@ -737,11 +782,18 @@ impl Forwarder {
         let remaining = (left / attempts_left).max(1);
         let shared = &self.pools[usize::from(c.pool)].shared;
         let addr = &shared.addrs[usize::from(b)];
-        let fd = match backend_socket(addr) {
+        let fd = match socket.map_or_else(|| backend_socket(addr), Ok) {
             Ok(fd) => fd,
             Err(e) => {
-                warn!(error = %e, "cannot open a backend socket");
+                let exhausted = out_of_descriptors(&e);
                 self.close(slot, CloseReason::LocalError, Reset::Client);
+                if exhausted {
+                    // A retry after a failed connect: this client is lost, but the next ones
+                    // wait in the kernel's backlog until the next tick.
+                    self.back_off_accepts();
+                } else {
+                    warn!(error = %e, "cannot open a backend socket");
+                }
                 return;
             }
         };
@@ -1013,7 +1065,9 @@ impl Forwarder {
     /// Serves clients waiting for a slot, then resumes accepting once none wait and a slot is
     /// free. Runs after each batch of completions, so a burst of frees admits in one pass.
     fn admit_waiting(&mut self) {
-        while !self.waiting.is_empty() {
+        // Out of descriptors: the waiting line waits for the tick too. Asked on every turn, as
+        // `open_conn` may run out and put its client back at the head of the line.
+        while !self.waiting.is_empty() && !self.backing_off() {
             let Some(slot) = self.free.pop() else { break };
             if let Some((fd, pool, listener, _)) = self.waiting.pop_front() {
                 self.open_conn(slot, fd, pool, listener);
@@ -1182,6 +1236,14 @@ impl Forwarder {
         }
         idle
     }
+}
+
+/// A socket call failed for want of descriptors or memory, which time may bring back.
+fn out_of_descriptors(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
 }
 
 /// Whether health has taken every backend out (as opposed to every backend being full).

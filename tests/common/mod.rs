@@ -213,6 +213,8 @@ pub enum Mode {
     Named,
     /// Accepts, then resets the connection at once.
     Reset,
+    /// Accepts and holds every connection, never reading: thousands cost no thread each.
+    Hold,
 }
 
 impl BackendProcess {
@@ -221,6 +223,7 @@ impl BackendProcess {
         let mode = match mode {
             Mode::Named => "named",
             Mode::Reset => "reset",
+            Mode::Hold => "hold",
         };
         let mut child = std::process::Command::new(std::env::current_exe().expect("test binary"))
             .args(["--exact", entry, "--nocapture", "--test-threads=1"])
@@ -276,9 +279,11 @@ pub fn child_backend_main() {
     let listener = backend_listener(addr.parse().expect("backend address"));
     println!("levee-test-backend ready");
     let reply = format!("{name}\n").into_bytes();
+    let mut held = Vec::new();
     for stream in listener.incoming() {
         let Ok(mut s) = stream else { continue };
         match mode {
+            "hold" => held.push(s),
             "reset" => {
                 let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
             }
