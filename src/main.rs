@@ -100,16 +100,22 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // Block the stop signals before any thread starts (demo backends, forwarders), so every
-    // thread inherits the mask and only the sigwait in `run` ever sees them.
-    if let Err(e) = stop_signals().thread_block() {
-        eprintln!("levee: cannot block SIGTERM and SIGINT: {e}");
-        return ExitCode::from(EXIT_FAILURE);
-    }
+    // The stop signals are blocked only by the commands that wait for them (`run`, `worker`),
+    // and only once their configuration is read: every other command, and a `run` still
+    // reading a slow file, dies of Ctrl-C as any command does.
     match cli.command {
-        None => run_builtin(),
-        Some(Command::Run { config }) => match load(&config) {
+        None => match block_stop_signals() {
+            Ok(()) => run_builtin(),
+            Err(code) => code,
+        },
+        Some(Command::Run { config }) => match load(&config).and_then(|cfg| {
+            footprint(&config, &cfg)?;
+            Ok(cfg)
+        }) {
             Ok(cfg) => {
+                if let Err(code) = block_stop_signals() {
+                    return code;
+                }
                 let set_level = init_logging(&cfg.log.level);
                 run(&cfg, false, set_level)
             }
@@ -117,6 +123,10 @@ fn main() -> ExitCode {
         },
         Some(Command::Check { config }) => match load(&config) {
             Ok(cfg) => {
+                let footprint = match footprint(&config, &cfg) {
+                    Ok(footprint) => footprint,
+                    Err(code) => return code,
+                };
                 let backends: usize = cfg.pools.iter().map(|p| p.backends.len()).sum();
                 println!(
                     "{}: ok ({} listeners, {} pools, {} backends)",
@@ -125,6 +135,7 @@ fn main() -> ExitCode {
                     cfg.pools.len(),
                     backends
                 );
+                println!("memory: {footprint}");
                 ExitCode::SUCCESS
             }
             Err(code) => code,
@@ -165,9 +176,30 @@ fn main() -> ExitCode {
     }
 }
 
+/// What `cfg` will map, refused (exit 2) when it is more than this host's memory: `levee run`
+/// would otherwise fail with "Cannot allocate memory" in a forwarder's start.
+fn footprint(path: &Path, cfg: &Config) -> Result<levee::forward::Footprint, ExitCode> {
+    use levee::forward::{Bytes, Footprint, host_memory};
+    let forwarders = cfg.engine.cores.resolve().map_or(1, |c| c.len().max(1));
+    let footprint = Footprint::of(cfg, forwarders);
+    match host_memory() {
+        Some(host) if footprint.total() > host => {
+            eprintln!(
+                "{}: engine.buffers x engine.buffer_size: this configuration maps {footprint}, \
+                 more than this host's {} of memory; lower engine.buffers or \
+                 engine.buffer_size, or run fewer forwarders (engine.cores)",
+                path.display(),
+                Bytes(host)
+            );
+            Err(ExitCode::from(EXIT_CONFIG))
+        }
+        _ => Ok(footprint),
+    }
+}
+
 fn load(path: &Path) -> Result<Config, ExitCode> {
     config::load(path).map_err(|errors| {
-        eprint!("{errors}");
+        eprintln!("{errors}");
         ExitCode::from(EXIT_CONFIG)
     })
 }
@@ -198,7 +230,7 @@ fn builtin_config(backends: &[std::net::SocketAddr]) -> Result<Config, ExitCode>
         ));
     }
     config::parse(&text, "<built-in>").map_err(|errors| {
-        eprint!("{errors}");
+        eprintln!("{errors}");
         ExitCode::from(EXIT_CONFIG)
     })
 }
@@ -416,6 +448,9 @@ fn worker(dir: Option<PathBuf>, cfg_path: Option<PathBuf>, cpu: Option<usize>) -
         Ok(cfg) => cfg,
         Err(code) => return code,
     };
+    if let Err(code) = block_stop_signals() {
+        return code;
+    }
     let _ = init_logging(&cfg.log.level);
     // Its open-file limit counts only the connections it relays: it parks no clients.
     let mut relays_only = cfg.clone();
@@ -455,6 +490,16 @@ fn worker(dir: Option<PathBuf>, cfg_path: Option<PathBuf>, cpu: Option<usize>) -
             ExitCode::from(EXIT_FAILURE)
         }
     }
+}
+
+/// Blocks SIGTERM and SIGINT before any thread starts (demo backends, forwarders, the
+/// supervisor), so every thread inherits the mask and only the sigwait of `run` or `worker`
+/// ever sees them.
+fn block_stop_signals() -> Result<(), ExitCode> {
+    stop_signals().thread_block().map_err(|e| {
+        eprintln!("levee: cannot block SIGTERM and SIGINT: {e}");
+        ExitCode::from(EXIT_FAILURE)
+    })
 }
 
 fn stop_signals() -> SigSet {

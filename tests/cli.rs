@@ -116,12 +116,81 @@ fn run_refuses_a_bad_file_without_starting() {
         "bad-run",
         &format!("listener.web.addr = {addr}\nlistener.web.pool = nope\n"),
     );
+    // The port is held (without SO_REUSEPORT) while levee runs: a levee that bound before it
+    // checked would fail on the bind instead, and say so.
+    let held = TcpListener::bind(addr).expect("hold the listener's port");
     let out = run(levee().arg("run").arg("-c").arg(&path));
+    drop(held);
     assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        TcpStream::connect(addr).is_err(),
-        "nothing may listen on a bad configuration"
+        stderr.contains("listener.web.pool: no pool named `nope`"),
+        "{stderr}"
     );
+    assert!(
+        !stderr.contains("cannot listen"),
+        "levee tried to listen on a bad configuration: {stderr}"
+    );
+}
+
+/// A configuration that maps more than this host's memory: `engine.buffers` × `buffer_size` at
+/// their largest, 32 GiB a forwarder.
+fn too_big_for_this_host() -> Option<PathBuf> {
+    let forwarders = thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    let meminfo = std::fs::read_to_string("/proc/meminfo").expect("/proc/meminfo");
+    let host_kib: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("MemTotal");
+    if forwarders * (32 << 20) <= host_kib {
+        eprintln!(
+            "NOT CHECKED: this host's {host_kib} KiB hold {forwarders} forwarders' largest \
+             buffers; the refusal of a configuration too big for memory cannot be seen here"
+        );
+        return None;
+    }
+    Some(config_file(
+        "too-big",
+        &format!(
+            "listener.web.addr = {}\nlistener.web.pool = web\npool.web.backend.a.addr = \
+             127.0.0.1:9\nengine.buffers = 32768\nengine.buffer_size = 1M\n",
+            refused_addr()
+        ),
+    ))
+}
+
+#[test]
+fn check_says_what_a_configuration_maps_and_refuses_more_than_the_host_has() {
+    // The defaults: 2048 buffers of 16 KiB a forwarder.
+    let path = config_file(
+        "footprint",
+        "listener.web.addr = 127.0.0.1:18080\nlistener.web.pool = web\n\
+         pool.web.backend.a.addr = 127.0.0.1:9\n",
+    );
+    let out = run(levee().arg("check").arg("-c").arg(&path));
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("memory: up to ") && stdout.contains("32.0 MiB of receive buffers"),
+        "{stdout}"
+    );
+
+    let Some(path) = too_big_for_this_host() else {
+        return;
+    };
+    for command in ["check", "run"] {
+        let out = run(levee().arg(command).arg("-c").arg(&path));
+        assert_eq!(out.status.code(), Some(2), "levee {command}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("engine.buffers x engine.buffer_size: this configuration maps up to")
+                && stderr.contains("32.0 GiB of receive buffers")
+                && stderr.contains("more than this host's"),
+            "levee {command}: {stderr}"
+        );
+    }
 }
 
 #[test]
@@ -283,4 +352,94 @@ fn no_arguments_runs_the_built_in_default() {
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
     assert!(handed_off > 0, "the burst went through the queue: {log}");
+}
+
+/// The state letter of process `pid` (`S` sleeping, `R` running, ...), from /proc.
+fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..].trim_start().chars().next()
+}
+
+/// A FIFO in a fresh temporary directory.
+fn fifo(name: &str) -> PathBuf {
+    let path = temp_dir(name).join("levee.conf");
+    let _ = std::fs::remove_file(&path);
+    nix::unistd::mkfifo(&path, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+    path
+}
+
+#[test]
+fn ctrl_c_stops_check_waiting_on_a_fifo() {
+    let path = fifo("fifo-sigint");
+    let mut child = levee()
+        .arg("check")
+        .arg("-c")
+        .arg(&path)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    // Asleep on the FIFO: past main's start, so a signal it blocked would stay blocked.
+    common::wait_until("levee check waits on the FIFO", || {
+        process_state(child.id()) == Some('S')
+    });
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("kill");
+    let deadline = Instant::now() + IO_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("levee check ignored SIGINT");
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(libc::SIGINT), "{status}");
+}
+
+#[test]
+fn check_reads_a_fifo_and_gives_up_on_a_silent_one() {
+    let path = fifo("fifo-read");
+    let writer = {
+        let path = path.clone();
+        thread::spawn(move || {
+            // Blocks until levee opens the FIFO to read.
+            std::fs::write(
+                &path,
+                "listener.web.addr = 127.0.0.1:18083\nlistener.web.pool = web\n\
+                 pool.web.backend.a.addr = 127.0.0.1:9\n",
+            )
+            .expect("write FIFO");
+        })
+    };
+    let out = run(levee().arg("check").arg("-c").arg(&path));
+    writer.join().expect("writer");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Nobody writes: levee gives up after its deadline with a clear error.
+    let out = run(levee().arg("check").arg("-c").arg(&path));
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("is a pipe or FIFO that did not deliver a whole configuration"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn check_refuses_a_device_without_reading_it() {
+    let out = run(levee().args(["check", "-c", "/dev/zero"]));
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr,
+        "/dev/zero: is a character device, not a configuration file\n"
+    );
 }

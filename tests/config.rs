@@ -485,6 +485,50 @@ fn two_listeners_on_one_address() {
 }
 
 #[test]
+fn a_backend_that_is_levees_own_listener() {
+    let own = "listener.web.addr = 127.0.0.1:8080\nlistener.web.pool = web\n\
+               pool.web.backend.a.addr = 127.0.0.1:8080\n";
+    assert_eq!(
+        errors(own),
+        "levee.conf:3: pool.web.backend.a.addr: 127.0.0.1:8080 is where listener `web` (line 1) \
+         listens: levee would connect to itself, and every connection would loop back in until \
+         descriptors run out"
+    );
+    // A wildcard listener is reached through loopback and through the wildcard, in either
+    // family where the listener is IPv6 (levee's [::] sockets take IPv4 too).
+    for (listen, backend) in [
+        ("0.0.0.0:8080", "127.0.0.1:8080"),
+        ("0.0.0.0:8080", "127.9.9.9:8080"),
+        ("0.0.0.0:8080", "0.0.0.0:8080"),
+        ("[::]:8080", "[::1]:8080"),
+        ("[::]:8080", "127.0.0.1:8080"),
+    ] {
+        let text = format!(
+            "listener.web.addr = {listen}\nlistener.web.pool = web\n\
+             pool.web.backend.a.addr = {backend}\n"
+        );
+        assert_eq!(
+            kinds(&text),
+            vec![ErrorKind::SelfLoop],
+            "{listen} <- {backend}"
+        );
+    }
+    // Another port, another address, or a v4 wildcard and a v6 backend: no loop.
+    for (listen, backend) in [
+        ("127.0.0.1:8080", "127.0.0.1:8081"),
+        ("127.0.0.1:8080", "127.0.0.2:8080"),
+        ("0.0.0.0:8080", "10.0.0.1:8080"),
+        ("0.0.0.0:8080", "[::1]:8080"),
+    ] {
+        let text = format!(
+            "listener.web.addr = {listen}\nlistener.web.pool = web\n\
+             pool.web.backend.a.addr = {backend}\n"
+        );
+        parse_ok(&text);
+    }
+}
+
+#[test]
 fn no_listener_at_all() {
     assert_eq!(
         errors("# nothing here yet\n"),

@@ -34,6 +34,8 @@ pub enum ErrorKind {
     AddressTaken,
     /// The file defines no listener.
     NoListener,
+    /// A backend is one of levee's own listeners.
+    SelfLoop,
     /// Closes a report cut short at [`MAX_ERRORS`](super::MAX_ERRORS) problems; the
     /// message says how many more there were.
     Truncated,

@@ -20,7 +20,7 @@ mod value;
 
 pub use cores::CoreSet;
 pub use error::{ConfigError, ConfigErrors, ErrorKind};
-pub use file::MAX_FILE_SIZE;
+pub use file::{MAX_FILE_SIZE, PIPE_DEADLINE};
 pub use parse::{MAX_BACKENDS, MAX_ERRORS};
 pub use value::is_prime;
 
@@ -28,6 +28,12 @@ pub use value::is_prime;
 /// Reports every problem at once; a file that cannot be read is one problem without a line.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     file::load(path)
+}
+
+/// The text of a file in configuration syntax, read as [`load`] reads one: bounded in size,
+/// and for a pipe or FIFO in time; devices and directories refused. For `levee ctl -p`.
+pub fn read_text(path: &Path) -> Result<String, ConfigError> {
+    file::read_text(path)
 }
 
 /// Parses configuration text; `file` names it in messages. Reports every problem at once.

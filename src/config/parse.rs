@@ -24,6 +24,7 @@ pub const MAX_BACKENDS: usize = u16::MAX as usize;
 const LISTENER_ADDR: &str = "listener.NAME.addr";
 const LISTENER_POOL: &str = "listener.NAME.pool";
 const POOL_TABLE_SIZE: &str = "pool.NAME.table_size";
+const BACKEND_ADDR: &str = "pool.NAME.backend.NAME.addr";
 
 /// Most problems reported for one file; the rest are counted. A file with more is likely not
 /// a configuration at all, and the list stays bounded in memory and on screen.
@@ -274,6 +275,7 @@ impl Parser<'_> {
         let pools = std::mem::take(&mut self.pools);
         let references = self.check_listeners(&listeners);
         self.check_pools(&pools, &references);
+        self.check_loops(&listeners, &pools);
         self.check_overflow();
         if listeners.is_empty() {
             let message = "no listener is defined; add one, like `listener.web.addr = 0.0.0.0:80` and `listener.web.pool = web`".to_string();
@@ -442,6 +444,52 @@ impl Parser<'_> {
                 self.require(Scope::Backend, &[name, &backend.name], backend.line);
             }
         }
+    }
+}
+
+impl Parser<'_> {
+    /// A backend that is one of levee's own listeners: each connection to it would come back
+    /// in as a new client and connect again, until descriptors run out.
+    fn check_loops(&mut self, listeners: &[Object<ListenerDraft>], pools: &[PoolDraft]) {
+        for pool in pools {
+            for backend in &pool.backends {
+                let addr_key =
+                    registry::instantiate(BACKEND_ADDR, &[&pool.object.name, &backend.name]);
+                let Some(line) = self.accepted(&addr_key) else {
+                    continue;
+                };
+                let target = backend.value.addr;
+                let Some(listener) = listeners
+                    .iter()
+                    .find(|l| same_socket(l.value.config.addr, target))
+                else {
+                    continue;
+                };
+                let message = format!(
+                    "{target} is where listener `{}` (line {}) listens: levee would connect to \
+                     itself, and every connection would loop back in until descriptors run out",
+                    listener.name, listener.line
+                );
+                self.error(Some(line), Some(&addr_key), ErrorKind::SelfLoop, message);
+            }
+        }
+    }
+}
+
+/// Whether a connection to `target` reaches a listener bound to `listen`: the same address,
+/// or a wildcard listener of the same port and family reached through loopback or the wildcard.
+fn same_socket(listen: SocketAddr, target: SocketAddr) -> bool {
+    if listen.port() != target.port() || listen.port() == 0 {
+        return false;
+    }
+    let ip = target.ip();
+    if listen.ip().is_unspecified() {
+        // A wildcard listener on [::] takes IPv4 too (levee does not set IPV6_V6ONLY): count
+        // a v4 target as reaching it.
+        let family = listen.is_ipv6() || target.is_ipv4();
+        family && (ip.is_loopback() || ip.is_unspecified())
+    } else {
+        listen.ip() == ip
     }
 }
 

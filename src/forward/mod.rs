@@ -4,6 +4,7 @@
 
 mod bufring;
 mod conn;
+mod footprint;
 mod forwarder;
 mod intake;
 mod listener;
@@ -40,6 +41,7 @@ use crate::pool::{Pool, PoolLoad};
 use crate::stats::{ForwarderStats, Totals};
 pub(crate) use forwarder::coarse_now_ms;
 use forwarder::{Forwarder, ListenerSetup, Setup};
+pub use footprint::{Bytes, Footprint, host_memory};
 pub use intake::{IntakeSetup, Takeover};
 pub use parking::ParkingSetup;
 
