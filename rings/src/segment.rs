@@ -595,11 +595,24 @@ impl SegmentInfo {
     }
 }
 
-fn lock_count(kind: RingKind, params: [u64; 6]) -> std::result::Result<u32, String> {
+/// The lock count and total length that a header's kind and parameters give.
+fn lock_count_and_len(
+    kind: RingKind,
+    params: [u64; 6],
+) -> std::result::Result<(u32, usize), String> {
     Ok(match kind {
-        RingKind::Spsc => crate::spsc::RingLayout::from_params(params)?.lock_count(),
-        RingKind::Mpmc => crate::mpmc::QueueLayout::from_params(params)?.lock_count(),
-        RingKind::Table => crate::table::TableLayout::from_params(params)?.lock_count(),
+        RingKind::Spsc => {
+            let l = crate::spsc::RingLayout::from_params(params)?;
+            (l.lock_count(), Layout::total_len(&l))
+        }
+        RingKind::Mpmc => {
+            let l = crate::mpmc::QueueLayout::from_params(params)?;
+            (l.lock_count(), l.total_len())
+        }
+        RingKind::Table => {
+            let l = crate::table::TableLayout::from_params(params)?;
+            (l.lock_count(), l.total_len())
+        }
     })
 }
 
@@ -610,10 +623,30 @@ pub fn inspect(path: impl AsRef<Path>) -> Result<SegmentInfo> {
     let header = read_header(&file, path, Duration::ZERO)?;
     let (_map, shm) = map(&file, HEADER_LEN, path)?;
     let creator = read_creator(&shm);
-    let locks = lock_count(header.kind, header.params).map_err(|reason| Error::BadHeader {
-        path: path.to_owned(),
-        reason,
-    })?;
+    let (locks, total) =
+        lock_count_and_len(header.kind, header.params).map_err(|reason| Error::BadHeader {
+            path: path.to_owned(),
+            reason,
+        })?;
+    // The same checks of what the header claims as an opener makes: a forged length is refused
+    // here too, not reported as the segment's.
+    if header.total != total as u64 {
+        return Err(Error::BadHeader {
+            path: path.to_owned(),
+            reason: format!(
+                "header says {} bytes, its parameters need {total}",
+                header.total
+            ),
+        });
+    }
+    let len = file_len(&file, path)?;
+    if len < header.total {
+        return Err(Error::Truncated {
+            path: path.to_owned(),
+            len,
+            expected: header.total,
+        });
+    }
     let mut attached = 0;
     for i in 0..locks {
         if sys::is_locked(&file, i).map_err(|e| Error::io("test lock", path, e))? {
