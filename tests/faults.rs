@@ -7,6 +7,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::Command;
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -370,8 +371,25 @@ fn a_forwarder_whose_slots_are_all_held_refuses_rather_than_hangs() {
 
 // ---- the probes that held already, kept so they keep holding -------------------------------
 
-/// A `levee run` process, killed when dropped, so a failing test leaves none behind.
-struct Levee(std::process::Child);
+/// A `levee run` process, killed when dropped, so a failing test leaves none behind; with
+/// its control socket.
+struct Levee(std::process::Child, std::path::PathBuf);
+
+impl Levee {
+    /// A counter of the running levee, through `levee ctl`.
+    fn stat(&self, key: &str) -> u64 {
+        let out = common::levee()
+            .args(["ctl", "-n", "-s"])
+            .arg(&self.1)
+            .arg(key)
+            .output()
+            .expect("levee ctl");
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{key}: {text:?} {}", String::from_utf8_lossy(&out.stderr)))
+    }
+}
 
 impl std::ops::Deref for Levee {
     type Target = std::process::Child;
@@ -397,9 +415,11 @@ impl Drop for Levee {
 fn run_levee(name: &str, backends: &[SocketAddr], extra: &str) -> (Levee, SocketAddr) {
     let dir = common::temp_dir(name);
     let addr = common::refused_addr();
+    let ctl = dir.join("ctl.sock");
     let mut text = format!(
-        "engine.cores = 0\nctl.socket = none\nlistener.web.addr = {addr}\nlistener.web.pool = web\n\
-         pool.web.balance = round_robin\n{extra}"
+        "engine.cores = 0\nctl.socket = {}\nlistener.web.addr = {addr}\nlistener.web.pool = web\n\
+         pool.web.balance = round_robin\n{extra}",
+        ctl.display()
     );
     for (i, b) in backends.iter().enumerate() {
         text.push_str(&format!("pool.web.backend.b{i}.addr = {b}\n"));
@@ -417,7 +437,7 @@ fn run_levee(name: &str, backends: &[SocketAddr], extra: &str) -> (Levee, Socket
         .spawn()
         .expect("spawn levee");
     wait_until("levee listens", || TcpStream::connect(addr).is_ok());
-    (Levee(child), addr)
+    (Levee(child, ctl), addr)
 }
 
 /// The soft open-file limit of process `pid`, from /proc.
@@ -810,4 +830,58 @@ fn running_out_of_descriptors_does_not_spin_and_recovers() {
     // The first client accepted finds no descriptor for its backend and waits, with the
     // others in the backlog: all are served once descriptors are there again.
     assert_eq!(served, 20, "recovered: {served} of 20 served");
+}
+
+/// Whether `tool` runs here; where it does not, the test that needs it fails saying so, or with
+/// LEVEE_ALLOW_SKIP=1 passes as skipped, saying so.
+fn have(tool: &str) -> bool {
+    if Command::new(tool).arg("-V").output().is_ok() {
+        return true;
+    }
+    let why = format!("`{tool}` is not installed (apt-get install {tool})");
+    if std::env::var("LEVEE_ALLOW_SKIP").as_deref() == Ok("1") {
+        eprintln!("SKIPPED: {why}");
+        false
+    } else {
+        panic!("{why}; set LEVEE_ALLOW_SKIP=1 to let the test pass as skipped");
+    }
+}
+
+#[test]
+fn refused_io_uring_submissions_are_counted_and_survived() {
+    // strace's fault injection makes every io_uring_enter of levee fail with ENOMEM while it is
+    // attached: what the kernel does when it cannot allocate for a submission.
+    if !have("strace") {
+        return;
+    }
+    let backend = Backend::echo();
+    let (levee, addr) = run_levee("submit", &[backend.addr], "pool.web.overflow = reject\n");
+    assert!(echo_once(addr, b"before"));
+    let mut strace = Command::new("strace")
+        .args(["-f", "-qq", "-o", "/dev/null", "-e", "trace=io_uring_enter"])
+        .args(["-e", "inject=io_uring_enter:error=ENOMEM", "-p"])
+        .arg(levee.id().to_string())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("strace");
+    wait_until("levee counts refused submissions", || {
+        levee.stat("stats.ring_errors") >= 3
+    });
+    // SIGTERM detaches strace from levee, which goes on.
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(strace.id() as i32, libc::SIGTERM) };
+    let _ = strace.wait();
+    let errors = levee.stat("stats.ring_errors");
+    let served = (0..20).filter(|_| echo_once(addr, b"after")).count();
+    let mut levee = levee;
+    let alive = levee.try_wait().expect("levee").is_none();
+    figure(
+        "refused submissions",
+        format!(
+            "every io_uring_enter failing with ENOMEM while traced: {errors} counted in \
+             stats.ring_errors, levee alive: {alive}; {served} of 20 served once it stopped"
+        ),
+    );
+    assert!(alive, "levee died of a refused submission");
+    assert_eq!(served, 20);
 }

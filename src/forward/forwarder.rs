@@ -370,8 +370,10 @@ impl Forwarder {
     #[cold]
     fn ring_failed(&mut self, e: &io::Error) {
         self.stats.ring_errors.add(1);
+        let before = self.ring_backoff_ms;
         self.ring_backoff_ms = (self.ring_backoff_ms * 2).clamp(1, 100);
-        if self.ring_backoff_ms == 1 || self.ring_backoff_ms == 100 {
+        // Said when it starts and when the pause reaches its longest, not at every retry.
+        if before == 0 || (before < 100 && self.ring_backoff_ms == 100) {
             warn!(
                 forwarder = self.index,
                 error = %e,
