@@ -12,7 +12,13 @@
 //! ```
 //!
 //! A line starting with `! ` is an error, saying what was wrong. Only keys the registry marks
-//! runtime-tunable can be set; `stats.*` keys are read-only.
+//! runtime-tunable can be set; `stats.*` keys are read-only. A request line holds no control
+//! character.
+//!
+//! One connection may make up to [`MAX_REQUESTS`] requests, each answered before the next is
+//! read. The server gives each client 5 s for what it owes: the rest of a request line after its
+//! first byte (at most [`MAX_LINE`] bytes), taking a reply, or sending its next request; then it
+//! closes the connection. It serves many connections at once, and a new one always gets in.
 
 mod client;
 mod live;
@@ -20,7 +26,7 @@ mod server;
 
 pub use client::{Action, query, run as run_client};
 pub use live::{Live, Overflow};
-pub use server::Server;
+pub use server::{Server, check_socket_path};
 
 /// Longest request line the server reads.
 pub const MAX_LINE: usize = 4096;
