@@ -5,7 +5,10 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::config::registry::{self, Lookup};
+use crate::config::{
+    self,
+    registry::{self, Lookup},
+};
 
 /// What `levee ctl` was asked to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,6 +67,7 @@ pub fn run(socket: &Path, action: &Action, values_only: bool) -> u8 {
 /// The value of one key of the levee listening on `socket`, for other commands of levee
 /// (`levee worker` asks for `stats.overflow.dir`).
 pub fn query(socket: &Path, key: &str) -> Result<String, String> {
+    plain("key", key)?;
     let replies = exchange(socket, &[format!("get {key}")]).map_err(|e| e.to_string())?;
     for line in replies.iter().flatten() {
         if let Some(pair) = line.strip_prefix("= ") {
@@ -80,10 +84,13 @@ pub fn query(socket: &Path, key: &str) -> Result<String, String> {
 fn requests(action: &Action) -> Result<Vec<String>, String> {
     Ok(match action {
         Action::List => vec!["list".into()],
-        Action::Get(keys) => keys.iter().map(|k| format!("get {}", k.trim())).collect(),
+        Action::Get(keys) => keys
+            .iter()
+            .map(|k| plain("key", k).map(|k| format!("get {}", k.trim())))
+            .collect::<Result<_, _>>()?,
         Action::Set(pairs) => pairs
             .iter()
-            .map(|p| match p.split_once('=') {
+            .map(|p| match plain("argument", p)?.split_once('=') {
                 Some((k, v)) => Ok(format!("set {} {}", k.trim(), v.trim())),
                 None => Err(format!("`{p}`: expected KEY=VALUE")),
             })
@@ -92,35 +99,49 @@ fn requests(action: &Action) -> Result<Vec<String>, String> {
     })
 }
 
+/// `text` if it holds no control character. The protocol is one request per line: a newline
+/// inside a key or value would end the request there and make the rest a second request, one
+/// levee would perform and `levee ctl` not report.
+fn plain<'a>(what: &str, text: &'a str) -> Result<&'a str, String> {
+    match text.chars().find(|c| c.is_control()) {
+        None => Ok(text),
+        Some(c) => Err(format!(
+            "{what} `{}` contains the control character {}; keys and values are plain text",
+            text.escape_debug(),
+            c.escape_debug()
+        )),
+    }
+}
+
 /// `set` requests for each `key = value` line of `path` whose value differs from the running
 /// one is decided by levee; here only the syntax and the key names are checked, like sysctl -p.
-/// Lines whose value already matches are sent too: levee answers them without change.
+/// Lines whose value already matches are sent too: levee answers them without change. The file
+/// is read as levee reads a configuration: bounded in size and, for a pipe, in time.
 fn load(path: &Path) -> Result<Vec<String>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let text = config::read_text(path).map_err(|e| e.to_string())?;
     let mut out = Vec::new();
     for (i, raw) in text.lines().enumerate() {
         let line = raw.trim();
         if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
             continue;
         }
+        let at = || format!("{}:{}", path.display(), i + 1);
         let Some((key, value)) = line.split_once('=') else {
-            return Err(format!(
-                "{}:{}: expected key = value",
-                path.display(),
-                i + 1
-            ));
+            return Err(format!("{}: expected key = value", at()));
         };
         let (key, optional) = match key.trim() {
             k if k.starts_with('-') => (k[1..].trim(), true),
             k => (k, false),
         };
+        plain("key", key).map_err(|e| format!("{}: {e}", at()))?;
         if !matches!(registry::lookup(key), Lookup::Found { .. }) {
             if optional {
                 continue;
             }
-            return Err(format!("{}:{}: {key}: unknown key", path.display(), i + 1));
+            return Err(format!("{}: {key}: unknown key", at()));
         }
-        out.push(format!("load {key} {}", value.trim()));
+        let value = plain("value", value.trim()).map_err(|e| format!("{}: {e}", at()))?;
+        out.push(format!("load {key} {value}"));
     }
     Ok(out)
 }
@@ -129,6 +150,7 @@ fn load(path: &Path) -> Result<Vec<String>, String> {
 fn exchange(socket: &Path, requests: &[String]) -> io::Result<Vec<Vec<String>>> {
     let stream = UnixStream::connect(socket)?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(10)))?;
     let mut writer = stream.try_clone()?;
     let mut reader = BufReader::new(stream);
     let mut replies = Vec::with_capacity(requests.len());
@@ -152,4 +174,37 @@ fn exchange(socket: &Path, requests: &[String]) -> io::Result<Vec<Vec<String>>> 
         replies.push(reply);
     }
     Ok(replies)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_control_character_in_a_key_or_value_is_refused() {
+        let smuggled = "engine.idle_timeout=5s\nset engine.connect_timeout 1s".to_string();
+        let err = requests(&Action::Set(vec![smuggled])).expect_err("newline");
+        assert!(
+            err.contains(r"`engine.idle_timeout=5s\nset engine.connect_timeout 1s`"),
+            "{err}"
+        );
+        for bad in ["log.level\r", "log.level\0", "log\x1b.level"] {
+            assert!(requests(&Action::Get(vec![bad.into()])).is_err(), "{bad:?}");
+            assert!(requests(&Action::Set(vec![format!("{bad}=x")])).is_err());
+        }
+        assert!(query(Path::new("/nonexistent"), "a\nb").is_err_and(|e| e.contains("control")));
+        assert_eq!(
+            requests(&Action::Set(vec![" log.level = warn ".into()])),
+            Ok(vec!["set log.level warn".to_string()])
+        );
+    }
+
+    #[test]
+    fn load_refuses_a_device() {
+        let err = requests(&Action::Load("/dev/zero".into())).expect_err("a device");
+        assert!(
+            err.contains("/dev/zero") && err.contains("character device"),
+            "{err}"
+        );
+    }
 }
