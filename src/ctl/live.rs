@@ -1,6 +1,7 @@
 //! The effective configuration of a running levee and the live objects its runtime keys drive.
 
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use crate::config::registry::{self, Lookup};
 use crate::config::{AdminState, Config, LogLevel, listing_entries};
@@ -52,7 +53,8 @@ impl Live {
         self.config.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// `KEY = VALUE` for one key, configuration or `stats.*`.
+    /// `KEY = VALUE` for one key, configuration or `stats.*`. A runtime key reads what the
+    /// engine holds (see [`Self::in_effect`]), not what was last written to it.
     pub fn get(&self, key: &str) -> Result<String, String> {
         if key.starts_with("stats.") {
             return self
@@ -62,21 +64,23 @@ impl Live {
                 .map(|(_, v)| v)
                 .ok_or_else(|| format!("{key}: unknown counter; `levee ctl -a` lists them"));
         }
-        self.config().get(key)
+        self.in_effect().get(key)
     }
 
     /// Changes a runtime key and applies it to the running engine; returns the value now in
-    /// effect. A rejected value changes nothing.
+    /// effect, as the engine reads it. A rejected value changes nothing.
     pub fn set(&self, key: &str, value: &str) -> Result<String, String> {
         if key.starts_with("stats.") {
             return Err(format!("{key}: counters are read-only"));
         }
-        let mut cfg = self.config();
-        let mut next = cfg.clone();
-        next.set_runtime(key, value)?;
-        self.apply(&next, key)?;
-        *cfg = next;
-        cfg.get(key)
+        {
+            let mut cfg = self.config();
+            let mut next = cfg.clone();
+            next.set_runtime(key, value)?;
+            self.apply(&next, key)?;
+            *cfg = next;
+        }
+        self.get(key)
     }
 
     /// Like [`Self::set`], but a value equal to the one in effect is accepted whatever the key
@@ -98,9 +102,45 @@ impl Live {
 
     /// Every key with its value, then the counters.
     pub fn list(&self) -> Vec<(String, String)> {
-        let mut all = listing_entries(&self.config());
+        let mut all = listing_entries(&self.in_effect());
         all.extend(self.stats());
         all
+    }
+
+    /// The configuration with each runtime key read back from the engine part that applies
+    /// it, so that `get` and `list` show what is in effect: a setter that failed to reach the
+    /// engine shows as the old value. The two keys the engine cannot report back keep the
+    /// value last applied: `engine.sched_policy` (a property of the forwarder threads, seen in
+    /// /proc) and `log.level` (inside the log filter).
+    fn in_effect(&self) -> Config {
+        let mut cfg = self.config().clone();
+        let t = &self.tunables;
+        cfg.engine.connect_timeout = Duration::from_millis(t.connect_timeout_ms());
+        cfg.engine.connect_retries = u32::try_from(t.connect_tries() - 1).unwrap_or(u32::MAX);
+        cfg.engine.idle_timeout = Duration::from_millis(t.idle_timeout_ms());
+        if let Some(o) = &self.overflow {
+            let settings = Settings::read(&o.tier.shared.load);
+            cfg.overflow.queue_timeout = Duration::from_millis(settings.queue_timeout_ms);
+            cfg.overflow.discipline = settings.discipline;
+            cfg.overflow.codel_target = Duration::from_nanos(settings.codel_target_ns);
+            cfg.overflow.codel_interval = Duration::from_nanos(settings.codel_interval_ns);
+            if let Some(target) = &o.workers {
+                cfg.overflow.workers = target.get();
+            }
+        }
+        for (pool, live) in cfg.pools.iter_mut().zip(&self.pools) {
+            pool.bound = live.load.bound();
+            for (i, b) in pool.backends.iter_mut().enumerate() {
+                b.weight = live.health.weight(i);
+                b.max_conns = live.load.max_conns(i);
+                b.state = if live.health.drained(i) {
+                    AdminState::Drain
+                } else {
+                    AdminState::Up
+                };
+            }
+        }
+        cfg
     }
 
     /// Pushes the new value of `key` (already in `cfg`) to what the forwarders and the health
@@ -226,6 +266,14 @@ impl Live {
                 "stats.accept_errors".to_string(),
                 t.accept_errors.to_string(),
             ),
+            // io_uring submissions the kernel refused (each logged and retried by its
+            // forwarder).
+            ("stats.ring_errors".to_string(), t.ring_errors.to_string()),
+            // Times a forwarder's connection slots were all held long enough that it began
+            // refusing new clients.
+            ("stats.full_events".to_string(), t.full_events.to_string()),
+            // Forwarders refusing new clients right now, for want of a free slot.
+            ("stats.forwarders_full".to_string(), t.full_now.to_string()),
         ];
         for r in CloseReason::ALL {
             out.push((
