@@ -266,13 +266,13 @@ impl Live {
                 "stats.accept_errors".to_string(),
                 t.accept_errors.to_string(),
             ),
-            // io_uring submissions the kernel refused (each logged and retried by its
-            // forwarder).
+            // io_uring submissions the kernel refused (other than a full completion queue);
+            // each is retried by its forwarder.
             ("stats.ring_errors".to_string(), t.ring_errors.to_string()),
-            // Times a forwarder's connection slots were all held long enough that it began
-            // refusing new clients.
+            // Times a forwarder had every connection slot taken: it pauses accepts, and after
+            // a second of it refuses new clients until a slot frees.
             ("stats.full_events".to_string(), t.full_events.to_string()),
-            // Forwarders refusing new clients right now, for want of a free slot.
+            // Forwarders with every slot taken right now (paused, or refusing).
             ("stats.forwarders_full".to_string(), t.full_now.to_string()),
         ];
         for r in CloseReason::ALL {
