@@ -127,6 +127,12 @@ fn main() -> ExitCode {
                     Ok(footprint) => footprint,
                     Err(code) => return code,
                 };
+                if let Some(path) = &cfg.ctl.socket
+                    && let Err(e) = levee::ctl::check_socket_path(path)
+                {
+                    eprintln!("{}: ctl.socket {e}", config.display());
+                    return ExitCode::from(EXIT_CONFIG);
+                }
                 let backends: usize = cfg.pools.iter().map(|p| p.backends.len()).sum();
                 println!(
                     "{}: ok ({} listeners, {} pools, {} backends)",
@@ -303,6 +309,14 @@ fn run_builtin() -> ExitCode {
 
 /// Starts the engine on `cfg`, waits for SIGTERM or SIGINT, drains and exits.
 fn run(cfg: &Config, builtin: bool, set_level: LevelSetter) -> ExitCode {
+    // Before anything starts: a path levee must not replace stops it here, not after a reload
+    // of traffic.
+    if let Some(path) = &cfg.ctl.socket
+        && let Err(e) = levee::ctl::check_socket_path(path)
+    {
+        error!("ctl.socket {e}");
+        return ExitCode::from(EXIT_FAILURE);
+    }
     raise_fd_limit(cfg);
 
     let options = Options {
@@ -331,7 +345,7 @@ fn run(cfg: &Config, builtin: bool, set_level: LevelSetter) -> ExitCode {
             pool.balance
         );
     }
-    let _control = cfg.ctl.socket.as_deref().and_then(|path| {
+    let _control = cfg.ctl.socket.as_deref().map(|path| {
         let live = Live::new(
             cfg.clone(),
             engine.pools().to_vec(),
@@ -343,14 +357,20 @@ fn run(cfg: &Config, builtin: bool, set_level: LevelSetter) -> ExitCode {
                 workers: engine.worker_target(),
             }),
         );
-        match Server::start(path, Arc::new(live)) {
-            Ok(server) => Some(server),
-            Err(e) => {
-                warn!("ctl.socket {}: {e}; runtime control is off", path.display());
-                None
-            }
-        }
+        Server::start(path, Arc::new(live))
+            .map_err(|e| format!("ctl.socket {}: {e}", path.display()))
     });
+    // An operator who configured runtime control gets it or a refusal, not a levee they
+    // cannot reach.
+    let _control = match _control.transpose() {
+        Ok(server) => server,
+        Err(e) => {
+            error!("{e}");
+            engine.stop();
+            let _ = engine.join();
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
     if builtin {
         let addr = engine.listener_addrs()[0];
         info!("try it: curl http://{addr}/");

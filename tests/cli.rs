@@ -443,3 +443,29 @@ fn check_refuses_a_device_without_reading_it() {
         "/dev/zero: is a character device, not a configuration file\n"
     );
 }
+
+#[test]
+fn check_refuses_a_control_socket_path_that_is_a_file() {
+    let dir = temp_dir("ctl-file");
+    let precious = dir.join("precious.txt");
+    std::fs::write(&precious, "an operator's data\n").expect("write");
+    let path = config_file(
+        "ctl-file-conf",
+        &format!(
+            "listener.web.addr = 127.0.0.1:18080\nlistener.web.pool = web\n\
+             pool.web.backend.a.addr = 127.0.0.1:9\nctl.socket = {}\n",
+            precious.display()
+        ),
+    );
+    let out = run(levee().arg("check").arg("-c").arg(&path));
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("ctl.socket") && stderr.contains("is a regular file, not a socket"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&precious).expect("still there"),
+        "an operator's data\n"
+    );
+}

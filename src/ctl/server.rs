@@ -217,7 +217,7 @@ pub fn check_socket_path(path: &Path) -> Result<(), String> {
     match fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => Ok(()),
         Ok(meta) => Err(format!(
-            "{}: is {}, not a socket; levee would refuse to replace it: move it away or set \
+            "{}: is {}, not a socket; levee will not replace it: move it away or set \
              ctl.socket to another path",
             path.display(),
             kind_of(&meta)
