@@ -39,9 +39,9 @@ use crate::overflow::shared::{self, Shared, SharedError};
 use crate::overflow::supervisor::{Supervisor, Tier, WorkerCommand, WorkerTarget};
 use crate::pool::{Pool, PoolLoad};
 use crate::stats::{ForwarderStats, Totals};
+pub use footprint::{Bytes, Footprint, host_memory};
 pub(crate) use forwarder::coarse_now_ms;
 use forwarder::{Forwarder, ListenerSetup, Setup};
-pub use footprint::{Bytes, Footprint, host_memory};
 pub use intake::{IntakeSetup, Takeover};
 pub use parking::ParkingSetup;
 
