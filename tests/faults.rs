@@ -16,6 +16,16 @@ use common::{Backend, pool, single, wait_until};
 use levee::config::Balance;
 use levee::stats::CloseReason;
 
+/// One probe at a time: together they would share the machine's ephemeral ports (100,000 short
+/// connections leave tens of thousands in TIME_WAIT, the idle probe holds 20,000) and its two
+/// CPUs, and a probe of what one levee does would measure the others.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn figure(name: &str, text: String) {
     eprintln!("FIGURE {name}: {text}");
 }
@@ -63,6 +73,7 @@ fn small_window(addr: SocketAddr) -> TcpStream {
 
 #[test]
 fn readers_that_stop_reading_hold_only_their_share_of_the_buffers() {
+    let _serial = serial();
     const BIG: usize = 4 << 20;
     let backend = sized_backend();
     let mut cfg = single(pool("p", Balance::RoundRobin, &[backend.addr]));
@@ -111,6 +122,7 @@ fn readers_that_stop_reading_hold_only_their_share_of_the_buffers() {
 
 #[test]
 fn a_client_cannot_get_a_backend_ejected() {
+    let _serial = serial();
     // The backend answers the first line, then closes without reading what follows: with junk
     // unread, its kernel resets the connection.
     let backend = Backend::spawn(|mut s| {
@@ -194,6 +206,7 @@ impl BlackHole {
 
 #[test]
 fn a_black_holed_backend_is_failed_over_within_the_connect_budget() {
+    let _serial = serial();
     let good = Backend::named("good");
     let hole = BlackHole::new();
     let mut cfg = single(pool("p", Balance::RoundRobin, &[hole.addr, good.addr]));
@@ -257,6 +270,7 @@ fn thread_ticks(pid: u32, name: &str) -> Option<u64> {
 
 #[test]
 fn a_failing_poll_does_not_spin_the_health_thread() {
+    let _serial = serial();
     let holes: Vec<BlackHole> = (0..24).map(|_| BlackHole::new()).collect();
     let dir = common::temp_dir("pollspin");
     let addr = common::refused_addr();
@@ -310,6 +324,7 @@ fn a_failing_poll_does_not_spin_the_health_thread() {
 
 #[test]
 fn a_forwarder_whose_slots_are_all_held_refuses_rather_than_hangs() {
+    let _serial = serial();
     let backend = Backend::echo();
     let mut cfg = single(pool("p", Balance::RoundRobin, &[backend.addr]));
     cfg.engine.max_conns = 8;
@@ -372,10 +387,15 @@ fn a_forwarder_whose_slots_are_all_held_refuses_rather_than_hangs() {
 // ---- the probes that held already, kept so they keep holding -------------------------------
 
 /// A `levee run` process, killed when dropped, so a failing test leaves none behind; with
-/// its control socket.
-struct Levee(std::process::Child, std::path::PathBuf);
+/// its control socket and its log (stderr; shown instead with LEVEE_FAULTS_LOG set).
+struct Levee(std::process::Child, std::path::PathBuf, std::path::PathBuf);
 
 impl Levee {
+    /// What levee has logged so far.
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.2).unwrap_or_default()
+    }
+
     /// A counter of the running levee, through `levee ctl`.
     fn stat(&self, key: &str) -> u64 {
         let out = common::levee()
@@ -416,6 +436,7 @@ fn run_levee(name: &str, backends: &[SocketAddr], extra: &str) -> (Levee, Socket
     let dir = common::temp_dir(name);
     let addr = common::refused_addr();
     let ctl = dir.join("ctl.sock");
+    let log = dir.join("levee.log");
     let mut text = format!(
         "engine.cores = 0\nctl.socket = {}\nlistener.web.addr = {addr}\nlistener.web.pool = web\n\
          pool.web.balance = round_robin\n{extra}",
@@ -432,12 +453,13 @@ fn run_levee(name: &str, backends: &[SocketAddr], extra: &str) -> (Levee, Socket
         .stderr(if std::env::var_os("LEVEE_FAULTS_LOG").is_some() {
             std::process::Stdio::inherit()
         } else {
-            std::process::Stdio::null()
+            std::fs::File::create(&log).expect("log file").into()
         })
         .spawn()
         .expect("spawn levee");
     wait_until("levee listens", || TcpStream::connect(addr).is_ok());
-    (Levee(child, ctl), addr)
+    wait_until("levee's control socket is there", || ctl.exists());
+    (Levee(child, ctl, log), addr)
 }
 
 /// The soft open-file limit of process `pid`, from /proc.
@@ -487,6 +509,7 @@ fn echo_once(addr: SocketAddr, payload: &[u8]) -> bool {
 
 #[test]
 fn short_connections_leave_no_descriptor_or_memory_behind() {
+    let _serial = serial();
     const CONNECTIONS: usize = 100_000;
     let backend = Backend::echo();
     let (mut levee, addr) = run_levee("short", &[backend.addr], "pool.web.overflow = reject\n");
@@ -533,6 +556,7 @@ fn short_connections_leave_no_descriptor_or_memory_behind() {
 
 #[test]
 fn idle_connections_cost_no_memory_to_speak_of() {
+    let _serial = serial();
     // Ten thousand: the test holds the clients, a backend process of its own holds the other
     // ends, and levee (which raises its own limit to what max_conns needs where it may) holds
     // twenty thousand descriptors.
@@ -597,6 +621,7 @@ fn idle_connections_cost_no_memory_to_speak_of() {
 
 #[test]
 fn a_backend_killed_under_load_costs_at_most_what_it_held() {
+    let _serial = serial();
     let mut a = common::BackendProcess::spawn(
         "child_backend_entry",
         "a",
@@ -651,6 +676,7 @@ fn child_backend_entry() {
 
 #[test]
 fn a_backend_that_never_answers_is_closed_at_the_idle_timeout() {
+    let _serial = serial();
     // Accepts, never reads, never writes.
     let held = Arc::new(std::sync::Mutex::new(Vec::new()));
     let keep = held.clone();
@@ -682,6 +708,7 @@ fn a_backend_that_never_answers_is_closed_at_the_idle_timeout() {
 
 #[test]
 fn resets_mid_transfer_close_both_sides_and_are_counted() {
+    let _serial = serial();
     const BIG: usize = 8 << 20;
     let backend = sized_backend();
     let engine = common::start(&single(pool("p", Balance::RoundRobin, &[backend.addr])));
@@ -736,6 +763,7 @@ fn resets_mid_transfer_close_both_sides_and_are_counted() {
 
 #[test]
 fn sigterm_mid_transfer_lets_the_transfer_finish() {
+    let _serial = serial();
     const BIG: usize = 16 << 20;
     let backend = sized_backend();
     let (mut levee, addr) = run_levee("sigterm", &[backend.addr], "engine.drain_timeout = 20s\n");
@@ -762,35 +790,16 @@ fn sigterm_mid_transfer_lets_the_transfer_finish() {
 
 #[test]
 fn running_out_of_descriptors_does_not_spin_and_recovers() {
+    let _serial = serial();
     let backend = Backend::echo();
     let (levee, addr) = run_levee("emfile", &[backend.addr], "pool.web.overflow = reject\n");
     let pid = levee.id();
-    // The lowest descriptor number levee has free: with the limit just above it, levee can
-    // open exactly one more descriptor (a client's), and then none for its backend.
-    let free = {
-        let used: std::collections::HashSet<usize> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-            .expect("levee's descriptors")
-            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-            .collect();
-        (0..).find(|n| !used.contains(n)).unwrap_or(0)
-    };
+    // With the limit just above the lowest free descriptor, levee can open exactly one more
+    // (a client's), and then none for its backend.
+    let free = lowest_free_fd(pid);
     let (_, fds) = rss_and_fds(pid);
-    let set = |n: u64| {
-        let limit = libc::rlimit {
-            rlim_cur: n,
-            rlim_max: 20_000,
-        };
-        // SAFETY: prlimit(2) on our own child with a valid rlimit.
-        unsafe {
-            libc::prlimit(
-                pid as libc::pid_t,
-                libc::RLIMIT_NOFILE,
-                &limit,
-                std::ptr::null_mut(),
-            )
-        }
-    };
-    assert_eq!(set(free as u64 + 1), 0);
+    let set = |n: usize| set_open_file_limit(pid, n);
+    assert_eq!(set(free + 1), 0);
     let clients: Vec<_> = (0..20)
         .map(|_| thread::spawn(move || echo_once(addr, b"later")))
         .collect();
@@ -832,6 +841,80 @@ fn running_out_of_descriptors_does_not_spin_and_recovers() {
     assert_eq!(served, 20, "recovered: {served} of 20 served");
 }
 
+/// The lowest descriptor number process `pid` has free.
+fn lowest_free_fd(pid: u32) -> usize {
+    let used: std::collections::HashSet<usize> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("levee's descriptors")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    (0..).find(|n| !used.contains(n)).unwrap_or(0)
+}
+
+/// Sets the soft open-file limit of process `pid` (the hard one stays 20,000); 0 on success.
+fn set_open_file_limit(pid: u32, n: usize) -> i32 {
+    let limit = libc::rlimit {
+        rlim_cur: n as u64,
+        rlim_max: 20_000,
+    };
+    // SAFETY: prlimit(2) on our own child with a valid rlimit.
+    unsafe {
+        libc::prlimit(
+            pid as libc::pid_t,
+            libc::RLIMIT_NOFILE,
+            &limit,
+            std::ptr::null_mut(),
+        )
+    }
+}
+
+#[test]
+fn out_of_descriptors_levee_skips_checks_rather_than_fail_its_backends() {
+    let _serial = serial();
+    let backend = Backend::echo();
+    let (levee, _addr) = run_levee(
+        "checks-emfile",
+        &[backend.addr],
+        "pool.web.overflow = reject\npool.web.check.type = tcp\npool.web.check.interval = 20ms\n",
+    );
+    let key = |what: &str| format!("stats.pool.web.backend.b0.{what}");
+    wait_until("a check passed", || levee.stat(&key("checks_passed")) > 0);
+    let pid = levee.id();
+    let failed = levee.stat(&key("checks_failed"));
+    // No descriptor left for a check's socket (nor for levee ctl, whose spare may lie above a
+    // limit lowered from outside: the log says when enough checks were skipped).
+    assert_eq!(set_open_file_limit(pid, lowest_free_fd(pid)), 0);
+    // Far more than `check.fall` (3): had they counted, the backend would be down.
+    wait_until("checks skipped", || levee.log().contains("skipped=16"));
+    assert_eq!(set_open_file_limit(pid, 20_000), 0);
+    let status = {
+        let out = common::levee()
+            .args(["ctl", "-n", "-s"])
+            .arg(&levee.1)
+            .arg(key("status"))
+            .output()
+            .expect("levee ctl");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let failed_after = levee.stat(&key("checks_failed"));
+    let passed = levee.stat(&key("checks_passed"));
+    wait_until("checks pass again", || {
+        levee.stat(&key("checks_passed")) > passed
+    });
+    figure(
+        "checks without descriptors",
+        format!(
+            "levee with no descriptor left: {} checks skipped, {} more failed, backend {status}",
+            levee.stat(&key("checks_skipped")),
+            failed_after - failed
+        ),
+    );
+    assert_eq!(
+        failed_after, failed,
+        "levee's shortage counted against the backend"
+    );
+    assert_eq!(status, "up");
+}
+
 /// Whether `tool` runs here; where it does not, the test that needs it fails saying so, or with
 /// LEVEE_ALLOW_SKIP=1 passes as skipped, saying so.
 fn have(tool: &str) -> bool {
@@ -849,6 +932,7 @@ fn have(tool: &str) -> bool {
 
 #[test]
 fn refused_io_uring_submissions_are_counted_and_survived() {
+    let _serial = serial();
     // strace's fault injection makes every io_uring_enter of levee fail with ENOMEM while it is
     // attached: what the kernel does when it cannot allocate for a submission.
     if !have("strace") {

@@ -305,6 +305,7 @@ impl Live {
                 out.push((key("effective_weight"), p.load.weight(i).to_string()));
                 out.push((key("checks_passed"), h.checks_passed.to_string()));
                 out.push((key("checks_failed"), h.checks_failed.to_string()));
+                out.push((key("checks_skipped"), h.checks_skipped.to_string()));
                 out.push((key("downs"), h.downs.to_string()));
                 out.push((key("ups"), h.ups.to_string()));
                 out.push((key("ejections"), h.ejections.to_string()));

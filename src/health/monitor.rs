@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
 
-use super::probe::{Probe, Step};
+use super::probe::{NotStarted, Probe, Step};
 use crate::config::{CheckKind, HealthConfig, PoolConfig};
 use crate::pool::{BackendState, Pool, Status};
 
@@ -69,6 +69,7 @@ impl Monitor {
                         settings,
                         tracked,
                         poll_errors: 0,
+                        local_errors: 0,
                     }
                     .run(&stop);
                 })?
@@ -151,6 +152,8 @@ struct Loop {
     tracked: Vec<Tracked>,
     /// Failed polls so far, for the log.
     poll_errors: u64,
+    /// Checks skipped for want of descriptors or memory, for the log.
+    local_errors: u64,
 }
 
 impl Loop {
@@ -180,9 +183,12 @@ impl Loop {
                     wake = wake.min(t.next_check);
                 }
             }
+            // Rounded up: poll counts whole milliseconds, and a deadline less than one away
+            // rounded down to 0 would spin the loop until it arrives.
             let timeout = wake
                 .saturating_duration_since(now)
-                .as_millis()
+                .as_micros()
+                .div_ceil(1000)
                 .min(TICK.as_millis()) as i32;
             // SAFETY: `fds` holds `fds.len()` initialised pollfds for the duration of the call.
             let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
@@ -301,7 +307,21 @@ impl Loop {
         tr.next_check = (tr.next_check + check.interval).max(now);
         match Probe::start(tr.addr, now + check.timeout) {
             Ok(p) => tr.probe = Some(p),
-            Err(e) => self.settle(t, Err(e)),
+            Err(NotStarted::Failed(e)) => self.settle(t, Err(e)),
+            // levee's own shortage is no verdict on the backend: this check is skipped, and
+            // the next comes at its time.
+            Err(NotStarted::Local(e)) => {
+                let (pool, index) = (tr.pool, tr.index);
+                self.pools[pool].health.count(index, |b| &b.checks_skipped);
+                self.local_errors += 1;
+                if self.local_errors.is_power_of_two() {
+                    warn!(
+                        error = %e,
+                        skipped = self.local_errors,
+                        "health checks skipped: levee is out of descriptors or memory"
+                    );
+                }
+            }
         }
     }
 

@@ -33,20 +33,35 @@ pub enum Step {
     Failed(String),
 }
 
+/// Why a check could not start.
+#[derive(Debug)]
+pub enum NotStarted {
+    /// The check failed at once: the backend's doing (or the route to it).
+    Failed(String),
+    /// levee is out of descriptors or memory: no verdict on the backend.
+    Local(std::io::Error),
+}
+
 impl Probe {
-    /// Starts connecting to `addr`. An immediate failure (no route, out of descriptors) is
-    /// returned as the check's failure.
-    pub fn start(addr: SocketAddr, deadline: Instant) -> Result<Self, String> {
+    /// Starts connecting to `addr`. An immediate failure of the connect (no route, refused) is
+    /// the check's failure; levee's own want of descriptors or memory is [`NotStarted::Local`],
+    /// which says nothing about the backend.
+    pub fn start(addr: SocketAddr, deadline: Instant) -> Result<Self, NotStarted> {
         let socket = Socket::new(
             Domain::for_address(addr),
             Type::STREAM.nonblocking().cloexec(),
             None,
         )
-        .map_err(|e| format!("cannot open a socket: {e}"))?;
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
+                NotStarted::Local(e)
+            }
+            _ => NotStarted::Failed(format!("cannot open a socket: {e}")),
+        })?;
         match socket.connect(&addr.into()) {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(NotStarted::Failed(e.to_string())),
         }
         Ok(Self {
             socket,
@@ -167,7 +182,8 @@ mod tests {
             .expect("addr");
         let outcome = match Probe::start(addr, deadline()) {
             Ok(p) => run(p, b"", b""),
-            Err(e) => Step::Failed(e),
+            Err(NotStarted::Failed(e)) => Step::Failed(e),
+            Err(NotStarted::Local(e)) => panic!("levee's own shortage, not the backend's: {e}"),
         };
         assert!(
             matches!(&outcome, Step::Failed(m) if m.contains("refused")),

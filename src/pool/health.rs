@@ -49,6 +49,8 @@ impl Status {
 pub struct HealthCounts {
     pub checks_passed: u64,
     pub checks_failed: u64,
+    /// Checks not made because levee was out of descriptors or memory: no verdict either way.
+    pub checks_skipped: u64,
     /// Times it went down on failed checks.
     pub downs: u64,
     /// Times it came back up (after checks, an ejection, or a drain).
@@ -72,6 +74,7 @@ pub(crate) struct BackendHealth {
     pub(crate) status: AtomicU8,
     pub(crate) checks_passed: AtomicU64,
     pub(crate) checks_failed: AtomicU64,
+    pub(crate) checks_skipped: AtomicU64,
     pub(crate) downs: AtomicU64,
     pub(crate) ups: AtomicU64,
     pub(crate) ejections: AtomicU64,
@@ -140,6 +143,7 @@ impl PoolHealth {
         HealthCounts {
             checks_passed: b.checks_passed.load(Ordering::Relaxed),
             checks_failed: b.checks_failed.load(Ordering::Relaxed),
+            checks_skipped: b.checks_skipped.load(Ordering::Relaxed),
             downs: b.downs.load(Ordering::Relaxed),
             ups: b.ups.load(Ordering::Relaxed),
             ejections: b.ejections.load(Ordering::Relaxed),
