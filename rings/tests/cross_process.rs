@@ -93,13 +93,13 @@ fn child_spsc_stall() {
         p.push(&common::message(1, 16)).unwrap();
         let mut r = p.reserve(16).unwrap();
         r[..8].copy_from_slice(&[0xee; 8]); // half written, never committed
-        std::fs::write(common::var("READY"), b"").unwrap();
+        common::signal_ready(b"");
         std::thread::sleep(Duration::from_secs(60));
     } else {
         let mut c = spsc::Consumer::open(&path).unwrap();
         let rec = c.peek().unwrap().expect("a record to hold");
         assert_eq!(common::check(&rec), 1);
-        std::fs::write(common::var("READY"), b"").unwrap();
+        common::signal_ready(b"");
         std::thread::sleep(Duration::from_secs(60));
     }
 }
@@ -297,20 +297,20 @@ fn child_mpmc_stall() {
         "claim" => {
             let mut c = q.consumer().unwrap();
             let claim = c.claim().unwrap().expect("a record to hold");
-            std::fs::write(common::var("READY"), &claim[..]).unwrap();
+            common::signal_ready(&claim[..]);
             std::thread::sleep(Duration::from_secs(60));
         }
         "mid-claim" => {
             let mut c = q.consumer().unwrap();
             assert!(c.stall_mid_claim_for_crash_test().unwrap());
-            std::fs::write(common::var("READY"), b"").unwrap();
+            common::signal_ready(b"");
             std::thread::sleep(Duration::from_secs(60));
         }
         "mid-push" => {
             let mut p = q.producer().unwrap();
             p.push(b"before").unwrap();
             assert!(p.stall_mid_push_for_crash_test(b"partial").unwrap());
-            std::fs::write(common::var("READY"), b"").unwrap();
+            common::signal_ready(b"");
             std::thread::sleep(Duration::from_secs(60));
         }
         role => panic!("unknown role {role}"),

@@ -678,7 +678,7 @@ fn child_table_hold() {
     for _ in 0..3 {
         assert!(h.try_acquire(0));
     }
-    std::fs::write(common::var("READY"), h.index().to_string()).unwrap();
+    common::signal_ready(h.index().to_string().as_bytes());
     std::thread::sleep(Duration::from_secs(60));
 }
 

@@ -208,7 +208,7 @@ fn child_idle_consumer() {
     }
     let q = Queue::open(common::var("RING_PATH")).unwrap();
     let mut c = q.consumer().unwrap();
-    std::fs::write(common::var("READY"), b"").unwrap();
+    common::signal_ready(b"");
     let claim = c
         .claim_wait(Some(Duration::from_secs(60)))
         .unwrap()

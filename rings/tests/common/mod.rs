@@ -116,6 +116,15 @@ pub fn join(child: Proc, what: &str) {
 }
 
 /// Waits (bounded) until `path` exists.
+/// Writes `contents` to the file named by the READY variable at once, as a whole: written
+/// aside, then renamed, so that a parent that sees the file also sees all of it.
+pub fn signal_ready(contents: &[u8]) {
+    let ready = var("READY");
+    let aside = format!("{ready}.tmp");
+    std::fs::write(&aside, contents).unwrap();
+    std::fs::rename(&aside, &ready).unwrap();
+}
+
 pub fn wait_for_file(path: &Path) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !path.exists() {
