@@ -93,6 +93,11 @@ enum Command {
         /// Apply every key of a file in configuration syntax whose value differs.
         #[arg(short = 'p', long = "load", value_name = "FILE")]
         load: Option<PathBuf>,
+        /// Reload: the running levee re-reads its configuration file and a new levee process
+        /// takes its listening sockets over (with the binary now on disk: an upgrade too);
+        /// waits until it serves, or says why it was refused.
+        #[arg(long = "reload", conflicts_with_all = ["all", "write", "load"])]
+        reload: bool,
         /// Keys to read (or KEY=VALUE pairs with -w).
         args: Vec<String>,
     },
@@ -108,19 +113,30 @@ fn main() -> ExitCode {
             Ok(()) => run_builtin(),
             Err(code) => code,
         },
-        Some(Command::Run { config }) => match load(&config).and_then(|cfg| {
-            footprint(&config, &cfg)?;
-            Ok(cfg)
-        }) {
-            Ok(cfg) => {
-                if let Err(code) = block_stop_signals() {
-                    return code;
+        Some(Command::Run { config }) => {
+            // First, while this process has one thread: a levee started to take over from
+            // another (reload, upgrade) receives its sockets.
+            let inherited = match levee::handover::Inherited::receive() {
+                Ok(inherited) => inherited,
+                Err(e) => {
+                    eprintln!("levee: {e}");
+                    return ExitCode::from(EXIT_FAILURE);
                 }
-                let set_level = init_logging(&cfg.log.level);
-                run(&cfg, false, set_level)
+            };
+            match load(&config).and_then(|cfg| {
+                footprint(&config, &cfg)?;
+                Ok(cfg)
+            }) {
+                Ok(cfg) => {
+                    if let Err(code) = block_stop_signals() {
+                        return code;
+                    }
+                    let set_level = init_logging(&cfg.log.level);
+                    run(&cfg, Some(&config), inherited, set_level)
+                }
+                Err(code) => code,
             }
-            Err(code) => code,
-        },
+        }
         Some(Command::Check { config }) => match load(&config) {
             Ok(cfg) => {
                 let footprint = match footprint(&config, &cfg) {
@@ -161,8 +177,17 @@ fn main() -> ExitCode {
             values,
             write,
             load,
+            reload,
             args,
-        }) => ctl(socket, cfg_path, all, values, write, load, args),
+        }) => {
+            if reload {
+                return ctl_socket(socket, cfg_path).map_or_else(
+                    |code| code,
+                    |socket| ExitCode::from(levee::ctl::reload(&socket)),
+                );
+            }
+            ctl(socket, cfg_path, all, values, write, load, args)
+        }
         Some(Command::Show { config: None }) => {
             let placeholders: Vec<std::net::SocketAddr> = (1..=DEMO_BACKENDS as u16)
                 .map(|port| ([127, 0, 0, 1], port).into())
@@ -241,6 +266,25 @@ fn builtin_config(backends: &[std::net::SocketAddr]) -> Result<Config, ExitCode>
     })
 }
 
+/// The control socket `levee ctl` talks to: `-s`, or the `ctl.socket` of `-c FILE`, or the
+/// default.
+fn ctl_socket(socket: Option<PathBuf>, cfg_path: Option<PathBuf>) -> Result<PathBuf, ExitCode> {
+    Ok(match (socket, cfg_path) {
+        (Some(s), _) => s,
+        (None, Some(path)) => match load(&path)?.ctl.socket {
+            Some(s) => s,
+            None => {
+                eprintln!(
+                    "levee ctl: {}: ctl.socket is none: runtime control is off",
+                    path.display()
+                );
+                return Err(ExitCode::from(EXIT_CONFIG));
+            }
+        },
+        (None, None) => config::CtlConfig::default().socket.unwrap_or_default(),
+    })
+}
+
 fn ctl(
     socket: Option<PathBuf>,
     cfg_path: Option<PathBuf>,
@@ -250,22 +294,9 @@ fn ctl(
     load_file: Option<PathBuf>,
     args: Vec<String>,
 ) -> ExitCode {
-    let socket = match (socket, cfg_path) {
-        (Some(s), _) => s,
-        (None, Some(path)) => match load(&path) {
-            Ok(cfg) => match cfg.ctl.socket {
-                Some(s) => s,
-                None => {
-                    eprintln!(
-                        "levee ctl: {}: ctl.socket is none: runtime control is off",
-                        path.display()
-                    );
-                    return ExitCode::from(EXIT_CONFIG);
-                }
-            },
-            Err(code) => return code,
-        },
-        (None, None) => config::CtlConfig::default().socket.unwrap_or_default(),
+    let socket = match ctl_socket(socket, cfg_path) {
+        Ok(socket) => socket,
+        Err(code) => return code,
     };
     let action = match (all, write, load_file) {
         (true, _, _) => levee::ctl::Action::List,
@@ -304,11 +335,23 @@ fn run_builtin() -> ExitCode {
         backends.len(),
         started.join(", ")
     );
-    run(&cfg, true, set_level)
+    run(&cfg, None, None, set_level)
 }
 
 /// Starts the engine on `cfg`, waits for SIGTERM or SIGINT, drains and exits.
-fn run(cfg: &Config, builtin: bool, set_level: LevelSetter) -> ExitCode {
+/// Runs levee until a stop signal, or until a reload (SIGHUP, `levee ctl --reload`) hands its
+/// sockets to a new levee. `config` is the file, `None` for the built-in default; `inherited`
+/// what a levee this one replaces handed over.
+fn run(
+    cfg: &Config,
+    config: Option<&Path>,
+    mut inherited: Option<levee::handover::Inherited>,
+    set_level: LevelSetter,
+) -> ExitCode {
+    let builtin = config.is_none();
+    // The binary as started, read before anyone can replace the file: a reload starts what is
+    // at this path then, which makes a reload after installing a new binary an upgrade.
+    let exe = std::env::current_exe().ok();
     // Before anything starts: a path levee must not replace stops it here, not after a reload
     // of traffic.
     if let Some(path) = &cfg.ctl.socket
@@ -319,22 +362,26 @@ fn run(cfg: &Config, builtin: bool, set_level: LevelSetter) -> ExitCode {
     }
     raise_fd_limit(cfg);
 
+    if exe.is_none() {
+        warn!("cannot find levee's own binary: no worker processes will be started, no reload");
+    }
     let options = Options {
-        worker_exe: match std::env::current_exe() {
-            Ok(exe) => Some(exe),
-            Err(e) => {
-                warn!(error = %e, "cannot find levee's own binary: no worker processes will be started");
-                None
-            }
-        },
+        worker_exe: exe.clone(),
     };
-    let engine = match Engine::start_with(cfg, &options) {
+    let mut no_sockets = Vec::new();
+    let sockets = inherited
+        .as_mut()
+        .map_or(&mut no_sockets, |i| &mut i.listeners);
+    let engine = match Engine::start_from(cfg, &options, sockets) {
         Ok(e) => e,
         Err(e) => {
             error!("{e}");
             return ExitCode::from(EXIT_FAILURE);
         }
     };
+    for (name, addr, _) in sockets.drain(..) {
+        info!("listener {name} on {addr} is no longer configured: its socket closes");
+    }
     for (l, addr) in cfg.listeners.iter().zip(engine.listener_addrs()) {
         let pool = &cfg.pools[l.pool];
         info!(
@@ -345,6 +392,12 @@ fn run(cfg: &Config, builtin: bool, set_level: LevelSetter) -> ExitCode {
             pool.balance
         );
     }
+    let reload = Arc::new(levee::ctl::Reload::new(Box::new(|| {
+        // To the process, not this thread (raise): the main thread's sigwait takes it.
+        nix::sys::signal::kill(nix::unistd::Pid::this(), Signal::SIGHUP)
+            .map_err(|e| format!("cannot signal a reload: {e}"))
+    })));
+    let inherited_ctl = inherited.as_mut().and_then(|i| i.ctl.take());
     let _control = cfg.ctl.socket.as_deref().map(|path| {
         let live = Live::new(
             cfg.clone(),
@@ -357,12 +410,20 @@ fn run(cfg: &Config, builtin: bool, set_level: LevelSetter) -> ExitCode {
                 workers: engine.worker_target(),
             }),
         );
-        Server::start(path, Arc::new(live))
-            .map_err(|e| format!("ctl.socket {}: {e}", path.display()))
+        let live = if builtin {
+            live
+        } else {
+            live.with_reload(reload.clone())
+        };
+        match inherited_ctl {
+            Some(fd) => Server::adopt(path, fd, Arc::new(live)),
+            None => Server::start(path, Arc::new(live)),
+        }
+        .map_err(|e| format!("ctl.socket {}: {e}", path.display()))
     });
     // An operator who configured runtime control gets it or a refusal, not a levee they
     // cannot reach.
-    let _control = match _control.transpose() {
+    let mut control = match _control.transpose() {
         Ok(server) => server,
         Err(e) => {
             error!("{e}");
@@ -391,15 +452,60 @@ fn run(cfg: &Config, builtin: bool, set_level: LevelSetter) -> ExitCode {
             "run your own configuration with: levee run -c FILE (levee check -c FILE validates it)"
         );
     }
-    info!("Ctrl-C or SIGTERM stops accepting and drains connections in flight");
+    if let Some(inherited) = inherited {
+        // The levee this one replaces stops accepting once it reads this.
+        match inherited.ready() {
+            Ok(()) => info!("took over the listening sockets: the levee replaced drains and exits"),
+            Err(e) => warn!(error = %e, "cannot tell the levee replaced that this one serves"),
+        }
+    }
+    info!(
+        "Ctrl-C or SIGTERM stops accepting and drains connections in flight; SIGHUP reloads {}",
+        config.map_or("(not the built-in default)".to_string(), |c| c
+            .display()
+            .to_string())
+    );
 
-    match stop_signals().wait() {
-        Ok(sig) => info!(
-            signal = %sig,
-            drain_timeout = ?cfg.engine.drain_timeout,
-            "stopping: no new connections; draining those in flight (signal again to close them now)"
-        ),
-        Err(e) => warn!(error = %e, "waiting for signals failed; stopping"),
+    loop {
+        match run_signals().wait() {
+            Ok(Signal::SIGHUP) => {
+                let Some(path) = config else {
+                    warn!("SIGHUP: the built-in default has no file to reload");
+                    reload.failed("the built-in default has no file to reload");
+                    continue;
+                };
+                info!(config = %path.display(), "reloading: a new levee takes over if the file is good");
+                match hand_over(path, exe.as_deref(), &engine, control.as_ref()) {
+                    Ok(pid) => {
+                        info!(
+                            new = pid,
+                            drain_timeout = ?cfg.engine.drain_timeout,
+                            "reloaded: levee {pid} serves now; this one drains what it has and exits"
+                        );
+                        if let Some(c) = control.take() {
+                            c.release();
+                        }
+                        break;
+                    }
+                    Err(e) => {
+                        error!("reload refused, the running configuration stays: {e}");
+                        reload.failed(&e);
+                    }
+                }
+            }
+            Ok(sig) => {
+                info!(
+                    signal = %sig,
+                    drain_timeout = ?cfg.engine.drain_timeout,
+                    "stopping: no new connections; draining those in flight (signal again to close them now)"
+                );
+                break;
+            }
+            Err(e) => {
+                warn!(error = %e, "waiting for signals failed; stopping");
+                break;
+            }
+        }
     }
     engine.stop();
     let stopper = engine.stopper();
@@ -512,12 +618,54 @@ fn worker(dir: Option<PathBuf>, cfg_path: Option<PathBuf>, cpu: Option<usize>) -
     }
 }
 
+/// Checks `path` as `levee check` would and starts a levee on it that takes over this one's
+/// sockets; its pid once it serves.
+fn hand_over(
+    path: &Path,
+    exe: Option<&Path>,
+    engine: &Engine,
+    control: Option<&Server>,
+) -> Result<u32, String> {
+    use levee::forward::{Bytes, Footprint, host_memory};
+    let exe = exe.ok_or("levee cannot find its own binary")?;
+    let cfg = config::load(path).map_err(|errors| errors.to_string().trim_end().to_string())?;
+    let forwarders = cfg.engine.cores.resolve().map_or(1, |c| c.len().max(1));
+    let footprint = Footprint::of(&cfg, forwarders);
+    if let Some(host) = host_memory().filter(|&host| footprint.total() > host) {
+        return Err(format!(
+            "{}: this configuration maps {footprint}, more than this host's {}",
+            path.display(),
+            Bytes(host)
+        ));
+    }
+    if let Some(socket) = &cfg.ctl.socket {
+        levee::ctl::check_socket_path(socket)
+            .map_err(|e| format!("{}: ctl.socket {e}", path.display()))?;
+    }
+    let sockets = engine.handover_sockets();
+    let child = levee::handover::hand_over(
+        exe,
+        path,
+        &sockets,
+        control.and_then(Server::listener),
+        std::time::Duration::from_secs(30),
+    )?;
+    Ok(child.id())
+}
+
+/// What `levee run` waits for: the stop signals, and SIGHUP for a reload.
+fn run_signals() -> SigSet {
+    let mut signals = stop_signals();
+    signals.add(Signal::SIGHUP);
+    signals
+}
+
 /// Blocks SIGTERM and SIGINT before any thread starts (demo backends, forwarders, the
 /// supervisor), so every thread inherits the mask and only the sigwait of `run` or `worker`
 /// ever sees them.
 fn block_stop_signals() -> Result<(), ExitCode> {
-    stop_signals().thread_block().map_err(|e| {
-        eprintln!("levee: cannot block SIGTERM and SIGINT: {e}");
+    run_signals().thread_block().map_err(|e| {
+        eprintln!("levee: cannot block SIGTERM, SIGINT and SIGHUP: {e}");
         ExitCode::from(EXIT_FAILURE)
     })
 }

@@ -176,6 +176,57 @@ fn exchange(socket: &Path, requests: &[String]) -> io::Result<Vec<Vec<String>>> 
     Ok(replies)
 }
 
+/// `levee ctl --reload`: asks the levee on `socket` to reload, then waits until a new levee
+/// answers there (exit 0) or the reload was refused (exit 1, with levee's reasons); 2 when
+/// levee cannot be reached.
+pub fn reload(socket: &Path) -> u8 {
+    let ask = |key: &str| query(socket, key);
+    let (before_pid, before_failures) = match (ask("stats.pid"), ask("stats.reload.failures")) {
+        (Ok(pid), Ok(failures)) => (pid, failures),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!(
+                "levee ctl: cannot talk to levee on {}: {e} (is levee running, with ctl.socket \
+                 set to this path? -s PATH picks another)",
+                socket.display()
+            );
+            return 2;
+        }
+    };
+    match exchange(socket, &["reload".to_string()]) {
+        Ok(replies) => {
+            if let Some(err) = replies.iter().flatten().find_map(|l| l.strip_prefix("! ")) {
+                eprintln!("levee ctl: {err}");
+                return 1;
+            }
+        }
+        Err(e) => {
+            eprintln!("levee ctl: reload: {e}");
+            return 2;
+        }
+    }
+    // A new levee answers on the same socket once it serves; a refusal is counted by the old
+    // one. Either comes within the handover's own deadline (30 s) and a drain's start.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        match (ask("stats.pid"), ask("stats.reload.failures")) {
+            (Ok(pid), _) if pid != before_pid => {
+                println!("reloaded: levee {pid} serves now; levee {before_pid} drains and exits");
+                return 0;
+            }
+            (Ok(_), Ok(failures)) if failures != before_failures => {
+                let why = ask("stats.reload.last_error").unwrap_or_default();
+                eprintln!("levee ctl: reload refused, the running configuration stays: {why}");
+                return 1;
+            }
+            // Between the two levees, or busy: ask again.
+            _ => {}
+        }
+    }
+    eprintln!("levee ctl: no new levee answered within 60 s, and no refusal was counted");
+    1
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

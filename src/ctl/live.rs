@@ -20,6 +20,35 @@ pub struct Live {
     counters: Vec<Arc<ForwarderStats>>,
     set_log_level: Box<dyn Fn(LogLevel) + Send + Sync>,
     overflow: Option<Overflow>,
+    reload: Option<Arc<Reload>>,
+}
+
+/// Reloads as `ctl` asks for them and reports them: `request` asks the process to reload (it
+/// sends itself SIGHUP, which the main thread acts on); the main thread records a refusal.
+pub struct Reload {
+    request: Box<dyn Fn() -> Result<(), String> + Send + Sync>,
+    failures: std::sync::atomic::AtomicU64,
+    last_error: Mutex<String>,
+}
+
+impl Reload {
+    pub fn new(request: Box<dyn Fn() -> Result<(), String> + Send + Sync>) -> Self {
+        Self {
+            request,
+            failures: std::sync::atomic::AtomicU64::new(0),
+            last_error: Mutex::new(String::new()),
+        }
+    }
+
+    /// A reload was refused (a bad file, a new levee that failed): the running levee goes on.
+    pub fn failed(&self, why: &str) {
+        *self
+            .last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = why.to_string();
+        self.failures
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
+    }
 }
 
 /// The overflow tier as `ctl` reads and changes it.
@@ -45,6 +74,24 @@ impl Live {
             counters,
             set_log_level,
             overflow,
+            reload: None,
+        }
+    }
+
+    /// Lets `levee ctl --reload` ask for reloads through `reload`.
+    pub fn with_reload(mut self, reload: Arc<Reload>) -> Self {
+        self.reload = Some(reload);
+        self
+    }
+
+    /// Asks for a reload; the reply says it was asked, and `stats.pid` and
+    /// `stats.reload.failures` say how it ended.
+    pub fn reload(&self) -> Result<String, String> {
+        match &self.reload {
+            Some(r) => (r.request)().map(|()| format!("requested of levee {}", std::process::id())),
+            None => {
+                Err("this levee cannot reload: it runs the built-in default, or in a test".into())
+            }
         }
     }
 
@@ -240,6 +287,7 @@ impl Live {
     pub fn stats(&self) -> Vec<(String, String)> {
         let t = Totals::sum(self.counters.iter().map(|c| &**c));
         let mut out = vec![
+            ("stats.pid".to_string(), std::process::id().to_string()),
             ("stats.accepted".to_string(), t.accepted.to_string()),
             ("stats.active".to_string(), t.active().to_string()),
             (
@@ -314,6 +362,14 @@ impl Live {
                     h.ejections_held_back.to_string(),
                 ));
             }
+        }
+        if let Some(r) = &self.reload {
+            let failures = r.failures.load(std::sync::atomic::Ordering::Acquire);
+            out.push(("stats.reload.failures".to_string(), failures.to_string()));
+            let last = r.last_error.lock().unwrap_or_else(PoisonError::into_inner);
+            // One line: the protocol is line-based, and errors come one per line.
+            let last = last.replace('\n', "; ");
+            out.push(("stats.reload.last_error".to_string(), last));
         }
         out
     }

@@ -9,6 +9,7 @@
 //! set KEY VALUE     = KEY = VALUE          (the value as now in effect)
 //! load KEY VALUE    = KEY = VALUE          (like set, but a value already in effect is fine)
 //! list              = KEY = VALUE ...      (every key, then the live counters under stats.*)
+//! reload            = reload = requested of levee PID   (see `stats.pid`, `stats.reload.*`)
 //! ```
 //!
 //! A line starting with `! ` is an error, saying what was wrong. Only keys the registry marks
@@ -24,8 +25,8 @@ mod client;
 mod live;
 mod server;
 
-pub use client::{Action, query, run as run_client};
-pub use live::{Live, Overflow};
+pub use client::{Action, query, reload, run as run_client};
+pub use live::{Live, Overflow, Reload};
 pub use server::{Server, check_socket_path};
 
 /// Longest request line the server reads.

@@ -18,7 +18,7 @@
 
 use std::fs::{self, File, Metadata};
 use std::io::{self, Read, Write};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -57,6 +57,8 @@ pub struct Server {
     bound: Option<(u64, u64)>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+    /// A second descriptor of the listening socket, to hand to the levee that takes over.
+    listener: Option<OwnedFd>,
 }
 
 impl Server {
@@ -69,6 +71,7 @@ impl Server {
             bound: None,
             stop: Arc::new(AtomicBool::new(false)),
             thread: None,
+            listener: None,
         };
         let listener = bind(path)?;
         // From here on, dropping `server` on an error removes the socket again.
@@ -79,16 +82,51 @@ impl Server {
             ));
         }
         fs::set_permissions(path, fs::Permissions::from_mode(0o600))?;
+        server.serve(listener, live)?;
+        Ok(server)
+    }
+
+    /// Serves on `listener`, the listening socket at `path` that the levee this one takes over
+    /// from handed over: clients queued on it are not lost, and the path is not bound again.
+    pub fn adopt(path: &Path, listener: OwnedFd, live: Arc<Live>) -> io::Result<Self> {
+        let mut server = Self {
+            path: path.to_owned(),
+            bound: Some(identity(&fs::symlink_metadata(path)?)),
+            stop: Arc::new(AtomicBool::new(false)),
+            thread: None,
+            listener: None,
+        };
+        server.serve(UnixListener::from(listener), live)?;
+        Ok(server)
+    }
+
+    fn serve(&mut self, listener: UnixListener, live: Arc<Live>) -> io::Result<()> {
         listener.set_nonblocking(true)?;
+        self.listener = Some(listener.as_fd().try_clone_to_owned()?);
         let spare = Spare::open();
-        server.thread = Some({
-            let stop = server.stop.clone();
+        self.thread = Some({
+            let stop = self.stop.clone();
             std::thread::Builder::new()
                 .name("levee-ctl".into())
                 .spawn(move || serve(&listener, &live, &stop, spare))?
         });
-        info!(socket = %path.display(), "runtime control: levee ctl -s {} -a", path.display());
-        Ok(server)
+        let path = self.path.display();
+        info!(socket = %path, "runtime control: levee ctl -s {path} -a");
+        Ok(())
+    }
+
+    /// The listening socket, for the levee that takes over.
+    pub fn listener(&self) -> Option<BorrowedFd<'_>> {
+        self.listener.as_ref().map(AsFd::as_fd)
+    }
+
+    /// Stops serving and leaves the socket where it is: another levee serves on it now.
+    pub fn release(mut self) {
+        self.bound = None;
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 
     /// Whether `path` still holds the very socket this server bound (and not a file someone
@@ -744,13 +782,17 @@ fn respond(request: &str, live: &Live) -> Vec<String> {
                 Err(e) => format!("! {e}"),
             }]
         }
+        "reload" if rest.is_empty() => vec![match live.reload() {
+            Ok(v) => format!("= reload = {v}"),
+            Err(e) => format!("! {e}"),
+        }],
         "list" => live
             .list()
             .into_iter()
             .map(|(k, v)| format!("= {k} = {v}"))
             .collect(),
         _ => vec![format!(
-            "! unknown request `{}`: expected get KEY, set KEY VALUE or list",
+            "! unknown request `{}`: expected get KEY, set KEY VALUE, load KEY VALUE, list or reload",
             request.escape_debug()
         )],
     }

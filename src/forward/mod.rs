@@ -249,6 +249,9 @@ pub struct Engine {
     overflow: Option<Arc<Tier>>,
     supervisor: Option<Supervisor>,
     drain_timeout: Duration,
+    /// Every listening socket with its listener's name and configured address, for a levee
+    /// that takes over from this one.
+    handover: Vec<(String, SocketAddr, OwnedFd)>,
 }
 
 /// How to start an engine beyond its configuration.
@@ -277,6 +280,17 @@ impl Engine {
     /// As [`Engine::start`], and with the overflow tier's supervisor starting workers as
     /// `options` says.
     pub fn start_with(cfg: &Config, options: &Options) -> Result<Self, StartError> {
+        Self::start_from(cfg, options, &mut Vec::new())
+    }
+
+    /// As [`Engine::start_with`], taking over from `inherited` the listening sockets of each
+    /// listener whose name and configured address they carry (those a levee being replaced
+    /// handed over, with the connections queued on them); the rest are bound afresh.
+    pub fn start_from(
+        cfg: &Config,
+        options: &Options,
+        inherited: &mut Vec<(String, SocketAddr, OwnedFd)>,
+    ) -> Result<Self, StartError> {
         let caps = uring::probe().map_err(StartError::Uring)?;
         let cores = cfg.engine.cores.resolve().map_err(StartError::Cores)?;
         let (tier, notices) = if shared::wanted(cfg) {
@@ -299,26 +313,56 @@ impl Engine {
         // port 0 gets one ephemeral port shared by all its sockets.
         let mut addrs = Vec::with_capacity(cfg.listeners.len());
         let mut sockets: Vec<Vec<ListenerSetup>> = (0..cores.len()).map(|_| Vec::new()).collect();
+        let mut handover = Vec::new();
         for l in &cfg.listeners {
             let mut addr = l.addr;
-            listener::ensure_free(addr).map_err(|error| StartError::Listen {
+            let listen_error = |addr, error| StartError::Listen {
                 listener: l.name.clone(),
                 addr,
                 error,
-            })?;
+            };
+            let mut adopted: Vec<OwnedFd> = Vec::new();
+            let mut i = 0;
+            while i < inherited.len() {
+                if inherited[i].0 == l.name && inherited[i].1 == l.addr {
+                    adopted.push(inherited.swap_remove(i).2);
+                } else {
+                    i += 1;
+                }
+            }
+            match adopted.first() {
+                // Taken over: the port stays what it was, also for a listener on port 0.
+                Some(fd) => addr = local_addr(fd).map_err(StartError::Io)?,
+                None => listener::ensure_free(addr).map_err(|e| listen_error(addr, e))?,
+            }
             let payload: Arc<[u8]> = Arc::from(l.refuse_payload.as_slice());
+            let count = sockets.len();
             for per_core in &mut sockets {
-                let fd = listener::open(addr, cfg.engine.backlog).map_err(|error| {
-                    StartError::Listen {
-                        listener: l.name.clone(),
-                        addr,
-                        error,
-                    }
-                })?;
+                let fd = match adopted.pop() {
+                    Some(fd) => fd,
+                    None => listener::open(addr, cfg.engine.backlog)
+                        .map_err(|e| listen_error(addr, e))?,
+                };
                 if addr.port() == 0 {
                     addr = local_addr(&fd).map_err(StartError::Io)?;
                 }
+                // A second descriptor of every listening socket, to hand to a levee that
+                // replaces this one (reload, upgrade).
+                let dup = fd.try_clone().map_err(StartError::Io)?;
+                handover.push((l.name.clone(), l.addr, dup));
                 per_core.push(ListenerSetup {
+                    fd,
+                    pool: l.pool,
+                    refuse_payload: payload.clone(),
+                    addr,
+                });
+            }
+            // More sockets than forwarders (the levee replaced had more): each still gets a
+            // forwarder, so no accept queue is left with no one accepting on it.
+            for (i, fd) in adopted.into_iter().enumerate() {
+                let dup = fd.try_clone().map_err(StartError::Io)?;
+                handover.push((l.name.clone(), l.addr, dup));
+                sockets[i % count].push(ListenerSetup {
                     fd,
                     pool: l.pool,
                     refuse_payload: payload.clone(),
@@ -363,6 +407,7 @@ impl Engine {
             .collect();
         let mut engine = Self::spawn(cfg, caps, pools, plans, tier.clone())?;
         engine.addrs = addrs;
+        engine.handover = handover;
         info!(
             forwarders = cores.len(),
             cpus = ?cores,
@@ -570,6 +615,7 @@ impl Engine {
             overflow,
             supervisor: None,
             drain_timeout: cfg.engine.drain_timeout,
+            handover: Vec::new(),
         };
         for _ in 0..count {
             match ready_rx.recv() {
@@ -595,6 +641,19 @@ impl Engine {
     /// the configuration asked for port 0).
     pub fn listener_addrs(&self) -> &[SocketAddr] {
         &self.addrs
+    }
+
+    /// Every listening socket, to hand to a levee that takes over from this one.
+    pub fn handover_sockets(&self) -> Vec<crate::handover::Offered<'_>> {
+        use std::os::fd::AsFd;
+        self.handover
+            .iter()
+            .map(|(name, addr, fd)| crate::handover::Offered {
+                name,
+                addr: *addr,
+                fd: fd.as_fd(),
+            })
+            .collect()
     }
 
     /// The pools as the forwarders see them: live load, backend names.

@@ -1,0 +1,325 @@
+//! Reload: a new levee process takes the running one's listening sockets over, with the
+//! configuration file as it is now; the old one drains what it has and exits. Real processes,
+//! real sockets on loopback.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{Backend, levee, refused_addr, temp_dir, wait_until};
+
+/// A `levee run` started by the test, and every levee that took over from it since: all are
+/// killed when the test ends, however it ends.
+struct Running {
+    child: Child,
+    config: PathBuf,
+    ctl: PathBuf,
+    addr: SocketAddr,
+}
+
+impl Running {
+    fn start(name: &str, text: impl Fn(&PathBuf, SocketAddr) -> String) -> Self {
+        let dir = temp_dir(name);
+        let ctl = dir.join("ctl.sock");
+        let addr = refused_addr();
+        let config = dir.join("levee.conf");
+        std::fs::write(&config, text(&ctl, addr)).expect("config");
+        let child = levee()
+            .args(["run", "-c"])
+            .arg(&config)
+            // A reload's levee inherits these: none may hold the test's output open.
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn levee");
+        wait_until("levee listens", || TcpStream::connect(addr).is_ok());
+        wait_until("levee's control socket is there", || ctl.exists());
+        Self {
+            child,
+            config,
+            ctl,
+            addr,
+        }
+    }
+
+    fn ctl(&self, args: &[&str]) -> Output {
+        levee()
+            .arg("ctl")
+            .arg("-s")
+            .arg(&self.ctl)
+            .args(args)
+            .output()
+            .expect("levee ctl")
+    }
+
+    /// The pid of the levee answering on the control socket now.
+    fn pid(&self) -> u32 {
+        self.try_pid().expect("stats.pid")
+    }
+
+    /// As [`Running::pid`], `None` while no levee answers (between two, a moment).
+    fn try_pid(&self) -> Option<u32> {
+        let out = self.ctl(&["-n", "stats.pid"]);
+        String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // The levee the test started first, so that only a reload's answers on the control
+        // socket; then that one.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let first = self.child.id();
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline {
+            match self.try_pid() {
+                Some(pid) if pid != first => {
+                    // SAFETY: kill(2) with a pid levee reported; at worst it is gone already.
+                    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                    return;
+                }
+                // The first one's socket is gone or still closing: ask again.
+                _ => thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    }
+}
+
+/// One connection: the name of the backend that answered.
+fn name_of(addr: SocketAddr) -> std::io::Result<String> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(common::IO_TIMEOUT))?;
+    let mut got = String::new();
+    s.read_to_string(&mut got)?;
+    if got.is_empty() {
+        return Err(std::io::Error::other("closed without an answer"));
+    }
+    Ok(got)
+}
+
+/// A steady stream of new connections, one at a time, until stopped (bounded in count): the
+/// names that answered, in order, and the failures.
+struct Stream {
+    stop: Arc<AtomicBool>,
+    served: Arc<AtomicUsize>,
+    thread: thread::JoinHandle<(Vec<String>, Vec<String>)>,
+}
+
+impl Stream {
+    fn start(addr: SocketAddr) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let served = Arc::new(AtomicUsize::new(0));
+        let thread = {
+            let (stop, served) = (stop.clone(), served.clone());
+            thread::spawn(move || {
+                let (mut names, mut failures) = (Vec::new(), Vec::new());
+                let started = Instant::now();
+                while !stop.load(Ordering::Relaxed)
+                    && names.len() + failures.len() < 200_000
+                    && started.elapsed() < Duration::from_secs(120)
+                {
+                    match name_of(addr) {
+                        Ok(name) => {
+                            names.push(name);
+                            served.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => failures.push(e.to_string()),
+                    }
+                }
+                (names, failures)
+            })
+        };
+        Self {
+            stop,
+            served,
+            thread,
+        }
+    }
+
+    fn served(&self) -> usize {
+        self.served.load(Ordering::Relaxed)
+    }
+
+    fn finish(self) -> (Vec<String>, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().expect("stream")
+    }
+}
+
+/// `echo`: a second listener, and the echo backend behind it.
+fn with_echo(text: String, echo: (SocketAddr, SocketAddr)) -> String {
+    format!(
+        "{text}listener.echo.addr = {}\nlistener.echo.pool = echo\npool.echo.overflow = reject\n\
+         pool.echo.backend.e.addr = {}\n",
+        echo.0, echo.1
+    )
+}
+
+fn config_text(
+    ctl: &std::path::Path,
+    addr: SocketAddr,
+    backends: &[(&str, SocketAddr, u32)],
+) -> String {
+    let mut text = format!(
+        "engine.cores = 0\nctl.socket = {}\nlistener.web.addr = {addr}\nlistener.web.pool = web\n\
+         pool.web.balance = weighted\npool.web.overflow = reject\n",
+        ctl.display()
+    );
+    for (name, b, weight) in backends {
+        text.push_str(&format!(
+            "pool.web.backend.{name}.addr = {b}\npool.web.backend.{name}.weight = {weight}\n"
+        ));
+    }
+    text
+}
+
+#[test]
+fn a_reload_under_a_steady_stream_fails_no_connection_and_applies_the_whole_change() {
+    let (a, b, c) = (
+        Backend::named("a"),
+        Backend::named("b"),
+        Backend::named("c"),
+    );
+    let (a_addr, b_addr, c_addr) = (a.addr, b.addr, c.addr);
+    let echo_backend = Backend::echo();
+    let echo = (refused_addr(), echo_backend.addr);
+    let mut levee = Running::start("reload-stream", |ctl, addr| {
+        with_echo(
+            config_text(ctl, addr, &[("a", a_addr, 1), ("b", b_addr, 1)]),
+            echo,
+        )
+    });
+    let first = levee.pid();
+    // A connection established before the reload, still open after it.
+    let mut held = TcpStream::connect(echo.0).expect("held connection");
+    held.set_read_timeout(Some(common::IO_TIMEOUT))
+        .expect("timeout");
+    let mut byte = [0u8; 1];
+    held.write_all(b"1").expect("write");
+    held.read_exact(&mut byte).expect("echo before the reload");
+    let stream = Stream::start(levee.addr);
+    wait_until("the stream flows", || stream.served() >= 50);
+
+    // Add c, remove b, raise a's weight.
+    let text = with_echo(
+        config_text(
+            &levee.ctl,
+            levee.addr,
+            &[("a", a_addr, 3), ("c", c_addr, 1)],
+        ),
+        echo,
+    );
+    std::fs::write(&levee.config, text).expect("new config");
+    let before = stream.served();
+    let out = levee.ctl(&["--reload"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let second = levee.pid();
+    assert_ne!(first, second, "a new levee answers");
+    // The connection the old levee holds goes on, then it drains and exits on its own.
+    held.write_all(b"2").expect("write after the reload");
+    held.read_exact(&mut byte).expect("echo after the reload");
+    assert_eq!(&byte, b"2");
+    drop(held);
+    let status = {
+        let deadline = Instant::now() + common::IO_TIMEOUT;
+        loop {
+            if let Some(status) = levee.child.try_wait().expect("wait") {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "the old levee did not exit");
+            thread::sleep(Duration::from_millis(10));
+        }
+    };
+    assert!(status.success(), "the old levee exited {status}");
+    wait_until("the stream flows through the new levee", || {
+        stream.served() >= before + 400
+    });
+    let (names, failures) = stream.finish();
+    // Once the old levee is gone, only the new configuration answers.
+    let after: Vec<String> = (0..100)
+        .map(|_| name_of(levee.addr).expect("served"))
+        .collect();
+    let count = |n: &str| after.iter().filter(|&x| x == n).count();
+    eprintln!(
+        "FIGURE reload under a stream: {} connections, {} failed; after: a {} b {} c {}",
+        names.len() + failures.len(),
+        failures.len(),
+        count("a"),
+        count("b"),
+        count("c")
+    );
+    assert!(failures.is_empty(), "failed: {failures:?}");
+    assert_eq!(count("b"), 0, "b was removed");
+    assert!(count("c") > 0, "c was added");
+    assert!(count("a") >= 2 * count("c"), "a's weight went up to 3");
+}
+
+#[test]
+fn a_bad_file_is_refused_whole_and_the_running_levee_stays() {
+    let a = Backend::named("a");
+    let a_addr = a.addr;
+    let levee = Running::start("reload-bad", |ctl, addr| {
+        config_text(ctl, addr, &[("a", a_addr, 1)])
+    });
+    let pid = levee.pid();
+    let good = std::fs::read_to_string(&levee.config).expect("config");
+    std::fs::write(
+        &levee.config,
+        format!("{good}pool.web.backend.z.addr = nowhere\nthis is not a key\n"),
+    )
+    .expect("bad config");
+    let check = common::levee()
+        .args(["check", "-c"])
+        .arg(&levee.config)
+        .output()
+        .expect("levee check");
+    let out = levee.ctl(&["--reload"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // The same errors as levee check gives, each of them.
+    for line in String::from_utf8_lossy(&check.stderr).lines() {
+        let line = line.trim();
+        if !line.is_empty() {
+            assert!(stderr.contains(line), "{line:?} not in {stderr}");
+        }
+    }
+    assert_eq!(levee.pid(), pid, "the same levee serves");
+    assert_eq!(name_of(levee.addr).expect("still served"), "a");
+}
+
+#[test]
+fn sighup_reloads_and_a_new_listener_serves() {
+    let a = Backend::named("a");
+    let a_addr = a.addr;
+    let api = refused_addr();
+    let levee = Running::start("reload-hup", |ctl, addr| {
+        config_text(ctl, addr, &[("a", a_addr, 1)])
+    });
+    let pid = levee.pid();
+    let text = format!(
+        "{}listener.api.addr = {api}\nlistener.api.pool = web\n",
+        std::fs::read_to_string(&levee.config).expect("config")
+    );
+    std::fs::write(&levee.config, text).expect("new config");
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(pid as i32, libc::SIGHUP) };
+    wait_until("a new levee answers", || {
+        levee.try_pid().is_some_and(|p| p != pid)
+    });
+    assert_eq!(name_of(api).expect("the new listener serves"), "a");
+    assert_eq!(name_of(levee.addr).expect("the old one still does"), "a");
+    let mut s = TcpStream::connect(api).expect("connect");
+    let _ = s.write_all(b"x");
+}
