@@ -357,7 +357,7 @@ impl Live {
         out.push((key("dead_letters"), ring.dead_letters.to_string()));
         let waits = q.waits();
         for (name, quantile) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99)] {
-            let ms = waits.value_at_quantile(quantile) as f64 / 1000.0;
+            let ms = waits.quantile(quantile) as f64 / 1000.0;
             out.push((key(&format!("wait_{name}_ms")), format!("{ms:.1}")));
         }
         out.push((
