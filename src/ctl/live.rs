@@ -11,6 +11,12 @@ use crate::overflow::supervisor::{Tier, WorkerTarget};
 use crate::pool::{Left, Pool, Refused};
 use crate::stats::{CloseReason, ForwarderStats, Totals};
 
+/// Whether `key` names a live counter: under `stats.`, and not one of the configuration keys
+/// there (`stats.listen`).
+fn is_counter(key: &str) -> bool {
+    key.starts_with("stats.") && !matches!(registry::lookup(key), Lookup::Found { .. })
+}
+
 /// What `levee ctl` reads and changes.
 pub struct Live {
     /// The configuration as now in effect: the file, plus every change made since.
@@ -56,7 +62,7 @@ impl Live {
     /// `KEY = VALUE` for one key, configuration or `stats.*`. A runtime key reads what the
     /// engine holds (see [`Self::in_effect`]), not what was last written to it.
     pub fn get(&self, key: &str) -> Result<String, String> {
-        if key.starts_with("stats.") {
+        if is_counter(key) {
             return self
                 .stats()
                 .into_iter()
@@ -70,7 +76,7 @@ impl Live {
     /// Changes a runtime key and applies it to the running engine; returns the value now in
     /// effect, as the engine reads it. A rejected value changes nothing.
     pub fn set(&self, key: &str, value: &str) -> Result<String, String> {
-        if key.starts_with("stats.") {
+        if is_counter(key) {
             return Err(format!("{key}: counters are read-only"));
         }
         {
