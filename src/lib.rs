@@ -6,6 +6,7 @@ pub mod ctl;
 pub mod demo;
 pub mod forward;
 pub mod health;
+pub mod metrics;
 pub mod overflow;
 pub mod pool;
 pub mod stats;

@@ -13,6 +13,7 @@ use levee::config::{self, Config};
 use levee::ctl::{Live, Server};
 use levee::demo;
 use levee::forward::{Engine, Options};
+use levee::metrics::Endpoint;
 
 /// Exit status for a configuration that does not validate.
 const EXIT_CONFIG: u8 = 2;
@@ -345,26 +346,29 @@ fn run(cfg: &Config, builtin: bool, set_level: LevelSetter) -> ExitCode {
             pool.balance
         );
     }
-    let _control = cfg.ctl.socket.as_deref().map(|path| {
-        let live = Live::new(
-            cfg.clone(),
-            engine.pools().to_vec(),
-            engine.tunables().clone(),
-            engine.counters(),
-            Box::new(move |level| set_level(level)),
-            engine.overflow().map(|tier| levee::ctl::Overflow {
-                tier: tier.clone(),
-                workers: engine.worker_target(),
-            }),
-        );
-        Server::start(path, Arc::new(live))
-            .map_err(|e| format!("ctl.socket {}: {e}", path.display()))
+    let live = Arc::new(Live::new(
+        cfg.clone(),
+        engine.pools().to_vec(),
+        engine.tunables().clone(),
+        engine.counters(),
+        Box::new(move |level| set_level(level)),
+        engine.overflow().map(|tier| levee::ctl::Overflow {
+            tier: tier.clone(),
+            workers: engine.worker_target(),
+        }),
+    ));
+    let control = cfg.ctl.socket.as_deref().map(|path| {
+        Server::start(path, live.clone()).map_err(|e| format!("ctl.socket {}: {e}", path.display()))
     });
-    // An operator who configured runtime control gets it or a refusal, not a levee they
-    // cannot reach.
-    let _control = match _control.transpose() {
-        Ok(server) => server,
-        Err(e) => {
+    let metrics = cfg.stats.listen.map(|addr| {
+        Endpoint::start(addr, live.clone())
+            .map_err(|e| format!("stats.listen {addr}: cannot serve /metrics: {e}"))
+    });
+    // An operator who configured runtime control or metrics gets them or a refusal, not a
+    // levee they cannot reach or see.
+    let (_control, _metrics) = match (control.transpose(), metrics.transpose()) {
+        (Ok(control), Ok(metrics)) => (control, metrics),
+        (Err(e), _) | (_, Err(e)) => {
             error!("{e}");
             engine.stop();
             let _ = engine.join();

@@ -77,11 +77,12 @@ impl Measure {
         }
     }
 
-    /// Multiplies a recorded value into the base unit Prometheus names (seconds, bytes).
-    pub fn to_base(self) -> f64 {
+    /// Recorded units in one base unit, the unit Prometheus names (seconds, bytes): a
+    /// recorded value divided by this is in the base unit.
+    pub fn per_base_unit(self) -> f64 {
         match self {
-            Self::ConnectTime | Self::QueueWait => 1e-6,
-            Self::Duration => 1e-3,
+            Self::ConnectTime | Self::QueueWait => 1e6,
+            Self::Duration => 1e3,
             Self::BytesIn | Self::BytesOut => 1.0,
         }
     }

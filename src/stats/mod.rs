@@ -4,6 +4,7 @@
 //! hot path pays a plain add; readers sum the forwarders' sets when asked. Distributions (connect
 //! times, durations, bytes per connection, queue waits) are histograms: see [`histogram`].
 
+pub mod catalog;
 pub mod histogram;
 
 use std::fmt;
