@@ -316,12 +316,12 @@ impl Live {
         }
         for (index, p) in self.pools.iter().enumerate() {
             self.queue_stats(index, p, &mut out);
-            let histograms = p.histograms.snapshot();
-            for (measure, d) in Measure::CONNECTION.into_iter().zip(histograms.all()) {
+            let histograms = p.histograms.snapshot().into_all();
+            for (measure, d) in Measure::CONNECTION.into_iter().zip(histograms) {
                 out.push(
                     Stat::new(
                         format!("stats.pool.{}.{}", p.name, measure.key()),
-                        Reading::Distribution(d.clone()),
+                        Reading::Distribution(d),
                         catalog::connection_family(measure),
                     )
                     .label("pool", &p.name),

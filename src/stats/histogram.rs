@@ -250,6 +250,16 @@ impl ConnHistograms {
         ]
     }
 
+    /// Each histogram, in the order of [`Measure::CONNECTION`], by value.
+    pub fn into_all(self) -> [Distribution; 4] {
+        [
+            self.connect_time,
+            self.duration,
+            self.bytes_in,
+            self.bytes_out,
+        ]
+    }
+
     fn all_mut(&mut self) -> [&mut Distribution; 4] {
         [
             &mut self.connect_time,
