@@ -12,8 +12,9 @@
 //! The model is HAProxy's `-x` with `expose-fd listeners`, and Envoy's hot restart.
 //!
 //! Wire format, old to new: one message per descriptor, each with exactly one descriptor,
-//! `L <name> <configured address>\n` for a listening socket, `C\n` for the control socket, then
-//! `E\n` without one. New to old: `READY <pid>\n`.
+//! `L <name> <configured address>\n` for a listening socket, `C\n` for the control socket,
+//! `M <address>\n` for the metrics endpoint's, then `E\n` without one. New to old:
+//! `READY <pid>\n`.
 
 use std::io::{self, IoSlice, IoSliceMut, Read, Write};
 use std::net::SocketAddr;
@@ -41,6 +42,8 @@ pub struct Inherited {
     pub listeners: Vec<(String, SocketAddr, OwnedFd)>,
     /// The control socket's listening socket.
     pub ctl: Option<OwnedFd>,
+    /// The metrics endpoint's listening socket, with its address.
+    pub metrics: Option<(SocketAddr, OwnedFd)>,
     channel: UnixStream,
 }
 
@@ -82,6 +85,7 @@ impl Inherited {
         let mut inherited = Self {
             listeners: Vec::new(),
             ctl: None,
+            metrics: None,
             channel,
         };
         for _ in 0..=MAX_SOCKETS + 1 {
@@ -91,6 +95,13 @@ impl Inherited {
             match (words.next(), fd) {
                 (Some("E"), None) => return Ok(Some(inherited)),
                 (Some("C"), Some(fd)) => inherited.ctl = Some(fd),
+                (Some("M"), Some(fd)) => {
+                    let addr = words
+                        .next()
+                        .and_then(|a| a.parse().ok())
+                        .ok_or_else(|| format!("handover: bad message {line:?}"))?;
+                    inherited.metrics = Some((addr, fd));
+                }
                 (Some("L"), Some(fd)) => {
                     let (Some(name), Some(addr), None) = (words.next(), words.next(), words.next())
                     else {
@@ -147,6 +158,7 @@ pub fn hand_over(
     config: &Path,
     listeners: &[Offered<'_>],
     ctl: Option<BorrowedFd<'_>>,
+    metrics: Option<(SocketAddr, BorrowedFd<'_>)>,
     timeout: Duration,
 ) -> Result<Child, String> {
     let (mine, theirs) = UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
@@ -185,6 +197,11 @@ pub fn hand_over(
     if let Some(fd) = ctl {
         if let Err(e) = send_one(&mine, "C\n", Some(fd.as_raw_fd())) {
             return fail(&mut child, format!("handing over the control socket: {e}"));
+        }
+    }
+    if let Some((addr, fd)) = metrics {
+        if let Err(e) = send_one(&mine, &format!("M {addr}\n"), Some(fd.as_raw_fd())) {
+            return fail(&mut child, format!("handing over the metrics socket: {e}"));
         }
     }
     if let Err(e) = send_one(&mine, "E\n", None) {

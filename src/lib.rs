@@ -7,6 +7,7 @@ pub mod demo;
 pub mod forward;
 pub mod handover;
 pub mod health;
+pub mod metrics;
 pub mod overflow;
 pub mod pool;
 pub mod stats;

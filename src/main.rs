@@ -13,6 +13,7 @@ use levee::config::{self, Config};
 use levee::ctl::{Live, Server};
 use levee::demo;
 use levee::forward::{Engine, Options};
+use levee::metrics::Endpoint;
 
 /// Exit status for a configuration that does not validate.
 const EXIT_CONFIG: u8 = 2;
@@ -397,35 +398,47 @@ fn run(
         nix::sys::signal::kill(nix::unistd::Pid::this(), Signal::SIGHUP)
             .map_err(|e| format!("cannot signal a reload: {e}"))
     })));
+    let live = Live::new(
+        cfg.clone(),
+        engine.pools().to_vec(),
+        engine.tunables().clone(),
+        engine.counters(),
+        Box::new(move |level| set_level(level)),
+        engine.overflow().map(|tier| levee::ctl::Overflow {
+            tier: tier.clone(),
+            workers: engine.worker_target(),
+        }),
+    );
+    let live = Arc::new(if builtin {
+        live
+    } else {
+        live.with_reload(reload.clone())
+    });
     let inherited_ctl = inherited.as_mut().and_then(|i| i.ctl.take());
-    let _control = cfg.ctl.socket.as_deref().map(|path| {
-        let live = Live::new(
-            cfg.clone(),
-            engine.pools().to_vec(),
-            engine.tunables().clone(),
-            engine.counters(),
-            Box::new(move |level| set_level(level)),
-            engine.overflow().map(|tier| levee::ctl::Overflow {
-                tier: tier.clone(),
-                workers: engine.worker_target(),
-            }),
-        );
-        let live = if builtin {
-            live
-        } else {
-            live.with_reload(reload.clone())
-        };
+    let control = cfg.ctl.socket.as_deref().map(|path| {
         match inherited_ctl {
-            Some(fd) => Server::adopt(path, fd, Arc::new(live)),
-            None => Server::start(path, Arc::new(live)),
+            Some(fd) => Server::adopt(path, fd, live.clone()),
+            None => Server::start(path, live.clone()),
         }
         .map_err(|e| format!("ctl.socket {}: {e}", path.display()))
     });
-    // An operator who configured runtime control gets it or a refusal, not a levee they
-    // cannot reach.
-    let mut control = match _control.transpose() {
-        Ok(server) => server,
-        Err(e) => {
+    // The metrics socket a levee being replaced handed over, where the address is the same.
+    let inherited_metrics = inherited
+        .as_mut()
+        .and_then(|i| i.metrics.take())
+        .filter(|(addr, _)| cfg.stats.listen == Some(*addr));
+    let metrics = cfg.stats.listen.map(|addr| {
+        match inherited_metrics {
+            Some((_, fd)) => Endpoint::adopt(fd, live.clone()),
+            None => Endpoint::start(addr, live.clone()),
+        }
+        .map_err(|e| format!("stats.listen {addr}: cannot serve /metrics: {e}"))
+    });
+    // An operator who configured runtime control or metrics gets them or a refusal, not a
+    // levee they cannot reach or see.
+    let (mut control, mut metrics) = match (control.transpose(), metrics.transpose()) {
+        (Ok(control), Ok(metrics)) => (control, metrics),
+        (Err(e), _) | (_, Err(e)) => {
             error!("{e}");
             engine.stop();
             let _ = engine.join();
@@ -475,7 +488,13 @@ fn run(
                     continue;
                 };
                 info!(config = %path.display(), "reloading: a new levee takes over if the file is good");
-                match hand_over(path, exe.as_deref(), &engine, control.as_ref()) {
+                match hand_over(
+                    path,
+                    exe.as_deref(),
+                    &engine,
+                    control.as_ref(),
+                    metrics.as_ref(),
+                ) {
                     Ok(pid) => {
                         info!(
                             new = pid,
@@ -485,6 +504,8 @@ fn run(
                         if let Some(c) = control.take() {
                             c.release();
                         }
+                        // Scrapers reach the new levee only (it holds the socket too).
+                        drop(metrics.take());
                         break;
                     }
                     Err(e) => {
@@ -625,6 +646,7 @@ fn hand_over(
     exe: Option<&Path>,
     engine: &Engine,
     control: Option<&Server>,
+    metrics: Option<&Endpoint>,
 ) -> Result<u32, String> {
     use levee::forward::{Bytes, Footprint, host_memory};
     let exe = exe.ok_or("levee cannot find its own binary")?;
@@ -648,6 +670,7 @@ fn hand_over(
         path,
         &sockets,
         control.and_then(Server::listener),
+        metrics.map(|m| (m.local_addr(), m.listener())),
         std::time::Duration::from_secs(30),
     )?;
     Ok(child.id())

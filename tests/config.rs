@@ -789,6 +789,7 @@ engine.drain_timeout = 10s
 engine.sched_policy = batch
 log.level = info
 ctl.socket = /run/levee.sock
+stats.listen = none
 overflow.dir = auto
 overflow.workers = 1
 overflow.max_workers = 15
@@ -880,11 +881,31 @@ fn get_and_set_runtime_keys() {
     );
 }
 
+#[test]
+fn stats_listen_is_an_address_with_a_port_or_none() {
+    assert_eq!(parse_ok(MINIMAL).stats.listen, None);
+    let cfg = parse_ok(&format!("{MINIMAL}stats.listen = 127.0.0.1:9100\n"));
+    assert_eq!(cfg.stats.listen, Some(addr("127.0.0.1:9100")));
+    let cfg = parse_ok(&format!("{MINIMAL}stats.listen = [::1]:9100\n"));
+    assert_eq!(cfg.stats.listen, Some(addr("[::1]:9100")));
+    assert!(config::listing(&cfg).contains("\nstats.listen = [::1]:9100\n"));
+    let cfg = parse_ok(&format!("{MINIMAL}stats.listen = none\n"));
+    assert_eq!(cfg.stats.listen, None);
+    assert_eq!(
+        errors(&format!("{MINIMAL}stats.listen = 127.0.0.1:0\n")),
+        "levee.conf:4: stats.listen: expected a port from 1 to 65535, found `127.0.0.1:0`"
+    );
+    assert!(
+        errors(&format!("{MINIMAL}stats.listen = localhost:9100\n"))
+            .starts_with("levee.conf:4: stats.listen: expected none, or an IP address and port"),
+    );
+}
+
 // ---- the registry and the docs -----------------------------------------------------------------
 
 #[test]
 fn the_registry_describes_every_key() {
-    assert_eq!(KEYS.len(), 53);
+    assert_eq!(KEYS.len(), 54);
     let runtime: Vec<&str> = KEYS.iter().filter(|k| k.runtime).map(|k| k.name).collect();
     assert_eq!(
         runtime,
@@ -1286,7 +1307,8 @@ fn config_strategy() -> impl Strategy<Value = Config> {
                             Vec::new()
                         },
                     })
-                    .collect();
+                    .collect::<Vec<_>>();
+                let listeners_len = listeners.len();
                 Config {
                     engine,
                     log: config::LogConfig {
@@ -1296,6 +1318,14 @@ fn config_strategy() -> impl Strategy<Value = Config> {
                     ctl: config::CtlConfig {
                         socket: (pools.len() % 2 == 0)
                             .then(|| std::path::PathBuf::from(format!("/run/{pool_prefix}.sock"))),
+                    },
+                    // Both forms of the value, IPv4 and IPv6, with the listener count.
+                    stats: config::StatsConfig {
+                        listen: match listeners_len % 3 {
+                            0 => None,
+                            1 => Some(SocketAddr::from(([127, 0, 0, 1], 9100))),
+                            _ => Some(SocketAddr::from(([0u16, 0, 0, 0, 0, 0, 0, 1], 9100))),
+                        },
                     },
                     overflow,
                     listeners,

@@ -304,8 +304,14 @@ fn sighup_reloads_and_a_new_listener_serves() {
     let a = Backend::named("a");
     let a_addr = a.addr;
     let api = refused_addr();
+    // A metrics endpoint too: the new levee must take its socket over, as it cannot bind it
+    // while the old one holds it.
+    let metrics = refused_addr();
     let levee = Running::start("reload-hup", |ctl, addr| {
-        config_text(ctl, addr, &[("a", a_addr, 1)])
+        format!(
+            "{}stats.listen = {metrics}\n",
+            config_text(ctl, addr, &[("a", a_addr, 1)])
+        )
     });
     let pid = levee.pid();
     let text = format!(
@@ -319,6 +325,13 @@ fn sighup_reloads_and_a_new_listener_serves() {
         levee.try_pid().is_some_and(|p| p != pid)
     });
     assert_eq!(name_of(api).expect("the new listener serves"), "a");
+    let mut scrape = TcpStream::connect(metrics).expect("metrics");
+    scrape
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .expect("request");
+    let mut page = String::new();
+    let _ = scrape.read_to_string(&mut page);
+    assert!(page.starts_with("HTTP/1.1 200"), "{page}");
     assert_eq!(name_of(levee.addr).expect("the old one still does"), "a");
     let mut s = TcpStream::connect(api).expect("connect");
     let _ = s.write_all(b"x");

@@ -11,6 +11,7 @@ pub fn entries(cfg: &Config) -> Vec<(String, String)> {
     push(&mut out, &[], &cfg.engine);
     push(&mut out, &[], &cfg.log);
     push(&mut out, &[], &cfg.ctl);
+    push(&mut out, &[], &cfg.stats);
     push(&mut out, &[], &cfg.overflow);
     for listener in &cfg.listeners {
         push(&mut out, &[&listener.name], &draft(cfg, listener));
@@ -82,6 +83,7 @@ impl Config {
             (Slot::Engine(field), []) => Ok(field.format(&self.engine)),
             (Slot::Log(field), []) => Ok(field.format(&self.log)),
             (Slot::Ctl(field), []) => Ok(field.format(&self.ctl)),
+            (Slot::Stats(field), []) => Ok(field.format(&self.stats)),
             (Slot::Overflow(field), []) => Ok(field.format(&self.overflow)),
             (Slot::Listener(field), [listener]) => self
                 .listener(listener)

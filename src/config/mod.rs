@@ -65,6 +65,7 @@ pub struct Config {
     pub engine: EngineConfig,
     pub log: LogConfig,
     pub ctl: CtlConfig,
+    pub stats: StatsConfig,
     pub overflow: OverflowConfig,
     /// In the order their first key appeared in the file.
     pub listeners: Vec<ListenerConfig>,
@@ -129,6 +130,20 @@ pub struct CtlConfig {
 
 /// Every control setting at its default.
 impl Default for CtlConfig {
+    fn default() -> Self {
+        registry::with_defaults()
+    }
+}
+
+/// `stats.*` settings (the other `stats.*` keys are the counters `levee ctl` reads).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatsConfig {
+    /// `stats.listen`: where `GET /metrics` is served, or `None` for nowhere.
+    pub listen: Option<SocketAddr>,
+}
+
+/// Every stats setting at its default.
+impl Default for StatsConfig {
     fn default() -> Self {
         registry::with_defaults()
     }

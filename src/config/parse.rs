@@ -14,7 +14,7 @@ use super::registry::{self, KeySpec, ListenerDraft, Lookup, Scope, Slot};
 use super::value;
 use super::{
     BackendConfig, Config, CtlConfig, EngineConfig, ListenerConfig, LogConfig, OverflowConfig,
-    PoolConfig,
+    PoolConfig, StatsConfig,
 };
 
 /// Most backends one pool may hold: selectors rank backends by `u16` index.
@@ -60,6 +60,7 @@ struct Parser<'f> {
     engine: EngineConfig,
     log: LogConfig,
     ctl: CtlConfig,
+    stats: StatsConfig,
     overflow: OverflowConfig,
     listeners: Vec<Object<ListenerDraft>>,
     listener_index: HashMap<String, usize>,
@@ -76,6 +77,7 @@ pub fn parse(text: &str, file: &str) -> Result<Config, ConfigErrors> {
         engine: registry::with_defaults(),
         log: registry::with_defaults(),
         ctl: registry::with_defaults(),
+        stats: registry::with_defaults(),
         overflow: registry::with_defaults(),
         listeners: Vec::new(),
         listener_index: HashMap::new(),
@@ -161,6 +163,7 @@ impl Parser<'_> {
             (Slot::Engine(field), []) => field.parse_into(&mut self.engine, text),
             (Slot::Log(field), []) => field.parse_into(&mut self.log, text),
             (Slot::Ctl(field), []) => field.parse_into(&mut self.ctl, text),
+            (Slot::Stats(field), []) => field.parse_into(&mut self.stats, text),
             (Slot::Overflow(field), []) => field.parse_into(&mut self.overflow, text),
             (Slot::Listener(field), [listener]) => {
                 let listener = self.listener(listener, number);
@@ -301,6 +304,7 @@ impl Parser<'_> {
             engine: self.engine,
             log: self.log,
             ctl: self.ctl,
+            stats: self.stats,
             overflow: self.overflow,
             listeners: references.listeners,
             pools: pools

@@ -15,7 +15,7 @@ use super::value::{self, CountRule};
 use super::{
     AdminState, AllDown, BackendConfig, Balance, CheckKind, CoreSet, CtlConfig, Discipline,
     EngineConfig, Handoff, HashKey, HealthConfig, ListenerConfig, LogConfig, LogLevel, Overflow,
-    OverflowConfig, PoolConfig, SchedPolicy,
+    OverflowConfig, PoolConfig, SchedPolicy, StatsConfig,
 };
 
 /// Which object a key belongs to, which also says how many `NAME` segments its pattern has.
@@ -24,6 +24,7 @@ pub enum Scope {
     Engine,
     Log,
     Ctl,
+    Stats,
     Overflow,
     Listener,
     Pool,
@@ -37,6 +38,7 @@ impl Scope {
             Scope::Engine => "engine",
             Scope::Log => "log",
             Scope::Ctl => "ctl",
+            Scope::Stats => "stats",
             Scope::Overflow => "overflow",
             Scope::Listener => "listener",
             Scope::Pool => "pool",
@@ -65,6 +67,7 @@ pub(crate) enum Slot {
     Engine(Field<EngineConfig>),
     Log(Field<LogConfig>),
     Ctl(Field<CtlConfig>),
+    Stats(Field<StatsConfig>),
     Overflow(Field<OverflowConfig>),
     Listener(Field<ListenerDraft>),
     Pool(Field<PoolConfig>),
@@ -125,6 +128,11 @@ pub(crate) enum Field<T: 'static> {
         get: fn(&T) -> SocketAddr,
         set: fn(&mut T, SocketAddr),
     },
+    /// An address with a port of 1 or above, or `none`.
+    OptionalAddr {
+        get: fn(&T) -> Option<SocketAddr>,
+        set: fn(&mut T, Option<SocketAddr>),
+    },
     PoolName {
         get: fn(&T) -> &str,
         set: fn(&mut T, String),
@@ -176,6 +184,18 @@ impl<T> Field<T> {
                 }
             }
             Field::Addr { port_zero, set, .. } => set(target, value::parse_addr(text, *port_zero)?),
+            Field::OptionalAddr { set, .. } => match text {
+                "none" => set(target, None),
+                _ => set(
+                    target,
+                    Some(value::parse_addr(text, false).map_err(|e| {
+                        match e.strip_prefix("expected an IP address") {
+                            Some(rest) => format!("expected none, or an IP address{rest}"),
+                            None => e,
+                        }
+                    })?),
+                ),
+            },
             Field::PoolName { set, .. } => set(target, value::parse_name(text)?),
             Field::Bytes { max_len, set, .. } => set(target, value::parse_bytes(text, *max_len)?),
             Field::Path { set, .. } => set(target, value::parse_path(text)?),
@@ -194,6 +214,9 @@ impl<T> Field<T> {
             Field::Factor { get, .. } => value::format_factor(get(target)),
             Field::Choice { get, .. } => get(target).to_string(),
             Field::Addr { get, .. } => get(target).to_string(),
+            Field::OptionalAddr { get, .. } => {
+                get(target).map_or_else(|| "none".to_string(), |a| a.to_string())
+            }
             Field::PoolName { get, .. } => get(target).to_string(),
             Field::Bytes { get, .. } => value::format_bytes(get(target)),
             Field::Path { get, .. } => {
@@ -229,6 +252,9 @@ impl<T> Field<T> {
             Field::Addr {
                 port_zero: false, ..
             } => "IP:port (port 1 or above), IPv6 in brackets".to_string(),
+            Field::OptionalAddr { .. } => {
+                "IP:port (port 1 or above), IPv6 in brackets, or none".to_string()
+            }
             Field::PoolName { .. } => "name of a pool".to_string(),
             Field::Path { .. } => "absolute path, or none".to_string(),
             Field::Dir { .. } => format!(
@@ -244,7 +270,7 @@ impl<T> Field<T> {
     /// What to write after `=` in a hint for a missing key.
     fn placeholder(&self) -> &'static str {
         match self {
-            Field::Addr { .. } => "IP:PORT",
+            Field::Addr { .. } | Field::OptionalAddr { .. } => "IP:PORT",
             Field::PoolName { .. } => "POOL",
             _ => "VALUE",
         }
@@ -317,6 +343,18 @@ impl Target for CtlConfig {
     fn field(slot: &Slot) -> Option<&Field<Self>> {
         match slot {
             Slot::Ctl(field) => Some(field),
+            _ => None,
+        }
+    }
+}
+
+impl Target for StatsConfig {
+    fn blank() -> Self {
+        StatsConfig { listen: None }
+    }
+    fn field(slot: &Slot) -> Option<&Field<Self>> {
+        match slot {
+            Slot::Stats(field) => Some(field),
             _ => None,
         }
     }
@@ -437,6 +475,7 @@ macro_rules! with_field {
             Slot::Engine($field) => $body,
             Slot::Log($field) => $body,
             Slot::Ctl($field) => $body,
+            Slot::Stats($field) => $body,
             Slot::Overflow($field) => $body,
             Slot::Listener($field) => $body,
             Slot::Pool($field) => $body,
@@ -451,6 +490,7 @@ impl KeySpec {
             Slot::Engine(_) => Scope::Engine,
             Slot::Log(_) => Scope::Log,
             Slot::Ctl(_) => Scope::Ctl,
+            Slot::Stats(_) => Scope::Stats,
             Slot::Overflow(_) => Scope::Overflow,
             Slot::Listener(_) => Scope::Listener,
             Slot::Pool(_) => Scope::Pool,
@@ -770,6 +810,17 @@ pub static KEYS: &[KeySpec] = &[
         slot: Slot::Ctl(Field::Path {
             get: |c| c.socket.as_deref(),
             set: |c, v| c.socket = v,
+        }),
+    },
+    KeySpec {
+        name: "stats.listen",
+        default: Some("none"),
+        unit: "",
+        runtime: false,
+        description: "Address levee run serves GET /metrics on over HTTP (Prometheus text format); none serves nothing",
+        slot: Slot::Stats(Field::OptionalAddr {
+            get: |s| s.listen,
+            set: |s, v| s.listen = v,
         }),
     },
     KeySpec {
@@ -1302,7 +1353,7 @@ mod tests {
 
     fn name_count(scope: Scope) -> usize {
         match scope {
-            Scope::Engine | Scope::Log | Scope::Ctl | Scope::Overflow => 0,
+            Scope::Engine | Scope::Log | Scope::Ctl | Scope::Stats | Scope::Overflow => 0,
             Scope::Listener | Scope::Pool => 1,
             Scope::Backend => 2,
         }
@@ -1317,6 +1368,7 @@ mod tests {
                 Scope::Engine => "engine.",
                 Scope::Log => "log.",
                 Scope::Ctl => "ctl.",
+                Scope::Stats => "stats.",
                 Scope::Overflow => "overflow.",
                 Scope::Listener => "listener.NAME.",
                 Scope::Pool => "pool.NAME.",

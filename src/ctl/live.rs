@@ -9,7 +9,15 @@ use crate::forward::Tunables;
 use crate::overflow::Settings;
 use crate::overflow::supervisor::{Tier, WorkerTarget};
 use crate::pool::{Left, Pool, Refused};
+use crate::stats::catalog::{self, Family, Reading, Stat};
+use crate::stats::histogram::Measure;
 use crate::stats::{CloseReason, ForwarderStats, Totals};
+
+/// Whether `key` names a live counter: under `stats.`, and not one of the configuration keys
+/// there (`stats.listen`).
+fn is_counter(key: &str) -> bool {
+    key.starts_with("stats.") && !matches!(registry::lookup(key), Lookup::Found { .. })
+}
 
 /// What `levee ctl` reads and changes.
 pub struct Live {
@@ -103,7 +111,7 @@ impl Live {
     /// `KEY = VALUE` for one key, configuration or `stats.*`. A runtime key reads what the
     /// engine holds (see [`Self::in_effect`]), not what was last written to it.
     pub fn get(&self, key: &str) -> Result<String, String> {
-        if key.starts_with("stats.") {
+        if is_counter(key) {
             return self
                 .stats()
                 .into_iter()
@@ -117,7 +125,7 @@ impl Live {
     /// Changes a runtime key and applies it to the running engine; returns the value now in
     /// effect, as the engine reads it. A rejected value changes nothing.
     pub fn set(&self, key: &str, value: &str) -> Result<String, String> {
-        if key.starts_with("stats.") {
+        if is_counter(key) {
             return Err(format!("{key}: counters are read-only"));
         }
         {
@@ -285,140 +293,236 @@ impl Live {
 
     /// The live counters as `stats.*` keys.
     pub fn stats(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for stat in self.stat_list() {
+            stat.ctl_entries(&mut out);
+        }
+        out
+    }
+
+    /// Every live statistic, typed: what `ctl` shows as `stats.*` and `/metrics` renders.
+    /// Takes no lock a forwarder waits on: counters are atomics, and the histograms' locks are
+    /// ones forwarders only `try_lock`.
+    pub fn stat_list(&self) -> Vec<Stat> {
         let t = Totals::sum(self.counters.iter().map(|c| &**c));
+        let count = |key: &str, n: u64, family: &'static Family| {
+            Stat::new(format!("stats.{key}"), Reading::Count(n), family)
+        };
         let mut out = vec![
-            ("stats.pid".to_string(), std::process::id().to_string()),
-            ("stats.accepted".to_string(), t.accepted.to_string()),
-            ("stats.active".to_string(), t.active().to_string()),
-            (
-                "stats.bytes_in".to_string(),
-                t.bytes_client_to_backend.to_string(),
+            Stat::ctl_only(
+                "stats.pid".to_string(),
+                Reading::Count(u64::from(std::process::id())),
             ),
-            (
-                "stats.bytes_out".to_string(),
-                t.bytes_backend_to_client.to_string(),
+            count("accepted", t.accepted, &catalog::ACCEPTED),
+            count("active", t.active(), &catalog::ACTIVE),
+            count("bytes_in", t.bytes_client_to_backend, &catalog::BYTES_IN),
+            count("bytes_out", t.bytes_backend_to_client, &catalog::BYTES_OUT),
+            count(
+                "connect_attempts",
+                t.connect_attempts,
+                &catalog::CONNECT_ATTEMPTS,
             ),
-            (
-                "stats.connect_attempts".to_string(),
-                t.connect_attempts.to_string(),
+            count(
+                "connect_failures",
+                t.connect_failures,
+                &catalog::CONNECT_FAILURES,
             ),
-            (
-                "stats.connect_failures".to_string(),
-                t.connect_failures.to_string(),
+            count(
+                "connect_timeouts",
+                t.connect_timeouts,
+                &catalog::CONNECT_TIMEOUTS,
             ),
-            (
-                "stats.connect_timeouts".to_string(),
-                t.connect_timeouts.to_string(),
-            ),
-            (
-                "stats.accept_errors".to_string(),
-                t.accept_errors.to_string(),
-            ),
+            count("accept_errors", t.accept_errors, &catalog::ACCEPT_ERRORS),
             // io_uring submissions the kernel refused (other than a full completion queue);
             // each is retried by its forwarder.
-            ("stats.ring_errors".to_string(), t.ring_errors.to_string()),
+            count("ring_errors", t.ring_errors, &catalog::RING_ERRORS),
             // Times a forwarder had every connection slot taken: it pauses accepts, and after
             // a second of it refuses new clients until a slot frees.
-            ("stats.full_events".to_string(), t.full_events.to_string()),
+            count("full_events", t.full_events, &catalog::FULL_EVENTS),
             // Forwarders with every slot taken right now (paused, or refusing).
-            ("stats.forwarders_full".to_string(), t.full_now.to_string()),
+            count("forwarders_full", t.full_now, &catalog::FORWARDERS_FULL),
         ];
         for r in CloseReason::ALL {
-            out.push((
-                format!("stats.closed.{}", r.name()),
-                t.closed(r).to_string(),
-            ));
+            out.push(
+                count(
+                    &format!("closed.{}", r.name()),
+                    t.closed(r),
+                    &catalog::CLOSED,
+                )
+                .label("reason", r.name()),
+            );
         }
         if let Some(o) = &self.overflow {
-            out.push((
+            out.push(Stat::ctl_only(
                 "stats.overflow.dir".to_string(),
-                o.tier.shared.dir.display().to_string(),
+                Reading::Text(o.tier.shared.dir.display().to_string()),
             ));
             // Workers serving now: each counts itself in the settings row.
             let workers = o.tier.shared.load.count(crate::pool::table::SETTINGS_ROW);
-            out.push((
-                "stats.overflow.workers_attached".to_string(),
-                workers.to_string(),
+            out.push(count(
+                "overflow.workers_attached",
+                workers,
+                &catalog::WORKERS_ATTACHED,
             ));
         }
         for (index, p) in self.pools.iter().enumerate() {
             self.queue_stats(index, p, &mut out);
+            let histograms = p.histograms.snapshot().into_all();
+            for (measure, d) in Measure::CONNECTION.into_iter().zip(histograms) {
+                out.push(
+                    Stat::new(
+                        format!("stats.pool.{}.{}", p.name, measure.key()),
+                        Reading::Distribution(d),
+                        catalog::connection_family(measure),
+                    )
+                    .label("pool", &p.name),
+                );
+            }
         }
         for p in &self.pools {
             for (i, name) in p.names.iter().enumerate() {
-                let key = |what: &str| format!("stats.pool.{}.backend.{name}.{what}", p.name);
+                let stat = |what: &str, reading: Reading, family: &'static Family| {
+                    Stat::new(
+                        format!("stats.pool.{}.backend.{name}.{what}", p.name),
+                        reading,
+                        family,
+                    )
+                    .label("pool", &p.name)
+                    .label("backend", name)
+                };
+                let n = |what: &str, v: u64, family: &'static Family| {
+                    stat(what, Reading::Count(v), family)
+                };
                 let h = p.health.counts(i);
-                out.push((key("status"), p.health.status(i).name().to_string()));
-                out.push((key("active"), p.load.active(i).to_string()));
-                out.push((key("effective_weight"), p.load.weight(i).to_string()));
-                out.push((key("checks_passed"), h.checks_passed.to_string()));
-                out.push((key("checks_failed"), h.checks_failed.to_string()));
-                out.push((key("checks_skipped"), h.checks_skipped.to_string()));
-                out.push((key("downs"), h.downs.to_string()));
-                out.push((key("ups"), h.ups.to_string()));
-                out.push((key("ejections"), h.ejections.to_string()));
-                out.push((
-                    key("ejections_held_back"),
-                    h.ejections_held_back.to_string(),
+                out.push(stat(
+                    "status",
+                    Reading::Text(p.health.status(i).name().to_string()),
+                    &catalog::BACKEND_STATUS,
+                ));
+                out.push(n(
+                    "active",
+                    u64::from(p.load.active(i)),
+                    &catalog::BACKEND_ACTIVE,
+                ));
+                out.push(n(
+                    "effective_weight",
+                    u64::from(p.load.weight(i)),
+                    &catalog::BACKEND_WEIGHT,
+                ));
+                for (what, v) in [
+                    ("passed", h.checks_passed),
+                    ("failed", h.checks_failed),
+                    ("skipped", h.checks_skipped),
+                ] {
+                    out.push(
+                        n(&format!("checks_{what}"), v, &catalog::BACKEND_CHECKS)
+                            .label("result", what),
+                    );
+                }
+                out.push(n("downs", h.downs, &catalog::BACKEND_DOWNS));
+                out.push(n("ups", h.ups, &catalog::BACKEND_UPS));
+                out.push(n("ejections", h.ejections, &catalog::BACKEND_EJECTIONS));
+                out.push(n(
+                    "ejections_held_back",
+                    h.ejections_held_back,
+                    &catalog::BACKEND_EJECTIONS_HELD_BACK,
                 ));
             }
         }
         if let Some(r) = &self.reload {
             let failures = r.failures.load(std::sync::atomic::Ordering::Acquire);
-            out.push(("stats.reload.failures".to_string(), failures.to_string()));
+            out.push(count(
+                "reload.failures",
+                failures,
+                &catalog::RELOAD_FAILURES,
+            ));
             let last = r.last_error.lock().unwrap_or_else(PoisonError::into_inner);
             // One line: the protocol is line-based, and errors come one per line.
-            let last = last.replace('\n', "; ");
-            out.push(("stats.reload.last_error".to_string(), last));
+            out.push(Stat::ctl_only(
+                "stats.reload.last_error".to_string(),
+                Reading::Text(last.replace('\n', "; ")),
+            ));
         }
         out
     }
 
     /// `stats.pool.P.queue.*`: the pool's queue now and since start.
-    fn queue_stats(&self, index: usize, p: &Pool, out: &mut Vec<(String, String)>) {
+    fn queue_stats(&self, index: usize, p: &Pool, out: &mut Vec<Stat>) {
         let Some(o) = &self.overflow else { return };
         let Some(queue) = o.tier.shared.queues.get(index).and_then(Option::as_ref) else {
             return;
         };
         let key = |what: &str| format!("stats.pool.{}.queue.{what}", p.name);
+        let stat = |what: &str, reading: Reading, family: &'static Family| {
+            Stat::new(key(what), reading, family).label("pool", &p.name)
+        };
+        let n = |what: &str, v: u64, family: &'static Family| stat(what, Reading::Count(v), family);
         let ring = queue.stats();
         let holding = o.tier.shared.load.count(p.load.rows().queue());
         let waiting = ring.depth as u64 + holding;
         let q = &p.queue;
-        out.push((key("depth"), waiting.to_string()));
-        out.push((key("held_by_workers"), holding.to_string()));
+        out.push(n("depth", waiting, &catalog::QUEUE_DEPTH));
+        out.push(n("held_by_workers", holding, &catalog::QUEUE_HELD));
         let oldest = q.oldest().map_or(0, |since| {
             crate::forward::coarse_now_ms().saturating_sub(since)
         });
-        out.push((key("oldest_wait_ms"), oldest.to_string()));
+        out.push(n("oldest_wait_ms", oldest, &catalog::QUEUE_OLDEST_WAIT));
         let rate = q.drain_rate();
-        out.push((key("drain_rate"), format!("{rate:.1}")));
+        out.push(stat(
+            "drain_rate",
+            Reading::Decimal(rate),
+            &catalog::QUEUE_DRAIN_RATE,
+        ));
         let predicted = if rate > 0.0 {
             (waiting as f64 / rate * 1000.0).round() as u64
         } else {
             0
         };
-        out.push((key("predicted_wait_ms"), predicted.to_string()));
-        out.push((key("queued"), q.queued().to_string()));
+        out.push(n(
+            "predicted_wait_ms",
+            predicted,
+            &catalog::QUEUE_PREDICTED_WAIT,
+        ));
+        out.push(n("queued", q.queued(), &catalog::QUEUED));
         for how in Left::ALL {
-            out.push((key(how.name()), q.left(how).to_string()));
+            out.push(n(how.name(), q.left(how), &catalog::QUEUE_LEFT).label("how", how.name()));
         }
         for why in Refused::ALL {
-            out.push((
-                key(&format!("refused.{}", why.name())),
-                q.refused(why).to_string(),
-            ));
+            out.push(
+                n(
+                    &format!("refused.{}", why.name()),
+                    q.refused(why),
+                    &catalog::QUEUE_REFUSED,
+                )
+                .label("why", why.name()),
+            );
         }
-        out.push((key("requeued"), ring.requeued.to_string()));
-        out.push((key("dead_letters"), ring.dead_letters.to_string()));
+        out.push(n("requeued", ring.requeued, &catalog::QUEUE_REQUEUED));
+        out.push(n(
+            "dead_letters",
+            ring.dead_letters as u64,
+            &catalog::QUEUE_DEAD_LETTERS,
+        ));
+        // The histogram itself is exported once, below; these are its quantiles in ms.
         let waits = q.waits();
         for (name, quantile) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99)] {
-            let ms = waits.value_at_quantile(quantile) as f64 / 1000.0;
-            out.push((key(&format!("wait_{name}_ms")), format!("{ms:.1}")));
+            let ms = waits.quantile(quantile) as f64 / 1000.0;
+            out.push(Stat::ctl_only(
+                key(&format!("wait_{name}_ms")),
+                Reading::Decimal(ms),
+            ));
         }
-        out.push((
+        out.push(Stat::ctl_only(
             key("wait_max_ms"),
-            format!("{:.1}", waits.max() as f64 / 1000.0),
+            Reading::Decimal(waits.max() as f64 / 1000.0),
         ));
+        out.push(
+            Stat::new(
+                format!("stats.pool.{}.{}", p.name, Measure::QueueWait.key()),
+                Reading::Distribution(waits),
+                &catalog::QUEUE_WAIT,
+            )
+            .label("pool", &p.name),
+        );
     }
 }

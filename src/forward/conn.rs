@@ -161,6 +161,13 @@ pub struct Conn {
     pub up: Flow,
     pub down: Flow,
     pub last_active: u64,
+    /// When the client was accepted, or adopted by a worker (coarse milliseconds).
+    pub opened_ms: u64,
+    /// When the connect now in flight was queued (`CLOCK_MONOTONIC` nanoseconds).
+    pub connect_started_ns: u64,
+    /// Bytes relayed so far from the client to the backend, and back.
+    pub bytes_in: u64,
+    pub bytes_out: u64,
     /// Set while the slot sits in the forwarder's starved list, per direction, so the list holds
     /// each slot and direction at most once (it survives slot reuse on purpose).
     pub starved_listed: [bool; 2],
@@ -185,18 +192,24 @@ impl Conn {
             up: Flow::new(),
             down: Flow::new(),
             last_active: 0,
+            opened_ms: 0,
+            connect_started_ns: 0,
+            bytes_in: 0,
+            bytes_out: 0,
             starved_listed: [false; 2],
         }
     }
 
-    /// Resets the slot for a newly accepted client.
-    pub fn open(&mut self, client: RawFd, pool: u16, now: u64, connect_deadline: u64) {
+    /// Resets the slot for a client accepted at `opened` (coarse ms; earlier than `now` when
+    /// it waited for a slot).
+    pub fn open(&mut self, client: RawFd, pool: u16, opened: u64, now: u64, connect_deadline: u64) {
         let listed = self.starved_listed;
         *self = Self::new();
         self.starved_listed = listed;
         self.state = State::Connecting;
         self.client = client;
         self.pool = pool;
+        self.opened_ms = opened;
         self.last_active = now;
         self.connect_deadline = connect_deadline;
     }

@@ -4,8 +4,8 @@
 //!
 //! The receive buffers dominate: each forwarder maps `engine.buffers` × `engine.buffer_size` at
 //! start and touches them as traffic needs them, so they bound its receive memory. The rest is
-//! the connection table, its queues, the io_uring rings and (where a pool queues) the overflow
-//! tier's shared memory, estimated from the sizes of the structures that hold them.
+//! the connection table, its queues, the io_uring rings, the pools' histograms and (where a pool
+//! queues) the overflow tier's shared memory, estimated from the sizes of the structures that hold them.
 
 use std::fmt;
 use std::mem::size_of;
@@ -16,6 +16,7 @@ use super::forwarder::WAITING_MAX;
 use super::token::Dir;
 use crate::config::{Config, Overflow};
 use crate::overflow::ticket::TICKET_LEN;
+use crate::stats::histogram::ConnHistograms;
 
 /// Bytes a configuration maps, per forwarder and in all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,7 +25,7 @@ pub struct Footprint {
     pub forwarders: u64,
     /// One forwarder's receive buffers: `engine.buffers` × `engine.buffer_size`.
     pub buffers: u64,
-    /// One forwarder's connection table, queues and io_uring rings.
+    /// One forwarder's connection table, queues, io_uring rings and histograms.
     pub tables: u64,
     /// The overflow tier's shared memory (queues and park entries), 0 where no pool queues.
     pub overflow: u64,
@@ -46,7 +47,10 @@ impl Footprint {
             + buffers * (16 + 2 + 4)
             // submission entries of 64 bytes, completion entries of 16, four per submission
             + sqes * 64
-            + 4 * sqes * 16;
+            + 4 * sqes * 16
+            // each pool's histograms: the forwarder's own, and as much again for its share of
+            // the merged ones and of readers' copies
+            + 2 * cfg.pools.len() as u64 * ConnHistograms::bytes();
         let overflow = if cfg.pools.iter().any(|p| p.overflow == Overflow::Queue) {
             let max_queue = u64::from(cfg.overflow.max_queue);
             let queuing = cfg
@@ -84,8 +88,8 @@ impl fmt::Display for Footprint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "up to {} ({} forwarder{} × ({} of receive buffers + {} of connection tables and \
-             rings)",
+            "up to {} ({} forwarder{} × ({} of receive buffers + {} of connection tables, rings \
+             and histograms)",
             Bytes(self.total()),
             self.forwarders,
             if self.forwarders == 1 { "" } else { "s" },

@@ -27,7 +27,9 @@ use super::uring::{self, Capabilities};
 use super::{StopFlags, Tunables, millis};
 use crate::balance::{Selector, flow_hash};
 use crate::config::{AllDown, EngineConfig, Overflow};
+use crate::overflow::handoff::monotonic_ns;
 use crate::pool::{BackendState, Pool, PoolLoad, Refused};
+use crate::stats::histogram::Recorder;
 use crate::stats::{CloseReason, ForwarderStats};
 
 /// Completions handled per batch; more wait for the next batch of the same turn.
@@ -65,10 +67,13 @@ pub(super) struct Listener {
     backoff: bool,
 }
 
-/// A pool as one forwarder sees it: the shared state plus this forwarder's own selector.
+/// A pool as one forwarder sees it: the shared state plus this forwarder's own selector and
+/// histograms.
 pub(super) struct LocalPool {
     pub(super) shared: Arc<Pool>,
     pub(super) selector: Box<dyn Selector>,
+    /// Handed over to `shared.histograms` at each tick.
+    histograms: Recorder,
 }
 
 /// A listener socket handed to a forwarder.
@@ -185,7 +190,11 @@ impl Forwarder {
             .into_iter()
             .map(|shared| {
                 let selector = shared.balancer.selector(setup.index);
-                LocalPool { shared, selector }
+                LocalPool {
+                    shared,
+                    selector,
+                    histograms: Recorder::new(),
+                }
             })
             .collect();
         let high_water = e.buffer_size.saturating_mul(4).max(64 * 1024);
@@ -291,6 +300,9 @@ impl Forwarder {
             if self.finished() {
                 // Hand the last closes to the kernel before the ring goes away.
                 self.ring.submit()?;
+                for p in &mut self.pools {
+                    p.histograms.publish_now(&p.shared.histograms);
+                }
                 return Ok(());
             }
         }
@@ -561,7 +573,9 @@ impl Forwarder {
             self.stats.accepted.add(1);
             let pool = self.listeners[i].pool;
             match self.free.pop() {
-                Some(slot) if self.waiting.is_empty() => self.open_conn(slot, res, pool, i as u16),
+                Some(slot) if self.waiting.is_empty() => {
+                    self.open_conn(slot, res, pool, i as u16, self.now);
+                }
                 // Full for longer than the grace: refused at once, counted.
                 None if self.refusing => {
                     reset_and_close(res);
@@ -609,9 +623,10 @@ impl Forwarder {
         }
     }
 
-    fn open_conn(&mut self, slot: u32, client: RawFd, pool: u16, listener: u16) {
+    /// Serves a client accepted at `accepted` (coarse ms) from `slot`.
+    fn open_conn(&mut self, slot: u32, client: RawFd, pool: u16, listener: u16, accepted: u64) {
         let deadline = self.now + self.tunables.connect_timeout_ms();
-        self.conns[slot as usize].open(client, pool, self.now, deadline);
+        self.conns[slot as usize].open(client, pool, accepted, self.now, deadline);
         self.live += 1;
         self.high_slot = self.high_slot.max(slot + 1);
 
@@ -683,7 +698,7 @@ impl Forwarder {
                     .release(usize::from(b));
                 self.conns[slot as usize].acquired = None;
                 self.unopen(slot);
-                self.waiting.push_front((client, pool, listener, self.now));
+                self.waiting.push_front((client, pool, listener, accepted));
                 self.back_off_accepts();
                 return;
             }
@@ -710,7 +725,7 @@ impl Forwarder {
     ) {
         let deadline = self.now + self.tunables.connect_timeout_ms();
         let c = &mut self.conns[slot as usize];
-        c.open(client, pool, self.now, deadline);
+        c.open(client, pool, self.now, self.now, deadline);
         let n = candidates.len().min(c.candidates.len());
         c.candidates[..n].copy_from_slice(&candidates[..n]);
         c.candidate_count = n as u8;
@@ -813,6 +828,7 @@ impl Forwarder {
             .build()
             .user_data(token::encode(Kind::ConnectTimeout, slot));
         self.stats.connect_attempts.add(1);
+        c.connect_started_ns = monotonic_ns();
         self.push_linked(connect, timeout);
     }
 
@@ -825,6 +841,9 @@ impl Forwarder {
         }
         let pool = usize::from(c.pool);
         if res == 0 {
+            // Below the clock's microsecond it counts as one, the histogram's lowest value.
+            let us = monotonic_ns().saturating_sub(c.connect_started_ns) / 1000;
+            self.pools[pool].histograms.connected(us.max(1));
             if let Some(b) = c.acquired {
                 self.pools[pool]
                     .shared
@@ -954,8 +973,14 @@ impl Forwarder {
         }
         let sent = res as u32;
         match dir {
-            Dir::Up => self.stats.bytes_client_to_backend.add(u64::from(sent)),
-            Dir::Down => self.stats.bytes_backend_to_client.add(u64::from(sent)),
+            Dir::Up => {
+                self.stats.bytes_client_to_backend.add(u64::from(sent));
+                c.bytes_in += u64::from(sent);
+            }
+            Dir::Down => {
+                self.stats.bytes_backend_to_client.add(u64::from(sent));
+                c.bytes_out += u64::from(sent);
+            }
         }
         c.last_active = self.now;
         let f = c.flow_mut(dir);
@@ -1000,6 +1025,11 @@ impl Forwarder {
         }
         c.state = State::Closing;
         self.stats.close(reason);
+        self.pools[usize::from(c.pool)].histograms.closed(
+            self.now.saturating_sub(c.opened_ms),
+            c.bytes_in,
+            c.bytes_out,
+        );
         if let Some(b) = c.acquired {
             let signals = &self.pools[usize::from(c.pool)].shared.health.signals;
             match reason {
@@ -1071,8 +1101,8 @@ impl Forwarder {
         // `open_conn` may run out and put its client back at the head of the line.
         while !self.waiting.is_empty() && !self.backing_off() {
             let Some(slot) = self.free.pop() else { break };
-            if let Some((fd, pool, listener, _)) = self.waiting.pop_front() {
-                self.open_conn(slot, fd, pool, listener);
+            if let Some((fd, pool, listener, accepted)) = self.waiting.pop_front() {
+                self.open_conn(slot, fd, pool, listener, accepted);
             }
         }
         if self.refusing && !self.free.is_empty() {
@@ -1175,6 +1205,11 @@ impl Forwarder {
         }
         self.refuse_when_full_too_long();
         self.intake_tick();
+        // What was recorded since the last tick goes to the readers, unless one holds the
+        // pool's histograms right now: then at the next tick.
+        for p in &mut self.pools {
+            p.histograms.publish(&p.shared.histograms);
+        }
     }
 
     fn on_wake(&mut self) {

@@ -16,7 +16,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use hdrhistogram::Histogram;
 use io_uring::opcode;
 use io_uring::types::{CancelBuilder, Fd, Timespec};
 use levee_rings::table::Table;
@@ -35,6 +34,7 @@ use crate::overflow::ticket::Ticket;
 use crate::pool::queue::new_wait_histogram;
 use crate::pool::{Left, Refused};
 use crate::stats::CloseReason;
+use crate::stats::histogram::Distribution;
 
 /// How often a forwarder with parked connections looks at deadlines and notices.
 const TICK_MS: u64 = 10;
@@ -162,7 +162,7 @@ pub(super) struct Parking {
     /// end of the forwarder's next loop turn or tick.
     prompt_notices: bool,
     /// Per pool: waits recorded while `ctl` held the pool's histogram.
-    pending_waits: Vec<Histogram<u64>>,
+    pending_waits: Vec<Distribution>,
 }
 
 impl Parking {

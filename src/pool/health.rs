@@ -23,6 +23,9 @@ pub enum Status {
 }
 
 impl Status {
+    /// Every status's name, in the order of the values.
+    pub const NAMES: [&'static str; 5] = ["up", "ramping", "down", "ejected", "drain"];
+
     fn from_u8(v: u8) -> Self {
         match v {
             0 => Self::Up,
@@ -165,5 +168,17 @@ impl PoolHealth {
 
     pub(crate) fn record(&self, i: usize, which: fn(&BackendHealth) -> &AtomicU64, value: u32) {
         which(&self.backends[i]).store(u64::from(value), Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_status_names_list_every_status_in_order() {
+        for (v, name) in Status::NAMES.iter().enumerate() {
+            assert_eq!(Status::from_u8(v as u8).name(), *name);
+        }
     }
 }

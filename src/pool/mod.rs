@@ -16,6 +16,7 @@
 //! | [`Signals`] streaks | forwarders | the health monitor |
 //! | [`QueueStats`] counts and waits | forwarders | `ctl` |
 //! | [`QueueStats`] drain rate | the overflow supervisor | forwarders (admission), `ctl` |
+//! | [`PoolHistograms`] (connect time, duration, bytes) | forwarders, at their tick, never waiting | `ctl`, `/metrics` |
 
 mod health;
 mod load;
@@ -27,6 +28,8 @@ pub use health::{HealthCounts, PoolHealth, Status};
 pub use load::{BackendState, PoolLoad};
 pub use queue::{Left, QueueStats, Refused};
 pub use signals::Signals;
+
+pub use crate::stats::histogram::PoolHistograms;
 
 use socket2::SockAddr;
 
@@ -51,6 +54,8 @@ pub struct Pool {
     pub overflow: Overflow,
     /// How the pool's queue has fared.
     pub queue: QueueStats,
+    /// Connect times, durations and bytes of the connections this process relayed.
+    pub histograms: PoolHistograms,
 }
 
 impl Pool {
@@ -83,6 +88,7 @@ impl Pool {
             all_down: cfg.health.all_down,
             overflow: cfg.overflow,
             queue: QueueStats::new(forwarders),
+            histograms: PoolHistograms::new(),
         }
     }
 }

@@ -6,11 +6,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
-use hdrhistogram::Histogram;
-
-/// Longest queue wait the histogram tells apart, in microseconds (one hour); longer ones count
-/// as this.
-const WAIT_MAX_US: u64 = 3_600_000_000;
+use crate::stats::histogram::{Distribution, Measure};
 
 /// How one queued connection left the queue; each is counted once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,7 +84,7 @@ pub struct QueueStats {
     /// Per forwarder: when its oldest queued connection of this pool arrived (coarse
     /// monotonic ms), or 0 when it has none.
     oldest_ms: Box<[AtomicU64]>,
-    wait_us: Mutex<Histogram<u64>>,
+    wait_us: Mutex<Distribution>,
 }
 
 impl QueueStats {
@@ -129,21 +125,21 @@ impl QueueStats {
 
     /// Records one served connection's wait. Never blocks: while a reader holds the histogram,
     /// the wait goes into the forwarder's own `pending` one, merged at its next record.
-    pub fn record_wait(&self, pending: &mut Histogram<u64>, wait_us: u64) {
+    pub fn record_wait(&self, pending: &mut Distribution, wait_us: u64) {
         match self.wait_us.try_lock() {
             Ok(mut h) => {
                 if !pending.is_empty() {
-                    let _ = h.add(&*pending);
-                    pending.reset();
+                    h.merge(pending);
+                    pending.clear();
                 }
-                h.saturating_record(wait_us.max(1));
+                h.record(wait_us.max(1));
             }
-            Err(_) => pending.saturating_record(wait_us.max(1)),
+            Err(_) => pending.record(wait_us.max(1)),
         }
     }
 
     /// A copy of the wait histogram, for readers.
-    pub fn waits(&self) -> Histogram<u64> {
+    pub fn waits(&self) -> Distribution {
         self.wait_us
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -177,11 +173,8 @@ impl QueueStats {
 }
 
 /// An empty histogram of waits in microseconds, 1 µs to an hour, two significant digits.
-pub fn new_wait_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, WAIT_MAX_US, 2).unwrap_or_else(|_| {
-        // The bounds are constants that hdrhistogram accepts; this arm is never taken.
-        Histogram::new(2).unwrap_or_else(|_| unreachable!("a 2-digit histogram is valid"))
-    })
+pub fn new_wait_histogram() -> Distribution {
+    Distribution::new(Measure::QueueWait)
 }
 
 #[cfg(test)]
@@ -196,12 +189,13 @@ mod tests {
         {
             let _reader = q.wait_us.lock().expect("not poisoned");
             q.record_wait(&mut pending, 2_000);
-            assert_eq!(pending.len(), 1);
+            assert_eq!(pending.count(), 1);
         }
         q.record_wait(&mut pending, 3_000);
         assert!(pending.is_empty());
         let h = q.waits();
-        assert_eq!(h.len(), 3);
+        assert_eq!(h.count(), 3);
+        assert_eq!(h.sum(), 6_000);
         assert!(h.max() >= 2_990);
     }
 

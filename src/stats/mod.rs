@@ -1,7 +1,11 @@
 //! Counters: one set per forwarder, written only by that forwarder, read by anyone.
 //!
 //! Each counter is an atomic updated with relaxed loads and stores by its single writer, so the
-//! hot path pays a plain add; readers sum the forwarders' sets when asked.
+//! hot path pays a plain add; readers sum the forwarders' sets when asked. Distributions (connect
+//! times, durations, bytes per connection, queue waits) are histograms: see [`histogram`].
+
+pub mod catalog;
+pub mod histogram;
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};

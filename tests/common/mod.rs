@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use levee::config::{
     BackendConfig, Balance, Config, CoreSet, CtlConfig, EngineConfig, HashKey, ListenerConfig,
-    LogConfig, OverflowConfig, PoolConfig, SchedPolicy,
+    LogConfig, OverflowConfig, PoolConfig, SchedPolicy, StatsConfig,
 };
 use levee::forward::Engine;
 
@@ -53,6 +53,7 @@ pub fn single(pool: PoolConfig) -> Config {
         engine: engine_config(),
         log: LogConfig::default(),
         ctl: CtlConfig { socket: None },
+        stats: StatsConfig { listen: None },
         overflow: OverflowConfig::default(),
         listeners: vec![ListenerConfig {
             name: "test".into(),
