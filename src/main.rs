@@ -664,7 +664,15 @@ fn hand_over(
         levee::ctl::check_socket_path(socket)
             .map_err(|e| format!("{}: ctl.socket {e}", path.display()))?;
     }
-    let sockets = engine.handover_sockets();
+    let kept = engine.handover_sockets();
+    let sockets: Vec<levee::handover::Offered<'_>> = kept
+        .iter()
+        .map(|(name, addr, fd)| levee::handover::Offered {
+            name,
+            addr: *addr,
+            fd: std::os::fd::AsFd::as_fd(fd),
+        })
+        .collect();
     let child = levee::handover::hand_over(
         exe,
         path,

@@ -251,7 +251,7 @@ pub struct Engine {
     drain_timeout: Duration,
     /// Every listening socket with its listener's name and configured address, for a levee
     /// that takes over from this one.
-    handover: Vec<(String, SocketAddr, OwnedFd)>,
+    handover: Mutex<Vec<(String, SocketAddr, OwnedFd)>>,
 }
 
 /// How to start an engine beyond its configuration.
@@ -407,7 +407,7 @@ impl Engine {
             .collect();
         let mut engine = Self::spawn(cfg, caps, pools, plans, tier.clone())?;
         engine.addrs = addrs;
-        engine.handover = handover;
+        engine.handover = Mutex::new(handover);
         info!(
             forwarders = cores.len(),
             cpus = ?cores,
@@ -615,7 +615,7 @@ impl Engine {
             overflow,
             supervisor: None,
             drain_timeout: cfg.engine.drain_timeout,
-            handover: Vec::new(),
+            handover: Mutex::new(Vec::new()),
         };
         for _ in 0..count {
             match ready_rx.recv() {
@@ -643,16 +643,15 @@ impl Engine {
         &self.addrs
     }
 
-    /// Every listening socket, to hand to a levee that takes over from this one.
-    pub fn handover_sockets(&self) -> Vec<crate::handover::Offered<'_>> {
-        use std::os::fd::AsFd;
-        self.handover
-            .iter()
-            .map(|(name, addr, fd)| crate::handover::Offered {
-                name,
-                addr: *addr,
-                fd: fd.as_fd(),
-            })
+    /// Every listening socket (its listener's name, configured address and a descriptor of
+    /// its own), to hand to a levee that takes over from this one; none once stopping.
+    pub fn handover_sockets(&self) -> Vec<(String, SocketAddr, OwnedFd)> {
+        let kept = self
+            .handover
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        kept.iter()
+            .filter_map(|(name, addr, fd)| Some((name.clone(), *addr, fd.try_clone().ok()?)))
             .collect()
     }
 
@@ -678,6 +677,14 @@ impl Engine {
 
     /// Asks every forwarder to stop accepting and drain. Returns at once.
     pub fn stop(&self) {
+        // The second descriptors kept for a handover go first: held, they would keep the
+        // listeners open after the forwarders close theirs, and new clients would wait in an
+        // accept queue no one serves instead of being refused. (After a handover, the new
+        // levee holds its own.)
+        self.handover
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
         self.stopper.stop();
     }
 
