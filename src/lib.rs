@@ -8,6 +8,7 @@ pub mod forward;
 pub mod handover;
 pub mod health;
 pub mod metrics;
+pub mod notify;
 pub mod overflow;
 pub mod pool;
 pub mod stats;

@@ -132,7 +132,7 @@ fn main() -> ExitCode {
                     if let Err(code) = block_stop_signals() {
                         return code;
                     }
-                    let set_level = init_logging(&cfg.log.level);
+                    let set_level = init_logging(&cfg.log);
                     run(&cfg, Some(&config), inherited, set_level)
                 }
                 Err(code) => code,
@@ -313,7 +313,7 @@ fn ctl(
 }
 
 fn run_builtin() -> ExitCode {
-    let set_level = init_logging(&config::LogLevel::Info);
+    let set_level = init_logging(&config::LogConfig::default());
     let backends = match demo::start(DEMO_BACKENDS) {
         Ok(b) => b,
         Err(e) => {
@@ -465,6 +465,7 @@ fn run(
             "run your own configuration with: levee run -c FILE (levee check -c FILE validates it)"
         );
     }
+    let took_over = inherited.is_some();
     if let Some(inherited) = inherited {
         // The levee this one replaces stops accepting once it reads this.
         match inherited.ready() {
@@ -472,6 +473,14 @@ fn run(
             Err(e) => warn!(error = %e, "cannot tell the levee replaced that this one serves"),
         }
     }
+    // Every forwarder listens and the control socket answers: ready, for systemd. A levee that
+    // took over says it is the service's main process now.
+    let ready = if took_over {
+        format!("MAINPID={}\nREADY=1", std::process::id())
+    } else {
+        "READY=1".to_string()
+    };
+    tell_systemd(&ready);
     info!(
         "Ctrl-C or SIGTERM stops accepting and drains connections in flight; SIGHUP reloads {}",
         config.map_or("(not the built-in default)".to_string(), |c| c
@@ -488,6 +497,10 @@ fn run(
                     continue;
                 };
                 info!(config = %path.display(), "reloading: a new levee takes over if the file is good");
+                tell_systemd(&format!(
+                    "RELOADING=1\nMONOTONIC_USEC={}",
+                    levee::notify::monotonic_usec()
+                ));
                 match hand_over(
                     path,
                     exe.as_deref(),
@@ -511,10 +524,12 @@ fn run(
                     Err(e) => {
                         error!("reload refused, the running configuration stays: {e}");
                         reload.failed(&e);
+                        tell_systemd("READY=1");
                     }
                 }
             }
             Ok(sig) => {
+                tell_systemd("STOPPING=1");
                 info!(
                     signal = %sig,
                     drain_timeout = ?cfg.engine.drain_timeout,
@@ -598,7 +613,7 @@ fn worker(dir: Option<PathBuf>, cfg_path: Option<PathBuf>, cpu: Option<usize>) -
     if let Err(code) = block_stop_signals() {
         return code;
     }
-    let _ = init_logging(&cfg.log.level);
+    let _ = init_logging(&cfg.log);
     // Its open-file limit counts only the connections it relays: it parks no clients.
     let mut relays_only = cfg.clone();
     relays_only
@@ -684,6 +699,13 @@ fn hand_over(
     Ok(child.id())
 }
 
+/// Tells systemd `state` where it runs levee; a failure is logged, never fatal.
+fn tell_systemd(state: &str) {
+    if let Err(e) = levee::notify::notify(state) {
+        warn!(error = %e, "cannot notify systemd ({})", levee::notify::ENV);
+    }
+}
+
 /// What `levee run` waits for: the stop signals, and SIGHUP for a reload.
 fn run_signals() -> SigSet {
     let mut signals = stop_signals();
@@ -712,19 +734,21 @@ fn stop_signals() -> SigSet {
 type LevelSetter = Arc<dyn Fn(config::LogLevel) + Send + Sync>;
 
 /// Logs to stderr at `level`, or as RUST_LOG says when it is set.
-fn init_logging(level: &config::LogLevel) -> LevelSetter {
-    use tracing_subscriber::layer::SubscriberExt;
+fn init_logging(log: &config::LogConfig) -> LevelSetter {
+    use tracing_subscriber::layer::{Layer, SubscriberExt};
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::{EnvFilter, fmt, reload};
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level.name()));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(log.level.name()));
     let (filter, handle) = reload::Layer::new(filter);
+    let lines = fmt::layer().with_writer(std::io::stderr);
     let _ = tracing_subscriber::registry()
         .with(filter)
-        .with(
-            fmt::layer()
-                .with_writer(std::io::stderr)
-                .with_ansi(std::io::stderr().is_terminal()),
-        )
+        .with(match log.format {
+            config::LogFormat::Text => lines.with_ansi(std::io::stderr().is_terminal()).boxed(),
+            // One object per line, its fields under "fields", no colour codes.
+            config::LogFormat::Json => lines.json().with_ansi(false).boxed(),
+        })
         .try_init();
     Arc::new(move |level: config::LogLevel| {
         let _ = handle.reload(EnvFilter::new(level.name()));

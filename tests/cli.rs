@@ -270,6 +270,36 @@ fn run_serves_and_sigterm_drains_and_exits_zero() {
 }
 
 #[test]
+fn log_format_json_writes_one_object_per_line() {
+    let backend = Backend::named("json");
+    let (mut child, addr) = run_in_front_of("json-log", backend.addr, "log.format = json\n");
+    let mut c = TcpStream::connect(addr).expect("connect");
+    c.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
+    let mut got = Vec::new();
+    c.read_to_end(&mut got).expect("read");
+    drop(c);
+    sigterm(&child);
+    let log = stop_and_log(&mut child);
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
+        .collect();
+    assert!(lines.len() >= 3, "{log}");
+    for line in &lines {
+        for key in ["timestamp", "level", "target", "fields"] {
+            assert!(line.get(key).is_some(), "no {key} in {line}");
+        }
+    }
+    // The stop line, its message a field a shipper can index.
+    assert!(
+        lines.iter().any(|l| l["fields"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("stopped: accepted="))),
+        "{log}"
+    );
+}
+
+#[test]
 fn forwarders_run_under_the_configured_scheduling_policy() {
     let backend = Backend::named("scheduled");
     for (setting, policy) in [

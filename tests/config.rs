@@ -74,6 +74,7 @@ fn defaults_fill_in_what_the_file_leaves_out() {
     assert_eq!(e.idle_timeout, ms(300_000));
     assert_eq!(e.drain_timeout, ms(10_000));
     assert_eq!(cfg.log.level, LogLevel::Info);
+    assert_eq!(cfg.log.format, config::LogFormat::Text);
     assert_eq!(cfg.listeners.len(), 1);
     assert_eq!(cfg.listeners[0].name, "web");
     assert_eq!(cfg.listeners[0].addr, addr("0.0.0.0:8080"));
@@ -105,6 +106,7 @@ fn every_key_lands_in_its_field() {
          engine.idle_timeout = 0
          engine.drain_timeout = 1h
          log.level = trace
+         log.format = json
          listener.web.addr = 127.0.0.1:0
          listener.web.pool = web
          pool.web.balance = least_conn
@@ -137,6 +139,7 @@ fn every_key_lands_in_its_field() {
         (ms(250), 7, Duration::ZERO, ms(3_600_000))
     );
     assert_eq!(cfg.log.level, LogLevel::Trace);
+    assert_eq!(cfg.log.format, config::LogFormat::Json);
     assert_eq!(cfg.listeners[0].addr, addr("127.0.0.1:0"));
     let pool = &cfg.pools[0];
     assert_eq!(
@@ -788,6 +791,7 @@ engine.idle_timeout = 5m
 engine.drain_timeout = 10s
 engine.sched_policy = batch
 log.level = info
+log.format = text
 ctl.socket = /run/levee.sock
 stats.listen = none
 overflow.dir = auto
@@ -905,7 +909,7 @@ fn stats_listen_is_an_address_with_a_port_or_none() {
 
 #[test]
 fn the_registry_describes_every_key() {
-    assert_eq!(KEYS.len(), 54);
+    assert_eq!(KEYS.len(), 55);
     let runtime: Vec<&str> = KEYS.iter().filter(|k| k.runtime).map(|k| k.name).collect();
     assert_eq!(
         runtime,
@@ -1313,6 +1317,12 @@ fn config_strategy() -> impl Strategy<Value = Config> {
                     engine,
                     log: config::LogConfig {
                         level: LogLevel::from_name(level).unwrap_or(LogLevel::Info),
+                        // Alternates with the listener count, so both values round-trip.
+                        format: if listeners_len % 2 == 0 {
+                            config::LogFormat::Text
+                        } else {
+                            config::LogFormat::Json
+                        },
                     },
                     // Alternates with the pool count so both forms of the value round-trip.
                     ctl: config::CtlConfig {

@@ -112,6 +112,8 @@ impl Default for EngineConfig {
 pub struct LogConfig {
     /// `log.level`: least severe messages logged.
     pub level: LogLevel,
+    /// `log.format`: lines of text, or one JSON object per line for log shippers.
+    pub format: LogFormat,
 }
 
 /// Every log setting at its default.
@@ -226,6 +228,15 @@ pub enum LogLevel {
     Info,
     Debug,
     Trace,
+}
+
+/// `log.format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// `time LEVEL target: message key=value ...`, as a person reads it.
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `target`, `fields`.
+    Json,
 }
 
 /// `engine.sched_policy`: how the kernel schedules a forwarder thread against the other tasks

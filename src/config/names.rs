@@ -4,8 +4,8 @@
 use std::fmt;
 
 use super::{
-    AdminState, AllDown, Balance, CheckKind, Discipline, Handoff, HashKey, LogLevel, Overflow,
-    SchedPolicy,
+    AdminState, AllDown, Balance, CheckKind, Discipline, Handoff, HashKey, LogFormat, LogLevel,
+    Overflow, SchedPolicy,
 };
 
 macro_rules! value_names {
@@ -86,6 +86,11 @@ value_names!(Discipline {
 value_names!(Overflow {
     Queue => "queue",
     Reject => "reject",
+});
+
+value_names!(LogFormat {
+    Text => "text",
+    Json => "json",
 });
 
 value_names!(LogLevel {

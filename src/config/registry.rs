@@ -14,8 +14,8 @@ use std::time::Duration;
 use super::value::{self, CountRule};
 use super::{
     AdminState, AllDown, BackendConfig, Balance, CheckKind, CoreSet, CtlConfig, Discipline,
-    EngineConfig, Handoff, HashKey, HealthConfig, ListenerConfig, LogConfig, LogLevel, Overflow,
-    OverflowConfig, PoolConfig, SchedPolicy, StatsConfig,
+    EngineConfig, Handoff, HashKey, HealthConfig, ListenerConfig, LogConfig, LogFormat, LogLevel,
+    Overflow, OverflowConfig, PoolConfig, SchedPolicy, StatsConfig,
 };
 
 /// Which object a key belongs to, which also says how many `NAME` segments its pattern has.
@@ -326,6 +326,7 @@ impl Target for LogConfig {
     fn blank() -> Self {
         LogConfig {
             level: LogLevel::Info,
+            format: LogFormat::Text,
         }
     }
     fn field(slot: &Slot) -> Option<&Field<Self>> {
@@ -799,6 +800,18 @@ pub static KEYS: &[KeySpec] = &[
             names: LogLevel::NAMES,
             get: |l| l.level.name(),
             set: |l, v| LogLevel::from_name(v).map(|v| l.level = v).is_some(),
+        }),
+    },
+    KeySpec {
+        name: "log.format",
+        default: Some("text"),
+        unit: "",
+        runtime: false,
+        description: "text for people, or json: one object per line (timestamp, level, target, fields) for log shippers",
+        slot: Slot::Log(Field::Choice {
+            names: LogFormat::NAMES,
+            get: |l| l.format.name(),
+            set: |l, v| LogFormat::from_name(v).map(|v| l.format = v).is_some(),
         }),
     },
     KeySpec {
