@@ -366,8 +366,26 @@ fn run(
     if exe.is_none() {
         warn!("cannot find levee's own binary: no worker processes will be started, no reload");
     }
+    let run_as = match account(
+        "engine.user",
+        cfg.engine.user.as_deref(),
+        cfg.engine.group.as_deref(),
+    ) {
+        Ok((user, gid)) => match (user.map(|u| u.uid), gid) {
+            (None, None) => None,
+            (uid, gid) => Some((
+                uid.unwrap_or_else(nix::unistd::getuid).as_raw(),
+                gid.unwrap_or_else(nix::unistd::getgid).as_raw(),
+            )),
+        },
+        Err(e) => {
+            error!("{e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
     let options = Options {
         worker_exe: exe.clone(),
+        run_as,
     };
     let mut no_sockets = Vec::new();
     let sockets = inherited
@@ -464,6 +482,21 @@ fn run(
         info!(
             "run your own configuration with: levee run -c FILE (levee check -c FILE validates it)"
         );
+    }
+    if let Some(path) = control.as_ref().and(cfg.ctl.socket.as_deref())
+        && let Err(e) = own_control_socket(path, &cfg.ctl)
+    {
+        error!("{e}");
+        engine.stop();
+        let _ = engine.join();
+        return ExitCode::from(EXIT_FAILURE);
+    }
+    // Every socket is bound: from here on levee needs no privilege it started with.
+    if let Err(e) = drop_privileges(cfg) {
+        error!("{e}");
+        engine.stop();
+        let _ = engine.join();
+        return ExitCode::from(EXIT_FAILURE);
     }
     let took_over = inherited.is_some();
     if let Some(inherited) = inherited {
@@ -697,6 +730,95 @@ fn hand_over(
         std::time::Duration::from_secs(30),
     )?;
     Ok(child.id())
+}
+
+/// The uid and gid of user `name` and group `group` of this host, for `key`.
+fn account(
+    key: &str,
+    user: Option<&str>,
+    group: Option<&str>,
+) -> Result<(Option<nix::unistd::User>, Option<nix::unistd::Gid>), String> {
+    use nix::unistd::{Group, User};
+    let user = match user {
+        Some(name) => Some(
+            User::from_name(name)
+                .map_err(|e| format!("{key}: cannot look up user `{name}`: {e}"))?
+                .ok_or_else(|| format!("{key}: no user `{name}` on this host"))?,
+        ),
+        None => None,
+    };
+    let gid = match group {
+        Some(name) => Some(
+            Group::from_name(name)
+                .map_err(|e| format!("{key}: cannot look up group `{name}`: {e}"))?
+                .ok_or_else(|| format!("{key}: no group `{name}` on this host"))?
+                .gid,
+        ),
+        None => user.as_ref().map(|u| u.gid),
+    };
+    Ok((user, gid))
+}
+
+/// Gives the control socket the owner and group `ctl.owner` and `ctl.group` name; a group may
+/// use it (mode 0660). Already theirs (a reload's levee), it is left alone.
+fn own_control_socket(path: &Path, ctl: &config::CtlConfig) -> Result<(), String> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if ctl.owner.is_none() && ctl.group.is_none() {
+        return Ok(());
+    }
+    let (owner, _) = account("ctl.owner", ctl.owner.as_deref(), None)?;
+    let (_, group) = account("ctl.group", None, ctl.group.as_deref())?;
+    let uid = owner.map(|u| u.uid);
+    let meta =
+        std::fs::metadata(path).map_err(|e| format!("ctl.socket {}: {e}", path.display()))?;
+    let same = uid.is_none_or(|u| u.as_raw() == meta.uid())
+        && group.is_none_or(|g| g.as_raw() == meta.gid());
+    if !same {
+        nix::unistd::chown(path, uid, group).map_err(|e| {
+            format!(
+                "ctl.owner, ctl.group: cannot give {} to them: {e}",
+                path.display()
+            )
+        })?;
+    }
+    if group.is_some() && meta.mode() & 0o777 != 0o660 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+            .map_err(|e| format!("ctl.group: cannot make {} mode 0660: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Runs levee as `engine.user` and `engine.group` from now on (every thread: the C library
+/// changes them all). The engine gave them the overflow directory and starts its workers as
+/// them. A levee already running as them (a reload's) changes nothing.
+fn drop_privileges(cfg: &Config) -> Result<(), String> {
+    use nix::unistd::{getgid, getuid, setgid, setgroups, setuid};
+    let e = &cfg.engine;
+    if e.user.is_none() && e.group.is_none() {
+        return Ok(());
+    }
+    let (user, gid) = account("engine.user", e.user.as_deref(), e.group.as_deref())?;
+    let uid = user.as_ref().map(|u| u.uid);
+    if uid.is_none_or(|u| u == getuid()) && gid.is_none_or(|g| g == getgid()) {
+        return Ok(());
+    }
+    if let Some(gid) = gid {
+        setgroups(&[gid]).map_err(|err| format!("engine.group: setgroups: {err}"))?;
+        setgid(gid).map_err(|err| format!("engine.group: setgid: {err}"))?;
+    }
+    if let Some(uid) = uid {
+        setuid(uid).map_err(|err| format!("engine.user: setuid: {err}"))?;
+        // A changed uid makes the process undumpable, which forbids the workers (the same user)
+        // to take sockets from it with pidfd_getfd: allow it again.
+        // SAFETY: prctl with PR_SET_DUMPABLE and an integer argument.
+        unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1) };
+    }
+    info!(
+        user = e.user.as_deref().unwrap_or("(unchanged)"),
+        group = e.group.as_deref().unwrap_or("(the user's)"),
+        "running as engine.user from now on"
+    );
+    Ok(())
 }
 
 /// Tells systemd `state` where it runs levee; a failure is logged, never fatal.

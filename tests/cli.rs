@@ -499,3 +499,98 @@ fn check_refuses_a_control_socket_path_that_is_a_file() {
         "an operator's data\n"
     );
 }
+
+/// The uid of every thread of process `pid`, from /proc.
+fn thread_uids(pid: u32) -> Vec<u32> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|tasks| {
+            tasks
+                .filter_map(|t| {
+                    let status = std::fs::read_to_string(t.ok()?.path().join("status")).ok()?;
+                    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
+                    line.split_whitespace().nth(2)?.parse().ok()
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn engine_user_runs_levee_and_its_workers_as_that_user() {
+    // Changing user needs root: elsewhere this fails, saying so, unless skips are allowed.
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        let why = "engine.user needs levee to start as root, and these tests do not run as root";
+        if std::env::var("LEVEE_ALLOW_SKIP").as_deref() == Ok("1") {
+            eprintln!("SKIPPED: {why}");
+            return;
+        }
+        panic!("{why}; set LEVEE_ALLOW_SKIP=1 to let the test pass as skipped");
+    }
+    let backend = Backend::named("served");
+    let dir = temp_dir("engine-user");
+    let ctl = dir.join("ctl.sock");
+    let addr = refused_addr();
+    let path = config_file(
+        "engine-user-conf",
+        &format!(
+            "engine.cores = 0\nengine.user = nobody\nengine.group = nogroup\nctl.socket = {}\n\
+             ctl.group = nogroup\nlistener.web.addr = {addr}\nlistener.web.pool = web\n\
+             pool.web.backend.a.addr = {}\npool.web.backend.a.max_conns = 1\n",
+            ctl.display(),
+            backend.addr
+        ),
+    );
+    let mut child = levee()
+        .arg("run")
+        .arg("-c")
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    wait_for_listener(addr, &mut child);
+    let ctl_get = |key: &str| {
+        let out = levee()
+            .arg("ctl")
+            .arg("-s")
+            .arg(&ctl)
+            .args(["-n", key])
+            .output()
+            .expect("levee ctl");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    // Every thread runs as nobody (65534) once levee serves.
+    common::wait_until("levee runs as nobody", || {
+        let uids = thread_uids(child.id());
+        !uids.is_empty() && uids.iter().all(|&u| u == 65534)
+    });
+    // The worker it started runs as nobody too, and serves the queue it shares with levee.
+    common::wait_until("a worker attached", || {
+        ctl_get("stats.overflow.workers_attached") == "1"
+    });
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            thread::spawn(move || {
+                let mut s = TcpStream::connect(addr).expect("connect");
+                s.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
+                let mut got = Vec::new();
+                let _ = s.read_to_end(&mut got);
+                got
+            })
+        })
+        .collect();
+    for c in clients {
+        assert_eq!(c.join().expect("client"), b"served");
+    }
+    // The control socket belongs to the group ctl.group names, which may use it.
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let meta = std::fs::metadata(&ctl).expect("ctl socket");
+    assert_eq!(
+        (meta.gid(), meta.permissions().mode() & 0o777),
+        (65534, 0o660)
+    );
+    sigterm(&child);
+    let log = stop_and_log(&mut child);
+    assert!(log.contains("running as engine.user"), "{log}");
+}

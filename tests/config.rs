@@ -107,6 +107,10 @@ fn every_key_lands_in_its_field() {
          engine.drain_timeout = 1h
          log.level = trace
          log.format = json
+         engine.user = nobody
+         engine.group = nogroup
+         ctl.owner = root
+         ctl.group = adm
          listener.web.addr = 127.0.0.1:0
          listener.web.pool = web
          pool.web.balance = least_conn
@@ -140,6 +144,10 @@ fn every_key_lands_in_its_field() {
     );
     assert_eq!(cfg.log.level, LogLevel::Trace);
     assert_eq!(cfg.log.format, config::LogFormat::Json);
+    assert_eq!(cfg.engine.user.as_deref(), Some("nobody"));
+    assert_eq!(cfg.engine.group.as_deref(), Some("nogroup"));
+    assert_eq!(cfg.ctl.owner.as_deref(), Some("root"));
+    assert_eq!(cfg.ctl.group.as_deref(), Some("adm"));
     assert_eq!(cfg.listeners[0].addr, addr("127.0.0.1:0"));
     let pool = &cfg.pools[0];
     assert_eq!(
@@ -790,9 +798,13 @@ engine.connect_retries = 2
 engine.idle_timeout = 5m
 engine.drain_timeout = 10s
 engine.sched_policy = batch
+engine.user = none
+engine.group = none
 log.level = info
 log.format = text
 ctl.socket = /run/levee.sock
+ctl.owner = none
+ctl.group = none
 stats.listen = none
 overflow.dir = auto
 overflow.workers = 1
@@ -903,13 +915,20 @@ fn stats_listen_is_an_address_with_a_port_or_none() {
         errors(&format!("{MINIMAL}stats.listen = localhost:9100\n"))
             .starts_with("levee.conf:4: stats.listen: expected none, or an IP address and port"),
     );
+    for bad in ["Root", "9lives", "a b", "x;rm", &"u".repeat(33)] {
+        assert!(
+            errors(&format!("{MINIMAL}engine.user = {bad}\n"))
+                .starts_with("levee.conf:4: engine.user: expected a user or group name"),
+            "{bad}"
+        );
+    }
 }
 
 // ---- the registry and the docs -----------------------------------------------------------------
 
 #[test]
 fn the_registry_describes_every_key() {
-    assert_eq!(KEYS.len(), 55);
+    assert_eq!(KEYS.len(), 59);
     let runtime: Vec<&str> = KEYS.iter().filter(|k| k.runtime).map(|k| k.name).collect();
     assert_eq!(
         runtime,
@@ -1270,6 +1289,9 @@ fn engine_strategy() -> impl Strategy<Value = config::EngineConfig> {
                 idle_timeout,
                 drain_timeout,
                 sched_policy: SchedPolicy::from_name(sched_policy).expect("a listed name"),
+                // Both forms of each value, with the CPU count.
+                user: (ring_entries % 2 == 0).then(|| "nobody".to_string()),
+                group: (ring_entries % 4 == 0).then(|| "nogroup".to_string()),
             },
         )
 }
@@ -1328,6 +1350,8 @@ fn config_strategy() -> impl Strategy<Value = Config> {
                     ctl: config::CtlConfig {
                         socket: (pools.len() % 2 == 0)
                             .then(|| std::path::PathBuf::from(format!("/run/{pool_prefix}.sock"))),
+                        owner: (pools.len() % 3 == 0).then(|| "root".to_string()),
+                        group: (pools.len() % 3 == 1).then(|| "adm".to_string()),
                     },
                     // Both forms of the value, IPv4 and IPv6, with the listener count.
                     stats: config::StatsConfig {

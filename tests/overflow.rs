@@ -199,6 +199,7 @@ fn with_workers(cfg: &Config) -> Engine {
         cfg,
         &Options {
             worker_exe: Some(PathBuf::from(env!("CARGO_BIN_EXE_levee"))),
+            ..Options::default()
         },
     )
     .unwrap_or_else(|e| panic!("engine failed to start: {e}"))

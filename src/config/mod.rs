@@ -98,6 +98,10 @@ pub struct EngineConfig {
     pub drain_timeout: Duration,
     /// `engine.sched_policy`: the scheduling policy of the forwarder threads.
     pub sched_policy: SchedPolicy,
+    /// `engine.user`: who levee runs as once its sockets are bound; `None` stays as started.
+    pub user: Option<String>,
+    /// `engine.group`: the group with `engine.user`; `None` is that user's own.
+    pub group: Option<String>,
 }
 
 /// Every engine setting at its default.
@@ -128,6 +132,10 @@ impl Default for LogConfig {
 pub struct CtlConfig {
     /// `ctl.socket`: path of the Unix socket, or `None` for no runtime control.
     pub socket: Option<std::path::PathBuf>,
+    /// `ctl.owner`: the user that owns the socket; `None` leaves it as levee made it.
+    pub owner: Option<String>,
+    /// `ctl.group`: the group that owns the socket, which may then use it (mode 0660).
+    pub group: Option<String>,
 }
 
 /// Every control setting at its default.

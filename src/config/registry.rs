@@ -147,6 +147,11 @@ pub(crate) enum Field<T: 'static> {
         get: fn(&T) -> Option<&std::path::Path>,
         set: fn(&mut T, Option<std::path::PathBuf>),
     },
+    /// A user or group name (as in /etc/passwd and /etc/group), or `none`.
+    Account {
+        get: fn(&T) -> Option<&str>,
+        set: fn(&mut T, Option<String>),
+    },
     /// Bytes written as text with escapes, at most `max_len` of them.
     Bytes {
         max_len: usize,
@@ -200,6 +205,7 @@ impl<T> Field<T> {
             Field::Bytes { max_len, set, .. } => set(target, value::parse_bytes(text, *max_len)?),
             Field::Path { set, .. } => set(target, value::parse_path(text)?),
             Field::Dir { set, .. } => set(target, value::parse_dir(text)?),
+            Field::Account { set, .. } => set(target, value::parse_account(text)?),
         }
         Ok(())
     }
@@ -225,6 +231,7 @@ impl<T> Field<T> {
             Field::Dir { get, .. } => {
                 get(target).map_or_else(|| "auto".to_string(), |p| p.display().to_string())
             }
+            Field::Account { get, .. } => get(target).unwrap_or("none").to_string(),
         }
     }
 
@@ -257,6 +264,7 @@ impl<T> Field<T> {
             }
             Field::PoolName { .. } => "name of a pool".to_string(),
             Field::Path { .. } => "absolute path, or none".to_string(),
+            Field::Account { .. } => "a user or group name of this host, or none".to_string(),
             Field::Dir { .. } => format!(
                 "auto, or an absolute path of at most {} bytes",
                 value::MAX_DIR_LEN
@@ -312,6 +320,8 @@ impl Target for EngineConfig {
             idle_timeout: Duration::ZERO,
             drain_timeout: Duration::ZERO,
             sched_policy: SchedPolicy::Normal,
+            user: None,
+            group: None,
         }
     }
     fn field(slot: &Slot) -> Option<&Field<Self>> {
@@ -339,7 +349,11 @@ impl Target for LogConfig {
 
 impl Target for CtlConfig {
     fn blank() -> Self {
-        CtlConfig { socket: None }
+        CtlConfig {
+            socket: None,
+            owner: None,
+            group: None,
+        }
     }
     fn field(slot: &Slot) -> Option<&Field<Self>> {
         match slot {
@@ -803,6 +817,28 @@ pub static KEYS: &[KeySpec] = &[
         }),
     },
     KeySpec {
+        name: "engine.user",
+        default: Some("none"),
+        unit: "",
+        runtime: false,
+        description: "User levee runs as once it has bound its sockets (it starts as root to bind); none keeps the user it started as",
+        slot: Slot::Engine(Field::Account {
+            get: |e| e.user.as_deref(),
+            set: |e, v| e.user = v,
+        }),
+    },
+    KeySpec {
+        name: "engine.group",
+        default: Some("none"),
+        unit: "",
+        runtime: false,
+        description: "Group levee runs as with engine.user; none takes that user's own group",
+        slot: Slot::Engine(Field::Account {
+            get: |e| e.group.as_deref(),
+            set: |e, v| e.group = v,
+        }),
+    },
+    KeySpec {
         name: "log.format",
         default: Some("text"),
         unit: "",
@@ -823,6 +859,28 @@ pub static KEYS: &[KeySpec] = &[
         slot: Slot::Ctl(Field::Path {
             get: |c| c.socket.as_deref(),
             set: |c, v| c.socket = v,
+        }),
+    },
+    KeySpec {
+        name: "ctl.owner",
+        default: Some("none"),
+        unit: "",
+        runtime: false,
+        description: "User that owns the control socket; none leaves it to the user levee starts as",
+        slot: Slot::Ctl(Field::Account {
+            get: |c| c.owner.as_deref(),
+            set: |c, v| c.owner = v,
+        }),
+    },
+    KeySpec {
+        name: "ctl.group",
+        default: Some("none"),
+        unit: "",
+        runtime: false,
+        description: "Group that owns the control socket; set, the socket is mode 0660 and its members may use levee ctl",
+        slot: Slot::Ctl(Field::Account {
+            get: |c| c.group.as_deref(),
+            set: |c, v| c.group = v,
         }),
     },
     KeySpec {

@@ -320,6 +320,27 @@ pub fn parse_path(text: &str) -> Result<Option<std::path::PathBuf>, String> {
     Ok(Some(std::path::PathBuf::from(text)))
 }
 
+/// A user or group name as `useradd` accepts them (a letter or `_` first, then letters, digits,
+/// `_`, `-`, at most 32), or `none`. Whether it exists on this host is checked when levee runs.
+pub fn parse_account(text: &str) -> Result<Option<String>, String> {
+    if text == "none" {
+        return Ok(None);
+    }
+    let mut chars = text.chars();
+    let first_ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_');
+    let rest_ok =
+        chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+    if !first_ok || !rest_ok || text.len() > 32 {
+        return Err(format!(
+            "expected a user or group name (a-z or _ first, then a-z, 0-9, _ or -, at most 32), or none, {}",
+            found(text)
+        ));
+    }
+    Ok(Some(text.to_string()))
+}
+
 /// Longest `overflow.dir`: the Unix sockets a worker binds inside it must stay within the
 /// 107 bytes of a socket address.
 pub const MAX_DIR_LEN: usize = 80;

@@ -260,6 +260,23 @@ pub struct Options {
     /// The levee binary, to start `overflow.workers` worker processes with; `None` starts none
     /// (workers started on their own may still attach).
     pub worker_exe: Option<PathBuf>,
+    /// The uid and gid levee runs as once its sockets are bound (`engine.user`): its workers
+    /// start as them, and the overflow directory is theirs.
+    pub run_as: Option<(u32, u32)>,
+}
+
+/// Gives directory `dir` and everything in it to `uid`:`gid`: the workers that run as them
+/// open its segments and bind sockets in it, and levee, run as them too, removes it at exit.
+fn give_dir(dir: &Path, uid: u32, gid: u32) -> io::Result<()> {
+    let give = |path: &Path| {
+        std::os::unix::fs::lchown(path, Some(uid), Some(gid))
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))
+    };
+    give(dir)?;
+    for entry in std::fs::read_dir(dir)? {
+        give(&entry?.path())?;
+    }
+    Ok(())
 }
 
 /// One forwarder to start: its CPU, listeners, and part in the overflow tier.
@@ -298,6 +315,9 @@ impl Engine {
                 Shared::create(cfg, cores.len()).map_err(StartError::Overflow)?;
             let holder = Arc::new(shared.load.holder().map_err(StartError::Ring)?);
             Settings::store(&shared.load, &cfg.overflow);
+            if let Some((uid, gid)) = options.run_as {
+                give_dir(&shared.dir, uid, gid).map_err(StartError::Io)?;
+            }
             (Some(Arc::new(Tier { shared, holder })), notices)
         } else {
             (None, Vec::new())
@@ -435,6 +455,7 @@ impl Engine {
                     Some(WorkerCommand {
                         exe: exe.clone(),
                         cpus,
+                        run_as: options.run_as,
                     })
                 }
                 None => None,

@@ -68,6 +68,8 @@ pub struct WorkerCommand {
     pub exe: PathBuf,
     /// CPUs to pin workers to, one each in turn; empty: leave them unpinned.
     pub cpus: Vec<usize>,
+    /// The uid and gid workers run as (`engine.user`), where levee gives up its own.
+    pub run_as: Option<(u32, u32)>,
 }
 
 pub struct Supervisor {
@@ -436,6 +438,9 @@ impl Loop {
                 // A group of its own: Ctrl-C in levee's terminal reaches levee alone, which
                 // drains its queue before it stops the workers that serve it.
                 cmd.process_group(0);
+                if let Some((uid, gid)) = command.run_as {
+                    cmd.uid(uid).gid(gid);
+                }
                 if !command.cpus.is_empty() {
                     cmd.arg("--cpu")
                         .arg(command.cpus[i % command.cpus.len()].to_string());

@@ -32,6 +32,8 @@ pub fn engine_config() -> EngineConfig {
         idle_timeout: Duration::from_secs(60),
         drain_timeout: Duration::from_secs(2),
         sched_policy: SchedPolicy::Batch,
+        user: None,
+        group: None,
     }
 }
 
@@ -52,7 +54,11 @@ pub fn single(pool: PoolConfig) -> Config {
     Config {
         engine: engine_config(),
         log: LogConfig::default(),
-        ctl: CtlConfig { socket: None },
+        ctl: CtlConfig {
+            socket: None,
+            owner: None,
+            group: None,
+        },
         stats: StatsConfig { listen: None },
         overflow: OverflowConfig::default(),
         listeners: vec![ListenerConfig {
