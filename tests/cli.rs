@@ -569,6 +569,24 @@ fn engine_user_runs_levee_and_its_workers_as_that_user() {
     common::wait_until("a worker attached", || {
         ctl_get("stats.overflow.workers_attached") == "1"
     });
+    let workers: Vec<u32> = std::fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                stat.rfind(')').is_some_and(|i| {
+                    stat[i + 2..].split(' ').nth(1) == Some(&child.id().to_string())
+                })
+            })
+        })
+        .collect();
+    assert!(!workers.is_empty(), "levee started no worker");
+    for w in workers {
+        assert!(
+            thread_uids(w).iter().all(|&u| u == 65534),
+            "worker {w} does not run as nobody"
+        );
+    }
     let clients: Vec<_> = (0..4)
         .map(|_| {
             thread::spawn(move || {
