@@ -336,3 +336,75 @@ fn sighup_reloads_and_a_new_listener_serves() {
     let mut s = TcpStream::connect(api).expect("connect");
     let _ = s.write_all(b"x");
 }
+
+#[test]
+fn an_upgrade_runs_the_new_binary_and_fails_no_connection() {
+    use std::os::unix::fs::MetadataExt;
+    // levee started from a copy of the binary; the upgrade installs another file at that path
+    // (a different one: a few bytes more at its end) and reloads.
+    let dir = temp_dir("upgrade-bin");
+    let exe = dir.join("levee");
+    std::fs::copy(env!("CARGO_BIN_EXE_levee"), &exe).expect("copy levee");
+    let a = Backend::named("a");
+    let a_addr = a.addr;
+    let ctl = dir.join("ctl.sock");
+    let addr = refused_addr();
+    let config = dir.join("levee.conf");
+    std::fs::write(&config, config_text(&ctl, addr, &[("a", a_addr, 1)])).expect("config");
+    let old = std::process::Command::new(&exe)
+        .args(["run", "-c"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn levee");
+    wait_until("levee listens", || TcpStream::connect(addr).is_ok());
+    wait_until("levee's control socket is there", || ctl.exists());
+    let mut running = Running {
+        child: old,
+        config: config.clone(),
+        ctl: ctl.clone(),
+        addr,
+    };
+    let stream = Stream::start(addr);
+    wait_until("the stream flows", || stream.served() >= 50);
+
+    // Install the new binary as a package manager does: a new file renamed over the old.
+    let staged = dir.join("levee.new");
+    let mut bytes = std::fs::read(env!("CARGO_BIN_EXE_levee")).expect("read levee");
+    bytes.extend_from_slice(b"\nlevee upgrade test\n");
+    std::fs::write(&staged, &bytes).expect("stage");
+    std::fs::set_permissions(&staged, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    std::fs::rename(&staged, &exe).expect("install");
+    let installed = std::fs::metadata(&exe).expect("installed").ino();
+
+    let before = stream.served();
+    let out = running.ctl(&["--reload"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let new = running.pid();
+    assert_ne!(new, running.child.id());
+    // The new levee runs the file installed, not the one replaced.
+    let running_exe = std::fs::metadata(format!("/proc/{new}/exe")).expect("its binary");
+    assert_eq!(
+        running_exe.ino(),
+        installed,
+        "the new levee runs the new binary"
+    );
+    let status = running.child.wait().expect("the old levee exits");
+    assert!(status.success(), "{status}");
+    wait_until("the stream flows through the new levee", || {
+        stream.served() >= before + 200
+    });
+    let (names, failures) = stream.finish();
+    eprintln!(
+        "FIGURE upgrade under a stream: {} connections, {} failed",
+        names.len() + failures.len(),
+        failures.len()
+    );
+    assert!(failures.is_empty(), "failed: {failures:?}");
+}
