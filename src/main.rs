@@ -68,6 +68,22 @@ enum Command {
         #[arg(long = "cpu", value_name = "N")]
         cpu: Option<usize>,
     },
+    /// Upgrade a running levee to the binary now installed where it was started from (and its
+    /// configuration file as it is now): the same handover as `levee ctl --reload`, with no
+    /// connection dropped. Waits until the new levee serves, or says why it was refused.
+    Upgrade {
+        /// Control socket of the running levee (its ctl.socket).
+        #[arg(
+            short = 's',
+            long = "socket",
+            value_name = "PATH",
+            conflicts_with = "config"
+        )]
+        socket: Option<PathBuf>,
+        /// Take the control socket from this configuration file's ctl.socket.
+        #[arg(short = 'c', long = "config", value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
     /// Read or change a running levee, like sysctl: `levee ctl -a`, `levee ctl KEY`,
     /// `levee ctl -w KEY=VALUE`, `levee ctl -p FILE`.
     Ctl {
@@ -189,6 +205,10 @@ fn main() -> ExitCode {
             }
             ctl(socket, cfg_path, all, values, write, load, args)
         }
+        Some(Command::Upgrade { socket, config }) => ctl_socket(socket, config).map_or_else(
+            |code| code,
+            |socket| ExitCode::from(levee::ctl::reload(&socket)),
+        ),
         Some(Command::Show { config: None }) => {
             let placeholders: Vec<std::net::SocketAddr> = (1..=DEMO_BACKENDS as u16)
                 .map(|port| ([127, 0, 0, 1], port).into())

@@ -380,7 +380,12 @@ fn an_upgrade_runs_the_new_binary_and_fails_no_connection() {
     let installed = std::fs::metadata(&exe).expect("installed").ino();
 
     let before = stream.served();
-    let out = running.ctl(&["--reload"]);
+    let out = levee()
+        .arg("upgrade")
+        .arg("-s")
+        .arg(&running.ctl)
+        .output()
+        .expect("levee upgrade");
     assert!(
         out.status.success(),
         "{}",
