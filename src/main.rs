@@ -732,6 +732,19 @@ fn hand_over(
         levee::ctl::check_socket_path(socket)
             .map_err(|e| format!("{}: ctl.socket {e}", path.display()))?;
     }
+    // The one thing two levees cannot share while the old one drains: the directory of an
+    // overflow queue in use.
+    if let (Some(dir), Some(tier)) = (&cfg.overflow.dir, engine.overflow())
+        && *dir == tier.shared.dir
+    {
+        return Err(format!(
+            "{}: overflow.dir = {}: the running levee's queue is there until it has drained, so \
+             a reload cannot use it; set overflow.dir = auto (or another directory) for reloads, \
+             or restart levee to keep this one",
+            path.display(),
+            dir.display()
+        ));
+    }
     let kept = engine.handover_sockets();
     let sockets: Vec<levee::handover::Offered<'_>> = kept
         .iter()

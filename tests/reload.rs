@@ -413,3 +413,29 @@ fn an_upgrade_runs_the_new_binary_and_fails_no_connection() {
     );
     assert!(failures.is_empty(), "failed: {failures:?}");
 }
+
+#[test]
+fn what_two_levees_cannot_share_is_named_in_the_refusal() {
+    let a = Backend::named("a");
+    let a_addr = a.addr;
+    let shm = std::path::PathBuf::from(format!("/dev/shm/levee-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&shm);
+    let levee = Running::start("reload-overflow-dir", |ctl, addr| {
+        format!(
+            "{}overflow.dir = {}\npool.web.backend.a.max_conns = 1\n",
+            config_text(ctl, addr, &[("a", a_addr, 1)]).replace("pool.web.overflow = reject\n", ""),
+            shm.display()
+        )
+    });
+    let pid = levee.pid();
+    let out = levee.ctl(&["--reload"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("overflow.dir") && stderr.contains("set overflow.dir = auto"),
+        "{stderr}"
+    );
+    assert_eq!(levee.pid(), pid, "the same levee serves");
+    drop(levee);
+    let _ = std::fs::remove_dir_all(&shm);
+}
