@@ -805,18 +805,6 @@ pub static KEYS: &[KeySpec] = &[
         }),
     },
     KeySpec {
-        name: "log.level",
-        default: Some("info"),
-        unit: "",
-        runtime: true,
-        description: "Least severe messages logged",
-        slot: Slot::Log(Field::Choice {
-            names: LogLevel::NAMES,
-            get: |l| l.level.name(),
-            set: |l, v| LogLevel::from_name(v).map(|v| l.level = v).is_some(),
-        }),
-    },
-    KeySpec {
         name: "engine.user",
         default: Some("none"),
         unit: "",
@@ -836,6 +824,18 @@ pub static KEYS: &[KeySpec] = &[
         slot: Slot::Engine(Field::Account {
             get: |e| e.group.as_deref(),
             set: |e, v| e.group = v,
+        }),
+    },
+    KeySpec {
+        name: "log.level",
+        default: Some("info"),
+        unit: "",
+        runtime: true,
+        description: "Least severe messages logged",
+        slot: Slot::Log(Field::Choice {
+            names: LogLevel::NAMES,
+            get: |l| l.level.name(),
+            set: |l, v| LogLevel::from_name(v).map(|v| l.level = v).is_some(),
         }),
     },
     KeySpec {
