@@ -12,3 +12,4 @@ pub mod notify;
 pub mod overflow;
 pub mod pool;
 pub mod stats;
+pub mod top;

@@ -118,6 +118,32 @@ enum Command {
         /// Keys to read (or KEY=VALUE pairs with -w).
         args: Vec<String>,
     },
+    /// Watch a running levee: per backend its state, weight and connections; per pool its
+    /// queue; in total, connections and bytes per second. Redrawn every interval until Ctrl-C.
+    Top {
+        /// Control socket of the running levee (its ctl.socket).
+        #[arg(
+            short = 's',
+            long = "socket",
+            value_name = "PATH",
+            conflicts_with = "config"
+        )]
+        socket: Option<PathBuf>,
+        /// Take the control socket from this configuration file's ctl.socket.
+        #[arg(short = 'c', long = "config", value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Time between two readings, from 100ms to 1h.
+        #[arg(
+            long = "interval",
+            value_name = "DURATION",
+            default_value = "1s",
+            value_parser = levee::top::parse_interval
+        )]
+        interval: std::time::Duration,
+        /// Print one frame without escapes and exit (two readings, an interval apart).
+        #[arg(long = "once")]
+        once: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -198,16 +224,32 @@ fn main() -> ExitCode {
             args,
         }) => {
             if reload {
-                return ctl_socket(socket, cfg_path).map_or_else(
+                return ctl_socket("levee ctl", socket, cfg_path).map_or_else(
                     |code| code,
                     |socket| ExitCode::from(levee::ctl::reload(&socket)),
                 );
             }
             ctl(socket, cfg_path, all, values, write, load, args)
         }
-        Some(Command::Upgrade { socket, config }) => ctl_socket(socket, config).map_or_else(
+        Some(Command::Upgrade { socket, config }) => ctl_socket("levee upgrade", socket, config)
+            .map_or_else(
+                |code| code,
+                |socket| ExitCode::from(levee::ctl::reload(&socket)),
+            ),
+        Some(Command::Top {
+            socket,
+            config,
+            interval,
+            once,
+        }) => ctl_socket("levee top", socket, config).map_or_else(
             |code| code,
-            |socket| ExitCode::from(levee::ctl::reload(&socket)),
+            |socket| {
+                ExitCode::from(levee::top::run(&levee::top::Options {
+                    socket,
+                    interval,
+                    once,
+                }))
+            },
         ),
         Some(Command::Show { config: None }) => {
             let placeholders: Vec<std::net::SocketAddr> = (1..=DEMO_BACKENDS as u16)
@@ -287,16 +329,20 @@ fn builtin_config(backends: &[std::net::SocketAddr]) -> Result<Config, ExitCode>
     })
 }
 
-/// The control socket `levee ctl` talks to: `-s`, or the `ctl.socket` of `-c FILE`, or the
-/// default.
-fn ctl_socket(socket: Option<PathBuf>, cfg_path: Option<PathBuf>) -> Result<PathBuf, ExitCode> {
+/// The control socket `command` (`levee ctl`, `levee top`) talks to: `-s`, or the `ctl.socket`
+/// of `-c FILE`, or the default.
+fn ctl_socket(
+    command: &str,
+    socket: Option<PathBuf>,
+    cfg_path: Option<PathBuf>,
+) -> Result<PathBuf, ExitCode> {
     Ok(match (socket, cfg_path) {
         (Some(s), _) => s,
         (None, Some(path)) => match load(&path)?.ctl.socket {
             Some(s) => s,
             None => {
                 eprintln!(
-                    "levee ctl: {}: ctl.socket is none: runtime control is off",
+                    "{command}: {}: ctl.socket is none: runtime control is off",
                     path.display()
                 );
                 return Err(ExitCode::from(EXIT_CONFIG));
@@ -315,7 +361,7 @@ fn ctl(
     load_file: Option<PathBuf>,
     args: Vec<String>,
 ) -> ExitCode {
-    let socket = match ctl_socket(socket, cfg_path) {
+    let socket = match ctl_socket("levee ctl", socket, cfg_path) {
         Ok(socket) => socket,
         Err(code) => return code,
     };

@@ -22,7 +22,7 @@ pub use cores::CoreSet;
 pub use error::{ConfigError, ConfigErrors, ErrorKind};
 pub use file::{MAX_FILE_SIZE, PIPE_DEADLINE};
 pub use parse::{MAX_BACKENDS, MAX_ERRORS};
-pub use value::is_prime;
+pub use value::{is_prime, parse_duration};
 
 /// Reads and parses the configuration file at `path`; messages name the file as given.
 /// Reports every problem at once; a file that cannot be read is one problem without a line.

@@ -37,11 +37,7 @@ pub fn run(socket: &Path, action: &Action, values_only: bool) -> u8 {
     let replies = match exchange(socket, &requests) {
         Ok(r) => r,
         Err(e) => {
-            eprintln!(
-                "levee ctl: cannot talk to levee on {}: {e} (is levee running, with ctl.socket \
-                 set to this path? -s PATH picks another)",
-                socket.display()
-            );
+            eprintln!("{}", unreachable("levee ctl", socket, &e));
             return 2;
         }
     };
@@ -78,6 +74,25 @@ pub fn query(socket: &Path, key: &str) -> Result<String, String> {
         }
     }
     Err(format!("no answer for {key}"))
+}
+
+/// Every key and counter of the levee listening on `socket`: the reply lines of one `list`
+/// request (`= KEY = VALUE`), for `levee top`.
+pub fn list(socket: &Path) -> io::Result<Vec<String>> {
+    Ok(exchange(socket, &["list".to_string()])?
+        .into_iter()
+        .flatten()
+        .collect())
+}
+
+/// What a command of levee (`command`: `levee ctl`, `levee top`) says when the levee on
+/// `socket` cannot be reached.
+pub fn unreachable(command: &str, socket: &Path, error: &dyn std::fmt::Display) -> String {
+    format!(
+        "{command}: cannot talk to levee on {}: {error} (is levee running, with ctl.socket set \
+         to this path? -s PATH picks another)",
+        socket.display()
+    )
 }
 
 /// The protocol lines for an action.
@@ -184,11 +199,7 @@ pub fn reload(socket: &Path) -> u8 {
     let (before_pid, before_failures) = match (ask("stats.pid"), ask("stats.reload.failures")) {
         (Ok(pid), Ok(failures)) => (pid, failures),
         (Err(e), _) | (_, Err(e)) => {
-            eprintln!(
-                "levee ctl: cannot talk to levee on {}: {e} (is levee running, with ctl.socket \
-                 set to this path? -s PATH picks another)",
-                socket.display()
-            );
+            eprintln!("{}", unreachable("levee ctl", socket, &e));
             return 2;
         }
     };

@@ -25,7 +25,7 @@ mod client;
 mod live;
 mod server;
 
-pub use client::{Action, query, reload, run as run_client};
+pub use client::{Action, list, query, reload, run as run_client, unreachable};
 pub use live::{Live, Overflow, Reload};
 pub use server::{Server, check_socket_path};
 
