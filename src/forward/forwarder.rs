@@ -616,7 +616,7 @@ impl Forwarder {
         if !self.listeners[i].armed {
             if self.drain_until.is_some() {
                 // Stopping: the cancelled accept was the last user of this socket.
-                self.listeners[i].fd = None;
+                self.close_listener(i);
             } else {
                 self.arm_accept(i);
             }
@@ -1232,14 +1232,89 @@ impl Forwarder {
         self.drain_until = Some(self.now + self.drain_timeout_ms);
         self.drain_intake();
         self.cancel_accepts();
-        for l in &mut self.listeners {
-            if !l.armed {
-                l.fd = None;
+        for i in 0..self.listeners.len() {
+            if !self.listeners[i].armed {
+                self.close_listener(i);
             }
         }
         if self.drain_timeout_ms == 0 {
             self.close_everything();
         }
+    }
+
+    /// Closes listener `i`'s socket once its accept is gone, first taking the connections
+    /// already in its queue. A levee that took the socket over (a reload) accepts on it too, and
+    /// the kernel wakes one waiter per connection: a wake-up that reached this forwarder's accept
+    /// as it was being cancelled would otherwise leave its connection in the queue, unseen by
+    /// the other levee until another one arrives.
+    fn close_listener(&mut self, i: usize) {
+        let Some(fd) = self.listeners[i].fd.take() else {
+            return;
+        };
+        let raw = fd.as_raw_fd();
+        let pool = self.listeners[i].pool;
+        // The socket is blocking (its file is shared with the other levee, so O_NONBLOCK
+        // cannot be set for this forwarder alone): a receive timeout bounds an accept that
+        // finds the connection gone to 1 ms. io_uring's own accepts never block, so the other
+        // levee is not affected.
+        let timeout = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 1000,
+        };
+        // SAFETY: setsockopt with a valid timeval of the size given.
+        unsafe {
+            libc::setsockopt(
+                raw,
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&raw const timeout).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        // Bounded: what was queued, not what keeps arriving.
+        for _ in 0..WAITING_MAX {
+            let mut pfd = libc::pollfd {
+                fd: raw,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd; a zero timeout never blocks.
+            if unsafe { libc::poll(&mut pfd, 1, 0) } != 1 {
+                break;
+            }
+            // SAFETY: accept4 on a listening socket this forwarder owns, with no address
+            // wanted; the other levee may have taken the connection since poll, and then it
+            // returns after the timeout above.
+            let client = unsafe {
+                libc::accept4(
+                    raw,
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                    libc::SOCK_CLOEXEC,
+                )
+            };
+            if client < 0 {
+                break;
+            }
+            self.stats.accepted.add(1);
+            match self.free.pop() {
+                Some(slot) if self.waiting.is_empty() => {
+                    self.open_conn(slot, client, pool, i as u16, self.now);
+                }
+                slot => {
+                    if let Some(slot) = slot {
+                        self.free.push(slot);
+                    }
+                    if self.waiting.len() < WAITING_MAX {
+                        self.waiting.push_back((client, pool, i as u16, self.now));
+                    } else {
+                        reset_and_close(client);
+                        self.stats.close(CloseReason::OverCapacity);
+                    }
+                }
+            }
+        }
+        drop(fd);
     }
 
     /// The drain is over: every connection still open, or still waiting for a slot, is reset.

@@ -38,6 +38,9 @@ const TICK: Duration = Duration::from_millis(50);
 /// resources.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
+/// How long clients already accepted may take to get their answer once the endpoint stops.
+const STOP_GRACE: Duration = Duration::from_secs(1);
+
 /// Bytes read at once: a whole request head, or a drained chunk.
 const READ_CHUNK: usize = 16 * 1024;
 
@@ -203,9 +206,18 @@ fn serve(listener: &TcpListener, live: &Live, stop: &AtomicBool) {
     let mut accept_failed = Throttle::default();
     let mut buf = vec![0u8; READ_CHUNK.max(MAX_REQUEST + 1)];
     let mut respond = |route: Route| answer(route, live);
-    while !stop.load(Ordering::Acquire) {
+    let mut finishing: Option<Instant> = None;
+    loop {
         let now = Instant::now();
-        let listening = listener_paused_until.is_none_or(|t| now >= t);
+        // Asked to stop (levee stops, or a reload's levee took the socket over): no new
+        // clients, but those already accepted get their answer, within STOP_GRACE.
+        if stop.load(Ordering::Acquire) {
+            let until = *finishing.get_or_insert(now + STOP_GRACE);
+            if clients.is_empty() || now >= until {
+                break;
+            }
+        }
+        let listening = finishing.is_none() && listener_paused_until.is_none_or(|t| now >= t);
         if listening {
             listener_paused_until = None;
         }
