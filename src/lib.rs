@@ -10,6 +10,7 @@ pub mod health;
 pub mod metrics;
 pub mod notify;
 pub mod overflow;
+mod poller;
 pub mod pool;
 pub mod stats;
 pub mod top;

@@ -27,10 +27,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::poll::PollFlags;
 use tracing::{debug, info, warn};
 
 use super::{Live, MAX_LINE, MAX_REQUESTS};
+use crate::poller::{self, Throttle};
 
 /// How long a client may take over each thing it owes: the rest of a request line after its
 /// first byte, taking a reply, or its next request.
@@ -303,22 +304,6 @@ impl Spare {
     }
 }
 
-/// Logs a failure that repeats at most once per [`Throttle::EVERY`].
-#[derive(Default)]
-struct Throttle(Option<Instant>);
-
-impl Throttle {
-    const EVERY: Duration = Duration::from_secs(10);
-
-    fn ready(&mut self, now: Instant) -> bool {
-        let ready = self.0.is_none_or(|last| now >= last + Self::EVERY);
-        if ready {
-            self.0 = Some(now);
-        }
-        ready
-    }
-}
-
 /// One accepted connection.
 struct Client {
     stream: UnixStream,
@@ -410,21 +395,11 @@ fn serve(listener: &UnixListener, live: &Live, stop: &AtomicBool, mut spare: Spa
             })
             .chain(listener_paused_until)
             .fold(now + TICK, Instant::min);
-        let timeout = wake.saturating_duration_since(now);
-        let ready = {
-            let mut fds = Vec::with_capacity(clients.len() + 1);
-            if listening {
-                fds.push(PollFd::new(listener.as_fd(), PollFlags::POLLIN));
-            }
-            fds.extend(
-                clients
-                    .iter()
-                    .map(|c| PollFd::new(c.stream.as_fd(), c.interest())),
-            );
-            // Rounded up, so a deadline a fraction of a millisecond away is not a busy loop.
-            let ms = u16::try_from(timeout.as_micros().div_ceil(1000)).unwrap_or(u16::MAX);
-            match poll(&mut fds, PollTimeout::from(ms)) {
-                Ok(_) => {}
+        let clients_wait = clients.iter().map(|c| (c.stream.as_fd(), c.interest()));
+        let listener_wait = listening.then(|| listener.as_fd());
+        let (listener_ready, client_ready) =
+            match poller::wait(listener_wait, clients_wait, now, wake) {
+                Ok(ready) => ready,
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(e) => {
                     if poll_failed.ready(now) {
@@ -433,15 +408,7 @@ fn serve(listener: &UnixListener, live: &Live, stop: &AtomicBool, mut spare: Spa
                     std::thread::sleep(TICK);
                     continue;
                 }
-            }
-            fds.iter()
-                .map(|f| f.revents().unwrap_or(PollFlags::empty()))
-                .collect::<Vec<_>>()
-        };
-        let (listener_ready, client_ready) = match listening {
-            true => (ready[0].contains(PollFlags::POLLIN), &ready[1..]),
-            false => (false, &ready[..]),
-        };
+            };
 
         let now = Instant::now();
         let mut index = 0;
