@@ -72,32 +72,14 @@ enum Command {
     /// configuration file as it is now): the same handover as `levee ctl --reload`, with no
     /// connection dropped. Waits until the new levee serves, or says why it was refused.
     Upgrade {
-        /// Control socket of the running levee (its ctl.socket).
-        #[arg(
-            short = 's',
-            long = "socket",
-            value_name = "PATH",
-            conflicts_with = "config"
-        )]
-        socket: Option<PathBuf>,
-        /// Take the control socket from this configuration file's ctl.socket.
-        #[arg(short = 'c', long = "config", value_name = "FILE")]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        levee: Running,
     },
     /// Read or change a running levee, like sysctl: `levee ctl -a`, `levee ctl KEY`,
     /// `levee ctl -w KEY=VALUE`, `levee ctl -p FILE`.
     Ctl {
-        /// Control socket of the running levee (its ctl.socket).
-        #[arg(
-            short = 's',
-            long = "socket",
-            value_name = "PATH",
-            conflicts_with = "config"
-        )]
-        socket: Option<PathBuf>,
-        /// Take the control socket from this configuration file's ctl.socket.
-        #[arg(short = 'c', long = "config", value_name = "FILE")]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        levee: Running,
         /// Every key with its value in effect, then the live counters (stats.*).
         #[arg(short = 'a', long = "all", conflicts_with_all = ["write", "load"])]
         all: bool,
@@ -121,17 +103,8 @@ enum Command {
     /// Watch a running levee: per backend its state, weight and connections; per pool its
     /// queue; in total, connections and bytes per second. Redrawn every interval until Ctrl-C.
     Top {
-        /// Control socket of the running levee (its ctl.socket).
-        #[arg(
-            short = 's',
-            long = "socket",
-            value_name = "PATH",
-            conflicts_with = "config"
-        )]
-        socket: Option<PathBuf>,
-        /// Take the control socket from this configuration file's ctl.socket.
-        #[arg(short = 'c', long = "config", value_name = "FILE")]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        levee: Running,
         /// Time between two readings, from 100ms to 1h.
         #[arg(
             long = "interval",
@@ -144,6 +117,43 @@ enum Command {
         #[arg(long = "once")]
         once: bool,
     },
+}
+
+/// Which running levee `ctl`, `top` and `upgrade` talk to.
+#[derive(clap::Args, Debug)]
+struct Running {
+    /// Control socket of the running levee (its ctl.socket).
+    #[arg(
+        short = 's',
+        long = "socket",
+        value_name = "PATH",
+        conflicts_with = "config"
+    )]
+    socket: Option<PathBuf>,
+    /// Take the control socket from this configuration file's ctl.socket.
+    #[arg(short = 'c', long = "config", value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+impl Running {
+    /// The control socket `command` (`levee ctl`, `levee top`) talks to: `-s`, or the
+    /// `ctl.socket` of `-c FILE`, or the default.
+    fn socket(self, command: &str) -> Result<PathBuf, ExitCode> {
+        Ok(match (self.socket, self.config) {
+            (Some(s), _) => s,
+            (None, Some(path)) => match load(&path)?.ctl.socket {
+                Some(s) => s,
+                None => {
+                    eprintln!(
+                        "{command}: {}: ctl.socket is none: runtime control is off",
+                        path.display()
+                    );
+                    return Err(ExitCode::from(EXIT_CONFIG));
+                }
+            },
+            (None, None) => config::CtlConfig::default().socket.unwrap_or_default(),
+        })
+    }
 }
 
 fn main() -> ExitCode {
@@ -214,34 +224,27 @@ fn main() -> ExitCode {
             Err(code) => code,
         },
         Some(Command::Ctl {
-            socket,
-            config: cfg_path,
+            levee,
             all,
             values,
             write,
             load,
             reload,
             args,
-        }) => {
-            if reload {
-                return ctl_socket("levee ctl", socket, cfg_path).map_or_else(
-                    |code| code,
-                    |socket| ExitCode::from(levee::ctl::reload(&socket)),
-                );
-            }
-            ctl(socket, cfg_path, all, values, write, load, args)
-        }
-        Some(Command::Upgrade { socket, config }) => ctl_socket("levee upgrade", socket, config)
-            .map_or_else(
-                |code| code,
-                |socket| ExitCode::from(levee::ctl::reload(&socket)),
-            ),
+        }) => match levee.socket("levee ctl") {
+            Ok(socket) if reload => ExitCode::from(levee::ctl::reload(&socket)),
+            Ok(socket) => ctl(&socket, all, values, write, load, args),
+            Err(code) => code,
+        },
+        Some(Command::Upgrade { levee }) => levee.socket("levee upgrade").map_or_else(
+            |code| code,
+            |socket| ExitCode::from(levee::ctl::reload(&socket)),
+        ),
         Some(Command::Top {
-            socket,
-            config,
+            levee,
             interval,
             once,
-        }) => ctl_socket("levee top", socket, config).map_or_else(
+        }) => levee.socket("levee top").map_or_else(
             |code| code,
             |socket| {
                 ExitCode::from(levee::top::run(&levee::top::Options {
@@ -329,42 +332,14 @@ fn builtin_config(backends: &[std::net::SocketAddr]) -> Result<Config, ExitCode>
     })
 }
 
-/// The control socket `command` (`levee ctl`, `levee top`) talks to: `-s`, or the `ctl.socket`
-/// of `-c FILE`, or the default.
-fn ctl_socket(
-    command: &str,
-    socket: Option<PathBuf>,
-    cfg_path: Option<PathBuf>,
-) -> Result<PathBuf, ExitCode> {
-    Ok(match (socket, cfg_path) {
-        (Some(s), _) => s,
-        (None, Some(path)) => match load(&path)?.ctl.socket {
-            Some(s) => s,
-            None => {
-                eprintln!(
-                    "{command}: {}: ctl.socket is none: runtime control is off",
-                    path.display()
-                );
-                return Err(ExitCode::from(EXIT_CONFIG));
-            }
-        },
-        (None, None) => config::CtlConfig::default().socket.unwrap_or_default(),
-    })
-}
-
 fn ctl(
-    socket: Option<PathBuf>,
-    cfg_path: Option<PathBuf>,
+    socket: &Path,
     all: bool,
     values: bool,
     write: bool,
     load_file: Option<PathBuf>,
     args: Vec<String>,
 ) -> ExitCode {
-    let socket = match ctl_socket("levee ctl", socket, cfg_path) {
-        Ok(socket) => socket,
-        Err(code) => return code,
-    };
     let action = match (all, write, load_file) {
         (true, _, _) => levee::ctl::Action::List,
         (_, _, Some(file)) => levee::ctl::Action::Load(file),
@@ -375,7 +350,7 @@ fn ctl(
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    ExitCode::from(levee::ctl::run_client(&socket, &action, values))
+    ExitCode::from(levee::ctl::run_client(socket, &action, values))
 }
 
 fn run_builtin() -> ExitCode {
