@@ -41,23 +41,9 @@ fn sigterm(child: &Child) {
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("kill");
 }
 
-fn wait_with_timeout(child: &mut Child) -> std::process::ExitStatus {
-    let deadline = Instant::now() + IO_TIMEOUT;
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            return status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("levee did not exit after SIGTERM");
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Waits for a levee that was sent SIGTERM to exit 0, and returns what it logged.
 fn stop_and_log(child: &mut Child) -> String {
-    let status = wait_with_timeout(child);
+    let status = common::wait_exit(child, "levee after SIGTERM");
     assert!(status.success(), "{status}");
     let mut log = String::new();
     if let Some(mut stderr) = child.stderr.take() {
@@ -414,18 +400,7 @@ fn ctrl_c_stops_check_waiting_on_a_fifo() {
     });
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("kill");
-    let deadline = Instant::now() + IO_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("levee check ignored SIGINT");
-        }
-        thread::sleep(Duration::from_millis(20));
-    };
+    let status = common::wait_exit(&mut child, "levee check after SIGINT");
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(status.signal(), Some(libc::SIGINT), "{status}");
 }
@@ -520,12 +495,10 @@ fn engine_user_runs_levee_and_its_workers_as_that_user() {
     // Changing user needs root: elsewhere this fails, saying so, unless skips are allowed.
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        let why = "engine.user needs levee to start as root, and these tests do not run as root";
-        if std::env::var("LEVEE_ALLOW_SKIP").as_deref() == Ok("1") {
-            eprintln!("SKIPPED: {why}");
-            return;
-        }
-        panic!("{why}; set LEVEE_ALLOW_SKIP=1 to let the test pass as skipped");
+        common::skip(
+            "engine.user needs levee to start as root, and these tests do not run as root",
+        );
+        return;
     }
     let backend = Backend::named("served");
     let dir = temp_dir("engine-user");

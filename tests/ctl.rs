@@ -136,17 +136,7 @@ fn spawn_run(config: &Path) -> (Child, Log) {
 fn terminate(child: &mut Child) -> ExitStatus {
     let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
     let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-    let deadline = Instant::now() + IO_TIMEOUT;
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            return status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("levee did not stop on SIGTERM");
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
+    common::wait_exit(child, "levee after SIGTERM")
 }
 
 /// What a process wrote to a pipe so far, read by a thread of its own (so the process never

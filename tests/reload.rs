@@ -232,16 +232,7 @@ fn a_reload_under_a_steady_stream_fails_no_connection_and_applies_the_whole_chan
     held.read_exact(&mut byte).expect("echo after the reload");
     assert_eq!(&byte, b"2");
     drop(held);
-    let status = {
-        let deadline = Instant::now() + common::IO_TIMEOUT;
-        loop {
-            if let Some(status) = levee.child.try_wait().expect("wait") {
-                break status;
-            }
-            assert!(Instant::now() < deadline, "the old levee did not exit");
-            thread::sleep(Duration::from_millis(10));
-        }
-    };
+    let status = common::wait_exit(&mut levee.child, "the old levee");
     assert!(status.success(), "the old levee exited {status}");
     wait_until("the stream flows through the new levee", || {
         stream.served() >= before + 400
@@ -475,7 +466,7 @@ fn maglev_moves_only_the_flows_it_must_across_a_reload() {
         }
         text
     };
-    let levee = Running::start("reload-maglev", |ctl, addr| {
+    let mut levee = Running::start("reload-maglev", |ctl, addr| {
         text(ctl, addr, &["a", "b", "c", "d"])
     });
     // 200 flows: maglev hashes the client's address, so each source address is one flow.
@@ -500,11 +491,8 @@ fn maglev_moves_only_the_flows_it_must_across_a_reload() {
     );
     assert_ne!(levee.pid(), pid);
     // Once the old levee is gone: its accepts could still answer a flow the old way.
-    wait_until("the old levee exits", || {
-        !std::path::Path::new(&format!("/proc/{pid}")).exists()
-            || std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .is_ok_and(|s| s.contains(") Z "))
-    });
+    let status = common::wait_exit(&mut levee.child, "the old levee");
+    assert!(status.success(), "the old levee exited {status}");
     let after: Vec<String> = sources
         .iter()
         .map(|&ip| name_from(ip, levee.addr))

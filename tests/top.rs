@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ExitStatus, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -185,21 +185,6 @@ fn signal(child: &Child, signal: nix::sys::signal::Signal) {
     nix::sys::signal::kill(pid, signal).expect("kill");
 }
 
-/// The child's exit status; fails the test past [`IO_TIMEOUT`].
-fn exit_status(child: &mut Child, what: &str) -> ExitStatus {
-    let deadline = Instant::now() + IO_TIMEOUT;
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            return status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("{what} did not exit within {IO_TIMEOUT:?}");
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
-}
-
 /// The words of the frame's row for `backend`.
 fn row<'a>(frame: &'a str, backend: &str) -> Vec<&'a str> {
     frame
@@ -300,7 +285,7 @@ fn redraws_until_ctrl_c_and_exits_1_when_levee_goes_away() {
     assert!(last.contains("BACKEND"), "{last:?}");
     signal(&top, nix::sys::signal::Signal::SIGINT);
     assert_eq!(
-        exit_status(&mut top, "levee top after SIGINT").code(),
+        common::wait_exit(&mut top, "levee top after SIGINT").code(),
         Some(0)
     );
 
@@ -314,8 +299,8 @@ fn redraws_until_ctrl_c_and_exits_1_when_levee_goes_away() {
     let err = Output::collect(top.stderr.take().expect("stderr"));
     l.wait_for("a first frame", || frames(&out) >= 1);
     signal(&l.child, nix::sys::signal::Signal::SIGTERM);
-    assert!(exit_status(&mut l.child, "levee after SIGTERM").success());
-    let status = exit_status(&mut top, "levee top after levee stopped");
+    assert!(common::wait_exit(&mut l.child, "levee after SIGTERM").success());
+    let status = common::wait_exit(&mut top, "levee top after levee stopped");
     assert_eq!(status.code(), Some(1), "{}", err.text());
     // The pipe's reader may still hold the last line.
     l.wait_for("levee top's message", || err.text().ends_with('\n'));

@@ -763,6 +763,11 @@ impl Engine {
             .as_ref()
             .map_or_else(Vec::new, Supervisor::worker_pids)
     }
+
+    /// Turns the overflow supervisor has taken so far (0 without an overflow tier).
+    pub fn supervisor_turns(&self) -> u64 {
+        self.supervisor.as_ref().map_or(0, Supervisor::turns)
+    }
 }
 
 /// Every pool's shared state: loads in the overflow tier's table (`init`ialised from the

@@ -12,7 +12,7 @@ use std::io;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -79,6 +79,8 @@ pub struct Supervisor {
     thread: Option<JoinHandle<()>>,
     workers: Arc<Mutex<Vec<Slot>>>,
     pub target: Arc<WorkerTarget>,
+    /// Turns of its loop so far: what a test waits on to know it has looked.
+    turns: Arc<AtomicU64>,
 }
 
 struct Slot {
@@ -116,8 +118,10 @@ impl Supervisor {
             .collect::<Result<Vec<_>, _>>()
             .map_err(io::Error::other)?;
         let supervises = command.is_some();
+        let turns = Arc::new(AtomicU64::new(0));
         let thread = {
             let stop = stop.clone();
+            let turns = turns.clone();
             let target = target.clone();
             let slots = slots.clone();
             std::thread::Builder::new()
@@ -135,6 +139,7 @@ impl Supervisor {
                     };
                     while !stop.load(Ordering::Acquire) {
                         sup.turn();
+                        turns.fetch_add(1, Ordering::Release);
                         std::thread::sleep(TICK);
                     }
                 })?
@@ -145,6 +150,7 @@ impl Supervisor {
             thread: Some(thread),
             workers: slots,
             target,
+            turns,
         })
     }
 
@@ -174,6 +180,11 @@ impl Supervisor {
                 }
             }
         }
+    }
+
+    /// Turns of its loop so far.
+    pub fn turns(&self) -> u64 {
+        self.turns.load(Ordering::Acquire)
     }
 
     /// Whether it starts and restarts workers.

@@ -345,6 +345,36 @@ pub fn ask_on(s: &mut TcpStream) -> io::Result<String> {
     String::from_utf8(got).map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "not text"))
 }
 
+/// A test cannot run here for `reason` (a missing tool, privilege or kernel feature). It fails,
+/// so a test run never passes without checking, unless `LEVEE_ALLOW_SKIP=1` is set: then it
+/// prints `SKIPPED: reason` and the caller returns.
+pub fn skip(reason: &str) {
+    if std::env::var("LEVEE_ALLOW_SKIP").as_deref() == Ok("1") {
+        eprintln!("SKIPPED: {reason}");
+    } else {
+        panic!("{reason}; set LEVEE_ALLOW_SKIP=1 to let the test pass as skipped");
+    }
+}
+
+/// Waits for `child` to exit and returns its status; past [`IO_TIMEOUT`] kills it and fails
+/// the test, saying `what` did not exit.
+pub fn wait_exit(child: &mut std::process::Child, what: &str) -> std::process::ExitStatus {
+    let mut status = None;
+    let deadline = std::time::Instant::now() + IO_TIMEOUT;
+    while status.is_none() {
+        status = child.try_wait().expect("wait");
+        if status.is_none() && std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not exit within {IO_TIMEOUT:?}");
+        }
+        if status.is_none() {
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+    status.expect("exited")
+}
+
 /// Polls `cond` every 10 ms until it holds; panics with `what` after [`IO_TIMEOUT`].
 pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + IO_TIMEOUT;
