@@ -11,10 +11,19 @@
 //!
 //! The model is HAProxy's `-x` with `expose-fd listeners`, and Envoy's hot restart.
 //!
+//! The clients queued in the old levee follow once it stops accepting: each parked client of a
+//! listener that the new levee queues too is given up there and sent over the same socket with
+//! the time it joined the queue, and the new levee queues it as of then (`forward/moved.rs`).
+//! The old levee keeps only what its workers are taking at that moment, and exits once the
+//! connections it relays are done.
+//!
 //! Wire format, old to new: one message per descriptor, each with exactly one descriptor,
 //! `L <name> <configured address>\n` for a listening socket, `C\n` for the control socket,
-//! `M <address>\n` for the metrics endpoint's, then `E\n` without one. New to old:
-//! `READY <pid>\n`.
+//! `M <address>\n` for the metrics endpoint's, `T <pool> <backend> <address> <row>\n` with the
+//! load table that counts that backend's connections (`pool/carried.rs`), then `E\n` without
+//! one. New to old:
+//! `READY <pid>\n`. Then, old to new, `Q <listener> <queued since, CLOCK_MONOTONIC ns>
+//! <forwarder>\n` with a queued client's socket, until the old levee exits.
 
 use std::io::{self, IoSlice, IoSliceMut, Read, Write};
 use std::net::SocketAddr;
@@ -25,7 +34,10 @@ use std::path::Path;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
+use levee_rings::table::Table;
 use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
+
+use crate::pool::carried::OldRow;
 
 /// The environment variable that tells a new levee which descriptor is its end of the pair.
 pub const ENV: &str = "LEVEE_HANDOVER_FD";
@@ -44,6 +56,9 @@ pub struct Inherited {
     pub ctl: Option<OwnedFd>,
     /// The metrics endpoint's listening socket, with its address.
     pub metrics: Option<(SocketAddr, OwnedFd)>,
+    /// The old levee's load tables, and where each of its backends is counted in them.
+    pub loads: Vec<Table>,
+    pub rows: Vec<OldRow>,
     channel: UnixStream,
 }
 
@@ -86,9 +101,13 @@ impl Inherited {
             listeners: Vec::new(),
             ctl: None,
             metrics: None,
+            loads: Vec::new(),
+            rows: Vec::new(),
             channel,
         };
-        for _ in 0..=MAX_SOCKETS + 1 {
+        // The same table comes once per backend: mapped once.
+        let mut tables: Vec<(u64, u64)> = Vec::new();
+        for _ in 0..=2 * MAX_SOCKETS + 1 {
             let (line, fd) =
                 receive_one(&inherited.channel).map_err(|e| format!("handover: {e}"))?;
             let mut words = line.split(' ');
@@ -115,16 +134,59 @@ impl Inherited {
                     }
                     inherited.listeners.push((name.to_string(), addr, fd));
                 }
+                (Some("T"), Some(fd)) => {
+                    let (Some(pool), Some(backend), Some(addr), Some(row), None) = (
+                        words.next(),
+                        words.next(),
+                        words.next(),
+                        words.next(),
+                        words.next(),
+                    ) else {
+                        return Err(format!("handover: bad message {line:?}"));
+                    };
+                    let (Ok(addr), Ok(row)) = (addr.parse(), row.parse()) else {
+                        return Err(format!("handover: bad message {line:?}"));
+                    };
+                    if inherited.rows.len() == MAX_SOCKETS {
+                        return Err(format!("handover: more than {MAX_SOCKETS} backends"));
+                    }
+                    let id = file_id(&fd).map_err(|e| format!("handover: {e}"))?;
+                    let table = match tables.iter().position(|&t| t == id) {
+                        Some(t) => t,
+                        None => {
+                            let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
+                            let t = Table::open(&path).map_err(|e| {
+                                format!("handover: the old levee's load table: {e}")
+                            })?;
+                            tables.push(id);
+                            inherited.loads.push(t);
+                            tables.len() - 1
+                        }
+                    };
+                    inherited.rows.push(OldRow {
+                        pool: pool.to_string(),
+                        backend: backend.to_string(),
+                        addr,
+                        table,
+                        row,
+                    });
+                }
                 _ => return Err(format!("handover: unexpected message {line:?}")),
             }
         }
         Err("handover: the message stream has no end".to_string())
     }
 
-    /// Tells the old levee that this one accepts now: it stops accepting and drains.
-    pub fn ready(mut self) -> io::Result<()> {
+    /// Tells the old levee that this one accepts now: it stops accepting, sends what it has
+    /// queued, and drains. Returns the channel its queued clients come on.
+    pub fn ready(mut self) -> io::Result<Predecessor> {
         let message = format!("READY {}\n", std::process::id());
-        self.channel.write_all(message.as_bytes())
+        self.channel.write_all(message.as_bytes())?;
+        // From now on the old levee sends only when it has something, for as long as it runs.
+        self.channel.set_read_timeout(None)?;
+        Ok(Predecessor {
+            channel: self.channel,
+        })
     }
 
     /// Takes the listening sockets of the listener `name` configured on `addr`, leaving the
@@ -143,6 +205,139 @@ impl Inherited {
     }
 }
 
+/// The levee this one took over from, while it drains: it sends the clients it had queued.
+pub struct Predecessor {
+    channel: UnixStream,
+}
+
+/// A client the old levee had queued.
+pub struct QueuedClient {
+    pub listener: String,
+    /// When it joined the old levee's queue, `CLOCK_MONOTONIC` ns.
+    pub queued_ns: u64,
+    /// The old levee's forwarder that had queued it.
+    pub forwarder: usize,
+    pub socket: OwnedFd,
+}
+
+impl Predecessor {
+    /// The next queued client the old levee sends, waiting up to `wait` for one: `Ok(None)`
+    /// once the old levee has exited, `Ok(Some(None))` when none came in time.
+    pub fn next_within(&self, wait: Duration) -> io::Result<Option<Option<QueuedClient>>> {
+        let mut pfd = libc::pollfd {
+            fd: self.channel.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = i32::try_from(wait.as_millis()).unwrap_or(i32::MAX);
+        // SAFETY: one valid pollfd for the duration of the call.
+        match unsafe { libc::poll(&mut pfd, 1, ms) } {
+            0 => return Ok(Some(None)),
+            n if n < 0 => {
+                let e = io::Error::last_os_error();
+                return if e.kind() == io::ErrorKind::Interrupted {
+                    Ok(Some(None))
+                } else {
+                    Err(e)
+                };
+            }
+            _ => {}
+        }
+        self.next().map(|c| c.map(Some))
+    }
+
+    /// The next queued client the old levee sends; `Ok(None)` once it has exited. Blocks.
+    pub fn next(&self) -> io::Result<Option<QueuedClient>> {
+        let (line, fd) = match receive_one(&self.channel) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let mut words = line.split(' ');
+        let bad = || io::Error::other(format!("bad message {line:?}"));
+        match (
+            words.next(),
+            words.next(),
+            words.next(),
+            words.next(),
+            words.next(),
+            fd,
+        ) {
+            (Some("Q"), Some(listener), Some(ns), Some(forwarder), None, Some(socket)) => {
+                Ok(Some(QueuedClient {
+                    listener: listener.to_string(),
+                    queued_ns: ns.parse().map_err(|_| bad())?,
+                    forwarder: forwarder.parse().map_err(|_| bad())?,
+                    socket,
+                }))
+            }
+            _ => Err(io::Error::other(format!("unexpected message {line:?}"))),
+        }
+    }
+}
+
+/// The levee that took over, as the old one sees it: where the clients queued in the old one
+/// go (for the listeners `takes` names: the new levee has them on a pool that queues).
+#[derive(Debug)]
+pub struct Successor {
+    channel: std::sync::Mutex<UnixStream>,
+    takes: Vec<String>,
+}
+
+impl Successor {
+    pub fn new(channel: UnixStream, takes: Vec<String>) -> io::Result<Self> {
+        // Forwarders send: never wait on a new levee that does not read.
+        channel.set_nonblocking(true)?;
+        Ok(Self {
+            channel: std::sync::Mutex::new(channel),
+            takes,
+        })
+    }
+}
+
+impl crate::forward::QueueSuccessor for Successor {
+    fn takes(&self, listener: &str) -> bool {
+        self.takes.iter().any(|t| t == listener)
+    }
+
+    fn send(
+        &self,
+        listener: &str,
+        queued_ns: u64,
+        forwarder: usize,
+        client: BorrowedFd<'_>,
+    ) -> io::Result<()> {
+        let line = format!("Q {listener} {queued_ns} {forwarder}\n");
+        // One message at a time from all forwarders: a stream carries them in order, whole.
+        let channel = self
+            .channel
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        send_one(&channel, &line, Some(client.as_raw_fd()))
+    }
+}
+
+/// Device and inode of an open file.
+fn file_id(fd: &OwnedFd) -> io::Result<(u64, u64)> {
+    let mut meta = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: fstat writes a whole `stat` on success and nothing is read unless it succeeds.
+    if unsafe { libc::fstat(fd.as_raw_fd(), meta.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fstat succeeded, so it initialised the struct.
+    let meta = unsafe { meta.assume_init() };
+    Ok((meta.st_dev, meta.st_ino))
+}
+
+/// A backend's load to hand over: the table that counts its connections, and its row there.
+pub struct OfferedLoad<'a> {
+    pub pool: &'a str,
+    pub backend: &'a str,
+    pub addr: SocketAddr,
+    pub row: usize,
+    pub table: BorrowedFd<'a>,
+}
+
 /// One listening socket to hand over.
 pub struct Offered<'a> {
     pub name: &'a str,
@@ -151,16 +346,18 @@ pub struct Offered<'a> {
 }
 
 /// Starts `exe run -c config` and hands it `listeners` and `ctl`; returns the new process once
-/// it said it accepts, within `timeout`. On any failure the new process is killed and the
-/// error says what went wrong; nothing of this process has changed.
+/// it said it accepts, within `timeout`, with the channel to it (for a [`Successor`]). On any
+/// failure the new process is killed and the error says what went wrong; nothing of this
+/// process has changed.
 pub fn hand_over(
     exe: &Path,
     config: &Path,
     listeners: &[Offered<'_>],
     ctl: Option<BorrowedFd<'_>>,
     metrics: Option<(SocketAddr, BorrowedFd<'_>)>,
+    loads: &[OfferedLoad<'_>],
     timeout: Duration,
-) -> Result<Child, String> {
+) -> Result<(Child, UnixStream), String> {
     let (mine, theirs) = UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
     let their_fd = theirs.as_raw_fd();
     let mut command = Command::new(exe);
@@ -204,6 +401,15 @@ pub fn hand_over(
             return fail(&mut child, format!("handing over the metrics socket: {e}"));
         }
     }
+    for l in loads {
+        let line = format!("T {} {} {} {}\n", l.pool, l.backend, l.addr, l.row);
+        if let Err(e) = send_one(&mine, &line, Some(l.table.as_raw_fd())) {
+            return fail(
+                &mut child,
+                format!("handing over the load of {}: {e}", l.backend),
+            );
+        }
+    }
     if let Err(e) = send_one(&mine, "E\n", None) {
         return fail(&mut child, format!("handover: {e}"));
     }
@@ -237,7 +443,7 @@ pub fn hand_over(
                 if got.ends_with(b"\n") {
                     let line = String::from_utf8_lossy(&got);
                     return if line.starts_with("READY ") {
-                        Ok(child)
+                        Ok((child, mine))
                     } else {
                         fail(&mut child, format!("the new levee said {line:?}"))
                     };

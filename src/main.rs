@@ -540,10 +540,24 @@ fn run(
         return ExitCode::from(EXIT_FAILURE);
     }
     let took_over = inherited.is_some();
-    if let Some(inherited) = inherited {
+    if let Some(mut inherited) = inherited {
+        // Its connections count against the backends' caps here until it has exited.
+        let carried = levee::pool::carried::Carried::new(
+            std::mem::take(&mut inherited.loads),
+            &inherited.rows,
+            engine.pools(),
+        );
         // The levee this one replaces stops accepting once it reads this.
         match inherited.ready() {
-            Ok(()) => info!("took over the listening sockets: the levee replaced drains and exits"),
+            Ok(predecessor) => {
+                info!(
+                    backends = carried.len(),
+                    connections = carried.carried(),
+                    "took over the listening sockets: the levee replaced drains and exits, its \
+                     connections counted against the backends' max_conns here until then"
+                );
+                follow_predecessor(predecessor, carried, engine.mailbox());
+            }
             Err(e) => warn!(error = %e, "cannot tell the levee replaced that this one serves"),
         }
     }
@@ -582,7 +596,8 @@ fn run(
                     control.as_ref(),
                     metrics.as_ref(),
                 ) {
-                    Ok(pid) => {
+                    Ok((pid, successor)) => {
+                        engine.move_queue_to(Arc::new(successor));
                         info!(
                             new = pid,
                             drain_timeout = ?cfg.engine.drain_timeout,
@@ -729,14 +744,14 @@ fn worker(dir: Option<PathBuf>, cfg_path: Option<PathBuf>, cpu: Option<usize>) -
 }
 
 /// Checks `path` as `levee check` would and starts a levee on it that takes over this one's
-/// sockets; its pid once it serves.
+/// sockets; its pid once it serves, and where to send the clients queued here.
 fn hand_over(
     path: &Path,
     exe: Option<&Path>,
     engine: &Engine,
     control: Option<&Server>,
     metrics: Option<&Endpoint>,
-) -> Result<u32, String> {
+) -> Result<(u32, levee::handover::Successor), String> {
     use levee::forward::{Bytes, Footprint, host_memory};
     let exe = exe.ok_or("levee cannot find its own binary")?;
     let cfg = config::load(path).map_err(|errors| errors.to_string().trim_end().to_string())?;
@@ -775,15 +790,84 @@ fn hand_over(
             fd: std::os::fd::AsFd::as_fd(fd),
         })
         .collect();
-    let child = levee::handover::hand_over(
+    let loads: Vec<levee::handover::OfferedLoad<'_>> = engine
+        .pools()
+        .iter()
+        .flat_map(|p| {
+            (0..p.names.len()).filter_map(move |i| {
+                Some(levee::handover::OfferedLoad {
+                    pool: &p.name,
+                    backend: &p.names[i],
+                    addr: p.addrs[i].as_socket()?,
+                    row: p.load.rows().backend(i),
+                    table: p.load.table().file(),
+                })
+            })
+        })
+        .collect();
+    let (child, channel) = levee::handover::hand_over(
         exe,
         path,
         &sockets,
         control.and_then(Server::listener),
         metrics.map(|m| (m.local_addr(), m.listener())),
+        &loads,
         std::time::Duration::from_secs(30),
     )?;
-    Ok(child.id())
+    // The new levee queues for the listeners whose pool queues there.
+    let takes = cfg
+        .listeners
+        .iter()
+        .filter(|l| cfg.pools[l.pool].overflow == config::Overflow::Queue)
+        .map(|l| l.name.clone())
+        .collect();
+    let successor =
+        levee::handover::Successor::new(channel, takes).map_err(|e| format!("handover: {e}"))?;
+    Ok((child.id(), successor))
+}
+
+/// Until the levee replaced has exited: takes the clients it had queued, as it sends them, into
+/// this one's queue, and follows its connections to each backend in this one's load. A thread.
+fn follow_predecessor(
+    predecessor: levee::handover::Predecessor,
+    mut carried: levee::pool::carried::Carried,
+    mailbox: levee::forward::Mailbox,
+) {
+    let spawned = std::thread::Builder::new()
+        .name("levee-predecessor".into())
+        .spawn(move || {
+            let mut taken = 0u64;
+            loop {
+                carried.follow();
+                match predecessor.next_within(levee::pool::carried::FOLLOW_EVERY) {
+                    Ok(Some(None)) => continue,
+                    Ok(Some(Some(client))) => {
+                        match mailbox.deliver(
+                            &client.listener,
+                            client.queued_ns,
+                            client.forwarder,
+                            client.socket,
+                        ) {
+                            Ok(()) => taken += 1,
+                            Err(e) => warn!("the levee replaced sent {e}; refused"),
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        warn!(error = %e, "the levee replaced sent something unexpected; no more queued clients from it");
+                        break;
+                    }
+                }
+            }
+            carried.release();
+            info!(
+                queued_clients_taken = taken,
+                "the levee replaced has exited: its connections no longer count here"
+            );
+        });
+    if let Err(e) = spawned {
+        warn!(error = %e, "cannot start a thread for the clients the levee replaced had queued");
+    }
 }
 
 /// The uid and gid of user `name` and group `group` of this host, for `key`.

@@ -518,3 +518,205 @@ fn maglev_moves_only_the_flows_it_must_across_a_reload() {
         200 - on_d
     );
 }
+
+/// The clients queued in the old levee move to the new one, which serves them in their order,
+/// and the backend's `max_conns` holds across both levees while the old one drains: the
+/// connection that fills the backend, relayed by the old levee, counts in the new one too.
+#[test]
+fn a_reload_moves_the_queue_to_the_new_levee_and_the_cap_holds_across_both() {
+    const QUEUED: usize = 4;
+    // An echo backend that records how many connections it held at once.
+    let (now, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let echo = {
+        let (now, most) = (now.clone(), most.clone());
+        common::Backend::spawn(move |mut s| {
+            let n = now.fetch_add(1, Ordering::SeqCst) + 1;
+            most.fetch_max(n, Ordering::SeqCst);
+            let mut buf = [0u8; 256];
+            while let Ok(k) = s.read(&mut buf) {
+                if k == 0 || s.write_all(&buf[..k]).is_err() {
+                    break;
+                }
+            }
+            now.fetch_sub(1, Ordering::SeqCst);
+        })
+    };
+    let echo_addr = echo.addr;
+    let levee = Running::start("reload-queue", |ctl, addr| {
+        format!(
+            "engine.cores = 0\nengine.drain_timeout = 60s\nctl.socket = {}\n\
+             listener.web.addr = {addr}\nlistener.web.pool = web\n\
+             pool.web.backend.e.addr = {echo_addr}\npool.web.backend.e.max_conns = 1\n\
+             overflow.workers = 1\noverflow.queue_timeout = 60s\n",
+            ctl.display()
+        )
+    });
+    let old = levee.pid();
+    let ctl = levee.ctl.clone();
+    let get = |key: &str| -> u64 {
+        let out = common::levee()
+            .args(["ctl", "-s"])
+            .arg(&ctl)
+            .args(["-n", key])
+            .output()
+            .expect("levee ctl");
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0)
+    };
+    // The one backend slot, held through the reload.
+    let mut holder = TcpStream::connect(levee.addr).expect("holder");
+    holder
+        .set_read_timeout(Some(common::IO_TIMEOUT))
+        .expect("timeout");
+    holder.write_all(b"h").expect("holder writes");
+    let mut one = [0u8; 1];
+    holder.read_exact(&mut one).expect("the holder is served");
+    let mut queued = Vec::new();
+    for i in 0..QUEUED {
+        let mut s = TcpStream::connect(levee.addr).expect("connect");
+        s.set_read_timeout(Some(common::IO_TIMEOUT))
+            .expect("timeout");
+        s.write_all(format!("q{i}").as_bytes()).expect("write");
+        queued.push(s);
+        wait_until("the client is queued", || {
+            get("stats.pool.web.queue.depth") == i as u64 + 1
+        });
+    }
+
+    let out = levee.ctl(&["--reload"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let new = levee.pid();
+    assert_ne!(new, old);
+    // All of them wait in the new levee's queue: the backend is full, by the old levee's count.
+    wait_until("the queue has moved", || {
+        get("stats.pool.web.queue.depth") == QUEUED as u64
+    });
+    assert_eq!(
+        get("stats.pool.web.backend.e.active"),
+        1,
+        "the old levee's connection counts here"
+    );
+    // SAFETY: kill(2) with signal 0 only asks whether the process exists.
+    let alive = unsafe { libc::kill(old as i32, 0) } == 0;
+    assert!(alive, "the old levee still runs");
+    holder.write_all(b"h").expect("the holder still writes");
+    holder
+        .read_exact(&mut one)
+        .expect("the old levee still relays the holder");
+    // Its end frees the slot, in the new levee too, and the old levee exits.
+    drop(holder);
+    let mut running = levee;
+    let status = common::wait_exit(&mut running.child, "the old levee");
+    assert!(status.success(), "{status}");
+
+    // In their order: each is answered, and closed, before the next can have the slot.
+    for (i, s) in queued.iter_mut().enumerate() {
+        let mut got = [0u8; 2];
+        s.read_exact(&mut got)
+            .unwrap_or_else(|e| panic!("queued client {i} is served by the new levee: {e}"));
+        assert_eq!(&got, format!("q{i}").as_bytes());
+        s.shutdown(std::net::Shutdown::Write).expect("shutdown");
+        let _ = s.read(&mut got);
+    }
+    let (arrived, most) = (get("stats.accepted"), most.load(Ordering::SeqCst));
+    eprintln!(
+        "FIGURE queue moved on reload: {QUEUED} queued in the old levee, {arrived} arrived in \
+         the new and were served in order; at most {most} backend connection at once (max_conns 1)"
+    );
+    assert_eq!(
+        arrived, QUEUED as u64,
+        "the new levee took every queued client"
+    );
+    assert_eq!(most, 1, "max_conns held across the two levees");
+}
+
+/// Reloads while clients keep arriving at a pool whose backend is full, so that some wait in
+/// the queue at every reload: none fails, whichever levee queued it.
+#[test]
+fn reloads_under_a_stream_through_the_queue_fail_no_connection() {
+    const CLIENTS: usize = 6;
+    const RELOADS: usize = 3;
+    let echo = common::Backend::echo();
+    let echo_addr = echo.addr;
+    let levee = Running::start("reload-queue-stream", |ctl, addr| {
+        format!(
+            "engine.cores = 0\nctl.socket = {}\nlistener.web.addr = {addr}\n\
+             listener.web.pool = web\npool.web.backend.e.addr = {echo_addr}\n\
+             pool.web.backend.e.max_conns = 2\noverflow.workers = 1\n\
+             overflow.queue_timeout = 30s\n",
+            ctl.display()
+        )
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let served = Arc::new(AtomicUsize::new(0));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            let (stop, served, addr) = (stop.clone(), served.clone(), levee.addr);
+            thread::spawn(move || {
+                let mut failures = Vec::new();
+                let started = Instant::now();
+                let mut n = 0usize;
+                while !stop.load(Ordering::Relaxed)
+                    && n < 20_000
+                    && started.elapsed() < Duration::from_secs(60)
+                {
+                    n += 1;
+                    let message = format!("{c}.{n}");
+                    let answer = (|| -> std::io::Result<String> {
+                        let mut s = TcpStream::connect(addr)?;
+                        s.set_read_timeout(Some(common::IO_TIMEOUT))?;
+                        s.write_all(message.as_bytes())?;
+                        s.shutdown(std::net::Shutdown::Write)?;
+                        let mut got = String::new();
+                        s.read_to_string(&mut got)?;
+                        Ok(got)
+                    })();
+                    match answer {
+                        Ok(got) if got == message => {
+                            served.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(got) => failures.push(format!("{message}: answered {got:?}")),
+                        Err(e) => failures.push(format!("{message}: {e}")),
+                    }
+                }
+                failures
+            })
+        })
+        .collect();
+    wait_until("the stream flows", || served.load(Ordering::Relaxed) >= 100);
+    let mut queued_at_reload = Vec::new();
+    for _ in 0..RELOADS {
+        let before = levee.pid();
+        let depth = levee.ctl(&["-n", "stats.pool.web.queue.queued"]);
+        queued_at_reload.push(String::from_utf8_lossy(&depth.stdout).trim().to_string());
+        let out = levee.ctl(&["--reload"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_ne!(levee.pid(), before);
+        let now = served.load(Ordering::Relaxed);
+        wait_until("the stream flows through the new levee", || {
+            served.load(Ordering::Relaxed) >= now + 100
+        });
+    }
+    stop.store(true, Ordering::Relaxed);
+    let failures: Vec<String> = clients
+        .into_iter()
+        .flat_map(|c| c.join().expect("client"))
+        .collect();
+    eprintln!(
+        "FIGURE {RELOADS} reloads under {CLIENTS} clients through a queue (max_conns 2): {} \
+         served, {} failed; queued so far by each levee replaced: {queued_at_reload:?}",
+        served.load(Ordering::Relaxed),
+        failures.len()
+    );
+    assert!(failures.is_empty(), "failed: {failures:?}");
+}

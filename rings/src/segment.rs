@@ -119,6 +119,10 @@ impl Mapping {
         &self.path
     }
 
+    pub(crate) fn file(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.file)
+    }
+
     /// A new open file description of the same file (not a `dup`): its locks are its own.
     pub(crate) fn reopen(&self) -> Result<File> {
         let proc_path = format!("/proc/self/fd/{}", self.file.as_raw_fd());

@@ -550,6 +550,12 @@ mod handles {
             self.map.path()
         }
 
+        /// The segment's file: for handing the table to another process over `SCM_RIGHTS`
+        /// (also an anonymous one), which opens it as `/proc/self/fd/N`.
+        pub fn file(&self) -> std::os::fd::BorrowedFd<'_> {
+            self.map.file()
+        }
+
         /// Application word `k` of row `row`, for any process to load, store or compare and
         /// swap. Panics if `row` or `k` is out of range, as slice indexing does.
         #[track_caller]

@@ -20,6 +20,7 @@ use tracing::{debug, warn};
 use super::bufring::BufRing;
 use super::conn::{self, BufLinks, Conn, Flow, Recv, State};
 use super::intake::{Intake, IntakeSetup};
+use super::moved::{INBOX_WAKE, Inbox};
 use super::parking::{Parking, ParkingSetup};
 use super::sockopt::{backend_socket, peer_addr, reset_and_close, set_linger_zero, shutdown_write};
 use super::token::{self, Dir, Kind};
@@ -51,10 +52,26 @@ const FULL_GRACE_MS: u64 = 1_000;
 /// last cancelled operations before the thread exits anyway.
 const EXIT_GRACE_MS: u64 = 2_000;
 
+/// A client accepted and not yet served: in the waiting line, or on its way to a backend or
+/// the queue.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Newcomer {
+    pub(super) fd: RawFd,
+    pub(super) pool: u16,
+    pub(super) listener: u16,
+    /// Coarse monotonic ms when it was accepted.
+    pub(super) accepted: u64,
+    /// When it joined a queue already (`CLOCK_MONOTONIC` ns): a client a levee this one took
+    /// over from had queued, which keeps its place in time. 0 for everyone else.
+    pub(super) queued_ns: u64,
+}
+
 /// A listener socket as one forwarder sees it.
 pub(super) struct Listener {
     fd: Option<OwnedFd>,
-    pool: u16,
+    /// The configured listener's name.
+    pub(super) name: Arc<str>,
+    pub(super) pool: u16,
     /// Written to a client before it is refused.
     pub(super) refuse_payload: Arc<[u8]>,
     /// The address its clients connect to, when it is bound to one (not a wildcard): a queued
@@ -79,6 +96,7 @@ pub(super) struct LocalPool {
 /// A listener socket handed to a forwarder.
 pub struct ListenerSetup {
     pub fd: OwnedFd,
+    pub name: Arc<str>,
     /// Index of its pool.
     pub pool: usize,
     pub refuse_payload: Arc<[u8]>,
@@ -101,6 +119,8 @@ pub struct Setup {
     pub tunables: Arc<Tunables>,
     /// Parks connections no backend has room for on the pools' queues (`levee run`).
     pub parking: Option<ParkingSetup>,
+    /// Where clients queued by a levee this one took over from arrive (`levee run`).
+    pub inbox: Option<Arc<Inbox>>,
     /// Takes connections from the pools' queues rather than from listeners (a worker).
     pub intake: Option<IntakeSetup>,
 }
@@ -126,7 +146,7 @@ pub struct Forwarder {
     /// Clients accepted while every slot was taken: a multishot accept can deliver several
     /// before the pause reaches it. They wait here, with their pool, for the next free slot,
     /// as they would have in the kernel's backlog.
-    waiting: VecDeque<(RawFd, u16, u16, u64)>,
+    pub(super) waiting: VecDeque<Newcomer>,
     pub(super) stats: Arc<ForwarderStats>,
     pub(super) stop: Arc<StopFlags>,
     wake: RawFd,
@@ -137,7 +157,7 @@ pub struct Forwarder {
     /// Full for longer than [`FULL_GRACE_MS`]: accepting, and refusing while no slot is free.
     refusing: bool,
     /// Set once stopping: the drain deadline.
-    drain_until: Option<u64>,
+    pub(super) drain_until: Option<u64>,
     pub(super) tunables: Arc<Tunables>,
     drain_timeout_ms: u64,
     /// Queue length of one direction at which its receive is paused, and where it resumes.
@@ -154,6 +174,8 @@ pub struct Forwarder {
     pub(super) parking: Option<Box<Parking>>,
     /// A worker's source of connections: the pools' queues.
     pub(super) intake: Option<Box<Intake>>,
+    /// Clients moved here from the queue of a levee this one took over from.
+    pub(super) inbox: Option<Arc<Inbox>>,
     /// Pause before retrying after io_uring refused a submission; 0 while all is well.
     ring_backoff_ms: u64,
 }
@@ -178,6 +200,7 @@ impl Forwarder {
             .into_iter()
             .map(|l| Listener {
                 fd: Some(l.fd),
+                name: l.name,
                 pool: l.pool as u16,
                 refuse_payload: l.refuse_payload,
                 local: (!l.addr.ip().is_unspecified()).then_some(l.addr),
@@ -233,6 +256,7 @@ impl Forwarder {
             index: setup.index,
             parking,
             intake,
+            inbox: setup.inbox,
             ring_backoff_ms: 0,
         })
     }
@@ -245,6 +269,7 @@ impl Forwarder {
                 .user_data(token::encode(Kind::Wake, 0)),
         );
         self.arm_tick();
+        self.arm_inbox();
         for i in 0..self.listeners.len() {
             self.arm_accept(i);
         }
@@ -316,6 +341,7 @@ impl Forwarder {
         match kind {
             Kind::Ignore => {}
             Kind::Accept => self.on_accept(index as usize, res, flags),
+            Kind::Wake if index == INBOX_WAKE => self.on_inbox(),
             Kind::Wake => self.on_wake(),
             Kind::Tick => self.on_tick(flags),
             Kind::Connect => self.on_connect(index, res),
@@ -574,7 +600,7 @@ impl Forwarder {
             let pool = self.listeners[i].pool;
             match self.free.pop() {
                 Some(slot) if self.waiting.is_empty() => {
-                    self.open_conn(slot, res, pool, i as u16, self.now);
+                    self.open_conn(slot, self.newcomer(res, pool, i));
                 }
                 // Full for longer than the grace: refused at once, counted.
                 None if self.refusing => {
@@ -588,7 +614,7 @@ impl Forwarder {
                         self.free.push(slot);
                     }
                     if self.waiting.len() < WAITING_MAX {
-                        self.waiting.push_back((res, pool, i as u16, self.now));
+                        self.waiting.push_back(self.newcomer(res, pool, i));
                     } else {
                         reset_and_close(res);
                         self.stats.close(CloseReason::OverCapacity);
@@ -623,8 +649,26 @@ impl Forwarder {
         }
     }
 
-    /// Serves a client accepted at `accepted` (coarse ms) from `slot`.
-    fn open_conn(&mut self, slot: u32, client: RawFd, pool: u16, listener: u16, accepted: u64) {
+    /// A client just accepted on listener `i`.
+    fn newcomer(&self, fd: RawFd, pool: u16, i: usize) -> Newcomer {
+        Newcomer {
+            fd,
+            pool,
+            listener: i as u16,
+            accepted: self.now,
+            queued_ns: 0,
+        }
+    }
+
+    /// Serves a newcomer from `slot`.
+    pub(super) fn open_conn(&mut self, slot: u32, newcomer: Newcomer) {
+        let Newcomer {
+            fd: client,
+            pool,
+            listener,
+            accepted,
+            queued_ns,
+        } = newcomer;
         let deadline = self.now + self.tunables.connect_timeout_ms();
         self.conns[slot as usize].open(client, pool, accepted, self.now, deadline);
         self.live += 1;
@@ -647,7 +691,7 @@ impl Forwarder {
             && !none_up(&self.pools[usize::from(pool)].shared.load)
         {
             self.unopen(slot);
-            self.park(client, pool, listener, flow, peer);
+            self.park(client, pool, listener, flow, peer, queued_ns);
             return;
         }
         let p = &mut self.pools[usize::from(pool)];
@@ -673,7 +717,7 @@ impl Forwarder {
                 self.close(slot, CloseReason::NoBackend, Reset::Client);
             } else if queues {
                 self.unopen(slot);
-                self.park(client, pool, listener, flow, peer);
+                self.park(client, pool, listener, flow, peer, queued_ns);
             } else if overflow == Overflow::Reject {
                 self.unopen(slot);
                 self.pools[usize::from(pool)]
@@ -698,7 +742,7 @@ impl Forwarder {
                     .release(usize::from(b));
                 self.conns[slot as usize].acquired = None;
                 self.unopen(slot);
-                self.waiting.push_front((client, pool, listener, accepted));
+                self.waiting.push_front(newcomer);
                 self.back_off_accepts();
                 return;
             }
@@ -1101,8 +1145,8 @@ impl Forwarder {
         // `open_conn` may run out and put its client back at the head of the line.
         while !self.waiting.is_empty() && !self.backing_off() {
             let Some(slot) = self.free.pop() else { break };
-            if let Some((fd, pool, listener, accepted)) = self.waiting.pop_front() {
-                self.open_conn(slot, fd, pool, listener, accepted);
+            if let Some(newcomer) = self.waiting.pop_front() {
+                self.open_conn(slot, newcomer);
             }
         }
         if self.refusing && !self.free.is_empty() {
@@ -1141,7 +1185,7 @@ impl Forwarder {
             return;
         }
         self.refusing = true;
-        while let Some((fd, _, _, _)) = self.waiting.pop_front() {
+        while let Some(Newcomer { fd, .. }) = self.waiting.pop_front() {
             reset_and_close(fd);
             self.stats.close(CloseReason::OverCapacity);
         }
@@ -1237,6 +1281,9 @@ impl Forwarder {
                 self.close_listener(i);
             }
         }
+        // After a handover the queue goes to the new levee (those parked later from the
+        // listeners' backlog go at the next overflow tick).
+        self.move_parked();
         if self.drain_timeout_ms == 0 {
             self.close_everything();
         }
@@ -1299,14 +1346,14 @@ impl Forwarder {
             self.stats.accepted.add(1);
             match self.free.pop() {
                 Some(slot) if self.waiting.is_empty() => {
-                    self.open_conn(slot, client, pool, i as u16, self.now);
+                    self.open_conn(slot, self.newcomer(client, pool, i));
                 }
                 slot => {
                     if let Some(slot) = slot {
                         self.free.push(slot);
                     }
                     if self.waiting.len() < WAITING_MAX {
-                        self.waiting.push_back((client, pool, i as u16, self.now));
+                        self.waiting.push_back(self.newcomer(client, pool, i));
                     } else {
                         reset_and_close(client);
                         self.stats.close(CloseReason::OverCapacity);
@@ -1322,7 +1369,7 @@ impl Forwarder {
         for slot in 0..self.high_slot {
             self.close(slot, CloseReason::DrainTimeout, Reset::Both);
         }
-        while let Some((fd, _, _, _)) = self.waiting.pop_front() {
+        while let Some(Newcomer { fd, .. }) = self.waiting.pop_front() {
             reset_and_close(fd);
             self.stats.close(CloseReason::DrainTimeout);
         }

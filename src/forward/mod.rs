@@ -8,6 +8,7 @@ mod footprint;
 mod forwarder;
 mod intake;
 mod listener;
+mod moved;
 mod parking;
 mod sockopt;
 mod token;
@@ -19,7 +20,7 @@ use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -43,6 +44,8 @@ pub use footprint::{Bytes, Footprint, host_memory};
 pub(crate) use forwarder::coarse_now_ms;
 use forwarder::{Forwarder, ListenerSetup, Setup};
 pub use intake::{IntakeSetup, Takeover};
+use moved::Inbox;
+pub use moved::{Mailbox, QueueSuccessor};
 pub use parking::ParkingSetup;
 
 /// Why the engine could not start.
@@ -209,6 +212,9 @@ pub struct StopFlags {
     pub requested: AtomicBool,
     /// Cut the drain short: close what is still open.
     pub hurry: AtomicBool,
+    /// The levee that took over from this one, set before the stop: where the clients still
+    /// queued here go.
+    pub successor: OnceLock<Arc<dyn QueueSuccessor>>,
 }
 
 /// Asks a running engine to stop, from any thread.
@@ -252,6 +258,8 @@ pub struct Engine {
     /// Every listening socket with its listener's name and configured address, for a levee
     /// that takes over from this one.
     handover: Mutex<Vec<(String, SocketAddr, OwnedFd)>>,
+    /// Where clients queued by a levee this one took over from are handed in.
+    mailbox: Mailbox,
 }
 
 /// How to start an engine beyond its configuration.
@@ -356,6 +364,7 @@ impl Engine {
                 None => listener::ensure_free(addr).map_err(|e| listen_error(addr, e))?,
             }
             let payload: Arc<[u8]> = Arc::from(l.refuse_payload.as_slice());
+            let name: Arc<str> = Arc::from(l.name.as_str());
             let count = sockets.len();
             for per_core in &mut sockets {
                 let fd = match adopted.pop() {
@@ -372,6 +381,7 @@ impl Engine {
                 handover.push((l.name.clone(), l.addr, dup));
                 per_core.push(ListenerSetup {
                     fd,
+                    name: name.clone(),
                     pool: l.pool,
                     refuse_payload: payload.clone(),
                     addr,
@@ -384,6 +394,7 @@ impl Engine {
                 handover.push((l.name.clone(), l.addr, dup));
                 sockets[i % count].push(ListenerSetup {
                     fd,
+                    name: name.clone(),
                     pool: l.pool,
                     refuse_payload: payload.clone(),
                     addr,
@@ -558,6 +569,24 @@ impl Engine {
         let stats: Vec<_> = (0..count)
             .map(|_| Arc::new(ForwarderStats::default()))
             .collect();
+        // Forwarders with listeners take clients a levee they replace had queued.
+        let inboxes: Vec<Option<Arc<Inbox>>> = plans
+            .iter()
+            .map(|p| {
+                (p.intake.is_none() && p.parking.is_some())
+                    .then(|| Inbox::new().map(Arc::new))
+                    .transpose()
+            })
+            .collect::<io::Result<_>>()
+            .map_err(StartError::Io)?;
+        let mailbox = Mailbox {
+            inboxes: inboxes.iter().flatten().cloned().collect(),
+            listeners: cfg
+                .listeners
+                .iter()
+                .map(|l| Arc::from(l.name.as_str()))
+                .collect(),
+        };
 
         let (ready_tx, ready_rx) = mpsc::channel();
         let mut threads = Vec::with_capacity(count);
@@ -576,6 +605,7 @@ impl Engine {
                 tunables: tunables.clone(),
                 parking: plan.parking,
                 intake: plan.intake,
+                inbox: inboxes[index].clone(),
             };
             let ready = ready_tx.clone();
             let policy = cfg.engine.sched_policy;
@@ -637,6 +667,7 @@ impl Engine {
             supervisor: None,
             drain_timeout: cfg.engine.drain_timeout,
             handover: Mutex::new(Vec::new()),
+            mailbox,
         };
         for _ in 0..count {
             match ready_rx.recv() {
@@ -707,6 +738,18 @@ impl Engine {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clear();
         self.stopper.stop();
+    }
+
+    /// Sends the clients queued here, once the forwarders stop accepting, to the levee that
+    /// took over (for the listeners it queues too). Call before [`Self::stop`]; the first
+    /// successor stays.
+    pub fn move_queue_to(&self, successor: Arc<dyn QueueSuccessor>) {
+        let _ = self.stopper.flags.successor.set(successor);
+    }
+
+    /// Where clients queued by the levee this one took over from are handed in.
+    pub fn mailbox(&self) -> Mailbox {
+        self.mailbox.clone()
     }
 
     /// A handle that can stop this engine from another thread.

@@ -79,6 +79,9 @@ enum Finish {
     Close,
     /// Refuse: the listener's payload and FIN, or RST without one.
     Refuse,
+    /// Send it to the levee that took over from this one, which queues it (`moved.rs`); counted
+    /// once sent.
+    Move,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,6 +166,9 @@ pub(super) struct Parking {
     prompt_notices: bool,
     /// Per pool: waits recorded while `ctl` held the pool's histogram.
     pending_waits: Vec<Distribution>,
+    /// Entries let go to move to the levee that took over, in arrival order: each is sent once
+    /// the kernel is done with its poll and every one ahead of it is sent.
+    moving: VecDeque<u32>,
 }
 
 impl Parking {
@@ -196,6 +202,7 @@ impl Parking {
             futex: setup.futex,
             prompt_notices: false,
             pending_waits: (0..pools).map(|_| new_wait_histogram()).collect(),
+            moving: VecDeque::new(),
         })
     }
 
@@ -233,7 +240,9 @@ impl Forwarder {
 
     /// Queues `client`, which no backend of `pool` has room for, or refuses it when the queue
     /// is full or its wait would outlast the queue timeout.
-    /// `peer` is the client's address when the caller has read it already.
+    /// `peer` is the client's address when the caller has read it already; `queued_ns`, when
+    /// not 0, when it joined the queue of the levee this one took over from: its wait and
+    /// deadline count from then.
     pub(super) fn park(
         &mut self,
         client: RawFd,
@@ -241,6 +250,7 @@ impl Forwarder {
         listener: u16,
         flow: u64,
         peer: Option<std::net::SocketAddr>,
+        queued_ns: u64,
     ) {
         let pool_index = usize::from(pool);
         let Some(p) = self.parking.as_deref_mut() else {
@@ -300,6 +310,13 @@ impl Forwarder {
         let generation = p.next_generation & park::GENERATION_MASK;
         p.next_generation += 1;
         let now_ns = handoff::monotonic_ns();
+        // CLOCK_MONOTONIC is one clock for every process of the host; a time from the future
+        // (a confused peer) counts as now.
+        let since_ns = if queued_ns == 0 {
+            now_ns
+        } else {
+            queued_ns.min(now_ns)
+        };
         let ticket = Ticket {
             pool,
             forwarder: self.index as u16,
@@ -310,8 +327,8 @@ impl Forwarder {
             start_ticks: p.start_ticks,
             cookie,
             flow,
-            enqueued_ns: now_ns,
-            deadline_ns: now_ns.saturating_add(settings.queue_timeout_ms * 1_000_000),
+            enqueued_ns: since_ns,
+            deadline_ns: since_ns.saturating_add(settings.queue_timeout_ms * 1_000_000),
             client: peer,
             local,
         };
@@ -351,8 +368,11 @@ impl Forwarder {
             pool,
             listener,
             generation,
-            since_ms: self.now,
-            since_ns: now_ns,
+            // Coarse ms of the same clock. A moved client joins the arrival list at its tail
+            // although it arrived earlier: `expire` may then see its deadline late, by at most
+            // the wait of the clients ahead of it; a worker checks the ticket's own deadline.
+            since_ms: self.now.saturating_sub((now_ns - since_ns) / 1_000_000),
+            since_ns,
             served_at_ns: 0,
             polling: false,
             half_closed: false,
@@ -648,10 +668,10 @@ impl Forwarder {
         if e.state != EntryState::Parked {
             return false;
         }
-        let finish = if otherwise.0 == Left::Abandoned {
-            Finish::Close
-        } else {
-            Finish::Refuse
+        let finish = match otherwise.0 {
+            Left::Abandoned => Finish::Close,
+            Left::Moved => Finish::Move,
+            _ => Finish::Refuse,
         };
         match park::cancel(word, e.generation, p.dead(), force) {
             Cancel::Cancelled | Cancel::Lost | Cancel::TakerGone(_) => {
@@ -695,6 +715,12 @@ impl Forwarder {
         p.parked -= 1;
         let (pool, since, polling) = (usize::from(e.pool), e.since_ms, e.polling);
         let queue = &self.pools[pool].shared.queue;
+        if finish == Finish::Move {
+            // Counted once sent, which keeps the order of arrival (`send_moving`).
+            p.moving.push_back(entry);
+            self.stop_poll_or_finish(entry, polling, finish);
+            return;
+        }
         queue.count_left(how);
         if how == Left::Served {
             // From the worker's commit time when its notice said, else from now.
@@ -706,6 +732,11 @@ impl Forwarder {
             queue.record_wait(&mut p.pending_waits[pool], wait_us);
         }
         self.stats.close(reason);
+        self.stop_poll_or_finish(entry, polling, finish);
+    }
+
+    /// Finishes a left entry now, or once its poll's completion says the kernel is done with it.
+    fn stop_poll_or_finish(&mut self, entry: u32, polling: bool, finish: Finish) {
         if polling {
             let target = token::encode(Kind::ParkPoll, entry);
             self.push(
@@ -723,11 +754,95 @@ impl Forwarder {
         let Some(p) = self.parking.as_deref_mut() else {
             return;
         };
+        if finish == Finish::Move {
+            // It leaves in its turn: the poll is done (or never was), nothing more.
+            p.entries[entry as usize].polling = false;
+            self.send_moving();
+            return;
+        }
         let e = std::mem::replace(&mut p.entries[entry as usize], Parked::FREE);
         p.free.push(entry);
         match finish {
             Finish::HandOver | Finish::Close => self.close_fd(e.fd),
             Finish::Refuse => self.refuse_parked(e.fd, e.listener, e.pool),
+            Finish::Move => {}
+        }
+    }
+
+    /// Sends the entries let go to move, in their order, up to the first whose poll the kernel
+    /// still holds.
+    fn send_moving(&mut self) {
+        loop {
+            let Some(p) = self.parking.as_deref_mut() else {
+                return;
+            };
+            let Some(&entry) = p.moving.front() else {
+                return;
+            };
+            if p.entries[entry as usize].polling {
+                return;
+            }
+            p.moving.pop_front();
+            let e = std::mem::replace(&mut p.entries[entry as usize], Parked::FREE);
+            p.free.push(entry);
+            self.send_to_successor(e);
+        }
+    }
+
+    /// Sends a parked client that was let go to the levee that took over; refuses it if that
+    /// fails.
+    fn send_to_successor(&mut self, e: Parked) {
+        let name = self
+            .listeners
+            .get(usize::from(e.listener))
+            .map(|l| l.name.clone());
+        let successor = self.stop.successor.get().cloned();
+        // SAFETY: `e.fd` is the parked client's socket, which this forwarder still owns.
+        let client = unsafe { BorrowedFd::borrow_raw(e.fd) };
+        let sent = match (name, successor) {
+            (Some(name), Some(s)) => s.send(&name, e.since_ns, self.index, client),
+            _ => Err(std::io::Error::other("no levee to send it to")),
+        };
+        let queue = &self.pools[usize::from(e.pool)].shared.queue;
+        match sent {
+            Ok(()) => {
+                queue.count_left(Left::Moved);
+                self.stats.close(CloseReason::Moved);
+                // The new levee has its own copy now.
+                self.close_fd(e.fd);
+            }
+            Err(err) => {
+                warn!(error = %err, "cannot move a queued client to the new levee; refused");
+                queue.count_left(Left::Stopped);
+                self.refuse_fd(e.fd, e.listener, e.pool, CloseReason::LocalError);
+            }
+        }
+    }
+
+    /// After a handover, while draining: lets go of every queued client the new levee queues
+    /// too, oldest first, and sends it there. A client a live worker is taking stays; the
+    /// worker serves it.
+    pub(super) fn move_parked(&mut self) {
+        let (Some(successor), Some(p)) = (self.stop.successor.get(), self.parking.as_deref())
+        else {
+            return;
+        };
+        let movable: Vec<u32> = p
+            .order
+            .iter()
+            .filter(|&&(entry, generation)| {
+                let e = p.entries[entry as usize];
+                e.state == EntryState::Parked
+                    && e.generation == generation
+                    && self
+                        .listeners
+                        .get(usize::from(e.listener))
+                        .is_some_and(|l| successor.takes(&l.name))
+            })
+            .map(|&(entry, _)| entry)
+            .collect();
+        for entry in movable {
+            self.let_go(entry, false, (Left::Moved, CloseReason::Moved));
         }
     }
 
@@ -829,6 +944,9 @@ impl Forwarder {
         };
         p.tick_armed = false;
         self.read_notices();
+        if self.drain_until.is_some() {
+            self.move_parked();
+        }
         self.expire();
         self.poll_waiting();
         let scan = self

@@ -18,6 +18,7 @@
 //! | [`QueueStats`] drain rate | the overflow supervisor | forwarders (admission), `ctl` |
 //! | [`PoolHistograms`] (connect time, duration, bytes) | forwarders, at their tick, never waiting | `ctl`, `/metrics` |
 
+pub mod carried;
 mod health;
 mod load;
 pub mod queue;

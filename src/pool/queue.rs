@@ -24,16 +24,19 @@ pub enum Left {
     DeadLettered,
     /// levee stopped before a worker took it.
     Stopped,
+    /// levee handed it to the levee that took over from it (a reload or an upgrade).
+    Moved,
 }
 
 impl Left {
-    pub const ALL: [Left; 6] = [
+    pub const ALL: [Left; 7] = [
         Self::Served,
         Self::Expired,
         Self::Abandoned,
         Self::Shed,
         Self::DeadLettered,
         Self::Stopped,
+        Self::Moved,
     ];
 
     pub fn name(self) -> &'static str {
@@ -44,6 +47,7 @@ impl Left {
             Self::Shed => "shed",
             Self::DeadLettered => "dead_lettered",
             Self::Stopped => "stopped",
+            Self::Moved => "moved",
         }
     }
 }

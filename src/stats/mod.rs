@@ -47,10 +47,13 @@ pub enum CloseReason {
     Shed,
     /// Queued, and every worker that claimed it died before taking it over.
     DeadLettered,
+    /// Queued, then moved to the levee that took over from this one (a reload or an upgrade),
+    /// which serves it from its own queue.
+    Moved,
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 16] = [
+    pub const ALL: [CloseReason; 17] = [
         Self::Done,
         Self::ClientError,
         Self::BackendError,
@@ -67,6 +70,7 @@ impl CloseReason {
         Self::Rejected,
         Self::Shed,
         Self::DeadLettered,
+        Self::Moved,
     ];
 
     pub fn name(self) -> &'static str {
@@ -87,6 +91,7 @@ impl CloseReason {
             Self::Rejected => "rejected",
             Self::Shed => "shed",
             Self::DeadLettered => "dead_lettered",
+            Self::Moved => "moved",
         }
     }
 }
