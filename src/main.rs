@@ -3,7 +3,7 @@
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use clap::{Parser, Subcommand};
 use nix::sys::signal::{SigSet, Signal};
@@ -14,6 +14,7 @@ use levee::ctl::{Live, Server};
 use levee::demo;
 use levee::forward::{Engine, Options};
 use levee::metrics::Endpoint;
+use levee::pool::carried::Carried;
 
 /// Exit status for a configuration that does not validate.
 const EXIT_CONFIG: u8 = 2;
@@ -540,9 +541,11 @@ fn run(
         return ExitCode::from(EXIT_FAILURE);
     }
     let took_over = inherited.is_some();
+    // The connections of the levee replaced (and of any it replaced that still drains).
+    let mut carried: Option<Arc<Mutex<Carried>>> = None;
     if let Some(mut inherited) = inherited {
         // Its connections count against the backends' caps here until it has exited.
-        let carried = levee::pool::carried::Carried::new(
+        let followed = Carried::new(
             std::mem::take(&mut inherited.loads),
             &inherited.rows,
             engine.pools(),
@@ -551,12 +554,14 @@ fn run(
         match inherited.ready() {
             Ok(predecessor) => {
                 info!(
-                    backends = carried.len(),
-                    connections = carried.carried(),
+                    backends = followed.len(),
+                    connections = followed.carried(),
                     "took over the listening sockets: the levee replaced drains and exits, its \
                      connections counted against the backends' max_conns here until then"
                 );
-                follow_predecessor(predecessor, carried, engine.mailbox());
+                let followed = Arc::new(Mutex::new(followed));
+                follow_predecessor(predecessor, followed.clone(), engine.mailbox());
+                carried = Some(followed);
             }
             Err(e) => warn!(error = %e, "cannot tell the levee replaced that this one serves"),
         }
@@ -595,9 +600,14 @@ fn run(
                     &engine,
                     control.as_ref(),
                     metrics.as_ref(),
+                    carried.as_deref(),
                 ) {
                     Ok((pid, successor)) => {
                         engine.move_queue_to(Arc::new(successor));
+                        // The new levee follows what this one followed.
+                        if let Some(c) = &carried {
+                            c.lock().unwrap_or_else(PoisonError::into_inner).hand_on();
+                        }
                         info!(
                             new = pid,
                             drain_timeout = ?cfg.engine.drain_timeout,
@@ -751,6 +761,7 @@ fn hand_over(
     engine: &Engine,
     control: Option<&Server>,
     metrics: Option<&Endpoint>,
+    carried: Option<&Mutex<Carried>>,
 ) -> Result<(u32, levee::handover::Successor), String> {
     use levee::forward::{Bytes, Footprint, host_memory};
     let exe = exe.ok_or("levee cannot find its own binary")?;
@@ -790,6 +801,12 @@ fn hand_over(
             fd: std::os::fd::AsFd::as_fd(fd),
         })
         .collect();
+    // This levee's load tables, and those it follows for levees before it that still drain.
+    let followed = carried.map_or_else(Vec::new, |c| {
+        c.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .handed_rows()
+    });
     let loads: Vec<levee::handover::OfferedLoad<'_>> = engine
         .pools()
         .iter()
@@ -804,8 +821,15 @@ fn hand_over(
                 })
             })
         })
+        .chain(followed.iter().map(|r| levee::handover::OfferedLoad {
+            pool: &r.pool,
+            backend: &r.backend,
+            addr: r.addr,
+            row: r.row,
+            table: std::os::fd::AsFd::as_fd(&r.table),
+        }))
         .collect();
-    let (child, channel) = levee::handover::hand_over(
+    let (mut child, channel) = levee::handover::hand_over(
         exe,
         path,
         &sockets,
@@ -821,26 +845,47 @@ fn hand_over(
         .filter(|l| cfg.pools[l.pool].overflow == config::Overflow::Queue)
         .map(|l| l.name.clone())
         .collect();
-    let successor =
-        levee::handover::Successor::new(channel, takes).map_err(|e| format!("handover: {e}"))?;
+    let successor = match levee::handover::Successor::new(channel, takes) {
+        Ok(s) => s,
+        Err(e) => {
+            // This levee keeps serving: the new one goes.
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("handover: {e}"));
+        }
+    };
     Ok((child.id(), successor))
 }
 
 /// Until the levee replaced has exited: takes the clients it had queued, as it sends them, into
-/// this one's queue, and follows its connections to each backend in this one's load. A thread.
+/// this one's queue, and follows its connections to each backend in this one's load until no
+/// process holds its tables any more (its workers may relay a while after it). A thread.
 fn follow_predecessor(
     predecessor: levee::handover::Predecessor,
-    mut carried: levee::pool::carried::Carried,
+    carried: Arc<Mutex<Carried>>,
     mailbox: levee::forward::Mailbox,
 ) {
+    use levee::pool::carried::FOLLOW_EVERY;
+    let follow = {
+        let carried = carried.clone();
+        move || {
+            carried
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .follow();
+        }
+    };
     let spawned = std::thread::Builder::new()
         .name("levee-predecessor".into())
         .spawn(move || {
-            let mut taken = 0u64;
+            let (mut taken, mut refused) = (0u64, 0u64);
+            let mut followed = std::time::Instant::now();
+            follow();
             loop {
-                carried.follow();
-                match predecessor.next_within(levee::pool::carried::FOLLOW_EVERY) {
-                    Ok(Some(None)) => continue,
+                // Read what it sends as it comes; follow the counts every FOLLOW_EVERY.
+                let wait = FOLLOW_EVERY.saturating_sub(followed.elapsed());
+                match predecessor.next_within(wait) {
+                    Ok(Some(None)) => {}
                     Ok(Some(Some(client))) => {
                         match mailbox.deliver(
                             &client.listener,
@@ -849,7 +894,10 @@ fn follow_predecessor(
                             client.socket,
                         ) {
                             Ok(()) => taken += 1,
-                            Err(e) => warn!("the levee replaced sent {e}; refused"),
+                            Err(e) => {
+                                refused += 1;
+                                warn!("the levee replaced sent {e}; refused");
+                            }
                         }
                     }
                     Ok(None) => break,
@@ -858,12 +906,28 @@ fn follow_predecessor(
                         break;
                     }
                 }
+                if followed.elapsed() >= FOLLOW_EVERY {
+                    follow();
+                    followed = std::time::Instant::now();
+                }
             }
-            carried.release();
             info!(
                 queued_clients_taken = taken,
-                "the levee replaced has exited: its connections no longer count here"
+                queued_clients_refused = refused,
+                "the levee replaced has exited"
             );
+            // Its workers may still relay: their connections count until they are gone.
+            loop {
+                follow();
+                let mut c = carried.lock().unwrap_or_else(PoisonError::into_inner);
+                if !c.predecessor_alive() {
+                    c.release();
+                    break;
+                }
+                drop(c);
+                std::thread::sleep(FOLLOW_EVERY);
+            }
+            info!("no process of the levee replaced is left: its connections no longer count here");
         });
     if let Err(e) = spawned {
         warn!(error = %e, "cannot start a thread for the clients the levee replaced had queued");

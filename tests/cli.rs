@@ -292,7 +292,13 @@ fn forwarders_run_under_the_configured_scheduling_policy() {
         ("", libc::SCHED_BATCH),
         ("engine.sched_policy = normal\n", libc::SCHED_OTHER),
     ] {
-        let (mut child, _) = run_in_front_of("sched", backend.addr, setting);
+        let (mut child, addr) = run_in_front_of("sched", backend.addr, setting);
+        // A connection served through levee: its forwarder runs (and set its policy first).
+        let mut got = String::new();
+        let mut s = TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
+        s.read_to_string(&mut got).expect("served");
+        assert_eq!(got, "scheduled");
         let policies = common::forwarder_policies(child.id());
         sigterm(&child);
         let log = stop_and_log(&mut child);

@@ -720,3 +720,167 @@ fn reloads_under_a_stream_through_the_queue_fail_no_connection() {
     );
     assert!(failures.is_empty(), "failed: {failures:?}");
 }
+
+/// Whether process `pid` has exited (gone, or a zombie its parent has not reaped yet: a
+/// reload's levee is the child of the one it replaced).
+fn exited(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name in parentheses.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
+        Err(_) => true,
+    }
+}
+
+/// An echo backend that records the most connections it held at once.
+fn counting_echo() -> (common::Backend, Arc<AtomicUsize>) {
+    let (now, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let backend = {
+        let most = most.clone();
+        common::Backend::spawn(move |mut s| {
+            let n = now.fetch_add(1, Ordering::SeqCst) + 1;
+            most.fetch_max(n, Ordering::SeqCst);
+            let mut buf = [0u8; 256];
+            while let Ok(k) = s.read(&mut buf) {
+                if k == 0 || s.write_all(&buf[..k]).is_err() {
+                    break;
+                }
+            }
+            now.fetch_sub(1, Ordering::SeqCst);
+        })
+    };
+    (backend, most)
+}
+
+/// One pool `web` in front of `backend` with `max_conns = 1` and a queue.
+fn one_slot_config(ctl: &std::path::Path, addr: SocketAddr, backend: SocketAddr) -> String {
+    format!(
+        "engine.cores = 0\nengine.drain_timeout = 60s\nctl.socket = {}\n\
+         listener.web.addr = {addr}\nlistener.web.pool = web\n\
+         pool.web.backend.e.addr = {backend}\npool.web.backend.e.max_conns = 1\n\
+         overflow.workers = 1\noverflow.queue_timeout = 60s\n",
+        ctl.display()
+    )
+}
+
+/// A client that holds the one backend slot: served, and kept open.
+fn hold_slot(addr: SocketAddr) -> TcpStream {
+    let mut holder = TcpStream::connect(addr).expect("holder");
+    holder
+        .set_read_timeout(Some(common::IO_TIMEOUT))
+        .expect("timeout");
+    holder.write_all(b"h").expect("holder writes");
+    let mut one = [0u8; 1];
+    holder.read_exact(&mut one).expect("the holder is served");
+    holder
+}
+
+/// A queue larger than the handover socket's buffer moves whole: the old levee sends what the
+/// socket takes and the rest as the new levee reads, none refused.
+#[test]
+fn a_queue_larger_than_the_socket_buffer_moves_whole() {
+    const QUEUED: usize = 1200;
+    let (echo, _) = counting_echo();
+    let echo_addr = echo.addr;
+    let levee = Running::start("reload-big-queue", |ctl, addr| {
+        one_slot_config(ctl, addr, echo_addr)
+    });
+    let _holder = hold_slot(levee.addr);
+    let queued: Vec<TcpStream> = (0..QUEUED)
+        .map(|i| {
+            let mut s = TcpStream::connect(levee.addr).expect("connect");
+            s.write_all(format!("q{i}").as_bytes()).expect("write");
+            s
+        })
+        .collect();
+    let depth = || {
+        let out = levee.ctl(&["-n", "stats.pool.web.queue.depth"]);
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse::<usize>()
+            .unwrap_or(0)
+    };
+    wait_until("every client is queued", || depth() == QUEUED);
+    let old = levee.pid();
+    let out = levee.ctl(&["--reload"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_ne!(levee.pid(), old);
+    wait_until("the whole queue has moved", || depth() == QUEUED);
+    let open = queued
+        .iter()
+        .filter(|s| {
+            s.set_nonblocking(true).expect("nonblocking");
+            let mut b = [0u8; 1];
+            matches!(s.peek(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        })
+        .count();
+    eprintln!(
+        "FIGURE big queue moved on reload: {QUEUED} queued, {} queued in the new levee, {open} still open",
+        depth()
+    );
+    assert_eq!(open, QUEUED, "no queued client was refused");
+}
+
+/// Two reloads while the first levee still relays: the third levee counts the first one's
+/// connection, although the second one, which handed it over, has exited.
+#[test]
+fn max_conns_holds_across_two_reloads_while_the_first_levee_drains() {
+    let (echo, most) = counting_echo();
+    let echo_addr = echo.addr;
+    let levee = Running::start("reload-three", |ctl, addr| {
+        one_slot_config(ctl, addr, echo_addr)
+    });
+    let get = |key: &str| -> u64 {
+        let out = levee.ctl(&["-n", key]);
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0)
+    };
+    let mut holder = hold_slot(levee.addr);
+    let first = levee.pid();
+    assert!(levee.ctl(&["--reload"]).status.success());
+    let second = levee.pid();
+    assert!(levee.ctl(&["--reload"]).status.success());
+    let third = levee.pid();
+    assert!(first != second && second != third);
+    // The second levee has nothing of its own to drain.
+    wait_until("the second levee exits", || exited(second));
+    assert!(!exited(first), "the first levee still relays the holder");
+    assert_eq!(
+        get("stats.pool.web.backend.e.active"),
+        1,
+        "the first levee's connection counts in the third"
+    );
+    let mut newcomer = TcpStream::connect(levee.addr).expect("newcomer");
+    newcomer
+        .set_read_timeout(Some(common::IO_TIMEOUT))
+        .expect("timeout");
+    newcomer.write_all(b"n").expect("write");
+    wait_until("the newcomer queues", || {
+        get("stats.pool.web.queue.depth") == 1
+    });
+    drop(holder.write_all(b"h"));
+    let mut one = [0u8; 1];
+    holder
+        .read_exact(&mut one)
+        .expect("the first levee still relays");
+    drop(holder);
+    newcomer
+        .read_exact(&mut one)
+        .expect("the newcomer is served once the slot is free");
+    eprintln!(
+        "FIGURE two reloads while the first levee drains: at most {} backend connection at once (max_conns 1)",
+        most.load(Ordering::SeqCst)
+    );
+    assert_eq!(
+        most.load(Ordering::SeqCst),
+        1,
+        "max_conns held across three levees"
+    );
+}

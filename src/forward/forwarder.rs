@@ -323,6 +323,7 @@ impl Forwarder {
             self.serve_intake();
             self.read_notices_if_parked();
             if self.finished() {
+                self.close_inbox();
                 // Hand the last closes to the kernel before the ring goes away.
                 self.ring.submit()?;
                 for p in &mut self.pools {

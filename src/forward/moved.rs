@@ -57,8 +57,15 @@ pub struct Moved {
 /// One forwarder's moved clients, and the eventfd that wakes it for them.
 #[derive(Debug)]
 pub struct Inbox {
-    moved: Mutex<VecDeque<Moved>>,
+    moved: Mutex<Arrivals>,
     wake: OwnedFd,
+}
+
+#[derive(Debug, Default)]
+struct Arrivals {
+    clients: VecDeque<Moved>,
+    /// The forwarder has exited: nobody takes clients from here any more.
+    closed: bool,
 }
 
 impl Inbox {
@@ -69,19 +76,22 @@ impl Inbox {
             return Err(io::Error::last_os_error());
         }
         Ok(Self {
-            moved: Mutex::new(VecDeque::new()),
+            moved: Mutex::new(Arrivals::default()),
             // SAFETY: `raw` is a fresh descriptor owned by nobody else.
             wake: unsafe { OwnedFd::from_raw_fd(raw) },
         })
     }
 
-    fn put(&self, m: Moved) -> Result<(), Moved> {
+    fn put(&self, m: Moved) -> Result<(), (Moved, &'static str)> {
         {
             let mut moved = self.moved.lock().unwrap_or_else(PoisonError::into_inner);
-            if moved.len() >= INBOX_MAX {
-                return Err(m);
+            if moved.closed {
+                return Err((m, "has stopped"));
             }
-            moved.push_back(m);
+            if moved.clients.len() >= INBOX_MAX {
+                return Err((m, "has too many moved clients waiting for it"));
+            }
+            moved.clients.push_back(m);
         }
         let one: u64 = 1;
         // SAFETY: writing 8 bytes from a valid u64 to our own eventfd. A failure means the
@@ -97,7 +107,20 @@ impl Inbox {
         // SAFETY: reading 8 bytes into a valid u64 from our own non-blocking eventfd; EAGAIN
         // (nothing to clear) is fine.
         unsafe { libc::read(self.wake.as_raw_fd(), (&raw mut count).cast(), 8) };
-        std::mem::take(&mut *self.moved.lock().unwrap_or_else(PoisonError::into_inner))
+        std::mem::take(
+            &mut self
+                .moved
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clients,
+        )
+    }
+
+    /// Takes no more clients, and returns those that arrived too late.
+    fn close(&self) -> VecDeque<Moved> {
+        let mut moved = self.moved.lock().unwrap_or_else(PoisonError::into_inner);
+        moved.closed = true;
+        std::mem::take(&mut moved.clients)
     }
 
     pub(super) fn fd(&self) -> RawFd {
@@ -142,9 +165,9 @@ impl Mailbox {
                 queued_ns,
                 client,
             })
-            .map_err(|m| {
+            .map_err(|(m, why)| {
                 reset_and_close(m.client.into_raw_fd());
-                format!("forwarder {k} has {INBOX_MAX} queued clients waiting for it already")
+                format!("a queued client, and forwarder {k} {why}")
             })
     }
 }
@@ -202,5 +225,17 @@ impl Forwarder {
             }
         }
         self.arm_inbox();
+    }
+
+    /// At exit: clients moved here too late to be served are refused, counted.
+    pub(super) fn close_inbox(&mut self) {
+        let Some(inbox) = self.inbox.clone() else {
+            return;
+        };
+        for m in inbox.close() {
+            self.stats.accepted.add(1);
+            reset_and_close(m.client.into_raw_fd());
+            self.stats.close(CloseReason::DrainTimeout);
+        }
     }
 }

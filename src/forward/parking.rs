@@ -169,6 +169,8 @@ pub(super) struct Parking {
     /// Entries let go to move to the levee that took over, in arrival order: each is sent once
     /// the kernel is done with its poll and every one ahead of it is sent.
     moving: VecDeque<u32>,
+    /// The drain deadline passed: what is still in `moving` is refused, not sent.
+    moving_deadline: bool,
 }
 
 impl Parking {
@@ -203,6 +205,7 @@ impl Parking {
             prompt_notices: false,
             pending_waits: (0..pools).map(|_| new_wait_histogram()).collect(),
             moving: VecDeque::new(),
+            moving_deadline: false,
         })
     }
 
@@ -679,11 +682,12 @@ impl Forwarder {
             }
             Cancel::Closing(why) => {
                 let (how, reason) = closing_reason(why);
-                // Nobody to refuse when the client is gone.
+                // Decided already (shed, expired, dead-lettered): that stands, also when the
+                // queue was about to move. Nobody to refuse when the client is gone.
                 let finish = if how == Left::Abandoned {
                     Finish::Close
                 } else {
-                    finish
+                    Finish::Refuse
                 };
                 self.leave(entry, how, reason, finish);
             }
@@ -770,52 +774,70 @@ impl Forwarder {
     }
 
     /// Sends the entries let go to move, in their order, up to the first whose poll the kernel
-    /// still holds.
+    /// still holds, or until the channel to the new levee is full (the overflow tick sends the
+    /// rest). Past the drain deadline, or when the new levee cannot take them, they are refused.
     fn send_moving(&mut self) {
-        loop {
-            let Some(p) = self.parking.as_deref_mut() else {
-                return;
-            };
+        let mut refused: Option<(u32, std::io::Error)> = None;
+        while let Some(p) = self.parking.as_deref_mut() {
             let Some(&entry) = p.moving.front() else {
-                return;
+                break;
             };
-            if p.entries[entry as usize].polling {
-                return;
+            let e = p.entries[entry as usize];
+            if e.polling {
+                break;
             }
-            p.moving.pop_front();
-            let e = std::mem::replace(&mut p.entries[entry as usize], Parked::FREE);
-            p.free.push(entry);
-            self.send_to_successor(e);
+            let deadline = p.moving_deadline;
+            let sent = if deadline {
+                Err(std::io::Error::other("the drain deadline passed"))
+            } else {
+                self.send_to_successor(&e)
+            };
+            let reason = match sent {
+                Ok(()) => None,
+                // The new levee has not read what it was sent yet: later, in order.
+                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(err) => {
+                    let n = refused.as_ref().map_or(0, |r| r.0);
+                    refused = Some((n + 1, err));
+                    Some(if deadline {
+                        CloseReason::DrainTimeout
+                    } else {
+                        CloseReason::LocalError
+                    })
+                }
+            };
+            if let Some(p) = self.parking.as_deref_mut() {
+                p.moving.pop_front();
+                p.entries[entry as usize] = Parked::FREE;
+                p.free.push(entry);
+            }
+            let queue = &self.pools[usize::from(e.pool)].shared.queue;
+            match reason {
+                None => {
+                    queue.count_left(Left::Moved);
+                    self.stats.close(CloseReason::Moved);
+                    // The new levee has its own copy now.
+                    self.close_fd(e.fd);
+                }
+                Some(reason) => {
+                    queue.count_left(Left::Stopped);
+                    self.refuse_fd(e.fd, e.listener, e.pool, reason);
+                }
+            }
+        }
+        if let Some((n, err)) = refused {
+            warn!(clients = n, error = %err, "cannot move queued clients to the new levee; refused");
         }
     }
 
-    /// Sends a parked client that was let go to the levee that took over; refuses it if that
-    /// fails.
-    fn send_to_successor(&mut self, e: Parked) {
-        let name = self
-            .listeners
-            .get(usize::from(e.listener))
-            .map(|l| l.name.clone());
-        let successor = self.stop.successor.get().cloned();
+    /// Sends a parked client that was let go to the levee that took over.
+    fn send_to_successor(&self, e: &Parked) -> std::io::Result<()> {
+        let name = self.listeners.get(usize::from(e.listener)).map(|l| &l.name);
         // SAFETY: `e.fd` is the parked client's socket, which this forwarder still owns.
         let client = unsafe { BorrowedFd::borrow_raw(e.fd) };
-        let sent = match (name, successor) {
-            (Some(name), Some(s)) => s.send(&name, e.since_ns, self.index, client),
+        match (name, self.stop.successor.get()) {
+            (Some(name), Some(s)) => s.send(name, e.since_ns, self.index, client),
             _ => Err(std::io::Error::other("no levee to send it to")),
-        };
-        let queue = &self.pools[usize::from(e.pool)].shared.queue;
-        match sent {
-            Ok(()) => {
-                queue.count_left(Left::Moved);
-                self.stats.close(CloseReason::Moved);
-                // The new levee has its own copy now.
-                self.close_fd(e.fd);
-            }
-            Err(err) => {
-                warn!(error = %err, "cannot move a queued client to the new levee; refused");
-                queue.count_left(Left::Stopped);
-                self.refuse_fd(e.fd, e.listener, e.pool, CloseReason::LocalError);
-            }
         }
     }
 
@@ -946,6 +968,7 @@ impl Forwarder {
         self.read_notices();
         if self.drain_until.is_some() {
             self.move_parked();
+            self.send_moving();
         }
         self.expire();
         self.poll_waiting();
@@ -1089,6 +1112,11 @@ impl Forwarder {
     /// At the drain deadline: every parked client no worker has committed is closed, even one
     /// a worker is taking (which then cannot commit).
     pub(super) fn close_parked(&mut self) {
+        let Some(p) = self.parking.as_deref_mut() else {
+            return;
+        };
+        p.moving_deadline = true;
+        self.send_moving();
         let Some(p) = self.parking.as_deref() else {
             return;
         };

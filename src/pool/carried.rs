@@ -10,8 +10,10 @@
 //! one that much later, never earlier. In the moments before the old levee stops accepting, both
 //! accept, and each sees the other's new connections only at the next re-read.
 //!
-//! The units are this process's own: given back when the old levee has exited, and reaped with
-//! this process's column if it dies.
+//! The units are this process's own: given back once no process holds the old table any more
+//! (the old levee and its workers have exited), and reaped with this process's column if this
+//! one dies. When this levee is replaced in turn before that, it hands the tables it follows on
+//! with its own, and gives its units back once the next levee has them.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,6 +52,17 @@ struct Follow {
 pub struct Carried {
     tables: Vec<Table>,
     follows: Vec<Follow>,
+    /// A levee that took over from this one follows them now.
+    handed_on: bool,
+}
+
+/// A followed backend's row, to hand to the next levee.
+pub struct HandedRow {
+    pub pool: String,
+    pub backend: String,
+    pub addr: std::net::SocketAddr,
+    pub row: usize,
+    pub table: std::os::fd::OwnedFd,
 }
 
 impl Carried {
@@ -72,7 +85,11 @@ impl Carried {
                 })
             })
             .collect();
-        let mut carried = Self { tables, follows };
+        let mut carried = Self {
+            tables,
+            follows,
+            handed_on: false,
+        };
         carried.follow();
         carried
     }
@@ -93,6 +110,9 @@ impl Carried {
 
     /// Brings this levee's copy of each old count up to date.
     pub fn follow(&mut self) {
+        if self.handed_on {
+            return;
+        }
         for f in &mut self.follows {
             let old = self.tables[f.table].count(f.row).min(MAX_COUNT);
             let holder = f.pool.load.holder();
@@ -106,7 +126,45 @@ impl Carried {
         }
     }
 
-    /// Gives every unit back: the old levee has exited.
+    /// Whether a live process still holds any of the old tables (the old levee, or a worker of
+    /// it still relaying).
+    pub fn predecessor_alive(&self) -> bool {
+        !self.handed_on
+            && self.tables.iter().any(|t| {
+                // Unreadable locks count as alive: the cap errs on the safe side.
+                t.holders()
+                    .map_or(true, |holders| holders.iter().any(|h| h.alive))
+            })
+    }
+
+    /// The rows followed, each with its own descriptor of its table, for the levee that takes
+    /// over from this one.
+    pub fn handed_rows(&self) -> Vec<HandedRow> {
+        if self.handed_on {
+            return Vec::new();
+        }
+        self.follows
+            .iter()
+            .filter_map(|f| {
+                Some(HandedRow {
+                    pool: f.pool.name.clone(),
+                    backend: f.pool.names[f.backend].clone(),
+                    addr: f.pool.addrs[f.backend].as_socket()?,
+                    row: f.row,
+                    table: self.tables[f.table].file().try_clone_to_owned().ok()?,
+                })
+            })
+            .collect()
+    }
+
+    /// The levee that took over from this one follows the old tables now: give the units back
+    /// and stop.
+    pub fn hand_on(&mut self) {
+        self.release();
+        self.handed_on = true;
+    }
+
+    /// Gives every unit back.
     pub fn release(&mut self) {
         for f in &mut self.follows {
             let row = f.pool.load.rows().backend(f.backend);
