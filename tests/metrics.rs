@@ -26,6 +26,8 @@ struct Running {
     child: Child,
     socket: PathBuf,
     addr: SocketAddr,
+    /// A second listener, `api`, on the same pool.
+    api: SocketAddr,
     metrics: Option<SocketAddr>,
     log: Arc<Mutex<String>>,
     _backends: [Backend; 2],
@@ -39,10 +41,12 @@ impl Running {
         let dir = temp_dir(&format!("metrics-{name}"));
         let socket = dir.join("ctl.sock");
         let addr = refused_addr();
+        let api = refused_addr();
         let metrics = listen.then(refused_addr);
         let mut text = format!(
             "engine.cores = 0\nctl.socket = {}\nlistener.web.addr = {addr}\n\
-             listener.web.pool = web\npool.web.balance = round_robin\n\
+             listener.web.pool = web\nlistener.api.addr = {api}\nlistener.api.pool = web\n\
+             pool.web.balance = round_robin\n\
              pool.web.backend.a.addr = {}\npool.web.backend.b.addr = {}\n",
             socket.display(),
             backends[0].addr,
@@ -78,6 +82,7 @@ impl Running {
             child,
             socket,
             addr,
+            api,
             metrics,
             log,
             _backends: backends,
@@ -132,8 +137,13 @@ impl Running {
 
     /// `count` connections through levee, each sending [`REQUEST`] and reading [`REPLY`].
     fn connections(&self, count: usize) {
+        self.connections_to(self.addr, count);
+    }
+
+    /// As [`Running::connections`], to listener address `addr`.
+    fn connections_to(&self, addr: SocketAddr, count: usize) {
         for _ in 0..count {
-            let mut c = TcpStream::connect(self.addr).expect("connect through levee");
+            let mut c = TcpStream::connect(addr).expect("connect through levee");
             c.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
             c.write_all(REQUEST).expect("send");
             c.shutdown(Shutdown::Write).expect("shutdown");
@@ -270,6 +280,9 @@ fn ctl_key(metric: &str, labels: &HashMap<String, String>) -> Option<(String, f6
     let plain = |key: &str| Some((key.to_string(), 1.0));
     match metric {
         "levee_accepted_connections_total" => plain("stats.accepted"),
+        "levee_listener_accepted_connections_total" => {
+            Some((format!("stats.listener.{}.accepted", l("listener")), 1.0))
+        }
         "levee_active_connections" => plain("stats.active"),
         "levee_client_to_backend_bytes_total" => plain("stats.bytes_in"),
         "levee_backend_to_client_bytes_total" => plain("stats.bytes_out"),
@@ -413,8 +426,11 @@ fn metrics_parse_and_equal_what_ctl_reports() {
     }
     // The ones this run must have had something in.
     assert_eq!(before["stats.accepted"], "12");
+    assert_eq!(before["stats.listener.web.accepted"], "12");
+    assert_eq!(before["stats.listener.api.accepted"], "0");
     for family in [
         "levee_accepted_connections_total",
+        "levee_listener_accepted_connections_total",
         "levee_closed_connections_total",
         "levee_backend_status",
         "levee_pool_connect_time_seconds",
@@ -515,18 +531,20 @@ fn listening_ports(pid: u32) -> Vec<u16> {
     ports
 }
 
-/// (c) With `stats.listen = none` (the default) levee listens on its listener and nothing
+/// (c) With `stats.listen = none` (the default) levee listens on its listeners and nothing
 /// else; with an address, on that one more.
 #[test]
 fn stats_listen_none_serves_nothing() {
     let off = Running::start("off", false);
     assert_eq!(off.ctl_all()["stats.listen"], "none");
-    assert_eq!(listening_ports(off.child.id()), [off.addr.port()]);
+    let mut want = vec![off.addr.port(), off.api.port()];
+    want.sort_unstable();
+    assert_eq!(listening_ports(off.child.id()), want);
     off.connections(1);
 
     let on = Running::start("on", true);
     assert_eq!(on.ctl_all()["stats.listen"], on.metrics().to_string());
-    let mut want = vec![on.addr.port(), on.metrics().port()];
+    let mut want = vec![on.addr.port(), on.api.port(), on.metrics().port()];
     want.sort_unstable();
     assert_eq!(listening_ports(on.child.id()), want);
     // ctl reads the key and refuses to change it at runtime, as for any start-only key.
@@ -610,4 +628,30 @@ fn bad_clients_do_not_stop_the_endpoint() {
     }
     assert!(parse(&get_metrics(addr)).samples.len() > 10);
     assert!(!l.log().contains("panicked"), "{}", l.log());
+}
+
+/// Each listener counts what it accepted: the counts split as the clients did, and /metrics
+/// labels them by listener.
+#[test]
+fn each_listener_counts_what_it_accepted() {
+    let l = Running::start("listeners", true);
+    l.connections(3);
+    l.connections_to(l.api, 2);
+    l.settled(5);
+    assert_eq!(l.stat("stats.listener.web.accepted"), 3);
+    assert_eq!(l.stat("stats.listener.api.accepted"), 2);
+    assert_eq!(l.stat("stats.accepted"), 5);
+    let scrape = parse(&get_metrics(l.metrics()));
+    let per_listener = |name: &str| {
+        scrape
+            .samples
+            .iter()
+            .find(|s| {
+                s.metric == "levee_listener_accepted_connections_total"
+                    && s.labels.get("listener") == Some(name)
+            })
+            .and_then(|s| scalar(&s.value))
+    };
+    assert_eq!(per_listener("web"), Some(3.0));
+    assert_eq!(per_listener("api"), Some(2.0));
 }

@@ -352,6 +352,30 @@ impl Live {
                 .label("reason", r.name()),
             );
         }
+        let listeners: Vec<String> = self
+            .config
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .listeners
+            .iter()
+            .map(|l| l.name.clone())
+            .collect();
+        for (k, name) in listeners.iter().enumerate() {
+            let accepted = self
+                .counters
+                .iter()
+                .filter_map(|c| c.listener_accepted.get(k))
+                .map(crate::stats::Counter::get)
+                .sum();
+            out.push(
+                count(
+                    &format!("listener.{name}.accepted"),
+                    accepted,
+                    &catalog::LISTENER_ACCEPTED,
+                )
+                .label("listener", name),
+            );
+        }
         if let Some(o) = &self.overflow {
             out.push(Stat::ctl_only(
                 "stats.overflow.dir".to_string(),

@@ -69,8 +69,9 @@ pub(super) struct Newcomer {
 /// A listener socket as one forwarder sees it.
 pub(super) struct Listener {
     fd: Option<OwnedFd>,
-    /// The configured listener's name.
+    /// The configured listener's name, and its place in the configuration.
     pub(super) name: Arc<str>,
+    pub(super) index: u16,
     pub(super) pool: u16,
     /// Written to a client before it is refused.
     pub(super) refuse_payload: Arc<[u8]>,
@@ -97,6 +98,8 @@ pub(super) struct LocalPool {
 pub struct ListenerSetup {
     pub fd: OwnedFd,
     pub name: Arc<str>,
+    /// Its place in the configuration's listeners.
+    pub index: usize,
     /// Index of its pool.
     pub pool: usize,
     pub refuse_payload: Arc<[u8]>,
@@ -201,6 +204,7 @@ impl Forwarder {
             .map(|l| Listener {
                 fd: Some(l.fd),
                 name: l.name,
+                index: l.index as u16,
                 pool: l.pool as u16,
                 refuse_payload: l.refuse_payload,
                 local: (!l.addr.ip().is_unspecified()).then_some(l.addr),
@@ -597,7 +601,7 @@ impl Forwarder {
             self.listeners[i].armed = false;
         }
         if res >= 0 {
-            self.stats.accepted.add(1);
+            self.stats.accept(usize::from(self.listeners[i].index));
             let pool = self.listeners[i].pool;
             match self.free.pop() {
                 Some(slot) if self.waiting.is_empty() => {
@@ -1344,7 +1348,7 @@ impl Forwarder {
             if client < 0 {
                 break;
             }
-            self.stats.accepted.add(1);
+            self.stats.accept(usize::from(self.listeners[i].index));
             match self.free.pop() {
                 Some(slot) if self.waiting.is_empty() => {
                     self.open_conn(slot, self.newcomer(client, pool, i));

@@ -342,7 +342,7 @@ impl Engine {
         let mut addrs = Vec::with_capacity(cfg.listeners.len());
         let mut sockets: Vec<Vec<ListenerSetup>> = (0..cores.len()).map(|_| Vec::new()).collect();
         let mut handover = Vec::new();
-        for l in &cfg.listeners {
+        for (index, l) in cfg.listeners.iter().enumerate() {
             let mut addr = l.addr;
             let listen_error = |addr, error| StartError::Listen {
                 listener: l.name.clone(),
@@ -382,6 +382,7 @@ impl Engine {
                 per_core.push(ListenerSetup {
                     fd,
                     name: name.clone(),
+                    index,
                     pool: l.pool,
                     refuse_payload: payload.clone(),
                     addr,
@@ -395,6 +396,7 @@ impl Engine {
                 sockets[i % count].push(ListenerSetup {
                     fd,
                     name: name.clone(),
+                    index,
                     pool: l.pool,
                     refuse_payload: payload.clone(),
                     addr,
@@ -567,7 +569,7 @@ impl Engine {
         let tunables = Arc::new(Tunables::new(&cfg.engine));
         let count = plans.len();
         let stats: Vec<_> = (0..count)
-            .map(|_| Arc::new(ForwarderStats::default()))
+            .map(|_| Arc::new(ForwarderStats::for_listeners(cfg.listeners.len())))
             .collect();
         // Forwarders with listeners take clients a levee they replace had queued.
         let inboxes: Vec<Option<Arc<Inbox>>> = plans

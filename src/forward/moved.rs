@@ -191,13 +191,14 @@ impl Forwarder {
             return;
         };
         for m in inbox.take() {
-            self.stats.accepted.add(1);
             let fd = m.client.into_raw_fd();
             let Some(i) = self.listeners.iter().position(|l| l.name == m.listener) else {
+                self.stats.accepted.add(1);
                 reset_and_close(fd);
                 self.stats.close(CloseReason::LocalError);
                 continue;
             };
+            self.stats.accept(usize::from(self.listeners[i].index));
             let newcomer = Newcomer {
                 fd,
                 pool: self.listeners[i].pool,

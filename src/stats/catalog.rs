@@ -146,6 +146,10 @@ pub static ACCEPTED: Family = counter(
     "levee_accepted_connections_total",
     "Client connections accepted.",
 );
+pub static LISTENER_ACCEPTED: Family = counter(
+    "levee_listener_accepted_connections_total",
+    "Client connections accepted on the listener (also in levee_accepted_connections_total).",
+);
 pub static ACTIVE: Family = gauge(
     "levee_active_connections",
     "Client connections accepted and not yet closed.",
@@ -320,8 +324,9 @@ pub static BACKEND_EJECTIONS_HELD_BACK: Family = counter(
 );
 
 /// Every family, for the tests that check their names.
-pub static FAMILIES: [&Family; 36] = [
+pub static FAMILIES: [&Family; 37] = [
     &ACCEPTED,
+    &LISTENER_ACCEPTED,
     &ACTIVE,
     &BYTES_IN,
     &BYTES_OUT,

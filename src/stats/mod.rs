@@ -134,9 +134,28 @@ pub struct ForwarderStats {
     /// When the forwarder last became full (coarse monotonic ms), 0 while it is not.
     full_since_ms: AtomicU64,
     pub closed: [Counter; CloseReason::ALL.len()],
+    /// Connections accepted per listener, in configuration order (also counted in `accepted`).
+    pub listener_accepted: Box<[Counter]>,
 }
 
 impl ForwarderStats {
+    /// Counters for a forwarder of an engine with `listeners` listeners.
+    pub fn for_listeners(listeners: usize) -> Self {
+        Self {
+            listener_accepted: (0..listeners).map(|_| Counter::default()).collect(),
+            ..Self::default()
+        }
+    }
+
+    /// One client accepted on listener `listener` (configuration order).
+    #[inline]
+    pub fn accept(&self, listener: usize) {
+        self.accepted.add(1);
+        if let Some(c) = self.listener_accepted.get(listener) {
+            c.add(1);
+        }
+    }
+
     #[inline]
     pub fn close(&self, reason: CloseReason) {
         self.closed[reason as usize].add(1);
