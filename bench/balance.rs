@@ -21,6 +21,7 @@ fn pool(balance: Balance, n: usize, bound: Option<f64>) -> PoolConfig {
         table_size: DEFAULT_TABLE_SIZE,
         bound,
         overflow: levee::config::Overflow::Queue,
+        proxy_protocol: levee::config::ProxyProtocol::None,
         health: levee::config::HealthConfig::default(),
         backends: (0..n)
             .map(|i| BackendConfig {

@@ -12,5 +12,6 @@ pub mod notify;
 pub mod overflow;
 mod poller;
 pub mod pool;
+pub mod proxy_protocol;
 pub mod stats;
 pub mod top;

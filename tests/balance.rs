@@ -31,6 +31,7 @@ fn pool(balance: Balance, weights: &[u32], max_conns: u32, bound: Option<f64>) -
         table_size: 65537,
         bound,
         overflow: levee::config::Overflow::Queue,
+        proxy_protocol: levee::config::ProxyProtocol::None,
         health: levee::config::HealthConfig::default(),
         backends: weights
             .iter()

@@ -61,6 +61,7 @@ fn rank_does_not_allocate() -> Result<(), BuildError> {
                 table_size: 65537,
                 bound,
                 overflow: levee::config::Overflow::Queue,
+                proxy_protocol: levee::config::ProxyProtocol::None,
                 health: levee::config::HealthConfig::default(),
                 backends: (0..200)
                     .map(|i| BackendConfig {

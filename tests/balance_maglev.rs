@@ -35,6 +35,7 @@ fn pool(backends: Vec<BackendConfig>) -> PoolConfig {
         table_size: M,
         bound: None,
         overflow: levee::config::Overflow::Queue,
+        proxy_protocol: levee::config::ProxyProtocol::None,
         health: levee::config::HealthConfig::default(),
         backends,
     }

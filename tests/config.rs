@@ -825,6 +825,7 @@ pool.web.hash_key = src_ip
 pool.web.table_size = 65537
 pool.web.bound = 1.5
 pool.web.overflow = queue
+pool.web.proxy_protocol = none
 pool.web.check.type = none
 pool.web.check.interval = 2s
 pool.web.check.timeout = 1s
@@ -928,7 +929,7 @@ fn stats_listen_is_an_address_with_a_port_or_none() {
 
 #[test]
 fn the_registry_describes_every_key() {
-    assert_eq!(KEYS.len(), 59);
+    assert_eq!(KEYS.len(), 60);
     let runtime: Vec<&str> = KEYS.iter().filter(|k| k.runtime).map(|k| k.name).collect();
     assert_eq!(
         runtime,
@@ -1171,9 +1172,20 @@ fn pool_strategy() -> impl Strategy<Value = config::PoolConfig> {
         prop::collection::vec(backend_strategy(), 1..7),
         health_strategy(),
         prop::sample::select(config::Overflow::NAMES),
+        prop::sample::select(config::ProxyProtocol::NAMES),
     )
         .prop_map(
-            |(balance, hash_key, table_size, bound, prefix, mut backends, health, overflow)| {
+            |(
+                balance,
+                hash_key,
+                table_size,
+                bound,
+                prefix,
+                mut backends,
+                health,
+                overflow,
+                proxy_protocol,
+            )| {
                 for (i, b) in backends.iter_mut().enumerate() {
                     b.name = format!("{prefix}{i}");
                 }
@@ -1185,6 +1197,8 @@ fn pool_strategy() -> impl Strategy<Value = config::PoolConfig> {
                     bound,
                     overflow: config::Overflow::from_name(overflow)
                         .unwrap_or(config::Overflow::Queue),
+                    proxy_protocol: config::ProxyProtocol::from_name(proxy_protocol)
+                        .unwrap_or(config::ProxyProtocol::None),
                     health,
                     backends,
                 }

@@ -228,6 +228,25 @@ pub enum Overflow {
     Reject,
 }
 
+/// `pool.NAME.proxy_protocol`
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyProtocol {
+    None,
+    V1,
+    V2,
+}
+
+impl ProxyProtocol {
+    /// The version to write, `None` for none.
+    pub fn version(self) -> Option<crate::proxy_protocol::Version> {
+        match self {
+            Self::None => None,
+            Self::V1 => Some(crate::proxy_protocol::Version::V1),
+            Self::V2 => Some(crate::proxy_protocol::Version::V2),
+        }
+    }
+}
+
 /// `log.level`, most severe first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum LogLevel {
@@ -285,6 +304,8 @@ pub struct PoolConfig {
     pub bound: Option<f64>,
     /// `pool.NAME.overflow`: what a connection gets when no backend has room.
     pub overflow: Overflow,
+    /// `pool.NAME.proxy_protocol`: the PROXY header sent first to a backend, if any.
+    pub proxy_protocol: ProxyProtocol,
     /// Health checks, passive ejection, slow start.
     pub health: HealthConfig,
     /// In the order their first key appeared in the file.

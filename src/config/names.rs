@@ -5,7 +5,7 @@ use std::fmt;
 
 use super::{
     AdminState, AllDown, Balance, CheckKind, Discipline, Handoff, HashKey, LogFormat, LogLevel,
-    Overflow, SchedPolicy,
+    Overflow, ProxyProtocol, SchedPolicy,
 };
 
 macro_rules! value_names {
@@ -86,6 +86,12 @@ value_names!(Discipline {
 value_names!(Overflow {
     Queue => "queue",
     Reject => "reject",
+});
+
+value_names!(ProxyProtocol {
+    None => "none",
+    V1 => "v1",
+    V2 => "v2",
 });
 
 value_names!(LogFormat {

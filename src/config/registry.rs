@@ -15,7 +15,7 @@ use super::value::{self, CountRule};
 use super::{
     AdminState, AllDown, BackendConfig, Balance, CheckKind, CoreSet, CtlConfig, Discipline,
     EngineConfig, Handoff, HashKey, HealthConfig, ListenerConfig, LogConfig, LogFormat, LogLevel,
-    Overflow, OverflowConfig, PoolConfig, SchedPolicy, StatsConfig,
+    Overflow, OverflowConfig, PoolConfig, ProxyProtocol, SchedPolicy, StatsConfig,
 };
 
 /// Which object a key belongs to, which also says how many `NAME` segments its pattern has.
@@ -428,6 +428,7 @@ impl Target for PoolConfig {
             table_size: 0,
             bound: None,
             overflow: Overflow::Queue,
+            proxy_protocol: ProxyProtocol::None,
             health: HealthConfig {
                 check: CheckKind::None,
                 interval: Duration::ZERO,
@@ -1131,6 +1132,22 @@ pub static KEYS: &[KeySpec] = &[
             names: Overflow::NAMES,
             get: |p| p.overflow.name(),
             set: |p, v| Overflow::from_name(v).map(|v| p.overflow = v).is_some(),
+        }),
+    },
+    KeySpec {
+        name: "pool.NAME.proxy_protocol",
+        default: Some("none"),
+        unit: "",
+        runtime: false,
+        description: "PROXY protocol header sent to backends first, with the client's address: none, v1 (text) or v2 (binary), as HAProxy's send-proxy and send-proxy-v2",
+        slot: Slot::Pool(Field::Choice {
+            names: ProxyProtocol::NAMES,
+            get: |p| p.proxy_protocol.name(),
+            set: |p, v| {
+                ProxyProtocol::from_name(v)
+                    .map(|v| p.proxy_protocol = v)
+                    .is_some()
+            },
         }),
     },
     KeySpec {

@@ -22,7 +22,9 @@ use super::conn::{self, BufLinks, Conn, Flow, Recv, State};
 use super::intake::{Intake, IntakeSetup};
 use super::moved::{INBOX_WAKE, Inbox};
 use super::parking::{Parking, ParkingSetup};
-use super::sockopt::{backend_socket, peer_addr, reset_and_close, set_linger_zero, shutdown_write};
+use super::sockopt::{
+    backend_socket, peer_addr, reset_and_close, send_proxy_header, set_linger_zero, shutdown_write,
+};
 use super::token::{self, Dir, Kind};
 use super::uring::{self, Capabilities};
 use super::{StopFlags, Tunables, millis};
@@ -900,6 +902,15 @@ impl Forwarder {
                     .signals
                     .connected(usize::from(b));
             }
+            // The PROXY header goes first, before any of the client's bytes.
+            if let Some(version) = self.pools[pool].shared.proxy_protocol
+                && let Err(e) = send_proxy_header(version, c.client, c.backend)
+            {
+                debug!(error = %e, "cannot send the PROXY header");
+                self.close(slot, CloseReason::LocalError, Reset::Both);
+                return;
+            }
+            let c = &mut self.conns[slot as usize];
             c.state = State::Relaying;
             c.last_active = self.now;
             self.arm_recv(slot, Dir::Down);

@@ -29,6 +29,34 @@ pub fn peer_addr(fd: RawFd) -> Option<SocketAddr> {
     with_socket(fd, |s| s.peer_addr().ok()?.as_socket())
 }
 
+/// Sends the PROXY protocol header for `client` on `backend`, just connected: the client's
+/// address and the one it connected to. One non-blocking send of at most 107 bytes into an
+/// empty send buffer; anything short of all of it is an error.
+pub fn send_proxy_header(
+    version: crate::proxy_protocol::Version,
+    client: RawFd,
+    backend: RawFd,
+) -> io::Result<()> {
+    use crate::proxy_protocol::{MAX_HEADER, encode};
+    let (peer, local) = with_socket(client, |s| (s.peer_addr(), s.local_addr()));
+    let addr = |a: io::Result<SockAddr>| {
+        a?.as_socket()
+            .ok_or_else(|| io::Error::other("the client's socket is not an internet socket"))
+    };
+    let mut header = [0u8; MAX_HEADER];
+    let len = encode(version, addr(peer)?, addr(local)?, &mut header);
+    with_socket(backend, |s| {
+        let sent = s.send_with_flags(&header[..len], libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)?;
+        if sent == len {
+            Ok(())
+        } else {
+            Err(io::Error::other(
+                "the PROXY header did not fit the send buffer",
+            ))
+        }
+    })
+}
+
 /// Sends FIN on `fd` once what it holds is sent: shutdown(SHUT_WR).
 pub fn shutdown_write(fd: RawFd) -> io::Result<()> {
     with_socket(fd, |s| s.shutdown(std::net::Shutdown::Write))

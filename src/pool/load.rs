@@ -371,6 +371,7 @@ mod tests {
             table_size: 65537,
             bound,
             overflow: crate::config::Overflow::Queue,
+            proxy_protocol: crate::config::ProxyProtocol::None,
             health: crate::config::HealthConfig::default(),
             backends: weights
                 .iter()

@@ -53,6 +53,8 @@ pub struct Pool {
     pub all_down: AllDown,
     /// What a new connection gets when every backend that is up is full.
     pub overflow: Overflow,
+    /// The PROXY protocol header sent to a backend first, if any.
+    pub proxy_protocol: Option<crate::proxy_protocol::Version>,
     /// How the pool's queue has fared.
     pub queue: QueueStats,
     /// Connect times, durations and bytes of the connections this process relayed.
@@ -88,6 +90,7 @@ impl Pool {
             health: PoolHealth::new(cfg),
             all_down: cfg.health.all_down,
             overflow: cfg.overflow,
+            proxy_protocol: cfg.proxy_protocol.version(),
             queue: QueueStats::new(forwarders),
             histograms: PoolHistograms::new(),
         }
