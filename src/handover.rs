@@ -23,7 +23,8 @@
 //! load table that counts that backend's connections (`pool/carried.rs`), then `E\n` without
 //! one. New to old:
 //! `READY <pid>\n`. Then, old to new, `Q <listener> <queued since, CLOCK_MONOTONIC ns>
-//! <forwarder>\n` with a queued client's socket, until the old levee exits.
+//! <forwarder>[ <source> <destination>]\n` (the addresses its PROXY header named) with a queued
+//! client's socket, until the old levee exits.
 
 use std::io::{self, IoSlice, IoSliceMut, Read, Write};
 use std::net::SocketAddr;
@@ -217,6 +218,8 @@ pub struct QueuedClient {
     pub queued_ns: u64,
     /// The old levee's forwarder that had queued it.
     pub forwarder: usize,
+    /// The addresses its PROXY header named, if any.
+    pub origin: Option<(SocketAddr, SocketAddr)>,
     pub socket: OwnedFd,
 }
 
@@ -255,19 +258,22 @@ impl Predecessor {
         };
         let mut words = line.split(' ');
         let bad = || io::Error::other(format!("bad message {line:?}"));
-        match (
-            words.next(),
-            words.next(),
-            words.next(),
-            words.next(),
-            words.next(),
-            fd,
-        ) {
-            (Some("Q"), Some(listener), Some(ns), Some(forwarder), None, Some(socket)) => {
+        let (kind, listener, ns, forwarder) =
+            (words.next(), words.next(), words.next(), words.next());
+        let origin = match (words.next(), words.next(), words.next()) {
+            (None, None, None) => None,
+            (Some(s), Some(d), None) => {
+                Some((s.parse().map_err(|_| bad())?, d.parse().map_err(|_| bad())?))
+            }
+            _ => return Err(bad()),
+        };
+        match (kind, listener, ns, forwarder, fd) {
+            (Some("Q"), Some(listener), Some(ns), Some(forwarder), Some(socket)) => {
                 Ok(Some(QueuedClient {
                     listener: listener.to_string(),
                     queued_ns: ns.parse().map_err(|_| bad())?,
                     forwarder: forwarder.parse().map_err(|_| bad())?,
+                    origin,
                     socket,
                 }))
             }
@@ -305,9 +311,15 @@ impl crate::forward::QueueSuccessor for Successor {
         listener: &str,
         queued_ns: u64,
         forwarder: usize,
+        origin: Option<(SocketAddr, SocketAddr)>,
         client: BorrowedFd<'_>,
     ) -> io::Result<()> {
-        let line = format!("Q {listener} {queued_ns} {forwarder}\n");
+        let line = match origin {
+            Some((source, destination)) => {
+                format!("Q {listener} {queued_ns} {forwarder} {source} {destination}\n")
+            }
+            None => format!("Q {listener} {queued_ns} {forwarder}\n"),
+        };
         // One message at a time from all forwarders: a stream carries them in order, whole.
         let channel = self
             .channel

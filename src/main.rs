@@ -891,6 +891,7 @@ fn follow_predecessor(
                             &client.listener,
                             client.queued_ns,
                             client.forwarder,
+                            client.origin,
                             client.socket,
                         ) {
                             Ok(()) => taken += 1,

@@ -820,6 +820,8 @@ overflow.max_attempts = 3
 listener.web.addr = 0.0.0.0:8080
 listener.web.pool = web
 listener.web.refuse_payload =\x20
+listener.web.proxy_protocol = none
+listener.web.proxy_timeout = 5s
 pool.web.balance = maglev
 pool.web.hash_key = src_ip
 pool.web.table_size = 65537
@@ -929,7 +931,7 @@ fn stats_listen_is_an_address_with_a_port_or_none() {
 
 #[test]
 fn the_registry_describes_every_key() {
-    assert_eq!(KEYS.len(), 60);
+    assert_eq!(KEYS.len(), 62);
     let runtime: Vec<&str> = KEYS.iter().filter(|k| k.runtime).map(|k| k.name).collect();
     assert_eq!(
         runtime,
@@ -1346,6 +1348,11 @@ fn config_strategy() -> impl Strategy<Value = Config> {
                         } else {
                             Vec::new()
                         },
+                        proxy_protocol: config::ProxyProtocol::from_name(
+                            config::ProxyProtocol::NAMES[i % 3],
+                        )
+                        .unwrap_or(config::ProxyProtocol::None),
+                        proxy_timeout: std::time::Duration::from_millis(1 + i as u64),
                     })
                     .collect::<Vec<_>>();
                 let listeners_len = listeners.len();

@@ -261,3 +261,368 @@ fn stat(ctl: &std::path::Path, key: &str) -> u64 {
         .parse()
         .unwrap_or(0)
 }
+
+// ---- accepting the header: listener.NAME.proxy_protocol ----------------------------------------
+
+/// A levee whose listener takes `accept` and whose pool sends `send`, with a control socket.
+fn accepting(
+    name: &str,
+    listen: SocketAddr,
+    backends: &[SocketAddr],
+    accept: &str,
+    send: &str,
+    extra: &str,
+) -> (Levee, std::path::PathBuf) {
+    let ctl = temp_dir(&format!("{name}-ctl")).join("ctl.sock");
+    let mut text = format!(
+        "engine.cores = 0\nctl.socket = {}\nlistener.web.addr = {listen}\n\
+         listener.web.pool = web\nlistener.web.proxy_protocol = {accept}\n\
+         pool.web.proxy_protocol = {send}\n{extra}",
+        ctl.display()
+    );
+    for (i, b) in backends.iter().enumerate() {
+        text.push_str(&format!("pool.web.backend.b{i}.addr = {b}\n"));
+    }
+    let dir = temp_dir(name);
+    let config = dir.join("levee.conf");
+    std::fs::write(&config, text).expect("config");
+    let child = levee()
+        .args(["run", "-c"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn levee");
+    let running = Levee { child };
+    // Not a TCP probe: it would have to send a header.
+    wait_until("levee answers on its control socket", || {
+        ctl.exists() && stat_text(&ctl, "stats.pid").is_some()
+    });
+    (running, ctl)
+}
+
+fn stat_text(ctl: &std::path::Path, key: &str) -> Option<String> {
+    let out = levee()
+        .args(["ctl", "-s"])
+        .arg(ctl)
+        .args(["-n", key])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// A client that sends `header` (in pieces split at `split`, if given), then `payload` and
+/// its FIN: what came back, or the error reading it.
+fn with_header(
+    addr: SocketAddr,
+    header: &[u8],
+    split: Option<usize>,
+    payload: &str,
+) -> std::io::Result<String> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(IO_TIMEOUT))?;
+    match split {
+        Some(k) => {
+            s.write_all(&header[..k])?;
+            s.flush()?;
+            // A second segment: the first is on its way, alone.
+            thread::sleep(Duration::from_millis(20));
+            s.write_all(&header[k..])?;
+        }
+        None => s.write_all(header)?,
+    }
+    s.write_all(payload.as_bytes())?;
+    s.shutdown(std::net::Shutdown::Write)?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer)?;
+    Ok(answer)
+}
+
+fn v1(source: &str, destination: &str) -> Vec<u8> {
+    let (s, d): (SocketAddr, SocketAddr) =
+        (source.parse().expect("s"), destination.parse().expect("d"));
+    let family = if s.is_ipv4() { "TCP4" } else { "TCP6" };
+    format!(
+        "PROXY {family} {} {} {} {}\r\n",
+        s.ip(),
+        d.ip(),
+        s.port(),
+        d.port()
+    )
+    .into_bytes()
+}
+
+fn v2(source: &str, destination: &str) -> Vec<u8> {
+    let (s, d): (SocketAddr, SocketAddr) =
+        (source.parse().expect("s"), destination.parse().expect("d"));
+    let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    match (s.ip(), d.ip()) {
+        (IpAddr::V4(si), IpAddr::V4(di)) => {
+            h.extend_from_slice(&[0x21, 0x11, 0, 12]);
+            h.extend_from_slice(&si.octets());
+            h.extend_from_slice(&di.octets());
+        }
+        (IpAddr::V6(si), IpAddr::V6(di)) => {
+            h.extend_from_slice(&[0x21, 0x21, 0, 36]);
+            h.extend_from_slice(&si.octets());
+            h.extend_from_slice(&di.octets());
+        }
+        _ => panic!("one family"),
+    }
+    h.extend_from_slice(&s.port().to_be_bytes());
+    h.extend_from_slice(&d.port().to_be_bytes());
+    h
+}
+
+/// The header's client goes on to the backend, whichever version came in and goes out, also
+/// when it came in two pieces.
+#[test]
+fn the_client_a_header_names_is_the_one_the_backend_hears_of() {
+    let free = Arc::new(AtomicBool::new(false));
+    let backend = HeaderBackend::start("127.0.0.1:0", free);
+    for (accept, send, header, split) in [
+        ("v1", "v1", v1("203.0.113.7:1234", "192.0.2.1:80"), None),
+        ("v2", "v1", v2("203.0.113.7:1234", "192.0.2.1:80"), None),
+        (
+            "v1",
+            "v2",
+            v1("[2001:db8::7]:1234", "[2001:db8::1]:443"),
+            Some(9),
+        ),
+        (
+            "v2",
+            "v2",
+            v2("[2001:db8::7]:1234", "[2001:db8::1]:443"),
+            Some(14),
+        ),
+    ] {
+        let listen = free_addr("127.0.0.1");
+        let (_levee, _) = accepting(
+            &format!("accept-{accept}-{send}-{}", split.is_some()),
+            listen,
+            &[backend.addr],
+            accept,
+            send,
+            "",
+        );
+        let text = String::from_utf8_lossy(&header).to_string();
+        let want = if header.starts_with(b"PROXY") {
+            let f: Vec<&str> = text.trim_end().split(' ').collect();
+            let ip = |t: &str| t.parse::<IpAddr>().expect("ip");
+            format!(
+                "{} {} hello",
+                SocketAddr::new(ip(f[2]), f[4].parse().expect("port")),
+                SocketAddr::new(ip(f[3]), f[5].parse().expect("port"))
+            )
+        } else if header.len() == 28 {
+            "203.0.113.7:1234 192.0.2.1:80 hello".to_string()
+        } else {
+            "[2001:db8::7]:1234 [2001:db8::1]:443 hello".to_string()
+        };
+        let got = with_header(listen, &header, split, "hello").expect("served");
+        assert_eq!(got, want, "{accept} in, {send} out, split {split:?}");
+    }
+}
+
+/// A missing, malformed or other-version header, and one that never comes: reset, counted by
+/// reason, and the listener goes on serving.
+#[test]
+fn a_client_without_a_good_header_is_reset_and_counted() {
+    let free = Arc::new(AtomicBool::new(false));
+    let backend = HeaderBackend::start("127.0.0.1:0", free);
+    let listen = free_addr("127.0.0.1");
+    let (_levee, ctl) = accepting(
+        "accept-bad",
+        listen,
+        &[backend.addr],
+        "v1",
+        "v1",
+        "listener.web.proxy_timeout = 300ms\n",
+    );
+    let count = |reason: &str| -> u64 {
+        stat_text(&ctl, &format!("stats.closed.{reason}"))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let refused = |header: &[u8]| match with_header(listen, header, None, "x") {
+        Ok(answer) => panic!("served without a good header: {answer:?}"),
+        Err(e) => e.kind(),
+    };
+    for (i, bad) in [
+        &b"GET / HTTP/1.0\r\n\r\n"[..],
+        b"PROXY TCP4 1.2.3.4 5.6.7.8 1 99999\r\n",
+        &v2("203.0.113.7:1234", "192.0.2.1:80"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        assert_eq!(refused(bad), std::io::ErrorKind::ConnectionReset, "{bad:?}");
+        wait_until("it is counted", || {
+            count("proxy_header_bad") == i as u64 + 1
+        });
+    }
+    // Silent: reset once the timeout has passed (the tick looks at least once a second).
+    let mut silent = TcpStream::connect(listen).expect("connect");
+    silent.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
+    let mut byte = [0u8; 1];
+    let err = silent.read(&mut byte).expect_err("reset");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset);
+    wait_until("the timeout is counted", || {
+        count("proxy_header_timeout") == 1
+    });
+    assert_eq!(count("done"), 0);
+    let ok = with_header(listen, &v1("198.51.100.2:5", "192.0.2.1:80"), None, "ok")
+        .expect("a good client after them is served");
+    assert_eq!(ok, "198.51.100.2:5 192.0.2.1:80 ok");
+}
+
+/// The header's client, not the balancer's address, is what consistent hashing sees: all the
+/// connections come from 127.0.0.1, yet clients the headers name spread over both backends,
+/// each always to the same one.
+#[test]
+fn hashing_follows_the_headers_client() {
+    let (a, b) = (common::Backend::named("a"), common::Backend::named("b"));
+    let listen = free_addr("127.0.0.1");
+    let (_levee, _) = accepting("accept-hash", listen, &[a.addr, b.addr], "v2", "none", "");
+    let which = |client: &str| -> String {
+        let mut s = TcpStream::connect(listen).expect("connect");
+        s.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
+        s.write_all(&v2(client, "192.0.2.1:80")).expect("header");
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).expect("answer");
+        answer
+    };
+    let clients: Vec<String> = (1..=40).map(|i| format!("198.51.100.{i}:4000")).collect();
+    let first: Vec<String> = clients.iter().map(|c| which(c)).collect();
+    for (c, f) in clients.iter().zip(&first) {
+        assert_eq!(&which(c), f, "{c} goes to the same backend again");
+    }
+    let on_a = first.iter().filter(|n| *n == "a").count();
+    eprintln!(
+        "FIGURE hashing by the PROXY header's client: 40 clients, {on_a} on a, {} on b",
+        40 - on_a
+    );
+    assert!(on_a > 0 && on_a < 40, "both backends serve: {first:?}");
+}
+
+/// A client whose header a listener read, queued and then served by a worker process: the
+/// header levee sends names the client the incoming header named (the ticket carries it).
+#[test]
+fn a_queued_client_keeps_the_address_its_header_named() {
+    let hold = Arc::new(AtomicBool::new(true));
+    let backend = HeaderBackend::start("127.0.0.1:0", hold.clone());
+    let listen = free_addr("127.0.0.1");
+    let (_levee, ctl) = accepting(
+        "accept-queue",
+        listen,
+        &[backend.addr],
+        "v1",
+        "v2",
+        "pool.web.backend.b0.max_conns = 1\noverflow.workers = 1\n",
+    );
+    let get = |key: &str| -> u64 {
+        stat_text(&ctl, key)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    wait_until("the worker serves", || {
+        get("stats.overflow.workers_attached") == 1
+    });
+    let first = thread::spawn(move || {
+        with_header(listen, &v1("198.51.100.1:1", "192.0.2.1:80"), None, "first")
+    });
+    wait_until("the backend is full", || {
+        get("stats.pool.web.backend.b0.active") == 1
+    });
+    let queued = thread::spawn(move || {
+        with_header(
+            listen,
+            &v1("198.51.100.2:2", "192.0.2.1:80"),
+            None,
+            "queued",
+        )
+    });
+    wait_until("the second client is queued", || {
+        get("stats.pool.web.queue.depth") == 1
+    });
+    hold.store(false, Ordering::SeqCst);
+    assert_eq!(
+        first.join().expect("first").expect("served"),
+        "198.51.100.1:1 192.0.2.1:80 first"
+    );
+    assert_eq!(
+        queued.join().expect("queued").expect("served"),
+        "198.51.100.2:2 192.0.2.1:80 queued"
+    );
+    wait_until("a worker served it", || get("stats.closed.handed_off") == 1);
+}
+
+/// A client whose header was read, queued, then moved to a new levee by a reload: the new
+/// levee sends on the address the header named (the move carries it).
+#[test]
+fn a_moved_client_keeps_the_address_its_header_named() {
+    let hold = Arc::new(AtomicBool::new(true));
+    let backend = HeaderBackend::start("127.0.0.1:0", hold.clone());
+    let listen = free_addr("127.0.0.1");
+    let (_levee, ctl) = accepting(
+        "accept-moved",
+        listen,
+        &[backend.addr],
+        "v2",
+        "v1",
+        "pool.web.backend.b0.max_conns = 1\noverflow.workers = 1\nengine.drain_timeout = 30s\n",
+    );
+    let get = |key: &str| -> u64 {
+        stat_text(&ctl, key)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let first = thread::spawn(move || {
+        with_header(listen, &v2("198.51.100.1:1", "192.0.2.1:80"), None, "first")
+    });
+    wait_until("the backend is full", || {
+        get("stats.pool.web.backend.b0.active") == 1
+    });
+    let queued = thread::spawn(move || {
+        with_header(
+            listen,
+            &v2("198.51.100.2:2", "192.0.2.1:80"),
+            None,
+            "queued",
+        )
+    });
+    wait_until("the second client is queued", || {
+        get("stats.pool.web.queue.depth") == 1
+    });
+    let old = get("stats.pid");
+    let out = levee()
+        .args(["ctl", "-s"])
+        .arg(&ctl)
+        .arg("--reload")
+        .output()
+        .expect("reload");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let new = get("stats.pid");
+    assert_ne!(new, old);
+    // The new levee has it queued, waiting for the slot the old one's connection holds.
+    wait_until("the queue has moved", || {
+        get("stats.pool.web.queue.depth") == 1
+    });
+    hold.store(false, Ordering::SeqCst);
+    assert_eq!(
+        first.join().expect("first").expect("served"),
+        "198.51.100.1:1 192.0.2.1:80 first"
+    );
+    assert_eq!(
+        queued.join().expect("queued").expect("served"),
+        "198.51.100.2:2 192.0.2.1:80 queued"
+    );
+    // SAFETY: kill(2) on the levee this test's reload started.
+    unsafe { libc::kill(new as i32, libc::SIGKILL) };
+}

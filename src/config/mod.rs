@@ -287,6 +287,10 @@ pub struct ListenerConfig {
     pub pool: usize,
     /// `listener.NAME.refuse_payload`: bytes written to a client before it is refused.
     pub refuse_payload: Vec<u8>,
+    /// `listener.NAME.proxy_protocol`: the PROXY header its clients send first, if any.
+    pub proxy_protocol: ProxyProtocol,
+    /// `listener.NAME.proxy_timeout`: how long a client has for that header.
+    pub proxy_timeout: std::time::Duration,
 }
 
 /// `pool.NAME.*`

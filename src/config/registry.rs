@@ -407,6 +407,8 @@ impl Target for ListenerDraft {
                 addr: UNSPECIFIED,
                 pool: 0,
                 refuse_payload: Vec::new(),
+                proxy_protocol: ProxyProtocol::None,
+                proxy_timeout: Duration::ZERO,
             },
             pool: String::new(),
         }
@@ -1069,6 +1071,35 @@ pub static KEYS: &[KeySpec] = &[
             max_len: 4096,
             get: |l| &l.config.refuse_payload,
             set: |l, v| l.config.refuse_payload = v,
+        }),
+    },
+    KeySpec {
+        name: "listener.NAME.proxy_protocol",
+        default: Some("none"),
+        unit: "",
+        runtime: false,
+        description: "PROXY protocol header its clients send first (an upstream balancer's, such as HAProxy's send-proxy): none, v1 or v2; the header's client address then drives hashing, the queue and the PROXY header sent to backends, and a client without a valid one is reset (stats.closed.proxy_header_bad)",
+        slot: Slot::Listener(Field::Choice {
+            names: ProxyProtocol::NAMES,
+            get: |l| l.config.proxy_protocol.name(),
+            set: |l, v| {
+                ProxyProtocol::from_name(v)
+                    .map(|v| l.config.proxy_protocol = v)
+                    .is_some()
+            },
+        }),
+    },
+    KeySpec {
+        name: "listener.NAME.proxy_timeout",
+        default: Some("5s"),
+        unit: "time",
+        runtime: false,
+        description: "How long a client of a listener with proxy_protocol has to send its whole header; later it is reset (stats.closed.proxy_header_timeout), checked at least once a second",
+        slot: Slot::Listener(Field::Duration {
+            min: Duration::from_millis(1),
+            max: Duration::from_secs(3600),
+            get: |l| l.config.proxy_timeout,
+            set: |l, v| l.config.proxy_timeout = v,
         }),
     },
     KeySpec {

@@ -19,6 +19,9 @@ pub const NO_BUF: u16 = u16::MAX;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
     Free,
+    /// Accepted on a listener that takes the PROXY protocol: waiting for the header, which
+    /// names the client (nothing else is read, and no backend chosen, before it).
+    Greeting,
     /// Accepted; reaching a backend. Client bytes are already received and queued.
     Connecting,
     /// Both sockets open; bytes flow both ways.
@@ -141,6 +144,13 @@ pub struct Conn {
     /// -1 until a connect attempt opens a socket.
     pub backend: RawFd,
     pub pool: u16,
+    /// The forwarder's listener it came on.
+    pub listener: u16,
+    /// When a levee this one took over from queued it (`CLOCK_MONOTONIC` ns), else 0.
+    pub queued_ns: u64,
+    /// The client's address and the one it connected to, as a PROXY header (or the ticket of a
+    /// queued connection) named them; `None`: the socket's own.
+    pub origin: Option<(std::net::SocketAddr, std::net::SocketAddr)>,
     /// The backend holding this connection's reservation in the pool's load, if any.
     pub acquired: Option<u16>,
     /// Backends in preference order; `next_candidate` is the next to try.
@@ -180,6 +190,9 @@ impl Conn {
             client: -1,
             backend: -1,
             pool: 0,
+            listener: 0,
+            queued_ns: 0,
+            origin: None,
             acquired: None,
             candidates: [0; MAX_CANDIDATES],
             candidate_count: 0,

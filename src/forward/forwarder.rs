@@ -21,7 +21,7 @@ use super::bufring::BufRing;
 use super::conn::{self, BufLinks, Conn, Flow, Recv, State};
 use super::intake::{Intake, IntakeSetup};
 use super::moved::{INBOX_WAKE, Inbox};
-use super::parking::{Parking, ParkingSetup};
+use super::parking::{Parking, ParkingSetup, Waiter};
 use super::sockopt::{
     backend_socket, peer_addr, reset_and_close, send_proxy_header, set_linger_zero, shutdown_write,
 };
@@ -66,6 +66,10 @@ pub(super) struct Newcomer {
     /// When it joined a queue already (`CLOCK_MONOTONIC` ns): a client a levee this one took
     /// over from had queued, which keeps its place in time. 0 for everyone else.
     pub(super) queued_ns: u64,
+    /// The client's address and the one it connected to, when a PROXY header named them.
+    pub(super) origin: Option<(std::net::SocketAddr, std::net::SocketAddr)>,
+    /// Its PROXY header, if its listener takes one, has been read (or it needs none).
+    pub(super) greeted: bool,
 }
 
 /// A listener socket as one forwarder sees it.
@@ -74,6 +78,8 @@ pub(super) struct Listener {
     /// The configured listener's name, and its place in the configuration.
     pub(super) name: Arc<str>,
     pub(super) index: u16,
+    /// The PROXY protocol version its clients send first, and how long they have for it (ms).
+    pub(super) proxy: Option<(crate::proxy_protocol::Version, u64)>,
     pub(super) pool: u16,
     /// Written to a client before it is refused.
     pub(super) refuse_payload: Arc<[u8]>,
@@ -102,6 +108,8 @@ pub struct ListenerSetup {
     pub name: Arc<str>,
     /// Its place in the configuration's listeners.
     pub index: usize,
+    /// The PROXY protocol version its clients send first, and how long they have for it.
+    pub proxy: Option<(crate::proxy_protocol::Version, std::time::Duration)>,
     /// Index of its pool.
     pub pool: usize,
     pub refuse_payload: Arc<[u8]>,
@@ -135,11 +143,11 @@ pub struct Forwarder {
     ring: IoUring,
     bufs: BufRing,
     links: BufLinks,
-    conns: Box<[Conn]>,
+    pub(super) conns: Box<[Conn]>,
     /// Free connection slots; a stack, so recently used slots (warm in cache) are reused first.
     pub(super) free: Vec<u32>,
     /// One past the highest slot in use: the tick scans only below it.
-    high_slot: u32,
+    pub(super) high_slot: u32,
     live: u32,
     pub(super) listeners: Vec<Listener>,
     pub(super) pools: Vec<LocalPool>,
@@ -181,6 +189,9 @@ pub struct Forwarder {
     pub(super) intake: Option<Box<Intake>>,
     /// Clients moved here from the queue of a levee this one took over from.
     pub(super) inbox: Option<Arc<Inbox>>,
+    /// Connections waiting for their PROXY header, and where their first bytes are peeked.
+    pub(super) greeting: u32,
+    pub(super) header_scratch: Box<[u8]>,
     /// Pause before retrying after io_uring refused a submission; 0 while all is well.
     ring_backoff_ms: u64,
 }
@@ -207,6 +218,7 @@ impl Forwarder {
                 fd: Some(l.fd),
                 name: l.name,
                 index: l.index as u16,
+                proxy: l.proxy.map(|(v, t)| (v, millis(t).max(1))),
                 pool: l.pool as u16,
                 refuse_payload: l.refuse_payload,
                 local: (!l.addr.ip().is_unspecified()).then_some(l.addr),
@@ -263,6 +275,8 @@ impl Forwarder {
             parking,
             intake,
             inbox: setup.inbox,
+            greeting: 0,
+            header_scratch: vec![0u8; super::greeting::HEADER_MAX].into_boxed_slice(),
             ring_backoff_ms: 0,
         })
     }
@@ -362,6 +376,7 @@ impl Forwarder {
             Kind::QueueWait => self.on_queue_wait(index, res),
             Kind::SlotWait => self.on_slot_wait(res),
             Kind::ScmRecv => self.on_scm_recv(),
+            Kind::Header => self.on_header(index, res),
         }
     }
 
@@ -664,26 +679,53 @@ impl Forwarder {
             listener: i as u16,
             accepted: self.now,
             queued_ns: 0,
+            origin: None,
+            greeted: false,
         }
     }
 
-    /// Serves a newcomer from `slot`.
+    /// Serves a newcomer from `slot`: on a listener that takes the PROXY protocol, once its
+    /// header has come (a client moved from another levee's queue sent it there).
     pub(super) fn open_conn(&mut self, slot: u32, newcomer: Newcomer) {
-        let Newcomer {
-            fd: client,
-            pool,
-            listener,
-            accepted,
-            queued_ns,
-        } = newcomer;
         let deadline = self.now + self.tunables.connect_timeout_ms();
-        self.conns[slot as usize].open(client, pool, accepted, self.now, deadline);
+        let c = &mut self.conns[slot as usize];
+        c.open(
+            newcomer.fd,
+            newcomer.pool,
+            newcomer.accepted,
+            self.now,
+            deadline,
+        );
+        c.listener = newcomer.listener;
+        c.queued_ns = newcomer.queued_ns;
+        c.origin = newcomer.origin;
         self.live += 1;
         self.high_slot = self.high_slot.max(slot + 1);
+        match self.listeners[usize::from(newcomer.listener)].proxy {
+            Some((_, timeout_ms)) if !newcomer.greeted => {
+                let c = &mut self.conns[slot as usize];
+                c.state = State::Greeting;
+                // The header's deadline, while it is awaited.
+                c.connect_deadline = self.now + timeout_ms;
+                self.greeting += 1;
+                self.arm_header_wait(slot, false);
+            }
+            _ => self.route(slot),
+        }
+    }
 
+    /// Chooses a backend for the client in `slot` (or queues or refuses it) and connects.
+    pub(super) fn route(&mut self, slot: u32) {
+        let c = &self.conns[slot as usize];
+        let (client, pool, listener, queued_ns, origin) =
+            (c.client, c.pool, c.listener, c.queued_ns, c.origin);
         let p = &mut self.pools[usize::from(pool)];
-        // Only hashing selectors need the client's address (one getpeername).
-        let peer = p.shared.hash_key.and_then(|_| peer_addr(client));
+        // Only hashing selectors need the client's address (one getpeername, unless a PROXY
+        // header named it).
+        let peer = p
+            .shared
+            .hash_key
+            .and_then(|_| origin.map(|o| o.0).or_else(|| peer_addr(client)));
         let flow = match (p.shared.hash_key, peer) {
             (Some(key), Some(peer)) => flow_hash(&peer, key),
             _ => 0,
@@ -698,7 +740,15 @@ impl Forwarder {
             && !none_up(&self.pools[usize::from(pool)].shared.load)
         {
             self.unopen(slot);
-            self.park(client, pool, listener, flow, peer, queued_ns);
+            self.park(Waiter {
+                client,
+                pool,
+                listener,
+                flow,
+                peer,
+                queued_ns,
+                origin,
+            });
             return;
         }
         let p = &mut self.pools[usize::from(pool)];
@@ -724,7 +774,15 @@ impl Forwarder {
                 self.close(slot, CloseReason::NoBackend, Reset::Client);
             } else if queues {
                 self.unopen(slot);
-                self.park(client, pool, listener, flow, peer, queued_ns);
+                self.park(Waiter {
+                    client,
+                    pool,
+                    listener,
+                    flow,
+                    peer,
+                    queued_ns,
+                    origin,
+                });
             } else if overflow == Overflow::Reject {
                 self.unopen(slot);
                 self.pools[usize::from(pool)]
@@ -748,6 +806,17 @@ impl Forwarder {
                     .load
                     .release(usize::from(b));
                 self.conns[slot as usize].acquired = None;
+                let c = &self.conns[slot as usize];
+                let newcomer = Newcomer {
+                    fd: client,
+                    pool,
+                    listener,
+                    accepted: c.opened_ms,
+                    queued_ns,
+                    origin,
+                    // Its header, if any, is read: it is not awaited again.
+                    greeted: true,
+                };
                 self.unopen(slot);
                 self.waiting.push_front(newcomer);
                 self.back_off_accepts();
@@ -773,10 +842,13 @@ impl Forwarder {
         pool: u16,
         backend: u16,
         candidates: &[u16],
+        origin: (std::net::SocketAddr, std::net::SocketAddr),
     ) {
         let deadline = self.now + self.tunables.connect_timeout_ms();
         let c = &mut self.conns[slot as usize];
         c.open(client, pool, self.now, self.now, deadline);
+        // The ticket's addresses: those levee saw, or its client's PROXY header named.
+        c.origin = Some(origin);
         let n = candidates.len().min(c.candidates.len());
         c.candidates[..n].copy_from_slice(&candidates[..n]);
         c.candidate_count = n as u8;
@@ -904,7 +976,7 @@ impl Forwarder {
             }
             // The PROXY header goes first, before any of the client's bytes.
             if let Some(version) = self.pools[pool].shared.proxy_protocol
-                && let Err(e) = send_proxy_header(version, c.client, c.backend)
+                && let Err(e) = send_proxy_header(version, c.client, c.origin, c.backend)
             {
                 debug!(error = %e, "cannot send the PROXY header");
                 self.close(slot, CloseReason::LocalError, Reset::Both);
@@ -1078,11 +1150,12 @@ impl Forwarder {
 
     /// Ends a connection for `reason`: counts it once, optionally resets the peers, cancels what
     /// is in flight, and frees the slot when the last operation has completed.
-    fn close(&mut self, slot: u32, reason: CloseReason, reset: Reset) {
+    pub(super) fn close(&mut self, slot: u32, reason: CloseReason, reset: Reset) {
         let c = &mut self.conns[slot as usize];
         if matches!(c.state, State::Closing | State::Free) {
             return;
         }
+        let greeting = c.state == State::Greeting;
         c.state = State::Closing;
         self.stats.close(reason);
         self.pools[usize::from(c.pool)].histograms.closed(
@@ -1121,10 +1194,13 @@ impl Forwarder {
                 }
             }
         }
+        if greeting {
+            self.greeting -= 1;
+        }
         self.maybe_free(slot);
     }
 
-    fn maybe_free(&mut self, slot: u32) {
+    pub(super) fn maybe_free(&mut self, slot: u32) {
         let c = &mut self.conns[slot as usize];
         if c.state != State::Closing || c.inflight > 0 {
             return;
@@ -1249,6 +1325,7 @@ impl Forwarder {
                 }
             }
         }
+        self.expire_greetings();
         if let Some(until) = self.drain_until {
             if self.now >= until || self.stop.hurry.load(Ordering::Acquire) {
                 self.close_everything();
@@ -1450,7 +1527,7 @@ fn rank_ignoring_health(load: &PoolLoad, flow: u64, out: &mut [u16]) -> usize {
 
 /// Which sockets a close resets (SO_LINGER 0, so the peer sees RST rather than FIN).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Reset {
+pub(super) enum Reset {
     None,
     Client,
     Both,

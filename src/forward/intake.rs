@@ -618,7 +618,14 @@ impl Forwarder {
             drop(fd);
             return Step::Next;
         };
-        self.adopt(slot, fd.into_raw_fd(), pool as u16, backend, candidates);
+        self.adopt(
+            slot,
+            fd.into_raw_fd(),
+            pool as u16,
+            backend,
+            candidates,
+            (t.client, t.local),
+        );
         Step::Next
     }
 

@@ -6,6 +6,7 @@ mod bufring;
 mod conn;
 mod footprint;
 mod forwarder;
+mod greeting;
 mod intake;
 mod listener;
 mod moved;
@@ -365,6 +366,7 @@ impl Engine {
             }
             let payload: Arc<[u8]> = Arc::from(l.refuse_payload.as_slice());
             let name: Arc<str> = Arc::from(l.name.as_str());
+            let proxy = l.proxy_protocol.version().map(|v| (v, l.proxy_timeout));
             let count = sockets.len();
             for per_core in &mut sockets {
                 let fd = match adopted.pop() {
@@ -383,6 +385,7 @@ impl Engine {
                     fd,
                     name: name.clone(),
                     index,
+                    proxy,
                     pool: l.pool,
                     refuse_payload: payload.clone(),
                     addr,
@@ -397,6 +400,7 @@ impl Engine {
                     fd,
                     name: name.clone(),
                     index,
+                    proxy,
                     pool: l.pool,
                     refuse_payload: payload.clone(),
                     addr,

@@ -12,6 +12,7 @@
 
 use std::collections::VecDeque;
 use std::io;
+use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -36,12 +37,14 @@ pub trait QueueSuccessor: Send + Sync + std::fmt::Debug {
     /// Whether the new levee has listener `name` on a pool that queues.
     fn takes(&self, listener: &str) -> bool;
     /// Sends `client`, of listener `listener`, queued since `queued_ns` (`CLOCK_MONOTONIC`)
-    /// by forwarder `forwarder`. Never blocks: a new levee that does not read is an error.
+    /// by forwarder `forwarder`, with the addresses its PROXY header named, if any. Never
+    /// blocks: a new levee that does not read is an error.
     fn send(
         &self,
         listener: &str,
         queued_ns: u64,
         forwarder: usize,
+        origin: Option<(SocketAddr, SocketAddr)>,
         client: BorrowedFd<'_>,
     ) -> io::Result<()>;
 }
@@ -51,6 +54,7 @@ pub trait QueueSuccessor: Send + Sync + std::fmt::Debug {
 pub struct Moved {
     listener: Arc<str>,
     queued_ns: u64,
+    origin: Option<(SocketAddr, SocketAddr)>,
     client: OwnedFd,
 }
 
@@ -146,6 +150,7 @@ impl Mailbox {
         listener: &str,
         queued_ns: u64,
         forwarder: usize,
+        origin: Option<(SocketAddr, SocketAddr)>,
         client: OwnedFd,
     ) -> Result<(), String> {
         let Some(name) = self.listeners.iter().find(|l| &***l == listener) else {
@@ -163,6 +168,7 @@ impl Mailbox {
             .put(Moved {
                 listener: name.clone(),
                 queued_ns,
+                origin,
                 client,
             })
             .map_err(|(m, why)| {
@@ -205,6 +211,9 @@ impl Forwarder {
                 listener: i as u16,
                 accepted: self.now,
                 queued_ns: m.queued_ns,
+                origin: m.origin,
+                // Its header, if its listener takes one, was read by the levee it comes from.
+                greeted: true,
             };
             match self.free.pop() {
                 Some(slot) if self.waiting.is_empty() => self.open_conn(slot, newcomer),

@@ -103,6 +103,8 @@ struct Parked {
     since_ms: u64,
     /// `CLOCK_MONOTONIC` ns, as in the ticket.
     since_ns: u64,
+    /// The addresses its PROXY header named, if any: they go with it to another levee.
+    origin: Option<(std::net::SocketAddr, std::net::SocketAddr)>,
     /// When the worker that took it over committed (its notice says), 0 until then.
     served_at_ns: u64,
     /// Its poll is in flight.
@@ -122,6 +124,7 @@ impl Parked {
         generation: 0,
         since_ms: 0,
         since_ns: 0,
+        origin: None,
         served_at_ns: 0,
         polling: false,
         half_closed: false,
@@ -219,6 +222,22 @@ impl Parking {
     }
 }
 
+/// A client to queue, as `route` knows it.
+pub(super) struct Waiter {
+    pub(super) client: RawFd,
+    pub(super) pool: u16,
+    pub(super) listener: u16,
+    /// What the pool's selector ranks by.
+    pub(super) flow: u64,
+    /// The client's address when the caller has read it already.
+    pub(super) peer: Option<std::net::SocketAddr>,
+    /// When not 0, when it joined the queue of the levee this one took over from: its wait and
+    /// deadline count from then.
+    pub(super) queued_ns: u64,
+    /// The addresses its PROXY header named, if any.
+    pub(super) origin: Option<(std::net::SocketAddr, std::net::SocketAddr)>,
+}
+
 impl Forwarder {
     fn park_word(&self, entry: u32) -> Option<&AtomicU64> {
         let p = self.parking.as_deref()?;
@@ -241,20 +260,18 @@ impl Forwarder {
         (depth > 0 || p.load.count(rows.queue()) > 0) && Settings::read(&p.load).workers > 0
     }
 
-    /// Queues `client`, which no backend of `pool` has room for, or refuses it when the queue
-    /// is full or its wait would outlast the queue timeout.
-    /// `peer` is the client's address when the caller has read it already; `queued_ns`, when
-    /// not 0, when it joined the queue of the levee this one took over from: its wait and
-    /// deadline count from then.
-    pub(super) fn park(
-        &mut self,
-        client: RawFd,
-        pool: u16,
-        listener: u16,
-        flow: u64,
-        peer: Option<std::net::SocketAddr>,
-        queued_ns: u64,
-    ) {
+    /// Queues a client no backend of its pool has room for, or refuses it when the queue is
+    /// full or its wait would outlast the queue timeout.
+    pub(super) fn park(&mut self, w: Waiter) {
+        let Waiter {
+            client,
+            pool,
+            listener,
+            flow,
+            peer,
+            queued_ns,
+            origin,
+        } = w;
         let pool_index = usize::from(pool);
         let Some(p) = self.parking.as_deref_mut() else {
             self.refuse_fd(client, listener, pool, CloseReason::Rejected);
@@ -288,7 +305,9 @@ impl Forwarder {
             .listeners
             .get(usize::from(listener))
             .and_then(|l| l.local);
-        let (cookie, local) = match (socket_cookie(fd), bound.or_else(|| local_addr(fd))) {
+        // A PROXY header's addresses stand for the socket's.
+        let local = origin.map(|o| o.1).or(bound).or_else(|| local_addr(fd));
+        let (cookie, local) = match (socket_cookie(fd), local) {
             (Ok(c), Some(l)) => (c, l),
             (Err(e), _) => {
                 warn!(error = %e, "cannot read a queued client's socket cookie");
@@ -300,7 +319,7 @@ impl Forwarder {
                 return;
             }
         };
-        let Some(peer) = peer.or_else(|| peer_addr(client)) else {
+        let Some(peer) = origin.map(|o| o.0).or(peer).or_else(|| peer_addr(client)) else {
             // The client is already gone.
             self.stats.close(CloseReason::Abandoned);
             self.close_fd(client);
@@ -376,6 +395,7 @@ impl Forwarder {
             // the wait of the clients ahead of it; a worker checks the ticket's own deadline.
             since_ms: self.now.saturating_sub((now_ns - since_ns) / 1_000_000),
             since_ns,
+            origin,
             served_at_ns: 0,
             polling: false,
             half_closed: false,
@@ -836,7 +856,7 @@ impl Forwarder {
         // SAFETY: `e.fd` is the parked client's socket, which this forwarder still owns.
         let client = unsafe { BorrowedFd::borrow_raw(e.fd) };
         match (name, self.stop.successor.get()) {
-            (Some(name), Some(s)) => s.send(name, e.since_ns, self.index, client),
+            (Some(name), Some(s)) => s.send(name, e.since_ns, self.index, e.origin, client),
             _ => Err(std::io::Error::other("no levee to send it to")),
         }
     }

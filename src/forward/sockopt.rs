@@ -30,21 +30,30 @@ pub fn peer_addr(fd: RawFd) -> Option<SocketAddr> {
 }
 
 /// Sends the PROXY protocol header for `client` on `backend`, just connected: the client's
-/// address and the one it connected to. One non-blocking send of at most 107 bytes into an
-/// empty send buffer; anything short of all of it is an error.
+/// address and the one it connected to (`origin`, when a header or a ticket named them, else
+/// the socket's own). One non-blocking send of at most 107 bytes into an empty send buffer;
+/// anything short of all of it is an error.
 pub fn send_proxy_header(
     version: crate::proxy_protocol::Version,
     client: RawFd,
+    origin: Option<(SocketAddr, SocketAddr)>,
     backend: RawFd,
 ) -> io::Result<()> {
     use crate::proxy_protocol::{MAX_HEADER, encode};
-    let (peer, local) = with_socket(client, |s| (s.peer_addr(), s.local_addr()));
-    let addr = |a: io::Result<SockAddr>| {
-        a?.as_socket()
-            .ok_or_else(|| io::Error::other("the client's socket is not an internet socket"))
+    let (source, destination) = match origin {
+        Some(o) => o,
+        None => {
+            let (peer, local) = with_socket(client, |s| (s.peer_addr(), s.local_addr()));
+            let addr = |a: io::Result<SockAddr>| {
+                a?.as_socket().ok_or_else(|| {
+                    io::Error::other("the client's socket is not an internet socket")
+                })
+            };
+            (addr(peer)?, addr(local)?)
+        }
     };
     let mut header = [0u8; MAX_HEADER];
-    let len = encode(version, addr(peer)?, addr(local)?, &mut header);
+    let len = encode(version, source, destination, &mut header);
     with_socket(backend, |s| {
         let sent = s.send_with_flags(&header[..len], libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)?;
         if sent == len {

@@ -40,6 +40,9 @@ pub enum Kind {
     SlotWait,
     /// A worker's poll on its socket for handed-over descriptors.
     ScmRecv,
+    /// The wait for a client's PROXY header (a poll, or a short timer while it is partial);
+    /// the index is the connection's slot.
+    Header,
 }
 
 impl Kind {
@@ -61,6 +64,7 @@ impl Kind {
             Self::QueueWait => 13,
             Self::SlotWait => 14,
             Self::ScmRecv => 15,
+            Self::Header => 16,
         }
     }
 
@@ -82,6 +86,7 @@ impl Kind {
             13 => Self::QueueWait,
             14 => Self::SlotWait,
             15 => Self::ScmRecv,
+            16 => Self::Header,
             _ => return None,
         })
     }
@@ -105,12 +110,12 @@ mod tests {
 
     #[test]
     fn every_kind_round_trips_with_its_index() {
-        for code in 0..16 {
-            let kind = Kind::from_code(code).expect("codes 0..16 are kinds");
+        for code in 0..17 {
+            let kind = Kind::from_code(code).expect("codes 0..17 are kinds");
             for index in [0, 1, 77, u32::MAX] {
                 assert_eq!(decode(encode(kind, index)), Some((kind, index)));
             }
         }
-        assert_eq!(decode(16 << 56), None);
+        assert_eq!(decode(17 << 56), None);
     }
 }

@@ -50,10 +50,16 @@ pub enum CloseReason {
     /// Queued, then moved to the levee that took over from this one (a reload or an upgrade),
     /// which serves it from its own queue.
     Moved,
+    /// The listener takes the PROXY protocol, and the client's header was malformed, of the
+    /// other version, or missing (it closed first).
+    BadProxyHeader,
+    /// The listener takes the PROXY protocol, and no whole header came within
+    /// `listener.NAME.proxy_timeout`.
+    ProxyHeaderTimeout,
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 17] = [
+    pub const ALL: [CloseReason; 19] = [
         Self::Done,
         Self::ClientError,
         Self::BackendError,
@@ -71,6 +77,8 @@ impl CloseReason {
         Self::Shed,
         Self::DeadLettered,
         Self::Moved,
+        Self::BadProxyHeader,
+        Self::ProxyHeaderTimeout,
     ];
 
     pub fn name(self) -> &'static str {
@@ -92,6 +100,8 @@ impl CloseReason {
             Self::Shed => "shed",
             Self::DeadLettered => "dead_lettered",
             Self::Moved => "moved",
+            Self::BadProxyHeader => "proxy_header_bad",
+            Self::ProxyHeaderTimeout => "proxy_header_timeout",
         }
     }
 }

@@ -66,6 +66,8 @@ pub fn single(pool: PoolConfig) -> Config {
             addr: "127.0.0.1:0".parse().expect("literal"),
             pool: 0,
             refuse_payload: Vec::new(),
+            proxy_protocol: levee::config::ProxyProtocol::None,
+            proxy_timeout: std::time::Duration::from_secs(5),
         }],
         pools: vec![pool],
     }

@@ -1,0 +1,168 @@
+//! A client of a listener with `proxy_protocol = v1 | v2` sends a PROXY header first, naming
+//! the real client (an upstream balancer sends it). Until the header has come nothing else is
+//! read from the socket and no backend is chosen; then the header's source address drives the
+//! hashing, the queue's ticket and the PROXY header levee itself sends on.
+//!
+//! The wait is a poll for the first bytes. They are peeked (`MSG_PEEK`), never consumed beyond
+//! the header: once a whole header is there, exactly its bytes are read off, so the client's
+//! own bytes stay in the socket for whoever relays it (this forwarder, or a worker that takes
+//! the socket over from the queue). A header still partial is looked at again every
+//! [`RETRY_MS`] (a poll would fire at once on the bytes already there). A header that does not
+//! parse, a client that closes first, and one that has sent no whole header by the listener's
+//! `proxy_timeout` are closed with a reset and counted (`proxy_header_bad`,
+//! `proxy_header_timeout`).
+
+use io_uring::opcode;
+use io_uring::types::{Fd, Timespec};
+use tracing::debug;
+
+use super::conn::State;
+use super::forwarder::{Forwarder, Reset};
+use super::token::{self, Kind};
+use crate::proxy_protocol::{self, Parsed, V2_SIGNATURE, Version};
+use crate::stats::CloseReason;
+
+/// Longest header taken: a version 2 header may carry TLVs up to 64 KiB, and levee takes those
+/// up to this size; longer is refused as bad.
+pub const HEADER_MAX: usize = 4096;
+
+/// How often a partial header is looked at again.
+const RETRY_MS: u32 = 5;
+
+/// The retry timer's duration: the kernel reads it when the timeout is submitted.
+static RETRY: Timespec = Timespec::new().nsec(RETRY_MS * 1_000_000);
+
+impl Forwarder {
+    /// Waits for the client's header: a poll for its bytes, or, with `later`, the retry timer.
+    pub(super) fn arm_header_wait(&mut self, slot: u32, later: bool) {
+        let c = &mut self.conns[slot as usize];
+        c.inflight += 1;
+        let entry = if later {
+            opcode::Timeout::new(&RETRY).build()
+        } else {
+            opcode::PollAdd::new(Fd(c.client), libc::POLLIN as u32).build()
+        };
+        self.push(entry.user_data(token::encode(Kind::Header, slot)));
+    }
+
+    /// The poll or the timer completed: look at what the client sent.
+    pub(super) fn on_header(&mut self, slot: u32, res: i32) {
+        let c = &mut self.conns[slot as usize];
+        c.inflight -= 1;
+        if c.state != State::Greeting {
+            // Closed meanwhile (its deadline, a stop).
+            self.maybe_free(slot);
+            return;
+        }
+        if res < 0 && res != -libc::ETIME {
+            self.greeted(slot, Err(CloseReason::ClientError));
+            return;
+        }
+        let (client, listener) = (c.client, usize::from(c.listener));
+        let Some((version, _)) = self.listeners.get(listener).and_then(|l| l.proxy) else {
+            self.greeted(slot, Err(CloseReason::LocalError));
+            return;
+        };
+        // SAFETY: recv into the scratch buffer, of its length, on a socket this forwarder owns;
+        // MSG_DONTWAIT: it never blocks.
+        let n = unsafe {
+            libc::recv(
+                client,
+                self.header_scratch.as_mut_ptr().cast(),
+                self.header_scratch.len(),
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        if n < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.kind() == std::io::ErrorKind::WouldBlock {
+                self.arm_header_wait(slot, false);
+            } else {
+                self.greeted(slot, Err(CloseReason::ClientError));
+            }
+            return;
+        }
+        let peeked = &self.header_scratch[..n as usize];
+        let parsed = match proxy_protocol::parse(peeked) {
+            Ok(Parsed::Header { len, addresses }) if expected(version, peeked) => {
+                Ok((len, addresses))
+            }
+            Ok(Parsed::Header { .. }) => Err("a header of the other version"),
+            // A client that closed (n == 0) or filled the scratch without a whole header.
+            Ok(Parsed::Incomplete) if n == 0 => Err("the client closed before its header"),
+            Ok(Parsed::Incomplete) if peeked.len() == HEADER_MAX => Err("a header too long"),
+            Ok(Parsed::Incomplete) => {
+                // Wait for the rest; the deadline is the tick's to enforce.
+                self.arm_header_wait(slot, true);
+                return;
+            }
+            Err(e) => {
+                debug!(error = %e, "a client's PROXY header is bad");
+                Err("a bad header")
+            }
+        };
+        let (len, addresses) = match parsed {
+            Ok(h) => h,
+            Err(why) => {
+                debug!(why, "closing a client without a good PROXY header");
+                self.greeted(slot, Err(CloseReason::BadProxyHeader));
+                return;
+            }
+        };
+        // Exactly the header's bytes: the client's own stay in the socket.
+        // SAFETY: as above; `len` is at most the bytes peeked, which are there to read.
+        let read = unsafe {
+            libc::recv(
+                client,
+                self.header_scratch.as_mut_ptr().cast(),
+                len,
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if read != len as isize {
+            self.greeted(slot, Err(CloseReason::ClientError));
+            return;
+        }
+        // LOCAL / UNKNOWN: the connection speaks for itself.
+        self.conns[slot as usize].origin = addresses;
+        self.greeted(slot, Ok(()));
+    }
+
+    /// The header wait of `slot` is over: route it, or close it for `reason`.
+    fn greeted(&mut self, slot: u32, outcome: Result<(), CloseReason>) {
+        self.greeting = self.greeting.saturating_sub(1);
+        match outcome {
+            Ok(()) => {
+                self.conns[slot as usize].state = State::Connecting;
+                self.route(slot);
+            }
+            Err(reason) => {
+                // Not yet Connecting: close from the state a route would start in.
+                self.conns[slot as usize].state = State::Connecting;
+                self.close(slot, reason, Reset::Client);
+            }
+        }
+    }
+
+    /// At the tick: clients that have not sent a whole header by their listener's
+    /// `proxy_timeout` are closed.
+    pub(super) fn expire_greetings(&mut self) {
+        if self.greeting == 0 {
+            return;
+        }
+        for slot in 0..self.high_slot {
+            let c = &self.conns[slot as usize];
+            if c.state == State::Greeting && self.now >= c.connect_deadline {
+                self.greeted(slot, Err(CloseReason::ProxyHeaderTimeout));
+            }
+        }
+    }
+}
+
+/// Whether `bytes` are the version the listener takes.
+fn expected(version: Version, bytes: &[u8]) -> bool {
+    match version {
+        Version::V1 => bytes.starts_with(b"PROXY "),
+        Version::V2 => bytes.starts_with(&V2_SIGNATURE),
+    }
+}
