@@ -151,6 +151,8 @@ pub struct Conn {
     /// The client's address and the one it connected to, as a PROXY header (or the ticket of a
     /// queued connection) named them; `None`: the socket's own.
     pub origin: Option<(std::net::SocketAddr, std::net::SocketAddr)>,
+    /// `SO_RCVLOWAT` was raised while its PROXY header was partial.
+    pub rcvlowat: bool,
     /// The backend holding this connection's reservation in the pool's load, if any.
     pub acquired: Option<u16>,
     /// Backends in preference order; `next_candidate` is the next to try.
@@ -193,6 +195,7 @@ impl Conn {
             listener: 0,
             queued_ns: 0,
             origin: None,
+            rcvlowat: false,
             acquired: None,
             candidates: [0; MAX_CANDIDATES],
             candidate_count: 0,

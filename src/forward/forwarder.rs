@@ -708,7 +708,7 @@ impl Forwarder {
                 // The header's deadline, while it is awaited.
                 c.connect_deadline = self.now + timeout_ms;
                 self.greeting += 1;
-                self.arm_header_wait(slot, false);
+                self.arm_header_wait(slot);
             }
             _ => self.route(slot),
         }

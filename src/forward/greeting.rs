@@ -6,14 +6,16 @@
 //! The wait is a poll for the first bytes. They are peeked (`MSG_PEEK`), never consumed beyond
 //! the header: once a whole header is there, exactly its bytes are read off, so the client's
 //! own bytes stay in the socket for whoever relays it (this forwarder, or a worker that takes
-//! the socket over from the queue). A header still partial is looked at again every
-//! [`RETRY_MS`] (a poll would fire at once on the bytes already there). A header that does not
+//! the socket over from the queue). While a header is partial, `SO_RCVLOWAT` is raised above
+//! the bytes already there, so the next poll ends only when more arrive (a plain poll would end
+//! at once, and a client trickling its header would make the forwarder spin); it is set back to
+//! 1 once the header is read. A header that does not
 //! parse, a client that closes first, and one that has sent no whole header by the listener's
 //! `proxy_timeout` are closed with a reset and counted (`proxy_header_bad`,
 //! `proxy_header_timeout`).
 
 use io_uring::opcode;
-use io_uring::types::{Fd, Timespec};
+use io_uring::types::Fd;
 use tracing::debug;
 
 use super::conn::State;
@@ -26,23 +28,15 @@ use crate::stats::CloseReason;
 /// up to this size; longer is refused as bad.
 pub const HEADER_MAX: usize = 4096;
 
-/// How often a partial header is looked at again.
-const RETRY_MS: u32 = 5;
-
-/// The retry timer's duration: the kernel reads it when the timeout is submitted.
-static RETRY: Timespec = Timespec::new().nsec(RETRY_MS * 1_000_000);
-
 impl Forwarder {
-    /// Waits for the client's header: a poll for its bytes, or, with `later`, the retry timer.
-    pub(super) fn arm_header_wait(&mut self, slot: u32, later: bool) {
+    /// Waits for the client's header: a poll for its bytes (more than `SO_RCVLOWAT`).
+    pub(super) fn arm_header_wait(&mut self, slot: u32) {
         let c = &mut self.conns[slot as usize];
         c.inflight += 1;
-        let entry = if later {
-            opcode::Timeout::new(&RETRY).build()
-        } else {
-            opcode::PollAdd::new(Fd(c.client), libc::POLLIN as u32).build()
-        };
-        self.push(entry.user_data(token::encode(Kind::Header, slot)));
+        let entry = opcode::PollAdd::new(Fd(c.client), libc::POLLIN as u32)
+            .build()
+            .user_data(token::encode(Kind::Header, slot));
+        self.push(entry);
     }
 
     /// The poll or the timer completed: look at what the client sent.
@@ -54,7 +48,7 @@ impl Forwarder {
             self.maybe_free(slot);
             return;
         }
-        if res < 0 && res != -libc::ETIME {
+        if res < 0 {
             self.greeted(slot, Err(CloseReason::ClientError));
             return;
         }
@@ -76,7 +70,7 @@ impl Forwarder {
         if n < 0 {
             let err = std::io::Error::last_os_error();
             if err.kind() == std::io::ErrorKind::WouldBlock {
-                self.arm_header_wait(slot, false);
+                self.arm_header_wait(slot);
             } else {
                 self.greeted(slot, Err(CloseReason::ClientError));
             }
@@ -92,8 +86,13 @@ impl Forwarder {
             Ok(Parsed::Incomplete) if n == 0 => Err("the client closed before its header"),
             Ok(Parsed::Incomplete) if peeked.len() == HEADER_MAX => Err("a header too long"),
             Ok(Parsed::Incomplete) => {
-                // Wait for the rest; the deadline is the tick's to enforce.
-                self.arm_header_wait(slot, true);
+                // Wait for more than is there; the deadline is the tick's to enforce.
+                if set_rcvlowat(client, n as i32 + 1) {
+                    self.conns[slot as usize].rcvlowat = true;
+                    self.arm_header_wait(slot);
+                } else {
+                    self.greeted(slot, Err(CloseReason::LocalError));
+                }
                 return;
             }
             Err(e) => {
@@ -123,8 +122,14 @@ impl Forwarder {
             self.greeted(slot, Err(CloseReason::ClientError));
             return;
         }
+        let c = &mut self.conns[slot as usize];
+        // The relay's receives end on any byte again.
+        if std::mem::take(&mut c.rcvlowat) && !set_rcvlowat(client, 1) {
+            self.greeted(slot, Err(CloseReason::LocalError));
+            return;
+        }
         // LOCAL / UNKNOWN: the connection speaks for itself.
-        self.conns[slot as usize].origin = addresses;
+        c.origin = addresses;
         self.greeted(slot, Ok(()));
     }
 
@@ -156,6 +161,20 @@ impl Forwarder {
                 self.greeted(slot, Err(CloseReason::ProxyHeaderTimeout));
             }
         }
+    }
+}
+
+/// Sets `SO_RCVLOWAT`: a poll for input ends only once `bytes` are there.
+fn set_rcvlowat(fd: std::os::fd::RawFd, bytes: i32) -> bool {
+    // SAFETY: setsockopt with a valid int of the size given, on a socket this forwarder owns.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVLOWAT,
+            (&raw const bytes).cast(),
+            std::mem::size_of::<i32>() as libc::socklen_t,
+        ) == 0
     }
 }
 

@@ -40,8 +40,7 @@ pub enum Kind {
     SlotWait,
     /// A worker's poll on its socket for handed-over descriptors.
     ScmRecv,
-    /// The wait for a client's PROXY header (a poll, or a short timer while it is partial);
-    /// the index is the connection's slot.
+    /// The poll for a client's PROXY header; the index is the connection's slot.
     Header,
 }
 
