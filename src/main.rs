@@ -469,6 +469,7 @@ fn run(
             workers: engine.worker_target(),
         }),
     );
+    let live = live.with_gates(engine.gates().to_vec());
     let live = Arc::new(if builtin {
         live
     } else {

@@ -822,6 +822,10 @@ listener.web.pool = web
 listener.web.refuse_payload =\x20
 listener.web.proxy_protocol = none
 listener.web.proxy_timeout = 5s
+listener.web.allow =\x20
+listener.web.deny =\x20
+listener.web.rate_per_source = 0
+listener.web.burst_per_source = 0
 pool.web.balance = maglev
 pool.web.hash_key = src_ip
 pool.web.table_size = 65537
@@ -931,7 +935,7 @@ fn stats_listen_is_an_address_with_a_port_or_none() {
 
 #[test]
 fn the_registry_describes_every_key() {
-    assert_eq!(KEYS.len(), 62);
+    assert_eq!(KEYS.len(), 66);
     let runtime: Vec<&str> = KEYS.iter().filter(|k| k.runtime).map(|k| k.name).collect();
     assert_eq!(
         runtime,
@@ -946,6 +950,10 @@ fn the_registry_describes_every_key() {
             "overflow.discipline",
             "overflow.codel_target",
             "overflow.codel_interval",
+            "listener.NAME.allow",
+            "listener.NAME.deny",
+            "listener.NAME.rate_per_source",
+            "listener.NAME.burst_per_source",
             "pool.NAME.bound",
             "pool.NAME.backend.NAME.weight",
             "pool.NAME.backend.NAME.max_conns",
@@ -1353,6 +1361,21 @@ fn config_strategy() -> impl Strategy<Value = Config> {
                         )
                         .unwrap_or(config::ProxyProtocol::None),
                         proxy_timeout: std::time::Duration::from_millis(1 + i as u64),
+                        allow: if i % 2 == 0 {
+                            vec![config::cidr::Cidr::parse("10.0.0.0/8").expect("range")]
+                        } else {
+                            Vec::new()
+                        },
+                        deny: if i % 3 == 0 {
+                            vec![
+                                config::cidr::Cidr::parse("2001:db8::/32").expect("range"),
+                                config::cidr::Cidr::parse("192.0.2.7").expect("range"),
+                            ]
+                        } else {
+                            Vec::new()
+                        },
+                        rate_per_source: i as u32 * 7,
+                        burst_per_source: i as u32,
                     })
                     .collect::<Vec<_>>();
                 let listeners_len = listeners.len();

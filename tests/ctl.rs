@@ -248,6 +248,23 @@ fn every_runtime_key_applies_to_the_running_engine() {
             "overflow.codel_interval" => set_and_read(&l, &key, &before, "150ms"),
             // The bound in the pool's load table, which ranking and reservation read.
             "pool.NAME.bound" => set_and_read(&l, &key, &before, "1.5"),
+            // The rules in the listener's gate, which the forwarders read for each client; and
+            // they do: denied, a client is reset and counted, and served again once lifted.
+            "listener.NAME.deny" => {
+                set_and_read(&l, &key, &before, "127.0.0.0/8");
+                let mut c = TcpStream::connect(l.addr).expect("connect");
+                c.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
+                let mut got = String::new();
+                assert!(c.read_to_string(&mut got).is_err(), "denied, yet: {got:?}");
+                common::wait_until("the refusal is counted", || {
+                    l.get("stats.closed.denied") == "1"
+                });
+                l.set(&key, "");
+                assert!(!l.answers().is_empty(), "served once the range is lifted");
+            }
+            "listener.NAME.allow" => set_and_read(&l, &key, &before, "127.0.0.0/8,::1/128"),
+            "listener.NAME.rate_per_source" => set_and_read(&l, &key, &before, "1000"),
+            "listener.NAME.burst_per_source" => set_and_read(&l, &key, &before, "2000"),
             // The cap in the shared load table that every acquisition checks.
             "pool.NAME.backend.NAME.max_conns" => set_and_read(&l, &key, &before, "3"),
             // The supervisor's target; and the supervisor acts on it: a second worker attaches.

@@ -680,3 +680,82 @@ fn clients_stuck_in_a_partial_header_cost_no_cpu() {
     );
     drop(stuck);
 }
+
+// ---- who a listener lets in: allow, deny, rate per source ---------------------------------------
+
+/// Behind a balancer, the lists judge the client its header names, not the balancer.
+#[test]
+fn allow_and_deny_judge_the_headers_client() {
+    let free = Arc::new(AtomicBool::new(false));
+    let backend = HeaderBackend::start("127.0.0.1:0", free);
+    let listen = free_addr("127.0.0.1");
+    let (_levee, ctl) = accepting(
+        "gate-lists",
+        listen,
+        &[backend.addr],
+        "v1",
+        "v1",
+        "listener.web.allow = 10.0.0.0/8, 2001:db8::/32\nlistener.web.deny = 10.9.0.0/16\n",
+    );
+    let count = |reason: &str| -> u64 {
+        stat_text(&ctl, &format!("stats.closed.{reason}"))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let ask = |client: &str| with_header(listen, &v1(client, "192.0.2.1:80"), None, "x");
+    assert_eq!(
+        ask("10.1.1.1:5").expect("allowed"),
+        "10.1.1.1:5 192.0.2.1:80 x"
+    );
+    let v6 = with_header(
+        listen,
+        &v1("[2001:db8::5]:5", "[2001:db8::1]:80"),
+        None,
+        "x",
+    );
+    assert_eq!(v6.expect("allowed"), "[2001:db8::5]:5 [2001:db8::1]:80 x");
+    for (i, refused) in ["192.0.2.9:5", "10.9.0.1:5"].into_iter().enumerate() {
+        let err = ask(refused).expect_err("not allowed");
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{refused}");
+        wait_until("it is counted", || count("denied") == i as u64 + 1);
+    }
+}
+
+/// One source past its rate is held back, counted; another source is served all the same.
+#[test]
+fn a_source_past_its_rate_is_refused_and_others_are_not() {
+    const TRIES: u64 = 6;
+    let free = Arc::new(AtomicBool::new(false));
+    let backend = HeaderBackend::start("127.0.0.1:0", free);
+    let listen = free_addr("127.0.0.1");
+    let (_levee, ctl) = accepting(
+        "gate-rate",
+        listen,
+        &[backend.addr],
+        "v1",
+        "v1",
+        "listener.web.rate_per_source = 1\nlistener.web.burst_per_source = 2\n",
+    );
+    let ask = |client: &str| with_header(listen, &v1(client, "192.0.2.1:80"), None, "x");
+    let started = std::time::Instant::now();
+    let served = (0..TRIES)
+        .filter(|_| ask("198.51.100.66:1").is_ok())
+        .count() as u64;
+    let elapsed = started.elapsed().as_secs();
+    // The burst, and one more per whole second the tries took (at most one more at its edge).
+    assert!(
+        (2..=3 + elapsed).contains(&served),
+        "{served} of {TRIES} served in {elapsed} s"
+    );
+    wait_until("each refusal is counted", || {
+        stat_text(&ctl, "stats.closed.source_rate").as_deref()
+            == Some(&(TRIES - served).to_string())
+    });
+    assert!(
+        ask("198.51.100.77:1").is_ok(),
+        "another source has its own bucket"
+    );
+    eprintln!(
+        "FIGURE rate_per_source 1, burst 2: {served} of {TRIES} quick connections from one source served, another source served"
+    );
+}

@@ -129,7 +129,19 @@ impl Config {
                 Some(b) => field.parse_into(b, text),
                 None => Err(missing("backend", &format!("{pool}.{backend}"))),
             },
-            // No listener key changes at runtime: a listener's socket is bound at start.
+            // Only its gate's rules: its socket is bound at start.
+            (Slot::Listener(field), [listener]) => {
+                match self.listeners.iter().position(|l| l.name == *listener) {
+                    Some(i) => {
+                        let mut d = draft(self, &self.listeners[i]);
+                        field.parse_into(&mut d, text).map(|()| {
+                            let pool = self.listeners[i].pool;
+                            self.listeners[i] = ListenerConfig { pool, ..d.config };
+                        })
+                    }
+                    None => Err(missing("listener", listener)),
+                }
+            }
             _ => Err(
                 "cannot change at runtime; change it in the configuration file and restart".into(),
             ),

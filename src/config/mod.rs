@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+pub mod cidr;
 pub mod cores;
 mod docs;
 mod effective;
@@ -291,6 +292,13 @@ pub struct ListenerConfig {
     pub proxy_protocol: ProxyProtocol,
     /// `listener.NAME.proxy_timeout`: how long a client has for that header.
     pub proxy_timeout: std::time::Duration,
+    /// `listener.NAME.allow` and `deny`: who is served.
+    pub allow: Vec<cidr::Cidr>,
+    pub deny: Vec<cidr::Cidr>,
+    /// `listener.NAME.rate_per_source`, `burst_per_source`: new connections per second per
+    /// source address, and the bucket (0: none; 0: as the rate).
+    pub rate_per_source: u32,
+    pub burst_per_source: u32,
 }
 
 /// `pool.NAME.*`

@@ -152,6 +152,11 @@ pub(crate) enum Field<T: 'static> {
         get: fn(&T) -> Option<&str>,
         set: fn(&mut T, Option<String>),
     },
+    /// Address ranges: `ADDR/LEN` or `ADDR`, comma-separated; empty for none.
+    Cidrs {
+        get: fn(&T) -> &[super::cidr::Cidr],
+        set: fn(&mut T, Vec<super::cidr::Cidr>),
+    },
     /// Bytes written as text with escapes, at most `max_len` of them.
     Bytes {
         max_len: usize,
@@ -204,6 +209,7 @@ impl<T> Field<T> {
             Field::PoolName { set, .. } => set(target, value::parse_name(text)?),
             Field::Bytes { max_len, set, .. } => set(target, value::parse_bytes(text, *max_len)?),
             Field::Path { set, .. } => set(target, value::parse_path(text)?),
+            Field::Cidrs { set, .. } => set(target, super::cidr::parse_list(text)?),
             Field::Dir { set, .. } => set(target, value::parse_dir(text)?),
             Field::Account { set, .. } => set(target, value::parse_account(text)?),
         }
@@ -225,6 +231,7 @@ impl<T> Field<T> {
             }
             Field::PoolName { get, .. } => get(target).to_string(),
             Field::Bytes { get, .. } => value::format_bytes(get(target)),
+            Field::Cidrs { get, .. } => super::cidr::format_list(get(target)),
             Field::Path { get, .. } => {
                 get(target).map_or_else(|| "none".to_string(), |p| p.display().to_string())
             }
@@ -264,6 +271,10 @@ impl<T> Field<T> {
             }
             Field::PoolName { .. } => "name of a pool".to_string(),
             Field::Path { .. } => "absolute path, or none".to_string(),
+            Field::Cidrs { .. } => format!(
+                "address ranges (ADDR/LEN or ADDR), comma-separated, at most {}; empty for none",
+                super::cidr::MAX_RANGES
+            ),
             Field::Account { .. } => "a user or group name of this host, or none".to_string(),
             Field::Dir { .. } => format!(
                 "auto, or an absolute path of at most {} bytes",
@@ -409,6 +420,10 @@ impl Target for ListenerDraft {
                 refuse_payload: Vec::new(),
                 proxy_protocol: ProxyProtocol::None,
                 proxy_timeout: Duration::ZERO,
+                allow: Vec::new(),
+                deny: Vec::new(),
+                rate_per_source: 0,
+                burst_per_source: 0,
             },
             pool: String::new(),
         }
@@ -1100,6 +1115,56 @@ pub static KEYS: &[KeySpec] = &[
             max: Duration::from_secs(3600),
             get: |l| l.config.proxy_timeout,
             set: |l, v| l.config.proxy_timeout = v,
+        }),
+    },
+    KeySpec {
+        name: "listener.NAME.allow",
+        default: Some(""),
+        unit: "",
+        runtime: true,
+        description: "Only clients in these address ranges are served (the PROXY header's client on a listener that takes one); empty: everyone; others are reset (stats.closed.denied)",
+        slot: Slot::Listener(Field::Cidrs {
+            get: |l| &l.config.allow,
+            set: |l, v| l.config.allow = v,
+        }),
+    },
+    KeySpec {
+        name: "listener.NAME.deny",
+        default: Some(""),
+        unit: "",
+        runtime: true,
+        description: "Clients in these address ranges are reset (stats.closed.denied), whatever allow says",
+        slot: Slot::Listener(Field::Cidrs {
+            get: |l| &l.config.deny,
+            set: |l, v| l.config.deny = v,
+        }),
+    },
+    KeySpec {
+        name: "listener.NAME.rate_per_source",
+        default: Some("0"),
+        unit: "connections/s",
+        runtime: true,
+        description: "New connections per second one source address may open (a token bucket, before a backend is chosen); past it they are reset (stats.closed.source_rate); 0: no limit",
+        slot: Slot::Listener(Field::Count {
+            min: 0,
+            max: 1_000_000,
+            rule: CountRule::Any,
+            get: |l| l.config.rate_per_source,
+            set: |l, v| l.config.rate_per_source = v,
+        }),
+    },
+    KeySpec {
+        name: "listener.NAME.burst_per_source",
+        default: Some("0"),
+        unit: "connections",
+        runtime: true,
+        description: "How many new connections one source may open at once before rate_per_source holds it back; 0: as rate_per_source",
+        slot: Slot::Listener(Field::Count {
+            min: 0,
+            max: 1_000_000,
+            rule: CountRule::Any,
+            get: |l| l.config.burst_per_source,
+            set: |l, v| l.config.burst_per_source = v,
         }),
     },
     KeySpec {

@@ -29,6 +29,7 @@ pub struct Live {
     set_log_level: Box<dyn Fn(LogLevel) + Send + Sync>,
     overflow: Option<Overflow>,
     reload: Option<Arc<Reload>>,
+    gates: Vec<Arc<crate::forward::gate::Gate>>,
 }
 
 /// Reloads as `ctl` asks for them and reports them: `request` asks the process to reload (it
@@ -83,7 +84,14 @@ impl Live {
             set_log_level,
             overflow,
             reload: None,
+            gates: Vec::new(),
         }
+    }
+
+    /// The listeners' gates, in configuration order, whose rules `ctl -w` changes.
+    pub fn with_gates(mut self, gates: Vec<Arc<crate::forward::gate::Gate>>) -> Self {
+        self.gates = gates;
+        self
     }
 
     /// Lets `levee ctl --reload` ask for reloads through `reload`.
@@ -183,6 +191,14 @@ impl Live {
                 cfg.overflow.workers = target.get();
             }
         }
+        // The rules the forwarders' gates hold.
+        for (l, gate) in cfg.listeners.iter_mut().zip(&self.gates) {
+            let rules = gate.rules();
+            l.allow = rules.allow.clone();
+            l.deny = rules.deny.clone();
+            l.rate_per_source = rules.rate;
+            l.burst_per_source = rules.burst;
+        }
         for (pool, live) in cfg.pools.iter_mut().zip(&self.pools) {
             pool.bound = live.load.bound();
             for (i, b) in pool.backends.iter_mut().enumerate() {
@@ -262,6 +278,23 @@ impl Live {
                     ));
                 }
             },
+            (
+                "listener.NAME.allow"
+                | "listener.NAME.deny"
+                | "listener.NAME.rate_per_source"
+                | "listener.NAME.burst_per_source",
+                [l],
+            ) => {
+                let i = cfg
+                    .listeners
+                    .iter()
+                    .position(|x| x.name == *l)
+                    .ok_or_else(|| format!("{key}: no listener named `{l}`"))?;
+                let gate = self.gates.get(i).ok_or_else(|| {
+                    format!("{key}: this process has no listeners to apply it to")
+                })?;
+                gate.set(crate::forward::gate::Rules::of(&cfg.listeners[i]));
+            }
             ("pool.NAME.bound", [p]) => {
                 let p = pool(p)?;
                 self.pools[p].load.set_bound(cfg.pools[p].bound);

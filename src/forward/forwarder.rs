@@ -80,6 +80,8 @@ pub(super) struct Listener {
     pub(super) index: u16,
     /// The PROXY protocol version its clients send first, and how long they have for it (ms).
     pub(super) proxy: Option<(crate::proxy_protocol::Version, u64)>,
+    /// Who it lets in.
+    pub(super) gate: super::gate::GateView,
     pub(super) pool: u16,
     /// Written to a client before it is refused.
     pub(super) refuse_payload: Arc<[u8]>,
@@ -110,6 +112,8 @@ pub struct ListenerSetup {
     pub index: usize,
     /// The PROXY protocol version its clients send first, and how long they have for it.
     pub proxy: Option<(crate::proxy_protocol::Version, std::time::Duration)>,
+    /// The listener's gate, shared with its other sockets and `ctl`.
+    pub gate: Arc<super::gate::Gate>,
     /// Index of its pool.
     pub pool: usize,
     pub refuse_payload: Arc<[u8]>,
@@ -219,6 +223,7 @@ impl Forwarder {
                 name: l.name,
                 index: l.index as u16,
                 proxy: l.proxy.map(|(v, t)| (v, millis(t).max(1))),
+                gate: super::gate::GateView::new(l.gate),
                 pool: l.pool as u16,
                 refuse_payload: l.refuse_payload,
                 local: (!l.addr.ip().is_unspecified()).then_some(l.addr),
@@ -710,8 +715,30 @@ impl Forwarder {
                 self.greeting += 1;
                 self.arm_header_wait(slot);
             }
-            _ => self.route(slot),
+            // Moved from another levee, or back from the waiting line: let in already.
+            _ if newcomer.greeted => self.route(slot),
+            _ => self.admit(slot),
         }
+    }
+
+    /// Lets the client in `slot` through its listener's gate, then routes it.
+    pub(super) fn admit(&mut self, slot: u32) {
+        let c = &self.conns[slot as usize];
+        let (client, origin, l) = (c.client, c.origin, usize::from(c.listener));
+        let gate = &mut self.listeners[l].gate;
+        if gate.active() {
+            // The PROXY header's client, or the socket's.
+            let verdict = match origin.map(|o| o.0).or_else(|| peer_addr(client)) {
+                Some(peer) => gate.admit(peer.ip(), self.now),
+                // Gone already.
+                None => Err(CloseReason::ClientError),
+            };
+            if let Err(reason) = verdict {
+                self.close(slot, reason, Reset::Client);
+                return;
+            }
+        }
+        self.route(slot);
     }
 
     /// Chooses a backend for the client in `slot` (or queues or refuses it) and connects.

@@ -139,7 +139,7 @@ impl Forwarder {
         match outcome {
             Ok(()) => {
                 self.conns[slot as usize].state = State::Connecting;
-                self.route(slot);
+                self.admit(slot);
             }
             Err(reason) => {
                 // Not yet Connecting: close from the state a route would start in.

@@ -6,6 +6,7 @@ mod bufring;
 mod conn;
 mod footprint;
 mod forwarder;
+pub mod gate;
 mod greeting;
 mod intake;
 mod listener;
@@ -261,6 +262,8 @@ pub struct Engine {
     handover: Mutex<Vec<(String, SocketAddr, OwnedFd)>>,
     /// Where clients queued by a levee this one took over from are handed in.
     mailbox: Mailbox,
+    /// Each listener's allow/deny lists and per-source rate, in configuration order.
+    gates: Vec<Arc<gate::Gate>>,
 }
 
 /// How to start an engine beyond its configuration.
@@ -343,6 +346,7 @@ impl Engine {
         let mut addrs = Vec::with_capacity(cfg.listeners.len());
         let mut sockets: Vec<Vec<ListenerSetup>> = (0..cores.len()).map(|_| Vec::new()).collect();
         let mut handover = Vec::new();
+        let mut gates = Vec::with_capacity(cfg.listeners.len());
         for (index, l) in cfg.listeners.iter().enumerate() {
             let mut addr = l.addr;
             let listen_error = |addr, error| StartError::Listen {
@@ -367,6 +371,8 @@ impl Engine {
             let payload: Arc<[u8]> = Arc::from(l.refuse_payload.as_slice());
             let name: Arc<str> = Arc::from(l.name.as_str());
             let proxy = l.proxy_protocol.version().map(|v| (v, l.proxy_timeout));
+            let gate = Arc::new(gate::Gate::new(gate::Rules::of(l)));
+            gates.push(gate.clone());
             let count = sockets.len();
             for per_core in &mut sockets {
                 let fd = match adopted.pop() {
@@ -386,6 +392,7 @@ impl Engine {
                     name: name.clone(),
                     index,
                     proxy,
+                    gate: gate.clone(),
                     pool: l.pool,
                     refuse_payload: payload.clone(),
                     addr,
@@ -401,6 +408,7 @@ impl Engine {
                     name: name.clone(),
                     index,
                     proxy,
+                    gate: gate.clone(),
                     pool: l.pool,
                     refuse_payload: payload.clone(),
                     addr,
@@ -445,6 +453,7 @@ impl Engine {
         let mut engine = Self::spawn(cfg, caps, pools, plans, tier.clone())?;
         engine.addrs = addrs;
         engine.handover = Mutex::new(handover);
+        engine.gates = gates;
         info!(
             forwarders = cores.len(),
             cpus = ?cores,
@@ -674,6 +683,7 @@ impl Engine {
             drain_timeout: cfg.engine.drain_timeout,
             handover: Mutex::new(Vec::new()),
             mailbox,
+            gates: Vec::new(),
         };
         for _ in 0..count {
             match ready_rx.recv() {
@@ -751,6 +761,11 @@ impl Engine {
     /// successor stays.
     pub fn move_queue_to(&self, successor: Arc<dyn QueueSuccessor>) {
         let _ = self.stopper.flags.successor.set(successor);
+    }
+
+    /// Each listener's gate (allow/deny, per-source rate), in configuration order, for `ctl`.
+    pub fn gates(&self) -> &[Arc<gate::Gate>] {
+        &self.gates
     }
 
     /// Where clients queued by the levee this one took over from are handed in.

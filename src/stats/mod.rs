@@ -56,10 +56,14 @@ pub enum CloseReason {
     /// The listener takes the PROXY protocol, and no whole header came within
     /// `listener.NAME.proxy_timeout`.
     ProxyHeaderTimeout,
+    /// The listener's `allow` or `deny` list refused the client.
+    Denied,
+    /// The client's source opened new connections faster than `rate_per_source`.
+    SourceRate,
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 19] = [
+    pub const ALL: [CloseReason; 21] = [
         Self::Done,
         Self::ClientError,
         Self::BackendError,
@@ -79,6 +83,8 @@ impl CloseReason {
         Self::Moved,
         Self::BadProxyHeader,
         Self::ProxyHeaderTimeout,
+        Self::Denied,
+        Self::SourceRate,
     ];
 
     pub fn name(self) -> &'static str {
@@ -102,6 +108,8 @@ impl CloseReason {
             Self::Moved => "moved",
             Self::BadProxyHeader => "proxy_header_bad",
             Self::ProxyHeaderTimeout => "proxy_header_timeout",
+            Self::Denied => "denied",
+            Self::SourceRate => "source_rate",
         }
     }
 }
