@@ -208,6 +208,8 @@ fn parse_v1(buf: &[u8]) -> Result<Parsed, ParseError> {
         };
     };
     match window.get(cr + 1) {
+        // The LF would be byte 108: too long, however many bytes follow.
+        None if buf.len() > cr + 1 => return Err(ParseError::V1TooLong),
         None => return Ok(Parsed::Incomplete),
         Some(b'\n') => {}
         Some(_) => return Err(ParseError::V1("CR not followed by LF")),
@@ -414,6 +416,12 @@ mod tests {
             ok(&[b'P', b'R', b'O', b'X', b'Y', b' ', b'x'].repeat(20)),
             Err(ParseError::V1TooLong)
         );
+        // CR as the 107th byte: its LF would be the 108th.
+        let mut long = b"PROXY UNKNOWN ".to_vec();
+        long.resize(106, b'x');
+        long.extend_from_slice(b"\r\nmore");
+        assert_eq!(ok(&long), Err(ParseError::V1TooLong));
+        assert_eq!(ok(&long[..107]), Ok(Parsed::Incomplete));
         let mut v2 = V2_SIGNATURE.to_vec();
         v2.extend_from_slice(&[0x31, 0x11, 0, 12]);
         assert_eq!(ok(&v2), Err(ParseError::V2VersionCommand(0x31)));

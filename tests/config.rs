@@ -822,6 +822,7 @@ listener.web.pool = web
 listener.web.refuse_payload =\x20
 listener.web.proxy_protocol = none
 listener.web.proxy_timeout = 5s
+listener.web.proxy_from =\x20
 listener.web.allow =\x20
 listener.web.deny =\x20
 listener.web.rate_per_source = 0
@@ -935,7 +936,7 @@ fn stats_listen_is_an_address_with_a_port_or_none() {
 
 #[test]
 fn the_registry_describes_every_key() {
-    assert_eq!(KEYS.len(), 66);
+    assert_eq!(KEYS.len(), 67);
     let runtime: Vec<&str> = KEYS.iter().filter(|k| k.runtime).map(|k| k.name).collect();
     assert_eq!(
         runtime,
@@ -950,6 +951,7 @@ fn the_registry_describes_every_key() {
             "overflow.discipline",
             "overflow.codel_target",
             "overflow.codel_interval",
+            "listener.NAME.proxy_from",
             "listener.NAME.allow",
             "listener.NAME.deny",
             "listener.NAME.rate_per_source",
@@ -1361,6 +1363,11 @@ fn config_strategy() -> impl Strategy<Value = Config> {
                         )
                         .unwrap_or(config::ProxyProtocol::None),
                         proxy_timeout: std::time::Duration::from_millis(1 + i as u64),
+                        proxy_from: if i % 4 == 1 {
+                            vec![config::cidr::Cidr::parse("172.16.0.0/12").expect("range")]
+                        } else {
+                            Vec::new()
+                        },
                         allow: if i % 2 == 0 {
                             vec![config::cidr::Cidr::parse("10.0.0.0/8").expect("range")]
                         } else {

@@ -263,6 +263,7 @@ fn every_runtime_key_applies_to_the_running_engine() {
                 assert!(!l.answers().is_empty(), "served once the range is lifted");
             }
             "listener.NAME.allow" => set_and_read(&l, &key, &before, "127.0.0.0/8,::1/128"),
+            "listener.NAME.proxy_from" => set_and_read(&l, &key, &before, "10.0.0.0/8"),
             "listener.NAME.rate_per_source" => set_and_read(&l, &key, &before, "1000"),
             "listener.NAME.burst_per_source" => set_and_read(&l, &key, &before, "2000"),
             // The cap in the shared load table that every acquisition checks.

@@ -759,3 +759,71 @@ fn a_source_past_its_rate_is_refused_and_others_are_not() {
         "FIGURE rate_per_source 1, burst 2: {served} of {TRIES} quick connections from one source served, another source served"
     );
 }
+
+/// `proxy_from` says who may send a header: a connection from elsewhere is refused before its
+/// header is read, whatever address it names; once its address is listed, it is served.
+#[test]
+fn only_the_balancers_listed_may_name_a_client() {
+    let free = Arc::new(AtomicBool::new(false));
+    let backend = HeaderBackend::start("127.0.0.1:0", free);
+    let listen = free_addr("127.0.0.1");
+    let (_levee, ctl) = accepting(
+        "gate-upstream",
+        listen,
+        &[backend.addr],
+        "v1",
+        "v1",
+        "listener.web.proxy_from = 10.0.0.0/8\n",
+    );
+    let header = v1("198.51.100.5:5", "192.0.2.1:80");
+    let err = with_header(listen, &header, None, "x").expect_err("not a listed balancer");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset);
+    wait_until("it is counted", || {
+        stat_text(&ctl, "stats.closed.denied").as_deref() == Some("1")
+    });
+    let out = levee()
+        .args(["ctl", "-s"])
+        .arg(&ctl)
+        .args(["-w", "listener.web.proxy_from=127.0.0.0/8"])
+        .output()
+        .expect("ctl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        with_header(listen, &header, None, "x").expect("listed now"),
+        "198.51.100.5:5 192.0.2.1:80 x"
+    );
+}
+
+/// A client that half-closes inside its header is done sending: it is reset and counted at
+/// once (its FIN wakes the forwarder, which must not look at it again and again).
+#[test]
+fn a_client_that_closes_inside_its_header_is_reset_at_once() {
+    const CLIENTS: usize = 20;
+    let free = Arc::new(AtomicBool::new(false));
+    let backend = HeaderBackend::start("127.0.0.1:0", free);
+    let listen = free_addr("127.0.0.1");
+    let (_levee, ctl) = accepting(
+        "accept-half",
+        listen,
+        &[backend.addr],
+        "v1",
+        "none",
+        "listener.web.proxy_timeout = 1h\n",
+    );
+    let clients: Vec<TcpStream> = (0..CLIENTS)
+        .map(|_| {
+            let mut s = TcpStream::connect(listen).expect("connect");
+            s.write_all(b"PROXY TCP4 198.51.100.").expect("part");
+            s.shutdown(std::net::Shutdown::Write).expect("half-close");
+            s
+        })
+        .collect();
+    wait_until("each is counted bad", || {
+        stat_text(&ctl, "stats.closed.proxy_header_bad") == Some(CLIENTS.to_string())
+    });
+    drop(clients);
+}

@@ -35,12 +35,22 @@ impl Cidr {
                 .filter(|&l| l <= max)
                 .ok_or_else(|| format!("`{text}`: the prefix length must be 0 to {max}"))?,
         };
-        let cidr = Cidr { addr, len };
+        let mut cidr = Cidr { addr, len };
         if cidr.first() != addr {
             return Err(format!(
                 "`{text}`: host bits are set; the range starts at {}/{len}",
                 cidr.first()
             ));
+        }
+        // IPv4 written through IPv6 (`::ffff:a.b.c.d/LEN`): clients are matched as IPv4.
+        if let IpAddr::V6(v6) = addr
+            && let Some(v4) = v6.to_ipv4_mapped()
+            && len >= 96
+        {
+            cidr = Cidr {
+                addr: IpAddr::V4(v4),
+                len: len - 96,
+            };
         }
         Ok(cidr)
     }
@@ -131,6 +141,9 @@ mod tests {
         assert!(one.contains(ip("192.0.2.7")) && !one.contains(ip("192.0.2.8")));
         let v6 = Cidr::parse("2001:db8::/32").expect("v6");
         assert!(v6.contains(ip("2001:db8:1::5")) && !v6.contains(ip("2001:db9::")));
+        let mapped = Cidr::parse("::ffff:192.0.2.0/120").expect("mapped");
+        assert!(mapped.contains(ip("192.0.2.1")) && mapped.contains(ip("::ffff:192.0.2.9")));
+        assert!(!mapped.contains(ip("192.0.3.1")));
         let all = Cidr::parse("0.0.0.0/0").expect("all");
         assert!(all.contains(ip("203.0.113.1")) && !all.contains(ip("::2")));
     }

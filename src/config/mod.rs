@@ -292,6 +292,8 @@ pub struct ListenerConfig {
     pub proxy_protocol: ProxyProtocol,
     /// `listener.NAME.proxy_timeout`: how long a client has for that header.
     pub proxy_timeout: std::time::Duration,
+    /// `listener.NAME.proxy_from`: who may send it (the balancers in front); empty: anyone.
+    pub proxy_from: Vec<cidr::Cidr>,
     /// `listener.NAME.allow` and `deny`: who is served.
     pub allow: Vec<cidr::Cidr>,
     pub deny: Vec<cidr::Cidr>,

@@ -420,6 +420,7 @@ impl Target for ListenerDraft {
                 refuse_payload: Vec::new(),
                 proxy_protocol: ProxyProtocol::None,
                 proxy_timeout: Duration::ZERO,
+                proxy_from: Vec::new(),
                 allow: Vec::new(),
                 deny: Vec::new(),
                 rate_per_source: 0,
@@ -1115,6 +1116,17 @@ pub static KEYS: &[KeySpec] = &[
             max: Duration::from_secs(3600),
             get: |l| l.config.proxy_timeout,
             set: |l, v| l.config.proxy_timeout = v,
+        }),
+    },
+    KeySpec {
+        name: "listener.NAME.proxy_from",
+        default: Some(""),
+        unit: "",
+        runtime: true,
+        description: "The balancers allowed to send a PROXY header to a listener that takes one, as address ranges, checked on the connection's own address before the header is read; others are reset (stats.closed.denied). Empty: anyone, and then a client that reaches the port directly can name any address in its header, so set it unless only the balancers can reach the port",
+        slot: Slot::Listener(Field::Cidrs {
+            get: |l| &l.config.proxy_from,
+            set: |l, v| l.config.proxy_from = v,
         }),
     },
     KeySpec {

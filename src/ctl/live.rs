@@ -194,6 +194,7 @@ impl Live {
         // The rules the forwarders' gates hold.
         for (l, gate) in cfg.listeners.iter_mut().zip(&self.gates) {
             let rules = gate.rules();
+            l.proxy_from = rules.upstream.clone();
             l.allow = rules.allow.clone();
             l.deny = rules.deny.clone();
             l.rate_per_source = rules.rate;
@@ -279,7 +280,8 @@ impl Live {
                 }
             },
             (
-                "listener.NAME.allow"
+                "listener.NAME.proxy_from"
+                | "listener.NAME.allow"
                 | "listener.NAME.deny"
                 | "listener.NAME.rate_per_source"
                 | "listener.NAME.burst_per_source",

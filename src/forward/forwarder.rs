@@ -708,6 +708,17 @@ impl Forwarder {
         self.high_slot = self.high_slot.max(slot + 1);
         match self.listeners[usize::from(newcomer.listener)].proxy {
             Some((_, timeout_ms)) if !newcomer.greeted => {
+                // Only the balancers may name a client: others are refused before a byte.
+                if let Some(rules) = self.listeners[usize::from(newcomer.listener)]
+                    .gate
+                    .upstream()
+                {
+                    let from = peer_addr(newcomer.fd);
+                    if !from.is_some_and(|a| rules.upstream.iter().any(|r| r.contains(a.ip()))) {
+                        self.close(slot, CloseReason::Denied, Reset::Client);
+                        return;
+                    }
+                }
                 let c = &mut self.conns[slot as usize];
                 c.state = State::Greeting;
                 // The header's deadline, while it is awaited.

@@ -26,6 +26,8 @@ const BUCKETS: usize = 16_384;
 /// A listener's rules.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Rules {
+    /// Who may send a PROXY header (the socket's own peer); empty: anyone.
+    pub upstream: Vec<Cidr>,
     pub allow: Vec<Cidr>,
     pub deny: Vec<Cidr>,
     /// New connections per second per source; 0: no limit.
@@ -37,6 +39,7 @@ pub struct Rules {
 impl Rules {
     pub fn of(l: &ListenerConfig) -> Self {
         Self {
+            upstream: l.proxy_from.clone(),
             allow: l.allow.clone(),
             deny: l.deny.clone(),
             rate: l.rate_per_source,
@@ -88,7 +91,16 @@ impl Gate {
 
     /// Takes one token from `ip`'s bucket at `now_ms` (a monotonic clock): whether it had one.
     fn take(&self, ip: IpAddr, now_ms: u64, rate: u32, burst: u32) -> bool {
-        let slot = &self.buckets[self.hasher.hash_one(ip) as usize % BUCKETS];
+        // An IPv6 host commonly has a whole /64: one bucket for it, or it could use as many
+        // buckets as it likes (and crowd out everyone else's).
+        let key = match ip {
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+            },
+            v4 => v4,
+        };
+        let slot = &self.buckets[self.hasher.hash_one(key) as usize % BUCKETS];
         // Tokens in thousandths in the low 31 bits, bit 31 set once the slot is used, and the
         // last refill's time (ms, wrapping) in the high 32. Rates and bursts are at most
         // 1,000,000 (the registry's bound), so tokens fit in 31 bits.
@@ -99,10 +111,18 @@ impl Gate {
         loop {
             let (last, tokens) = ((word >> 32) as u32, word & (USED - 1));
             // A slot never used starts full.
+            // Forwarders read the clock at different moments: one a little behind the last
+            // refill sees no time passed (a wrapped difference would refill the bucket), and
+            // keeps the later time.
+            let since = now.wrapping_sub(last);
+            let (elapsed, stamp) = if since > u32::MAX / 2 {
+                (0, last)
+            } else {
+                (u64::from(since), now)
+            };
             let refilled = if word & USED == 0 {
                 cap
             } else {
-                let elapsed = u64::from(now.wrapping_sub(last));
                 (tokens + elapsed * u64::from(rate)).min(cap)
             };
             let (left, ok) = if refilled >= 1000 {
@@ -110,7 +130,7 @@ impl Gate {
             } else {
                 (refilled, false)
             };
-            let next = (u64::from(now) << 32) | USED | left;
+            let next = (u64::from(stamp) << 32) | USED | left;
             match slot.compare_exchange_weak(word, next, Ordering::Relaxed, Ordering::Relaxed) {
                 Ok(_) => return ok,
                 Err(seen) => word = seen,
@@ -137,7 +157,7 @@ impl GateView {
     }
 
     /// The rules now, taking new ones only when `ctl` changed them.
-    fn current(&mut self) -> &Rules {
+    fn current(&mut self) -> &Arc<Rules> {
         let g = self.gate.generation();
         if g != self.generation {
             self.rules = self.gate.rules();
@@ -149,6 +169,13 @@ impl GateView {
     /// Whether any rule applies now.
     pub fn active(&mut self) -> bool {
         self.current().any()
+    }
+
+    /// Whether a connection from `peer` (the socket's own address) may send a PROXY header;
+    /// `None` when no list says who may, and the address need not be read.
+    pub fn upstream(&mut self) -> Option<Arc<Rules>> {
+        let rules = self.current();
+        (!rules.upstream.is_empty()).then(|| rules.clone())
     }
 
     /// Lets `ip` in, or says why not.
@@ -188,11 +215,22 @@ mod tests {
         assert_eq!(later, [true, true, true, false]);
         // Another source has its own bucket.
         assert!(g.take(ip("198.51.100.2"), 60_000, 10, 3));
+        // A forwarder whose clock reads a little earlier sees no time passed.
+        let b = ip("198.51.100.3");
+        assert!(g.take(b, 10_005, 1, 1));
+        assert!(!g.take(b, 10_005, 1, 1));
+        assert!(!g.take(b, 10_003, 1, 1));
+        assert!(g.take(b, 11_005, 1, 1));
+        // One IPv6 /64 is one source.
+        assert!(g.take(ip("2001:db8::1"), 0, 1, 1));
+        assert!(!g.take(ip("2001:db8::2:3"), 0, 1, 1));
+        assert!(g.take(ip("2001:db8:0:1::1"), 0, 1, 1));
     }
 
     #[test]
     fn lists_decide_before_the_rate() {
         let rules = Rules {
+            upstream: Vec::new(),
             allow: vec![Cidr::parse("10.0.0.0/8").expect("r")],
             deny: vec![Cidr::parse("10.9.0.0/16").expect("r")],
             rate: 1,

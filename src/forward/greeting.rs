@@ -33,7 +33,9 @@ impl Forwarder {
     pub(super) fn arm_header_wait(&mut self, slot: u32) {
         let c = &mut self.conns[slot as usize];
         c.inflight += 1;
-        let entry = opcode::PollAdd::new(Fd(c.client), libc::POLLIN as u32)
+        // RDHUP too: a FIN makes the socket readable whatever SO_RCVLOWAT says, and a client
+        // that half-closes inside its header must not be looked at again and again.
+        let entry = opcode::PollAdd::new(Fd(c.client), (libc::POLLIN | libc::POLLRDHUP) as u32)
             .build()
             .user_data(token::encode(Kind::Header, slot));
         self.push(entry);
@@ -85,6 +87,12 @@ impl Forwarder {
             // A client that closed (n == 0) or filled the scratch without a whole header.
             Ok(Parsed::Incomplete) if n == 0 => Err("the client closed before its header"),
             Ok(Parsed::Incomplete) if peeked.len() == HEADER_MAX => Err("a header too long"),
+            // No more bytes will come.
+            Ok(Parsed::Incomplete)
+                if res & i32::from(libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0 =>
+            {
+                Err("the client closed inside its header")
+            }
             Ok(Parsed::Incomplete) => {
                 // Wait for more than is there; the deadline is the tick's to enforce.
                 if set_rcvlowat(client, n as i32 + 1) {
@@ -138,7 +146,10 @@ impl Forwarder {
         self.greeting = self.greeting.saturating_sub(1);
         match outcome {
             Ok(()) => {
-                self.conns[slot as usize].state = State::Connecting;
+                let c = &mut self.conns[slot as usize];
+                c.state = State::Connecting;
+                // The header's deadline is over: the connect has its own budget from now.
+                c.connect_deadline = self.now + self.tunables.connect_timeout_ms();
                 self.admit(slot);
             }
             Err(reason) => {

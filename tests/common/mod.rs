@@ -68,6 +68,7 @@ pub fn single(pool: PoolConfig) -> Config {
             refuse_payload: Vec::new(),
             proxy_protocol: levee::config::ProxyProtocol::None,
             proxy_timeout: std::time::Duration::from_secs(5),
+            proxy_from: Vec::new(),
             allow: Vec::new(),
             deny: Vec::new(),
             rate_per_source: 0,
