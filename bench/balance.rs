@@ -22,6 +22,7 @@ fn pool(balance: Balance, n: usize, bound: Option<f64>) -> PoolConfig {
         bound,
         overflow: levee::config::Overflow::Queue,
         proxy_protocol: levee::config::ProxyProtocol::None,
+        source: Vec::new(),
         health: levee::config::HealthConfig::default(),
         backends: (0..n)
             .map(|i| BackendConfig {

@@ -32,6 +32,7 @@ fn pool(balance: Balance, weights: &[u32], max_conns: u32, bound: Option<f64>) -
         bound,
         overflow: levee::config::Overflow::Queue,
         proxy_protocol: levee::config::ProxyProtocol::None,
+        source: Vec::new(),
         health: levee::config::HealthConfig::default(),
         backends: weights
             .iter()

@@ -62,6 +62,7 @@ fn rank_does_not_allocate() -> Result<(), BuildError> {
                 bound,
                 overflow: levee::config::Overflow::Queue,
                 proxy_protocol: levee::config::ProxyProtocol::None,
+                source: Vec::new(),
                 health: levee::config::HealthConfig::default(),
                 backends: (0..200)
                     .map(|i| BackendConfig {

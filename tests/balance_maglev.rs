@@ -36,6 +36,7 @@ fn pool(backends: Vec<BackendConfig>) -> PoolConfig {
         bound: None,
         overflow: levee::config::Overflow::Queue,
         proxy_protocol: levee::config::ProxyProtocol::None,
+        source: Vec::new(),
         health: levee::config::HealthConfig::default(),
         backends,
     }

@@ -833,6 +833,7 @@ pool.web.table_size = 65537
 pool.web.bound = 1.5
 pool.web.overflow = queue
 pool.web.proxy_protocol = none
+pool.web.source =\x20
 pool.web.check.type = none
 pool.web.check.interval = 2s
 pool.web.check.timeout = 1s
@@ -936,7 +937,7 @@ fn stats_listen_is_an_address_with_a_port_or_none() {
 
 #[test]
 fn the_registry_describes_every_key() {
-    assert_eq!(KEYS.len(), 67);
+    assert_eq!(KEYS.len(), 68);
     let runtime: Vec<&str> = KEYS.iter().filter(|k| k.runtime).map(|k| k.name).collect();
     assert_eq!(
         runtime,
@@ -1211,6 +1212,7 @@ fn pool_strategy() -> impl Strategy<Value = config::PoolConfig> {
                         .unwrap_or(config::Overflow::Queue),
                     proxy_protocol: config::ProxyProtocol::from_name(proxy_protocol)
                         .unwrap_or(config::ProxyProtocol::None),
+                    source: Vec::new(),
                     health,
                     backends,
                 }
@@ -1508,4 +1510,22 @@ listener.web.refuse_payload = HTTP/1.1 503 Service Unavailable\\r\\n\\r\\n
         "levee.conf:4: overflow.dir: expected auto, or an absolute path of at most 80 bytes, \
          found `shm`"
     );
+}
+
+#[test]
+fn every_backend_needs_a_source_of_its_family() {
+    let text = "listener.web.addr = 127.0.0.1:80\nlistener.web.pool = web\n\
+                pool.web.backend.a.addr = 127.0.0.1:8080\npool.web.backend.b.addr = [::1]:8080\n\
+                pool.web.source = 127.0.0.2, 127.0.0.3\n";
+    let err = config::parse(text, "levee.conf").expect_err("no IPv6 source");
+    assert!(
+        err.to_string()
+            .contains("pool.web.source: no IPv6 address for backend `b` ([::1]:8080)"),
+        "{err}"
+    );
+    let ok = text.replace("127.0.0.3", "::1");
+    let cfg = config::parse(&ok, "levee.conf").expect("one of each family");
+    assert_eq!(cfg.pools[0].source.len(), 2);
+    let bad = text.replace("127.0.0.3", "0.0.0.0");
+    assert!(config::parse(&bad, "levee.conf").is_err());
 }

@@ -36,6 +36,8 @@ pub enum ErrorKind {
     NoListener,
     /// A backend is one of levee's own listeners.
     SelfLoop,
+    /// A pool's source addresses have none of a backend's family.
+    SourceFamily,
     /// Closes a report cut short at [`MAX_ERRORS`](super::MAX_ERRORS) problems; the
     /// message says how many more there were.
     Truncated,

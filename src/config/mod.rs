@@ -320,6 +320,8 @@ pub struct PoolConfig {
     pub overflow: Overflow,
     /// `pool.NAME.proxy_protocol`: the PROXY header sent first to a backend, if any.
     pub proxy_protocol: ProxyProtocol,
+    /// `pool.NAME.source`: local addresses to connect from, in turn; empty: the kernel's.
+    pub source: Vec<std::net::IpAddr>,
     /// Health checks, passive ejection, slow start.
     pub health: HealthConfig,
     /// In the order their first key appeared in the file.

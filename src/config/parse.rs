@@ -25,6 +25,7 @@ const LISTENER_ADDR: &str = "listener.NAME.addr";
 const LISTENER_POOL: &str = "listener.NAME.pool";
 const POOL_TABLE_SIZE: &str = "pool.NAME.table_size";
 const BACKEND_ADDR: &str = "pool.NAME.backend.NAME.addr";
+const POOL_SOURCE: &str = "pool.NAME.source";
 
 /// Most problems reported for one file; the rest are counted. A file with more is likely not
 /// a configuration at all, and the list stays bounded in memory and on screen.
@@ -279,6 +280,7 @@ impl Parser<'_> {
         let references = self.check_listeners(&listeners);
         self.check_pools(&pools, &references);
         self.check_loops(&listeners, &pools);
+        self.check_sources(&pools);
         self.check_overflow();
         if listeners.is_empty() {
             let message = "no listener is defined; add one, like `listener.web.addr = 0.0.0.0:80` and `listener.web.pool = web`".to_string();
@@ -475,6 +477,34 @@ impl Parser<'_> {
                     listener.name, listener.line
                 );
                 self.error(Some(line), Some(&addr_key), ErrorKind::SelfLoop, message);
+            }
+        }
+    }
+}
+
+impl Parser<'_> {
+    /// With `pool.NAME.source` set, every backend needs a source address of its own family.
+    fn check_sources(&mut self, pools: &[PoolDraft]) {
+        for pool in pools {
+            let sources = &pool.object.value.source;
+            if sources.is_empty() {
+                continue;
+            }
+            let key = registry::instantiate(POOL_SOURCE, &[&pool.object.name]);
+            let Some(line) = self.accepted(&key) else {
+                continue;
+            };
+            for backend in &pool.backends {
+                let addr = backend.value.addr;
+                if !sources.iter().any(|s| s.is_ipv4() == addr.is_ipv4()) {
+                    let family = if addr.is_ipv4() { "IPv4" } else { "IPv6" };
+                    let message = format!(
+                        "no {family} address for backend `{}` ({addr}): each backend needs a \
+                         source of its own family",
+                        backend.name
+                    );
+                    self.error(Some(line), Some(&key), ErrorKind::SourceFamily, message);
+                }
             }
         }
     }

@@ -152,6 +152,11 @@ pub(crate) enum Field<T: 'static> {
         get: fn(&T) -> Option<&str>,
         set: fn(&mut T, Option<String>),
     },
+    /// IP addresses (no port), comma-separated; empty for none.
+    Ips {
+        get: fn(&T) -> &[std::net::IpAddr],
+        set: fn(&mut T, Vec<std::net::IpAddr>),
+    },
     /// Address ranges: `ADDR/LEN` or `ADDR`, comma-separated; empty for none.
     Cidrs {
         get: fn(&T) -> &[super::cidr::Cidr],
@@ -210,6 +215,7 @@ impl<T> Field<T> {
             Field::Bytes { max_len, set, .. } => set(target, value::parse_bytes(text, *max_len)?),
             Field::Path { set, .. } => set(target, value::parse_path(text)?),
             Field::Cidrs { set, .. } => set(target, super::cidr::parse_list(text)?),
+            Field::Ips { set, .. } => set(target, value::parse_ips(text)?),
             Field::Dir { set, .. } => set(target, value::parse_dir(text)?),
             Field::Account { set, .. } => set(target, value::parse_account(text)?),
         }
@@ -232,6 +238,11 @@ impl<T> Field<T> {
             Field::PoolName { get, .. } => get(target).to_string(),
             Field::Bytes { get, .. } => value::format_bytes(get(target)),
             Field::Cidrs { get, .. } => super::cidr::format_list(get(target)),
+            Field::Ips { get, .. } => get(target)
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
             Field::Path { get, .. } => {
                 get(target).map_or_else(|| "none".to_string(), |p| p.display().to_string())
             }
@@ -271,6 +282,12 @@ impl<T> Field<T> {
             }
             Field::PoolName { .. } => "name of a pool".to_string(),
             Field::Path { .. } => "absolute path, or none".to_string(),
+            Field::Ips { .. } => {
+                format!(
+                    "IP addresses, comma-separated, at most {}; empty for none",
+                    value::MAX_IPS
+                )
+            }
             Field::Cidrs { .. } => format!(
                 "address ranges (ADDR/LEN or ADDR), comma-separated, at most {}; empty for none",
                 super::cidr::MAX_RANGES
@@ -447,6 +464,7 @@ impl Target for PoolConfig {
             bound: None,
             overflow: Overflow::Queue,
             proxy_protocol: ProxyProtocol::None,
+            source: Vec::new(),
             health: HealthConfig {
                 check: CheckKind::None,
                 interval: Duration::ZERO,
@@ -1256,6 +1274,17 @@ pub static KEYS: &[KeySpec] = &[
                     .map(|v| p.proxy_protocol = v)
                     .is_some()
             },
+        }),
+    },
+    KeySpec {
+        name: "pool.NAME.source",
+        default: Some(""),
+        unit: "",
+        runtime: false,
+        description: "Local addresses levee connects to backends from, taken in turn per connection (bound with IP_BIND_ADDRESS_NO_PORT, so each has its own ephemeral ports toward a backend: more connections to one backend than one address allows); every backend needs one of its family; empty: the kernel's choice",
+        slot: Slot::Pool(Field::Ips {
+            get: |p| &p.source,
+            set: |p, v| p.source = v,
         }),
     },
     KeySpec {

@@ -307,6 +307,32 @@ pub fn parse_name(text: &str) -> Result<String, String> {
 }
 
 /// An absolute path without control characters, or `none`.
+/// Most addresses in one list.
+pub const MAX_IPS: usize = 64;
+
+/// `ADDR[,ADDR...]` without ports; empty text is an empty list.
+pub fn parse_ips(text: &str) -> Result<Vec<std::net::IpAddr>, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(Vec::new());
+    }
+    let list = text
+        .split(',')
+        .map(|a| {
+            let a = a.trim();
+            a.parse::<std::net::IpAddr>()
+                .map_err(|_| format!("expected IP addresses separated by commas, {}", found(a)))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if list.len() > MAX_IPS {
+        return Err(format!("{} addresses; at most {MAX_IPS}", list.len()));
+    }
+    if let Some(bad) = list.iter().find(|a| a.is_unspecified() || a.is_multicast()) {
+        return Err(format!("{bad} is not an address to connect from"));
+    }
+    Ok(list)
+}
+
 pub fn parse_path(text: &str) -> Result<Option<std::path::PathBuf>, String> {
     if text == "none" {
         return Ok(None);

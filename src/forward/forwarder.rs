@@ -102,6 +102,25 @@ pub(super) struct LocalPool {
     pub(super) selector: Box<dyn Selector>,
     /// Handed over to `shared.histograms` at each tick.
     histograms: Recorder,
+    /// The source address the next connection starts looking from (`pool.NAME.source`).
+    next_source: usize,
+}
+
+impl LocalPool {
+    /// The next source address of backend `b`'s family, in turn; `None` without sources.
+    fn source_for(&mut self, b: usize) -> Option<&socket2::SockAddr> {
+        let sources = &self.shared.sources;
+        if sources.is_empty() {
+            return None;
+        }
+        let family = self.shared.addrs[b].domain();
+        let n = sources.len();
+        let k = (0..n)
+            .map(|i| (self.next_source + i) % n)
+            .find(|&k| sources[k].domain() == family)?;
+        self.next_source = k + 1;
+        Some(&sources[k])
+    }
 }
 
 /// A listener socket handed to a forwarder.
@@ -240,6 +259,7 @@ impl Forwarder {
                     shared,
                     selector,
                     histograms: Recorder::new(),
+                    next_source: 0,
                 }
             })
             .collect();
@@ -835,8 +855,9 @@ impl Forwarder {
         };
         // The backend's socket first: with no descriptor for it, the client goes back to the
         // head of the waiting line, untouched, rather than be refused.
-        let addr = &self.pools[usize::from(pool)].shared.addrs[usize::from(b)];
-        let backend = match backend_socket(addr) {
+        let p = &mut self.pools[usize::from(pool)];
+        let source = p.source_for(usize::from(b)).cloned();
+        let backend = match backend_socket(&p.shared.addrs[usize::from(b)], source.as_ref()) {
             Ok(fd) => fd,
             Err(e) if out_of_descriptors(&e) => {
                 self.pools[usize::from(pool)]
@@ -958,9 +979,14 @@ impl Forwarder {
         // still gets its turn, as with HAProxy's `timeout connect` and `retries`.
         let attempts_left = u64::from(c.candidate_count.saturating_sub(c.next_candidate)) + 1;
         let remaining = (left / attempts_left).max(1);
-        let shared = &self.pools[usize::from(c.pool)].shared;
-        let addr = &shared.addrs[usize::from(b)];
-        let fd = match socket.map_or_else(|| backend_socket(addr), Ok) {
+        let p = &mut self.pools[usize::from(c.pool)];
+        let fd = match socket.map_or_else(
+            || {
+                let source = p.source_for(usize::from(b)).cloned();
+                backend_socket(&p.shared.addrs[usize::from(b)], source.as_ref())
+            },
+            Ok,
+        ) {
             Ok(fd) => fd,
             Err(e) => {
                 let exhausted = out_of_descriptors(&e);
@@ -981,6 +1007,7 @@ impl Forwarder {
             .sec(remaining / 1000)
             .nsec((remaining % 1000) as u32 * 1_000_000);
         c.inflight += 2;
+        let addr = &self.pools[usize::from(c.pool)].shared.addrs[usize::from(b)];
         let connect = opcode::Connect::new(Fd(fd), addr.as_ptr().cast(), addr.len())
             .build()
             .flags(squeue::Flags::IO_LINK)

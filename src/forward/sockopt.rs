@@ -9,10 +9,30 @@ use std::time::Duration;
 
 use socket2::{SockAddr, Socket, Type};
 
-/// Opens a socket for connecting to `addr`, with TCP_NODELAY so small writes leave at once.
-pub fn backend_socket(addr: &SockAddr) -> io::Result<RawFd> {
+/// Opens a socket for connecting to `addr`, with TCP_NODELAY so small writes leave at once,
+/// from local address `source` when one is given: bound with IP_BIND_ADDRESS_NO_PORT, so the
+/// kernel picks the port at connect time for the whole 4-tuple and each source address has its
+/// own ephemeral ports toward the backend (a plain bind would reserve a port for any peer).
+pub fn backend_socket(addr: &SockAddr, source: Option<&SockAddr>) -> io::Result<RawFd> {
     let socket = Socket::new(addr.domain(), Type::STREAM.cloexec(), None)?;
     socket.set_tcp_nodelay(true)?;
+    if let Some(source) = source {
+        let one: libc::c_int = 1;
+        // SAFETY: setsockopt with a valid int of the size given, on the socket just made.
+        let set = unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&socket),
+                libc::IPPROTO_IP,
+                libc::IP_BIND_ADDRESS_NO_PORT,
+                (&raw const one).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if set != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        socket.bind(source)?;
+    }
     Ok(socket.into_raw_fd())
 }
 

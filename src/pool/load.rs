@@ -372,6 +372,7 @@ mod tests {
             bound,
             overflow: crate::config::Overflow::Queue,
             proxy_protocol: crate::config::ProxyProtocol::None,
+            source: Vec::new(),
             health: crate::config::HealthConfig::default(),
             backends: weights
                 .iter()

@@ -55,6 +55,8 @@ pub struct Pool {
     pub overflow: Overflow,
     /// The PROXY protocol header sent to a backend first, if any.
     pub proxy_protocol: Option<crate::proxy_protocol::Version>,
+    /// Local addresses to connect from (port 0), in turn; empty: the kernel's choice.
+    pub sources: Vec<SockAddr>,
     /// How the pool's queue has fared.
     pub queue: QueueStats,
     /// Connect times, durations and bytes of the connections this process relayed.
@@ -91,6 +93,11 @@ impl Pool {
             all_down: cfg.health.all_down,
             overflow: cfg.overflow,
             proxy_protocol: cfg.proxy_protocol.version(),
+            sources: cfg
+                .source
+                .iter()
+                .map(|&ip| SockAddr::from(std::net::SocketAddr::new(ip, 0)))
+                .collect(),
             queue: QueueStats::new(forwarders),
             histograms: PoolHistograms::new(),
         }
