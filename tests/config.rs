@@ -827,6 +827,7 @@ listener.web.allow =\x20
 listener.web.deny =\x20
 listener.web.rate_per_source = 0
 listener.web.burst_per_source = 0
+listener.web.max_conns_per_source = 0
 pool.web.balance = maglev
 pool.web.hash_key = src_ip
 pool.web.table_size = 65537
@@ -937,7 +938,7 @@ fn stats_listen_is_an_address_with_a_port_or_none() {
 
 #[test]
 fn the_registry_describes_every_key() {
-    assert_eq!(KEYS.len(), 68);
+    assert_eq!(KEYS.len(), 69);
     let runtime: Vec<&str> = KEYS.iter().filter(|k| k.runtime).map(|k| k.name).collect();
     assert_eq!(
         runtime,
@@ -957,6 +958,7 @@ fn the_registry_describes_every_key() {
             "listener.NAME.deny",
             "listener.NAME.rate_per_source",
             "listener.NAME.burst_per_source",
+            "listener.NAME.max_conns_per_source",
             "pool.NAME.bound",
             "pool.NAME.backend.NAME.weight",
             "pool.NAME.backend.NAME.max_conns",
@@ -1385,6 +1387,7 @@ fn config_strategy() -> impl Strategy<Value = Config> {
                         },
                         rate_per_source: i as u32 * 7,
                         burst_per_source: i as u32,
+                        max_conns_per_source: i as u32 * 3,
                     })
                     .collect::<Vec<_>>();
                 let listeners_len = listeners.len();

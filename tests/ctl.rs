@@ -266,6 +266,7 @@ fn every_runtime_key_applies_to_the_running_engine() {
             "listener.NAME.proxy_from" => set_and_read(&l, &key, &before, "10.0.0.0/8"),
             "listener.NAME.rate_per_source" => set_and_read(&l, &key, &before, "1000"),
             "listener.NAME.burst_per_source" => set_and_read(&l, &key, &before, "2000"),
+            "listener.NAME.max_conns_per_source" => set_and_read(&l, &key, &before, "500"),
             // The cap in the shared load table that every acquisition checks.
             "pool.NAME.backend.NAME.max_conns" => set_and_read(&l, &key, &before, "3"),
             // The supervisor's target; and the supervisor acts on it: a second worker attaches.

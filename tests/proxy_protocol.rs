@@ -827,3 +827,112 @@ fn a_client_that_closes_inside_its_header_is_reset_at_once() {
     });
     drop(clients);
 }
+
+/// One source may hold `max_conns_per_source` connections at once: more are refused, counted,
+/// while another source is served; once its connections end, it is served again.
+#[test]
+fn a_source_holds_no_more_than_its_share_of_connections() {
+    let hold = Arc::new(AtomicBool::new(true));
+    let backend = HeaderBackend::start("127.0.0.1:0", hold.clone());
+    let listen = free_addr("127.0.0.1");
+    let (_levee, ctl) = accepting(
+        "gate-conns",
+        listen,
+        &[backend.addr],
+        "v1",
+        "v1",
+        "listener.web.max_conns_per_source = 2\n",
+    );
+    let get = |key: &str| -> u64 {
+        stat_text(&ctl, key)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let abuser = v1("198.51.100.66:1", "192.0.2.1:80");
+    // Two held open by the backend (their payload is `first`).
+    let held: Vec<_> = (0..2)
+        .map(|_| {
+            let h = abuser.clone();
+            thread::spawn(move || with_header(listen, &h, None, "first"))
+        })
+        .collect();
+    wait_until("both reach the backend", || {
+        get("stats.pool.web.backend.b0.active") == 2
+    });
+    let err = with_header(listen, &abuser, None, "x").expect_err("a third from the same source");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset);
+    wait_until("it is counted", || get("stats.closed.source_conns") == 1);
+    assert_eq!(
+        with_header(listen, &v1("198.51.100.77:1", "192.0.2.1:80"), None, "x")
+            .expect("another source is served"),
+        "198.51.100.77:1 192.0.2.1:80 x"
+    );
+    hold.store(false, Ordering::SeqCst);
+    for h in held {
+        h.join().expect("held").expect("served in the end");
+    }
+    wait_until("their slots are free", || {
+        get("stats.pool.web.backend.b0.active") == 0
+    });
+    assert!(
+        with_header(listen, &abuser, None, "x").is_ok(),
+        "served again once its connections ended"
+    );
+}
+
+/// A queued connection counts against its source too, and gives its place back once a worker
+/// has taken it over.
+#[test]
+fn queued_connections_count_against_their_source() {
+    let hold = Arc::new(AtomicBool::new(true));
+    let backend = HeaderBackend::start("127.0.0.1:0", hold.clone());
+    let listen = free_addr("127.0.0.1");
+    let (_levee, ctl) = accepting(
+        "gate-conns-queue",
+        listen,
+        &[backend.addr],
+        "v1",
+        "v1",
+        "listener.web.max_conns_per_source = 2\npool.web.backend.b0.max_conns = 1\n\
+         overflow.workers = 1\n",
+    );
+    let get = |key: &str| -> u64 {
+        stat_text(&ctl, key)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    wait_until("the worker serves", || {
+        get("stats.overflow.workers_attached") == 1
+    });
+    let abuser = v1("198.51.100.66:1", "192.0.2.1:80");
+    let first = {
+        let h = abuser.clone();
+        thread::spawn(move || with_header(listen, &h, None, "first"))
+    };
+    wait_until("the backend is full", || {
+        get("stats.pool.web.backend.b0.active") == 1
+    });
+    let queued = {
+        let h = abuser.clone();
+        thread::spawn(move || with_header(listen, &h, None, "queued"))
+    };
+    wait_until("the second is queued", || {
+        get("stats.pool.web.queue.depth") == 1
+    });
+    let err = with_header(listen, &abuser, None, "x").expect_err("a third: one held, one queued");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset);
+    wait_until("it is counted", || get("stats.closed.source_conns") == 1);
+    hold.store(false, Ordering::SeqCst);
+    first.join().expect("first").expect("served");
+    queued
+        .join()
+        .expect("queued")
+        .expect("served by the worker");
+    wait_until("the worker's handover is counted", || {
+        get("stats.closed.handed_off") == 1
+    });
+    assert!(
+        with_header(listen, &abuser, None, "x").is_ok(),
+        "served again: the queued one gave its place back"
+    );
+}

@@ -301,6 +301,8 @@ pub struct ListenerConfig {
     /// source address, and the bucket (0: none; 0: as the rate).
     pub rate_per_source: u32,
     pub burst_per_source: u32,
+    /// `listener.NAME.max_conns_per_source`: connections one source may hold at once (0: none).
+    pub max_conns_per_source: u32,
 }
 
 /// `pool.NAME.*`

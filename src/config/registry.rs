@@ -442,6 +442,7 @@ impl Target for ListenerDraft {
                 deny: Vec::new(),
                 rate_per_source: 0,
                 burst_per_source: 0,
+                max_conns_per_source: 0,
             },
             pool: String::new(),
         }
@@ -1195,6 +1196,20 @@ pub static KEYS: &[KeySpec] = &[
             rule: CountRule::Any,
             get: |l| l.config.burst_per_source,
             set: |l, v| l.config.burst_per_source = v,
+        }),
+    },
+    KeySpec {
+        name: "listener.NAME.max_conns_per_source",
+        default: Some("0"),
+        unit: "connections",
+        runtime: true,
+        description: "Connections one source address (an IPv6 /64) may hold in this levee at once: relayed, waiting for a slot or queued (not those a worker took over); more are reset before a backend is chosen (stats.closed.source_conns); 0: no limit",
+        slot: Slot::Listener(Field::Count {
+            min: 0,
+            max: 1_000_000,
+            rule: CountRule::Any,
+            get: |l| l.config.max_conns_per_source,
+            set: |l, v| l.config.max_conns_per_source = v,
         }),
     },
     KeySpec {

@@ -199,6 +199,7 @@ impl Live {
             l.deny = rules.deny.clone();
             l.rate_per_source = rules.rate;
             l.burst_per_source = rules.burst;
+            l.max_conns_per_source = rules.max_conns;
         }
         for (pool, live) in cfg.pools.iter_mut().zip(&self.pools) {
             pool.bound = live.load.bound();
@@ -284,7 +285,8 @@ impl Live {
                 | "listener.NAME.allow"
                 | "listener.NAME.deny"
                 | "listener.NAME.rate_per_source"
-                | "listener.NAME.burst_per_source",
+                | "listener.NAME.burst_per_source"
+                | "listener.NAME.max_conns_per_source",
                 [l],
             ) => {
                 let i = cfg

@@ -153,6 +153,9 @@ pub struct Conn {
     pub origin: Option<(std::net::SocketAddr, std::net::SocketAddr)>,
     /// `SO_RCVLOWAT` was raised while its PROXY header was partial.
     pub rcvlowat: bool,
+    /// Its slot in its listener's count of connections per source, given back when it ends
+    /// (`gate::NO_HOLD`: not counted).
+    pub held: u32,
     /// The backend holding this connection's reservation in the pool's load, if any.
     pub acquired: Option<u16>,
     /// Backends in preference order; `next_candidate` is the next to try.
@@ -196,6 +199,7 @@ impl Conn {
             queued_ns: 0,
             origin: None,
             rcvlowat: false,
+            held: super::gate::NO_HOLD,
             acquired: None,
             candidates: [0; MAX_CANDIDATES],
             candidate_count: 0,

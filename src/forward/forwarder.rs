@@ -19,6 +19,7 @@ use tracing::{debug, warn};
 
 use super::bufring::BufRing;
 use super::conn::{self, BufLinks, Conn, Flow, Recv, State};
+use super::gate::NO_HOLD;
 use super::intake::{Intake, IntakeSetup};
 use super::moved::{INBOX_WAKE, Inbox};
 use super::parking::{Parking, ParkingSetup, Waiter};
@@ -70,6 +71,8 @@ pub(super) struct Newcomer {
     pub(super) origin: Option<(std::net::SocketAddr, std::net::SocketAddr)>,
     /// Its PROXY header, if its listener takes one, has been read (or it needs none).
     pub(super) greeted: bool,
+    /// Its slot in its source's count of connections held, once its gate let it in.
+    pub(super) held: u32,
 }
 
 /// A listener socket as one forwarder sees it.
@@ -706,6 +709,7 @@ impl Forwarder {
             queued_ns: 0,
             origin: None,
             greeted: false,
+            held: super::gate::NO_HOLD,
         }
     }
 
@@ -724,6 +728,7 @@ impl Forwarder {
         c.listener = newcomer.listener;
         c.queued_ns = newcomer.queued_ns;
         c.origin = newcomer.origin;
+        c.held = newcomer.held;
         self.live += 1;
         self.high_slot = self.high_slot.max(slot + 1);
         match self.listeners[usize::from(newcomer.listener)].proxy {
@@ -764,9 +769,12 @@ impl Forwarder {
                 // Gone already.
                 None => Err(CloseReason::ClientError),
             };
-            if let Err(reason) = verdict {
-                self.close(slot, reason, Reset::Client);
-                return;
+            match verdict {
+                Ok(held) => self.conns[slot as usize].held = held,
+                Err(reason) => {
+                    self.close(slot, reason, Reset::Client);
+                    return;
+                }
             }
         }
         self.route(slot);
@@ -797,7 +805,7 @@ impl Forwarder {
             && self.queue_waiting(pool)
             && !none_up(&self.pools[usize::from(pool)].shared.load)
         {
-            self.unopen(slot);
+            let held = self.unopen(slot);
             self.park(Waiter {
                 client,
                 pool,
@@ -806,6 +814,7 @@ impl Forwarder {
                 peer,
                 queued_ns,
                 origin,
+                held,
             });
             return;
         }
@@ -831,7 +840,7 @@ impl Forwarder {
             if all_down {
                 self.close(slot, CloseReason::NoBackend, Reset::Client);
             } else if queues {
-                self.unopen(slot);
+                let held = self.unopen(slot);
                 self.park(Waiter {
                     client,
                     pool,
@@ -840,9 +849,11 @@ impl Forwarder {
                     peer,
                     queued_ns,
                     origin,
+                    held,
                 });
             } else if overflow == Overflow::Reject {
-                self.unopen(slot);
+                let held = self.unopen(slot);
+                self.release_source(listener, held);
                 self.pools[usize::from(pool)]
                     .shared
                     .queue
@@ -875,8 +886,10 @@ impl Forwarder {
                     origin,
                     // Its header, if any, is read: it is not awaited again.
                     greeted: true,
+                    held: NO_HOLD,
                 };
-                self.unopen(slot);
+                let held = self.unopen(slot);
+                let newcomer = Newcomer { held, ..newcomer };
                 self.waiting.push_front(newcomer);
                 self.back_off_accepts();
                 return;
@@ -920,14 +933,26 @@ impl Forwarder {
         self.start_connect(slot, backend, None);
     }
 
-    /// Gives back a slot that `open_conn` took before anything was submitted for it.
-    fn unopen(&mut self, slot: u32) {
+    /// Gives back a slot that `open_conn` took before anything was submitted for it; returns
+    /// the client's hold on its source's count, which goes with the client.
+    fn unopen(&mut self, slot: u32) -> u32 {
         let c = &mut self.conns[slot as usize];
         debug_assert!(c.inflight == 0 && c.acquired.is_none());
         c.state = State::Free;
         c.client = -1;
+        let held = std::mem::replace(&mut c.held, NO_HOLD);
         self.free.push(slot);
         self.live -= 1;
+        held
+    }
+
+    /// Ends a client's hold on its source's count of connections (listener `listener`).
+    pub(super) fn release_source(&mut self, listener: u16, held: u32) {
+        if held != NO_HOLD
+            && let Some(l) = self.listeners.get(usize::from(listener))
+        {
+            l.gate.gate.release(held);
+        }
     }
 
     /// Reserves the next candidate backend that has room; `None` when none has.
@@ -1283,9 +1308,11 @@ impl Forwarder {
                 .release(usize::from(b));
         }
         let (client, backend) = (c.client, c.backend);
+        let (listener, held) = (c.listener, std::mem::replace(&mut c.held, NO_HOLD));
         c.state = State::Free;
         c.client = -1;
         c.backend = -1;
+        self.release_source(listener, held);
         self.close_fd(client);
         self.close_fd(backend);
         self.free.push(slot);

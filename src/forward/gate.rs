@@ -20,8 +20,11 @@ use crate::config::ListenerConfig;
 use crate::config::cidr::Cidr;
 use crate::stats::CloseReason;
 
-/// Buckets per listener: 16,384 × 8 bytes.
+/// Buckets per listener: 16,384 × 8 bytes; as many counts of connections held.
 const BUCKETS: usize = 16_384;
+
+/// A connection not counted against its source's `max_conns_per_source`.
+pub const NO_HOLD: u32 = u32::MAX;
 
 /// A listener's rules.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -34,6 +37,8 @@ pub struct Rules {
     pub rate: u32,
     /// Bucket size; 0: as `rate`.
     pub burst: u32,
+    /// Connections one source may hold open at once; 0: no limit.
+    pub max_conns: u32,
 }
 
 impl Rules {
@@ -44,12 +49,13 @@ impl Rules {
             deny: l.deny.clone(),
             rate: l.rate_per_source,
             burst: l.burst_per_source,
+            max_conns: l.max_conns_per_source,
         }
     }
 
     /// Whether any rule applies: without one, a client's address is not even read.
     pub fn any(&self) -> bool {
-        !self.allow.is_empty() || !self.deny.is_empty() || self.rate > 0
+        !self.allow.is_empty() || !self.deny.is_empty() || self.rate > 0 || self.max_conns > 0
     }
 }
 
@@ -59,6 +65,8 @@ pub struct Gate {
     rules: Mutex<Arc<Rules>>,
     generation: AtomicU64,
     buckets: Box<[AtomicU64]>,
+    /// Connections held per source slot (the same keyed hash as the buckets).
+    held: Box<[std::sync::atomic::AtomicU32]>,
     hasher: RandomState,
 }
 
@@ -68,6 +76,9 @@ impl Gate {
             rules: Mutex::new(Arc::new(rules)),
             generation: AtomicU64::new(1),
             buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            held: (0..BUCKETS)
+                .map(|_| std::sync::atomic::AtomicU32::new(0))
+                .collect(),
             hasher: RandomState::new(),
         }
     }
@@ -89,10 +100,9 @@ impl Gate {
             .clone()
     }
 
-    /// Takes one token from `ip`'s bucket at `now_ms` (a monotonic clock): whether it had one.
-    fn take(&self, ip: IpAddr, now_ms: u64, rate: u32, burst: u32) -> bool {
-        // An IPv6 host commonly has a whole /64: one bucket for it, or it could use as many
-        // buckets as it likes (and crowd out everyone else's).
+    /// The table slot of source `ip`. An IPv6 host commonly has a whole /64: one slot for it,
+    /// or it could use as many slots as it likes (and crowd out everyone else's).
+    fn slot_of(&self, ip: IpAddr) -> usize {
         let key = match ip {
             IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
                 Some(v4) => IpAddr::V4(v4),
@@ -100,7 +110,31 @@ impl Gate {
             },
             v4 => v4,
         };
-        let slot = &self.buckets[self.hasher.hash_one(key) as usize % BUCKETS];
+        self.hasher.hash_one(key) as usize % BUCKETS
+    }
+
+    /// Counts one more connection held by `ip`'s slot if it holds fewer than `max`: the slot
+    /// to give back later, or `None` at the limit.
+    fn hold(&self, ip: IpAddr, max: u32) -> Option<u32> {
+        let slot = self.slot_of(ip);
+        self.held[slot]
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| slot as u32)
+    }
+
+    /// Gives back a connection `hold` counted (never below zero).
+    pub fn release(&self, slot: u32) {
+        if let Some(n) = self.held.get(slot as usize) {
+            let _ = n.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        }
+    }
+
+    /// Takes one token from `ip`'s bucket at `now_ms` (a monotonic clock): whether it had one.
+    fn take(&self, ip: IpAddr, now_ms: u64, rate: u32, burst: u32) -> bool {
+        let slot = &self.buckets[self.slot_of(ip)];
         // Tokens in thousandths in the low 31 bits, bit 31 set once the slot is used, and the
         // last refill's time (ms, wrapping) in the high 32. Rates and bursts are at most
         // 1,000,000 (the registry's bound), so tokens fit in 31 bits.
@@ -178,18 +212,30 @@ impl GateView {
         (!rules.upstream.is_empty()).then(|| rules.clone())
     }
 
-    /// Lets `ip` in, or says why not.
-    pub fn admit(&mut self, ip: IpAddr, now_ms: u64) -> Result<(), CloseReason> {
+    /// Lets `ip` in, or says why not. In, it returns the slot its connection is counted in
+    /// against `max_conns_per_source` (to give back when it ends), or [`NO_HOLD`].
+    pub fn admit(&mut self, ip: IpAddr, now_ms: u64) -> Result<u32, CloseReason> {
         let rules = self.current().clone();
         if rules.deny.iter().any(|r| r.contains(ip))
             || (!rules.allow.is_empty() && !rules.allow.iter().any(|r| r.contains(ip)))
         {
             return Err(CloseReason::Denied);
         }
+        // Held first: a client refused for holding too many spends no token.
+        let held = if rules.max_conns > 0 {
+            self.gate
+                .hold(ip, rules.max_conns)
+                .ok_or(CloseReason::SourceConns)?
+        } else {
+            NO_HOLD
+        };
         if rules.rate > 0 && !self.gate.take(ip, now_ms, rules.rate, rules.burst) {
+            if held != NO_HOLD {
+                self.gate.release(held);
+            }
             return Err(CloseReason::SourceRate);
         }
-        Ok(())
+        Ok(held)
     }
 }
 
@@ -235,15 +281,28 @@ mod tests {
             deny: vec![Cidr::parse("10.9.0.0/16").expect("r")],
             rate: 1,
             burst: 1,
+            max_conns: 0,
         };
         let mut v = GateView::new(Arc::new(Gate::new(rules)));
-        assert_eq!(v.admit(ip("10.1.1.1"), 0), Ok(()));
+        assert_eq!(v.admit(ip("10.1.1.1"), 0), Ok(NO_HOLD));
         assert_eq!(v.admit(ip("10.1.1.1"), 0), Err(CloseReason::SourceRate));
         assert_eq!(v.admit(ip("10.9.1.1"), 0), Err(CloseReason::Denied));
         assert_eq!(v.admit(ip("192.0.2.1"), 0), Err(CloseReason::Denied));
         // New rules reach the view.
         v.gate.set(Rules::default());
         assert!(!v.active());
-        assert_eq!(v.admit(ip("192.0.2.1"), 0), Ok(()));
+        assert_eq!(v.admit(ip("192.0.2.1"), 0), Ok(NO_HOLD));
+        // Two held at once per source; a third waits for one to end.
+        v.gate.set(Rules {
+            max_conns: 2,
+            ..Rules::default()
+        });
+        let a = ip("198.51.100.1");
+        let (h1, h2) = (v.admit(a, 0).expect("1"), v.admit(a, 0).expect("2"));
+        assert_eq!(v.admit(a, 0), Err(CloseReason::SourceConns));
+        assert!(v.admit(ip("198.51.100.2"), 0).is_ok(), "another source");
+        v.gate.release(h1);
+        assert!(v.admit(a, 0).is_ok());
+        v.gate.release(h2);
     }
 }

@@ -214,6 +214,7 @@ impl Forwarder {
                 origin: m.origin,
                 // Its header, if its listener takes one, was read by the levee it comes from.
                 greeted: true,
+                held: super::gate::NO_HOLD,
             };
             match self.free.pop() {
                 Some(slot) if self.waiting.is_empty() => self.open_conn(slot, newcomer),

@@ -105,6 +105,8 @@ struct Parked {
     since_ns: u64,
     /// The addresses its PROXY header named, if any: they go with it to another levee.
     origin: Option<(std::net::SocketAddr, std::net::SocketAddr)>,
+    /// Its place in its source's count of connections held, given back when it leaves.
+    held: u32,
     /// When the worker that took it over committed (its notice says), 0 until then.
     served_at_ns: u64,
     /// Its poll is in flight.
@@ -125,6 +127,7 @@ impl Parked {
         since_ms: 0,
         since_ns: 0,
         origin: None,
+        held: super::gate::NO_HOLD,
         served_at_ns: 0,
         polling: false,
         half_closed: false,
@@ -236,6 +239,8 @@ pub(super) struct Waiter {
     pub(super) queued_ns: u64,
     /// The addresses its PROXY header named, if any.
     pub(super) origin: Option<(std::net::SocketAddr, std::net::SocketAddr)>,
+    /// Its place in its source's count of connections held (`NO_HOLD`: not counted).
+    pub(super) held: u32,
 }
 
 impl Forwarder {
@@ -262,7 +267,16 @@ impl Forwarder {
 
     /// Queues a client no backend of its pool has room for, or refuses it when the queue is
     /// full or its wait would outlast the queue timeout.
+    /// Queues a client no backend of its pool has room for, or refuses it when the queue is
+    /// full or its wait would outlast the queue timeout (its source's hold then ends).
     pub(super) fn park(&mut self, w: Waiter) {
+        let (listener, held) = (w.listener, w.held);
+        if !self.try_park(w) {
+            self.release_source(listener, held);
+        }
+    }
+
+    fn try_park(&mut self, w: Waiter) -> bool {
         let Waiter {
             client,
             pool,
@@ -271,24 +285,25 @@ impl Forwarder {
             peer,
             queued_ns,
             origin,
+            held,
         } = w;
         let pool_index = usize::from(pool);
         let Some(p) = self.parking.as_deref_mut() else {
             self.refuse_fd(client, listener, pool, CloseReason::Rejected);
-            return;
+            return false;
         };
         let settings = Settings::read(&p.load);
         let shared = &self.pools[pool_index].shared;
         let Some(producer) = p.producers[pool_index].as_mut() else {
             shared.queue.count_refused(Refused::Rejected);
             self.refuse_fd(client, listener, pool, CloseReason::Rejected);
-            return;
+            return false;
         };
         let waiting = producer.depth() as u64 + p.load.count(shared.load.rows().queue());
         if waiting >= p.geometry.park_entries as u64 || p.free.is_empty() {
             shared.queue.count_refused(Refused::Full);
             self.refuse_fd(client, listener, pool, CloseReason::QueueFull);
-            return;
+            return false;
         }
         // Refuse now rather than queue a client that would only time out: the wait it can
         // expect is the queue ahead of it over the rate the queue has been draining at. With no
@@ -297,7 +312,7 @@ impl Forwarder {
         if rate > 0.0 && (waiting + 1) as f64 / rate * 1000.0 > settings.queue_timeout_ms as f64 {
             shared.queue.count_refused(Refused::Predicted);
             self.refuse_fd(client, listener, pool, CloseReason::QueueFull);
-            return;
+            return false;
         }
         // SAFETY: `client` is a socket this forwarder accepted and still owns.
         let fd = unsafe { BorrowedFd::borrow_raw(client) };
@@ -312,22 +327,22 @@ impl Forwarder {
             (Err(e), _) => {
                 warn!(error = %e, "cannot read a queued client's socket cookie");
                 self.refuse_fd(client, listener, pool, CloseReason::LocalError);
-                return;
+                return false;
             }
             (_, None) => {
                 self.refuse_fd(client, listener, pool, CloseReason::LocalError);
-                return;
+                return false;
             }
         };
         let Some(peer) = origin.map(|o| o.0).or(peer).or_else(|| peer_addr(client)) else {
             // The client is already gone.
             self.stats.close(CloseReason::Abandoned);
             self.close_fd(client);
-            return;
+            return false;
         };
         let (Some(entry), Some(producer)) = (p.free.pop(), p.producers[pool_index].as_mut()) else {
             self.refuse_fd(client, listener, pool, CloseReason::LocalError);
-            return;
+            return false;
         };
         let generation = p.next_generation & park::GENERATION_MASK;
         p.next_generation += 1;
@@ -361,7 +376,7 @@ impl Forwarder {
         else {
             p.free.push(entry);
             self.refuse_fd(client, listener, pool, CloseReason::LocalError);
-            return;
+            return false;
         };
         // Queued in the word before the ticket is visible, so a worker never finds it free.
         word.store(park::encode(Park::Queued { generation }), Ordering::Release);
@@ -382,7 +397,7 @@ impl Forwarder {
                 }
             };
             self.refuse_fd(client, listener, pool, reason);
-            return;
+            return false;
         }
         p.entries[entry as usize] = Parked {
             state: EntryState::Parked,
@@ -396,6 +411,7 @@ impl Forwarder {
             since_ms: self.now.saturating_sub((now_ns - since_ns) / 1_000_000),
             since_ns,
             origin,
+            held,
             served_at_ns: 0,
             polling: false,
             half_closed: false,
@@ -406,6 +422,7 @@ impl Forwarder {
         self.pools[pool_index].shared.queue.count_queued();
         self.arm_overflow_tick();
         self.arm_notice_waits();
+        true
     }
 
     /// Polls a parked client for its leaving: its FIN (RDHUP), a reset or error; once it has
@@ -786,6 +803,7 @@ impl Forwarder {
         }
         let e = std::mem::replace(&mut p.entries[entry as usize], Parked::FREE);
         p.free.push(entry);
+        self.release_source(e.listener, e.held);
         match finish {
             Finish::HandOver | Finish::Close => self.close_fd(e.fd),
             Finish::Refuse => self.refuse_parked(e.fd, e.listener, e.pool),
@@ -831,6 +849,7 @@ impl Forwarder {
                 p.entries[entry as usize] = Parked::FREE;
                 p.free.push(entry);
             }
+            self.release_source(e.listener, e.held);
             let queue = &self.pools[usize::from(e.pool)].shared.queue;
             match reason {
                 None => {

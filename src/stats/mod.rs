@@ -60,10 +60,12 @@ pub enum CloseReason {
     Denied,
     /// The client's source opened new connections faster than `rate_per_source`.
     SourceRate,
+    /// The client's source held `max_conns_per_source` connections already.
+    SourceConns,
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 21] = [
+    pub const ALL: [CloseReason; 22] = [
         Self::Done,
         Self::ClientError,
         Self::BackendError,
@@ -85,6 +87,7 @@ impl CloseReason {
         Self::ProxyHeaderTimeout,
         Self::Denied,
         Self::SourceRate,
+        Self::SourceConns,
     ];
 
     pub fn name(self) -> &'static str {
@@ -110,6 +113,7 @@ impl CloseReason {
             Self::ProxyHeaderTimeout => "proxy_header_timeout",
             Self::Denied => "denied",
             Self::SourceRate => "source_rate",
+            Self::SourceConns => "source_conns",
         }
     }
 }

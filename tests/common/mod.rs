@@ -73,6 +73,7 @@ pub fn single(pool: PoolConfig) -> Config {
             deny: Vec::new(),
             rate_per_source: 0,
             burst_per_source: 0,
+            max_conns_per_source: 0,
         }],
         pools: vec![pool],
     }
