@@ -1369,9 +1369,13 @@ impl Forwarder {
             return;
         }
         self.refusing = true;
-        while let Some(Newcomer { fd, .. }) = self.waiting.pop_front() {
+        while let Some(Newcomer {
+            fd, listener, held, ..
+        }) = self.waiting.pop_front()
+        {
             reset_and_close(fd);
             self.stats.close(CloseReason::OverCapacity);
+            self.release_source(listener, held);
         }
         warn!(
             forwarder = self.index,
@@ -1554,9 +1558,13 @@ impl Forwarder {
         for slot in 0..self.high_slot {
             self.close(slot, CloseReason::DrainTimeout, Reset::Both);
         }
-        while let Some(Newcomer { fd, .. }) = self.waiting.pop_front() {
+        while let Some(Newcomer {
+            fd, listener, held, ..
+        }) = self.waiting.pop_front()
+        {
             reset_and_close(fd);
             self.stats.close(CloseReason::DrainTimeout);
+            self.release_source(listener, held);
         }
         self.close_parked();
     }
