@@ -128,7 +128,9 @@ impl Gate {
     /// Gives back a connection `hold` counted (never below zero).
     pub fn release(&self, slot: u32) {
         if let Some(n) = self.held.get(slot as usize) {
-            let _ = n.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+            let was = n.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+            // A release without its hold would lower the limit for everyone in the slot.
+            debug_assert!(was.is_ok(), "a source's count released below zero");
         }
     }
 

@@ -266,8 +266,6 @@ impl Forwarder {
     }
 
     /// Queues a client no backend of its pool has room for, or refuses it when the queue is
-    /// full or its wait would outlast the queue timeout.
-    /// Queues a client no backend of its pool has room for, or refuses it when the queue is
     /// full or its wait would outlast the queue timeout (its source's hold then ends).
     pub(super) fn park(&mut self, w: Waiter) {
         let (listener, held) = (w.listener, w.held);
