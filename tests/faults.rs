@@ -30,6 +30,16 @@ fn figure(name: &str, text: String) {
     eprintln!("FIGURE {name}: {text}");
 }
 
+/// CPU clock ticks (user + system) process `pid` has used so far.
+fn process_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let f: Vec<&str> = stat[stat.rfind(')').map_or(0, |i| i + 2)..]
+        .split(' ')
+        .collect();
+    f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+}
+
 /// A backend that answers `GET /N` with N bytes of a known pattern, then closes.
 fn sized_backend() -> Backend {
     Backend::spawn(|mut s| {
@@ -806,21 +816,13 @@ fn running_out_of_descriptors_does_not_spin_and_recovers() {
     let clients: Vec<_> = (0..20)
         .map(|_| thread::spawn(move || echo_once(addr, b"later")))
         .collect();
-    let cpu = |pid: u32| {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let f: Vec<&str> = stat[stat.rfind(')').map_or(0, |i| i + 2)..]
-            .split(' ')
-            .collect();
-        f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-            + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-    };
     // The first client takes the last descriptor; its backend socket finds none.
     wait_until("levee holds its last descriptor", || {
         rss_and_fds(pid).1 > fds
     });
-    let before = cpu(pid);
+    let before = process_ticks(pid);
     thread::sleep(Duration::from_secs(1));
-    let used = cpu(pid) - before;
+    let used = process_ticks(pid) - before;
     assert_eq!(set(20_000), 0);
     let served = clients
         .into_iter()
@@ -973,4 +975,41 @@ fn refused_io_uring_submissions_are_counted_and_survived() {
     );
     assert!(alive, "levee died of a refused submission");
     assert_eq!(served, 20);
+}
+
+/// Clients that send part of a PROXY header and stop cost nothing while they wait: the
+/// forwarder sleeps until more bytes come (SO_RCVLOWAT), it does not look again and again.
+#[test]
+fn clients_stuck_in_a_partial_proxy_header_cost_no_cpu() {
+    const CLIENTS: usize = 1000;
+    let _serial = serial();
+    let backend = Backend::echo();
+    let (levee, addr) = run_levee(
+        "partial-header",
+        &[backend.addr],
+        "listener.web.proxy_protocol = v1\nlistener.web.proxy_timeout = 1h\n",
+    );
+    let pid = levee.id();
+    let stuck: Vec<TcpStream> = (0..CLIENTS)
+        .map(|_| {
+            let mut s = TcpStream::connect(addr).expect("connect");
+            s.write_all(b"PROXY TCP4 198.51.100.").expect("part");
+            s
+        })
+        .collect();
+    wait_until("levee holds them all", || {
+        levee.stat("stats.active") == CLIENTS as u64
+    });
+    let before = process_ticks(pid);
+    thread::sleep(Duration::from_secs(1));
+    let used = process_ticks(pid) - before;
+    figure(
+        "partial PROXY headers",
+        format!("{CLIENTS} clients stopped inside their header: {used} clock ticks of CPU in 1 s"),
+    );
+    assert!(
+        used <= 20,
+        "the forwarder spins on partial headers: {used} ticks"
+    );
+    drop(stuck);
 }

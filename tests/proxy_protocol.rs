@@ -325,10 +325,12 @@ fn with_header(
     s.set_read_timeout(Some(IO_TIMEOUT))?;
     match split {
         Some(k) => {
+            // Two writes, two segments (no Nagle): the header may arrive in two pieces, or
+            // together if levee looks late; either way it is read whole. The partial path
+            // itself is held open by tests/faults.rs (`clients_stuck_in_a_partial_...`) and by
+            // the half-close test below.
+            s.set_nodelay(true)?;
             s.write_all(&header[..k])?;
-            s.flush()?;
-            // A second segment: the first is on its way, alone.
-            thread::sleep(Duration::from_millis(20));
             s.write_all(&header[k..])?;
         }
         None => s.write_all(header)?,
@@ -625,60 +627,6 @@ fn a_moved_client_keeps_the_address_its_header_named() {
     );
     // SAFETY: kill(2) on the levee this test's reload started.
     unsafe { libc::kill(new as i32, libc::SIGKILL) };
-}
-
-/// CPU clock ticks (user + system) process `pid` has used.
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
-    let after = &stat[stat.rfind(')').expect("name") + 2..];
-    let f: Vec<&str> = after.split(' ').collect();
-    // utime and stime: fields 14 and 15, the 12th and 13th after the name.
-    f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime")
-}
-
-/// Clients that send part of a header and stop cost nothing while they wait: the forwarder
-/// sleeps until more bytes come (or the timeout resets them), it does not look again and again.
-#[test]
-fn clients_stuck_in_a_partial_header_cost_no_cpu() {
-    const CLIENTS: usize = 1000;
-    let free = Arc::new(AtomicBool::new(false));
-    let backend = HeaderBackend::start("127.0.0.1:0", free);
-    let listen = free_addr("127.0.0.1");
-    let (levee_proc, ctl) = accepting(
-        "accept-partial",
-        listen,
-        &[backend.addr],
-        "v1",
-        "none",
-        "listener.web.proxy_timeout = 1h\n",
-    );
-    let pid = levee_proc.child.id();
-    let stuck: Vec<TcpStream> = (0..CLIENTS)
-        .map(|_| {
-            let mut s = TcpStream::connect(listen).expect("connect");
-            s.write_all(b"PROXY TCP4 198.51.100.").expect("part");
-            s
-        })
-        .collect();
-    // Every one has been looked at: its bytes are there and peeked (the poll for its first
-    // bytes ended); levee answers a control request after handling them.
-    wait_until("levee holds them all", || {
-        stat_text(&ctl, "stats.active").is_some_and(|v| v == CLIENTS.to_string())
-    });
-    let before = cpu_ticks(pid);
-    let started = std::time::Instant::now();
-    // One second of them waiting: the measurement's window, not a wait for an event.
-    thread::sleep(Duration::from_secs(1));
-    let used = cpu_ticks(pid) - before;
-    eprintln!(
-        "FIGURE {CLIENTS} clients stuck in a partial PROXY header: {used} clock ticks of levee CPU in {:?}",
-        started.elapsed()
-    );
-    assert!(
-        used <= 20,
-        "{used} ticks: the forwarder spins on partial headers"
-    );
-    drop(stuck);
 }
 
 // ---- who a listener lets in: allow, deny, rate per source ---------------------------------------

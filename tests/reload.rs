@@ -525,31 +525,10 @@ fn maglev_moves_only_the_flows_it_must_across_a_reload() {
 #[test]
 fn a_reload_moves_the_queue_to_the_new_levee_and_the_cap_holds_across_both() {
     const QUEUED: usize = 4;
-    // An echo backend that records how many connections it held at once.
-    let (now, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let echo = {
-        let (now, most) = (now.clone(), most.clone());
-        common::Backend::spawn(move |mut s| {
-            let n = now.fetch_add(1, Ordering::SeqCst) + 1;
-            most.fetch_max(n, Ordering::SeqCst);
-            let mut buf = [0u8; 256];
-            while let Ok(k) = s.read(&mut buf) {
-                if k == 0 || s.write_all(&buf[..k]).is_err() {
-                    break;
-                }
-            }
-            now.fetch_sub(1, Ordering::SeqCst);
-        })
-    };
+    let (echo, most) = counting_echo();
     let echo_addr = echo.addr;
     let levee = Running::start("reload-queue", |ctl, addr| {
-        format!(
-            "engine.cores = 0\nengine.drain_timeout = 60s\nctl.socket = {}\n\
-             listener.web.addr = {addr}\nlistener.web.pool = web\n\
-             pool.web.backend.e.addr = {echo_addr}\npool.web.backend.e.max_conns = 1\n\
-             overflow.workers = 1\noverflow.queue_timeout = 60s\n",
-            ctl.display()
-        )
+        one_slot_config(ctl, addr, echo_addr)
     });
     let old = levee.pid();
     let ctl = levee.ctl.clone();
@@ -566,13 +545,8 @@ fn a_reload_moves_the_queue_to_the_new_levee_and_the_cap_holds_across_both() {
             .unwrap_or(0)
     };
     // The one backend slot, held through the reload.
-    let mut holder = TcpStream::connect(levee.addr).expect("holder");
-    holder
-        .set_read_timeout(Some(common::IO_TIMEOUT))
-        .expect("timeout");
-    holder.write_all(b"h").expect("holder writes");
+    let mut holder = hold_slot(levee.addr);
     let mut one = [0u8; 1];
-    holder.read_exact(&mut one).expect("the holder is served");
     let mut queued = Vec::new();
     for i in 0..QUEUED {
         let mut s = TcpStream::connect(levee.addr).expect("connect");
