@@ -33,7 +33,7 @@ pub mod p2c;
 pub mod round_robin;
 pub mod source_hash;
 
-use crate::pool::PoolLoad;
+use crate::pool::{BackendState, PoolLoad};
 pub use balancer::Balancer;
 pub use hash::flow_hash;
 pub use least_conn::LeastConn;
@@ -91,18 +91,30 @@ fn rankable(load: &PoolLoad) -> usize {
     load.len().min(maglev::MAX_BACKENDS)
 }
 
-/// Appends to `out[n..]` the backends with room in cyclic index order from `start`, leaving out
-/// those already in `out[..n]`, and returns the new length. At most one pass over the pool.
-///
-/// With `admit = Some(key)`, a backend still ramping up that does not admit `key`
-/// ([`PoolLoad::admits`]) goes to the end instead of its turn.
-fn fill_cyclic(
-    load: &PoolLoad,
-    start: usize,
-    out: &mut [u16],
-    mut n: usize,
-    admit: Option<u64>,
-) -> usize {
+/// Which backends a cyclic fill takes.
+#[derive(Debug, Clone, Copy)]
+enum Take {
+    /// Those with room ([`PoolLoad::has_room`]). With `admit = Some(key)`, a backend still
+    /// ramping up that does not admit `key` ([`PoolLoad::admits`]) goes to the end instead of its
+    /// turn.
+    Room { admit: Option<u64> },
+    /// Every backend not drained and below its `max_conns`, up or down: the ranking of a pool
+    /// with no backend up whose `all_down` is `try_anyway`.
+    IgnoringHealth,
+}
+
+impl Take {
+    fn takes(self, load: &PoolLoad, i: usize) -> bool {
+        match self {
+            Take::Room { .. } => load.has_room(i),
+            Take::IgnoringHealth => load.state(i) != BackendState::Drain && load.under_cap(i),
+        }
+    }
+}
+
+/// Appends to `out[n..]` the backends `take` takes in cyclic index order from `start`, leaving
+/// out those already in `out[..n]`, and returns the new length. At most one pass over the pool.
+fn fill_cyclic(load: &PoolLoad, start: usize, out: &mut [u16], mut n: usize, take: Take) -> usize {
     let len = rankable(load);
     if len == 0 {
         return n;
@@ -115,9 +127,11 @@ fn fill_cyclic(
         if n + held >= out.len() {
             break;
         }
-        if load.has_room(i) && !out[..already].contains(&(i as u16)) {
-            match admit {
-                Some(key) if !load.admits(i, key) && held < deferred.len() => {
+        if take.takes(load, i) && !out[..already].contains(&(i as u16)) {
+            match take {
+                Take::Room { admit: Some(key) }
+                    if !load.admits(i, key) && held < deferred.len() =>
+                {
                     deferred[held] = i as u16;
                     held += 1;
                 }
@@ -139,4 +153,68 @@ fn fill_cyclic(
         }
     }
     n
+}
+
+/// The ranking when no backend is up and the pool says `all_down = try_anyway`: every backend
+/// but drained ones, in cyclic order from the flow's hash, as long as it is under its
+/// `max_conns`.
+pub fn rank_ignoring_health(load: &PoolLoad, flow: u64, out: &mut [u16]) -> usize {
+    let len = rankable(load);
+    if len == 0 {
+        return 0;
+    }
+    fill_cyclic(
+        load,
+        (flow % len as u64) as usize,
+        out,
+        0,
+        Take::IgnoringHealth,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{BackendConfig, PoolConfig};
+
+    fn load(caps: &[u32]) -> PoolLoad {
+        let backends = caps
+            .iter()
+            .enumerate()
+            .map(|(i, &max_conns)| BackendConfig {
+                max_conns,
+                ..BackendConfig::new(format!("b{i}"), ([127, 0, 0, 1], 8000 + i as u16).into())
+            })
+            .collect();
+        let cfg = PoolConfig::new("p", backends);
+        PoolLoad::new(&cfg)
+    }
+
+    #[test]
+    fn ignoring_health_takes_down_backends_but_not_drained_or_full_ones() {
+        let load = load(&[0, 1, 0, 0]);
+        for i in 0..4 {
+            load.set_state(i, BackendState::Down);
+        }
+        load.set_state(2, BackendState::Drain);
+        assert!(load.try_acquire(1));
+        let mut out = [0u16; 4];
+        // From the flow's hash (5 % 4 = 1), cyclically: 1 is full and 2 is drained.
+        let n = rank_ignoring_health(&load, 5, &mut out);
+        assert_eq!(&out[..n], &[3, 0]);
+        // The ranking of a selector takes none of them: no backend is up.
+        assert_eq!(
+            fill_cyclic(&load, 0, &mut out, 0, Take::Room { admit: None }),
+            0
+        );
+    }
+
+    #[test]
+    fn ignoring_health_stops_at_the_room_given() {
+        let load = load(&[0, 0, 0]);
+        let mut out = [0u16; 2];
+        assert_eq!(rank_ignoring_health(&load, 2, &mut out), 2);
+        assert_eq!(out, [2, 0]);
+        assert_eq!(rank_ignoring_health(&load, 0, &mut []), 0);
+    }
 }

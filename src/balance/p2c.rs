@@ -8,7 +8,7 @@
 //! Flood, OOPSLA 2014), seeded from the forwarder number: no allocation, no shared state.
 
 use super::least_conn::cmp_load;
-use super::{Selector, fill_cyclic, rankable};
+use super::{Selector, Take, fill_cyclic, rankable};
 use crate::pool::PoolLoad;
 
 /// Power-of-two-choices selector with its own random state.
@@ -63,6 +63,6 @@ impl Selector for PowerOfTwoChoices {
             }
         }
         let start = self.below(len);
-        fill_cyclic(load, start, out, n, None)
+        fill_cyclic(load, start, out, n, Take::Room { admit: None })
     }
 }

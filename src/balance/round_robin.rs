@@ -4,7 +4,7 @@
 //! Both rank fallbacks too: round robin the next backends in index order, smooth weighted round
 //! robin the backends with the next highest current weights (the ones it would pick next).
 
-use super::{Selector, fill_cyclic, rankable};
+use super::{Selector, Take, fill_cyclic, rankable};
 use crate::pool::PoolLoad;
 
 /// Plain round robin over the backends with room: each ranking starts one past the previous
@@ -31,7 +31,7 @@ impl Selector for RoundRobin {
     fn rank(&mut self, _flow: u64, load: &PoolLoad, out: &mut [u16]) -> usize {
         // The turn counter stands in for a flow: ramping backends take their share of turns.
         let turn = self.turns;
-        let n = fill_cyclic(load, self.next, out, 0, Some(turn));
+        let n = fill_cyclic(load, self.next, out, 0, Take::Room { admit: Some(turn) });
         self.turns = self.turns.wrapping_add(1);
         if n > 0 {
             self.next = usize::from(out[0]) + 1;

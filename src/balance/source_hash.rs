@@ -7,7 +7,7 @@
 //! the next backends with room in index order: a backend that is down or full sends its clients
 //! to its successor and nobody else moves. Weights other than 0 are ignored.
 
-use super::{Selector, fill_cyclic, rankable};
+use super::{Selector, Take, fill_cyclic, rankable};
 use crate::pool::PoolLoad;
 
 /// Source-hash selector; stateless.
@@ -26,6 +26,12 @@ impl Selector for SourceHash {
         if len == 0 {
             return 0;
         }
-        fill_cyclic(load, (flow % len as u64) as usize, out, 0, Some(flow))
+        fill_cyclic(
+            load,
+            (flow % len as u64) as usize,
+            out,
+            0,
+            Take::Room { admit: Some(flow) },
+        )
     }
 }

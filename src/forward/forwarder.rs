@@ -29,7 +29,7 @@ use super::sockopt::{
 use super::token::{self, Dir, Kind};
 use super::uring::{self, Capabilities};
 use super::{StopFlags, Tunables, millis};
-use crate::balance::{Selector, flow_hash};
+use crate::balance::{Selector, flow_hash, rank_ignoring_health};
 use crate::config::{AllDown, EngineConfig, Overflow};
 use crate::overflow::handoff::monotonic_ns;
 use crate::pool::{BackendState, Pool, PoolLoad, Refused};
@@ -1601,28 +1601,6 @@ fn out_of_descriptors(e: &io::Error) -> bool {
 /// Whether health has taken every backend out (as opposed to every backend being full).
 fn none_up(load: &PoolLoad) -> bool {
     (0..load.len()).all(|i| load.state(i) != BackendState::Up)
-}
-
-/// The ranking when no backend is up and the pool says `all_down = try_anyway`: every backend
-/// but drained ones, starting from the flow's hash, as long as it is under its `max_conns`.
-fn rank_ignoring_health(load: &PoolLoad, flow: u64, out: &mut [u16]) -> usize {
-    let n = load.len();
-    if n == 0 {
-        return 0;
-    }
-    let start = (flow % n as u64) as usize;
-    let mut k = 0;
-    for i in (0..n).map(|j| (start + j) % n) {
-        if k == out.len() {
-            break;
-        }
-        let max = load.max_conns(i);
-        if load.state(i) != BackendState::Drain && (max == 0 || load.active(i) < max) {
-            out[k] = i as u16;
-            k += 1;
-        }
-    }
-    k
 }
 
 /// Which sockets a close resets (SO_LINGER 0, so the peer sees RST rather than FIN).

@@ -302,12 +302,14 @@ impl PoolLoad {
         if !self.is_available(i) {
             return false;
         }
-        let active = u64::from(self.active(i));
+        self.under_cap(i) && self.bound_test(i).allows(u64::from(self.active(i)))
+    }
+
+    /// Whether backend `i` is below its `max_conns` (0: no cap), whatever its health. A hint,
+    /// as for [`Self::has_room`].
+    pub fn under_cap(&self, i: usize) -> bool {
         let max = self.max_conns(i);
-        if max != 0 && active >= u64::from(max) {
-            return false;
-        }
-        self.bound_test(i).allows(active)
+        max == 0 || self.active(i) < max
     }
 
     /// The bounded-load test of backend `i` as of now.
