@@ -2,8 +2,14 @@
 //! io_uring operation a connection owns.
 //!
 //! Ownership rule: a connection slot is reused only after every operation it submitted has
-//! completed (`inflight == 0`), so a completion always finds the connection it belongs to and no
-//! buffer or address the kernel may still touch is ever reused early.
+//! completed ([`Ops::none`]), so a completion always finds the connection it belongs to and no
+//! buffer or address the kernel may still touch is ever reused early. The forwarder counts an
+//! operation at one place each: `Forwarder::submit` when it is queued, `Forwarder::dispatch`
+//! when its final completion arrives.
+//!
+//! The decisions of the relay (when to receive, what to send next, when to pause, when the
+//! connection is done) are methods here, over plain state, so they are tested without a ring;
+//! the forwarder turns them into submissions.
 
 use std::os::fd::RawFd;
 
@@ -137,6 +143,61 @@ impl BufLinks {
     }
 }
 
+/// The io_uring operations a connection has submitted and not yet seen finally complete (a
+/// multishot receive counts once, until the completion without `MORE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ops(u16);
+
+impl Ops {
+    pub fn begin(&mut self, n: u16) {
+        self.0 += n;
+    }
+
+    pub fn end(&mut self) {
+        debug_assert!(self.0 > 0, "a completion for an operation never counted");
+        self.0 = self.0.saturating_sub(1);
+    }
+
+    pub fn none(self) -> bool {
+        self.0 == 0
+    }
+}
+
+/// How a direction receives when it may.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecvMode {
+    /// One multishot receive, while the sink keeps up.
+    Multi,
+    /// One buffer at a time, while bytes wait for the sink.
+    One,
+}
+
+/// What a direction does next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// A send is out, the FIN is across, or nothing waits.
+    Wait,
+    /// Send `len` bytes of buffer `bid` from `offset`; `more`: the FIN follows them (MSG_MORE).
+    Send {
+        bid: u16,
+        offset: u32,
+        len: u32,
+        more: bool,
+    },
+    /// Everything is sent and the source sent FIN: shut the sink for writing. `done`: the other
+    /// way is shut too, so the connection ends cleanly.
+    Shut { done: bool },
+}
+
+/// What a completed send changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sent {
+    /// The head buffer went out whole: give it back.
+    pub freed: Option<u16>,
+    /// The queue fell to the low-water mark: receive again.
+    pub resume: bool,
+}
+
 /// One client connection and, once chosen, its backend connection.
 pub struct Conn {
     pub state: State,
@@ -172,7 +233,7 @@ pub struct Conn {
     /// The linked connect timeout; the kernel reads it when the operation is submitted.
     pub link_timeout: Timespec,
     /// Operations submitted and not yet finally completed.
-    pub inflight: u16,
+    pub ops: Ops,
     pub up: Flow,
     pub down: Flow,
     pub last_active: u64,
@@ -208,7 +269,7 @@ impl Conn {
             backend_answered: false,
             connect_deadline: 0,
             link_timeout: Timespec::new(),
-            inflight: 0,
+            ops: Ops(0),
             up: Flow::new(),
             down: Flow::new(),
             last_active: 0,
@@ -234,11 +295,134 @@ impl Conn {
         self.connect_deadline = connect_deadline;
     }
 
-    pub fn flow(&self, dir: Dir) -> &Flow {
-        match dir {
-            Dir::Up => &self.up,
-            Dir::Down => &self.down,
+    /// How `dir` should receive now, if it should start a receive: it is open for reading, has
+    /// none out, and is not at end, paused or starved. Marks the receive armed.
+    pub fn start_recv(&mut self, dir: Dir) -> Option<RecvMode> {
+        let ready = match dir {
+            Dir::Up => matches!(self.state, State::Connecting | State::Relaying),
+            Dir::Down => self.state == State::Relaying,
+        };
+        let f = self.flow_mut(dir);
+        if !ready || f.recv != Recv::Idle || f.eof || f.paused || f.starved {
+            return None;
         }
+        f.recv = Recv::Armed;
+        Some(if f.queued > 0 {
+            RecvMode::One
+        } else {
+            RecvMode::Multi
+        })
+    }
+
+    /// `len` bytes arrived in buffer `bid` for `dir` at `now`: queued. Returns true when the
+    /// queue just reached `high_water` with the receive still armed: it must be cancelled (it
+    /// is marked cancelling).
+    pub fn received(
+        &mut self,
+        dir: Dir,
+        bid: u16,
+        len: u32,
+        links: &mut BufLinks,
+        high_water: u32,
+        now: u64,
+    ) -> bool {
+        self.last_active = now;
+        if dir == Dir::Down {
+            self.backend_answered = true;
+        }
+        let f = self.flow_mut(dir);
+        links.push(f, bid, len);
+        if f.queued < high_water || f.paused {
+            return false;
+        }
+        f.paused = true;
+        if f.recv == Recv::Armed {
+            f.recv = Recv::Cancelling;
+            return true;
+        }
+        false
+    }
+
+    /// The next step of `dir` while relaying; a send or shutdown it returns is marked begun.
+    pub fn next_step(&mut self, dir: Dir, links: &BufLinks) -> Step {
+        if self.state != State::Relaying {
+            return Step::Wait;
+        }
+        let f = self.flow_mut(dir);
+        if f.sending || f.shut {
+            return Step::Wait;
+        }
+        if f.is_empty() {
+            if !f.eof {
+                return Step::Wait;
+            }
+            f.shut = true;
+            return Step::Shut {
+                done: self.up.shut && self.down.shut,
+            };
+        }
+        f.sending = true;
+        Step::Send {
+            bid: f.head,
+            offset: f.offset,
+            len: links.head_len(f) - f.offset,
+            // The last bytes before a FIN are held back until the shutdown that follows their
+            // send, so they and the FIN leave in one segment rather than two.
+            more: f.eof && f.head == f.tail,
+        }
+    }
+
+    /// A send of `sent` bytes (more than 0) of `dir` completed at `now`.
+    pub fn sent(
+        &mut self,
+        dir: Dir,
+        sent: u32,
+        links: &mut BufLinks,
+        low_water: u32,
+        now: u64,
+    ) -> Sent {
+        match dir {
+            Dir::Up => self.bytes_in += u64::from(sent),
+            Dir::Down => self.bytes_out += u64::from(sent),
+        }
+        self.last_active = now;
+        let f = self.flow_mut(dir);
+        f.sending = false;
+        f.offset += sent;
+        let freed = if f.offset >= links.head_len(f) {
+            links.pop(f)
+        } else {
+            None
+        };
+        let resume = f.paused && f.queued <= low_water;
+        if resume {
+            f.paused = false;
+        }
+        Sent { freed, resume }
+    }
+
+    /// Why a connection left without a backend ends: a connect was tried and failed, or every
+    /// candidate was full before it tried one.
+    pub fn no_backend_reason(&self) -> CloseReason {
+        if self.attempted {
+            CloseReason::ConnectFailed
+        } else {
+            CloseReason::NoBackend
+        }
+    }
+
+    /// Starts closing; false when it is closing or free already (a connection ends once).
+    pub fn begin_close(&mut self) -> bool {
+        if matches!(self.state, State::Closing | State::Free) {
+            return false;
+        }
+        self.state = State::Closing;
+        true
+    }
+
+    /// A closing connection whose last operation has completed: its slot may be reused.
+    pub fn may_free(&self) -> bool {
+        self.state == State::Closing && self.ops.none()
     }
 
     pub fn flow_mut(&mut self, dir: Dir) -> &mut Flow {
@@ -277,5 +461,149 @@ pub fn sink_error(dir: Dir) -> CloseReason {
     match dir {
         Dir::Up => CloseReason::BackendError,
         Dir::Down => CloseReason::ClientError,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connection accepted at 0 whose backend connected: relaying, nothing out.
+    fn relaying() -> Conn {
+        let mut c = Conn::new();
+        c.open(10, 0, 0, 0, 1000);
+        c.backend = 11;
+        c.state = State::Relaying;
+        c
+    }
+
+    #[test]
+    fn bytes_go_out_in_order_and_the_last_ones_travel_with_the_fin() {
+        let mut links = BufLinks::new(8);
+        let mut c = relaying();
+        assert_eq!(c.start_recv(Dir::Up), Some(RecvMode::Multi));
+        assert!(!c.received(Dir::Up, 3, 100, &mut links, 1000, 5));
+        assert!(!c.received(Dir::Up, 4, 50, &mut links, 1000, 6));
+        c.up.eof = true;
+        let first = c.next_step(Dir::Up, &links);
+        assert_eq!(
+            first,
+            Step::Send {
+                bid: 3,
+                offset: 0,
+                len: 100,
+                more: false
+            }
+        );
+        // One send at a time, so bytes stay in order.
+        assert_eq!(c.next_step(Dir::Up, &links), Step::Wait);
+        // A short send: the rest of the same buffer goes next, and it is not given back yet.
+        let done = c.sent(Dir::Up, 60, &mut links, 0, 7);
+        assert_eq!(done.freed, None);
+        assert_eq!(
+            c.next_step(Dir::Up, &links),
+            Step::Send {
+                bid: 3,
+                offset: 60,
+                len: 40,
+                more: false
+            }
+        );
+        assert_eq!(c.sent(Dir::Up, 40, &mut links, 0, 8).freed, Some(3));
+        // The last buffer before the FIN is held back for it (MSG_MORE).
+        assert_eq!(
+            c.next_step(Dir::Up, &links),
+            Step::Send {
+                bid: 4,
+                offset: 0,
+                len: 50,
+                more: true
+            }
+        );
+        assert_eq!(c.sent(Dir::Up, 50, &mut links, 0, 9).freed, Some(4));
+        assert_eq!(c.bytes_in, 150);
+        assert_eq!(c.last_active, 9);
+        // Then the FIN; the other way is still open, so the connection goes on.
+        assert_eq!(c.next_step(Dir::Up, &links), Step::Shut { done: false });
+        assert_eq!(c.next_step(Dir::Up, &links), Step::Wait);
+        c.down.eof = true;
+        assert_eq!(c.next_step(Dir::Down, &links), Step::Shut { done: true });
+    }
+
+    #[test]
+    fn a_full_queue_cancels_the_receive_once_and_resumes_at_low_water() {
+        let mut links = BufLinks::new(8);
+        let mut c = relaying();
+        assert_eq!(c.start_recv(Dir::Down), Some(RecvMode::Multi));
+        assert!(!c.received(Dir::Down, 0, 100, &mut links, 250, 1));
+        assert!(!c.received(Dir::Down, 1, 100, &mut links, 250, 1));
+        assert!(c.backend_answered);
+        // The third reaches the high-water mark: cancel the armed receive, once.
+        assert!(c.received(Dir::Down, 2, 100, &mut links, 250, 1));
+        assert_eq!(c.down.recv, Recv::Cancelling);
+        assert!(c.down.paused);
+        assert!(!c.received(Dir::Down, 5, 100, &mut links, 250, 1));
+        // Its cancel lands; while paused, no new receive starts.
+        c.down.recv = Recv::Idle;
+        assert_eq!(c.start_recv(Dir::Down), None);
+        for (bid, resume) in [(0, false), (1, false), (2, true)] {
+            assert!(
+                matches!(c.next_step(Dir::Down, &links), Step::Send { bid: b, .. } if b == bid)
+            );
+            let done = c.sent(Dir::Down, 100, &mut links, 100, 2);
+            assert_eq!(
+                done,
+                Sent {
+                    freed: Some(bid),
+                    resume
+                }
+            );
+        }
+        assert!(!c.down.paused);
+        assert_eq!(c.bytes_out, 300);
+        // Bytes still wait for the client: one buffer at a time.
+        assert_eq!(c.start_recv(Dir::Down), Some(RecvMode::One));
+    }
+
+    #[test]
+    fn the_backend_is_not_read_before_it_is_connected() {
+        let mut c = Conn::new();
+        c.open(10, 0, 0, 0, 1000);
+        assert_eq!(c.state, State::Connecting);
+        assert_eq!(c.start_recv(Dir::Down), None);
+        assert_eq!(c.start_recv(Dir::Up), Some(RecvMode::Multi));
+        // Armed already: not twice.
+        assert_eq!(c.start_recv(Dir::Up), None);
+        let mut links = BufLinks::new(2);
+        assert!(!c.received(Dir::Up, 0, 10, &mut links, 100, 1));
+        // Nothing is sent before the backend is there.
+        assert_eq!(c.next_step(Dir::Up, &links), Step::Wait);
+        assert!(!c.backend_answered);
+    }
+
+    #[test]
+    fn a_slot_is_freed_only_once_its_last_operation_completed() {
+        let mut c = relaying();
+        c.ops.begin(2);
+        assert!(c.begin_close());
+        // A connection ends once.
+        assert!(!c.begin_close());
+        assert!(!c.may_free());
+        c.ops.end();
+        assert!(!c.may_free());
+        c.ops.end();
+        assert!(c.may_free());
+    }
+
+    #[test]
+    fn a_connection_that_never_tried_a_backend_found_none_with_room() {
+        let mut c = Conn::new();
+        c.open(10, 0, 0, 0, 1000);
+        assert_eq!(c.no_backend_reason(), CloseReason::NoBackend);
+        c.attempted = true;
+        assert_eq!(c.no_backend_reason(), CloseReason::ConnectFailed);
+        // A new client in the same slot starts over.
+        c.open(12, 0, 0, 0, 1000);
+        assert_eq!(c.no_backend_reason(), CloseReason::NoBackend);
     }
 }

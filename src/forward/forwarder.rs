@@ -18,7 +18,7 @@ use io_uring::{IoUring, cqueue, opcode, squeue};
 use tracing::{debug, warn};
 
 use super::bufring::BufRing;
-use super::conn::{self, BufLinks, Conn, Flow, Recv, State};
+use super::conn::{self, BufLinks, Conn, Flow, Recv, RecvMode, State, Step};
 use super::gate::NO_HOLD;
 use super::intake::{Intake, IntakeSetup};
 use super::moved::{INBOX_WAKE, Inbox};
@@ -387,6 +387,15 @@ impl Forwarder {
             warn!(user_data, "completion with an unknown token");
             return;
         };
+        // The final completion of an operation a connection owns is counted here, once, before
+        // its handler runs (which frees a closing connection's slot after its last one).
+        match kind {
+            Kind::Connect | Kind::ConnectTimeout | Kind::Send(_) | Kind::Header => {
+                self.conns[index as usize].ops.end();
+            }
+            Kind::Recv(_) if !cqueue::more(flags) => self.conns[index as usize].ops.end(),
+            _ => {}
+        }
         match kind {
             Kind::Ignore => {}
             Kind::Accept => self.on_accept(index as usize, res, flags),
@@ -394,7 +403,7 @@ impl Forwarder {
             Kind::Wake => self.on_wake(),
             Kind::Tick => self.on_tick(flags),
             Kind::Connect => self.on_connect(index, res),
-            Kind::ConnectTimeout => self.on_operation_done(index),
+            Kind::ConnectTimeout => self.maybe_free(index),
             Kind::Recv(dir) => self.on_recv(index, dir, res, flags),
             Kind::Send(dir) => self.on_send(index, dir, res),
             Kind::ParkPoll => self.on_park_poll(index, res),
@@ -414,7 +423,7 @@ impl Forwarder {
     ///
     /// Every pointer inside `entry` must stay valid until the operation completes; the callers
     /// point only into `self.conns`, the buffer ring and the pools, which outlive the ring's
-    /// operations (slots are reused only once their `inflight` count is zero).
+    /// operations (slots are reused only once they have no operation out: see `submit`).
     pub(super) fn push(&mut self, entry: squeue::Entry) {
         self.reserve(1);
         // SAFETY: see above; `reserve` made room, so this push cannot fail.
@@ -428,6 +437,19 @@ impl Forwarder {
         // SAFETY: as for `push`; there is room for both.
         let pushed = unsafe { self.ring.submission().push_multiple(&[first, second]) };
         debug_assert!(pushed.is_ok());
+    }
+
+    /// Queues an operation that the connection in `slot` owns: counted until its final
+    /// completion, which `dispatch` counts. The slot is not reused before.
+    pub(super) fn submit(&mut self, slot: u32, entry: squeue::Entry) {
+        self.conns[slot as usize].ops.begin(1);
+        self.push(entry);
+    }
+
+    /// As [`Self::submit`], for two linked operations.
+    fn submit_linked(&mut self, slot: u32, first: squeue::Entry, second: squeue::Entry) {
+        self.conns[slot as usize].ops.begin(2);
+        self.push_linked(first, second);
     }
 
     fn reserve(&mut self, n: usize) {
@@ -533,32 +555,23 @@ impl Forwarder {
     /// Starts (or restarts) the multishot receive of a direction when it is wanted.
     fn arm_recv(&mut self, slot: u32, dir: Dir) {
         let c = &mut self.conns[slot as usize];
-        let ready = match dir {
-            Dir::Up => matches!(c.state, State::Connecting | State::Relaying),
-            Dir::Down => c.state == State::Relaying,
-        };
-        let f = c.flow(dir);
-        if !ready || f.recv != Recv::Idle || f.eof || f.paused || f.starved {
+        let Some(mode) = c.start_recv(dir) else {
             return;
-        }
+        };
         let fd = c.source(dir);
-        let behind = f.queued > 0;
-        c.flow_mut(dir).recv = Recv::Armed;
-        c.inflight += 1;
         // While the sink keeps up, one multishot receive serves the direction. Once bytes wait
         // for it, a receive takes one buffer at a time: a multishot receive keeps filling
         // buffers until its cancel lands (up to 32 a wake-up), so a reader that stopped reading
         // would hold far more of the forwarder's buffers than its high-water mark.
-        let entry = if behind {
-            opcode::Recv::new(Fd(fd), std::ptr::null_mut(), self.buffer_size)
+        let entry = match mode {
+            RecvMode::One => opcode::Recv::new(Fd(fd), std::ptr::null_mut(), self.buffer_size)
                 .buf_group(self.bufs.group())
                 .build()
-                .flags(squeue::Flags::BUFFER_SELECT)
-        } else {
-            opcode::RecvMulti::new(Fd(fd), self.bufs.group()).build()
+                .flags(squeue::Flags::BUFFER_SELECT),
+            RecvMode::Multi => opcode::RecvMulti::new(Fd(fd), self.bufs.group()).build(),
         }
         .user_data(token::encode(Kind::Recv(dir), slot));
-        self.push(entry);
+        self.submit(slot, entry);
     }
 
     /// The queue length at which a direction stops receiving: its high-water mark, or, while
@@ -599,44 +612,33 @@ impl Forwarder {
     /// Sends the head of a direction's queue, or carries its FIN across once the queue is empty.
     fn pump(&mut self, slot: u32, dir: Dir) {
         let c = &mut self.conns[slot as usize];
-        if c.state != State::Relaying {
-            return;
-        }
         let sink = c.sink(dir);
-        let f = c.flow_mut(dir);
-        if f.sending || f.shut {
-            return;
-        }
-        if f.is_empty() {
-            if f.eof {
+        match c.next_step(dir, &self.links) {
+            Step::Wait => {}
+            Step::Shut { done } => {
                 // Called here rather than through the ring: io_uring runs every shutdown on an
                 // io-wq worker thread, a hop to another thread (and a fight over the socket's
                 // lock) per closed connection. shutdown(2) of a TCP socket never blocks.
                 // A failed shutdown (the peer already gone) still ends this direction.
                 let _ = shutdown_write(sink);
-                f.shut = true;
-                if c.up.shut && c.down.shut {
+                if done {
                     self.close(slot, CloseReason::Done, Reset::None);
                 }
             }
-            return;
+            Step::Send {
+                bid,
+                offset,
+                len,
+                more,
+            } => {
+                let more = if more { libc::MSG_MORE } else { 0 };
+                let entry = opcode::Send::new(Fd(sink), self.bufs.ptr(bid, offset), len)
+                    .flags(libc::MSG_NOSIGNAL | more)
+                    .build()
+                    .user_data(token::encode(Kind::Send(dir), slot));
+                self.submit(slot, entry);
+            }
         }
-        let (bid, offset) = (f.head, f.offset);
-        f.sending = true;
-        let len = self.links.head_len(f) - offset;
-        // The last bytes before a FIN are held back (MSG_MORE) until the shutdown that follows
-        // their send, so they and the FIN leave in one segment rather than two.
-        let more = if f.eof && f.head == f.tail {
-            libc::MSG_MORE
-        } else {
-            0
-        };
-        c.inflight += 1;
-        let entry = opcode::Send::new(Fd(sink), self.bufs.ptr(bid, offset), len)
-            .flags(libc::MSG_NOSIGNAL | more)
-            .build()
-            .user_data(token::encode(Kind::Send(dir), slot));
-        self.push(entry);
     }
 
     // ---- accept and connect -----------------------------------------------------------------
@@ -937,7 +939,7 @@ impl Forwarder {
     /// the client's hold on its source's count, which goes with the client.
     fn unopen(&mut self, slot: u32) -> u32 {
         let c = &mut self.conns[slot as usize];
-        debug_assert!(c.inflight == 0 && c.acquired.is_none());
+        debug_assert!(c.ops.none() && c.acquired.is_none());
         c.state = State::Free;
         c.client = -1;
         let held = std::mem::replace(&mut c.held, NO_HOLD);
@@ -975,12 +977,7 @@ impl Forwarder {
         match self.acquire_next(slot) {
             Some(b) => self.start_connect(slot, b, None),
             None => {
-                // A connection that never got as far as trying a backend found them all full.
-                let reason = if self.conns[slot as usize].attempted {
-                    CloseReason::ConnectFailed
-                } else {
-                    CloseReason::NoBackend
-                };
+                let reason = self.conns[slot as usize].no_backend_reason();
                 self.close(slot, reason, Reset::Client);
             }
         }
@@ -1031,7 +1028,6 @@ impl Forwarder {
         c.link_timeout = Timespec::new()
             .sec(remaining / 1000)
             .nsec((remaining % 1000) as u32 * 1_000_000);
-        c.inflight += 2;
         let addr = &self.pools[usize::from(c.pool)].shared.addrs[usize::from(b)];
         let connect = opcode::Connect::new(Fd(fd), addr.as_ptr().cast(), addr.len())
             .build()
@@ -1042,12 +1038,11 @@ impl Forwarder {
             .user_data(token::encode(Kind::ConnectTimeout, slot));
         self.stats.connect_attempts.add(1);
         c.connect_started_ns = monotonic_ns();
-        self.push_linked(connect, timeout);
+        self.submit_linked(slot, connect, timeout);
     }
 
     fn on_connect(&mut self, slot: u32, res: i32) {
         let c = &mut self.conns[slot as usize];
-        c.inflight -= 1;
         if c.state == State::Closing {
             self.maybe_free(slot);
             return;
@@ -1098,12 +1093,6 @@ impl Forwarder {
         self.connect_next(slot);
     }
 
-    /// A completion that only ends an operation (the connect's linked timeout).
-    fn on_operation_done(&mut self, slot: u32) {
-        self.conns[slot as usize].inflight -= 1;
-        self.maybe_free(slot);
-    }
-
     // ---- relay --------------------------------------------------------------------------------
 
     fn on_recv(&mut self, slot: u32, dir: Dir, res: i32, flags: u32) {
@@ -1114,7 +1103,6 @@ impl Forwarder {
         }
         let c = &mut self.conns[slot as usize];
         if !more {
-            c.inflight -= 1;
             c.flow_mut(dir).recv = Recv::Idle;
         }
         if c.state == State::Closing {
@@ -1130,25 +1118,15 @@ impl Forwarder {
                 self.close(slot, CloseReason::LocalError, Reset::Both);
                 return;
             };
-            c.last_active = self.now;
-            if dir == Dir::Down {
-                c.backend_answered = true;
-            }
-            let f = c.flow_mut(dir);
-            self.links.push(f, bid, res as u32);
             let high_water = self.high_water_now();
-            let f = self.conns[slot as usize].flow_mut(dir);
-            if f.queued >= high_water && !f.paused {
-                f.paused = true;
-                if f.recv == Recv::Armed {
-                    f.recv = Recv::Cancelling;
-                    let target = token::encode(Kind::Recv(dir), slot);
-                    self.push(
-                        opcode::AsyncCancel2::new(CancelBuilder::user_data(target))
-                            .build()
-                            .user_data(token::encode(Kind::Ignore, 0)),
-                    );
-                }
+            let c = &mut self.conns[slot as usize];
+            if c.received(dir, bid, res as u32, &mut self.links, high_water, self.now) {
+                let target = token::encode(Kind::Recv(dir), slot);
+                self.push(
+                    opcode::AsyncCancel2::new(CancelBuilder::user_data(target))
+                        .build()
+                        .user_data(token::encode(Kind::Ignore, 0)),
+                );
             }
             self.pump_later(slot, dir);
         } else if res == 0 {
@@ -1181,39 +1159,27 @@ impl Forwarder {
 
     fn on_send(&mut self, slot: u32, dir: Dir, res: i32) {
         let c = &mut self.conns[slot as usize];
-        c.inflight -= 1;
-        let f = c.flow_mut(dir);
-        f.sending = false;
         if c.state == State::Closing {
+            c.flow_mut(dir).sending = false;
             self.maybe_free(slot);
             return;
         }
         if res <= 0 {
+            c.flow_mut(dir).sending = false;
             // A send of a non-empty buffer that moves nothing is as fatal as an error.
             self.close(slot, conn::sink_error(dir), Reset::Both);
             return;
         }
         let sent = res as u32;
         match dir {
-            Dir::Up => {
-                self.stats.bytes_client_to_backend.add(u64::from(sent));
-                c.bytes_in += u64::from(sent);
-            }
-            Dir::Down => {
-                self.stats.bytes_backend_to_client.add(u64::from(sent));
-                c.bytes_out += u64::from(sent);
-            }
+            Dir::Up => self.stats.bytes_client_to_backend.add(u64::from(sent)),
+            Dir::Down => self.stats.bytes_backend_to_client.add(u64::from(sent)),
         }
-        c.last_active = self.now;
-        let f = c.flow_mut(dir);
-        f.offset += sent;
-        if f.offset >= self.links.head_len(f) {
-            if let Some(bid) = self.links.pop(f) {
-                self.bufs.give_back(bid);
-            }
+        let done = c.sent(dir, sent, &mut self.links, self.low_water, self.now);
+        if let Some(bid) = done.freed {
+            self.bufs.give_back(bid);
         }
-        if f.paused && f.queued <= self.low_water {
-            f.paused = false;
+        if done.resume {
             self.arm_recv(slot, dir);
         }
         self.pump(slot, dir);
@@ -1242,11 +1208,10 @@ impl Forwarder {
     /// is in flight, and frees the slot when the last operation has completed.
     pub(super) fn close(&mut self, slot: u32, reason: CloseReason, reset: Reset) {
         let c = &mut self.conns[slot as usize];
-        if matches!(c.state, State::Closing | State::Free) {
+        let greeting = c.state == State::Greeting;
+        if !c.begin_close() {
             return;
         }
-        let greeting = c.state == State::Greeting;
-        c.state = State::Closing;
         self.stats.close(reason);
         self.pools[usize::from(c.pool)].histograms.closed(
             self.now.saturating_sub(c.opened_ms),
@@ -1272,7 +1237,7 @@ impl Forwarder {
         if matches!(reset, Reset::Both) && c.backend >= 0 {
             set_linger_zero(c.backend);
         }
-        if c.inflight > 0 {
+        if !c.ops.none() {
             let (client, backend) = (c.client, c.backend);
             for fd in [client, backend] {
                 if fd >= 0 {
@@ -1292,7 +1257,7 @@ impl Forwarder {
 
     pub(super) fn maybe_free(&mut self, slot: u32) {
         let c = &mut self.conns[slot as usize];
-        if c.state != State::Closing || c.inflight > 0 {
+        if !c.may_free() {
             return;
         }
         for dir in [Dir::Up, Dir::Down] {

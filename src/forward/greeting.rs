@@ -31,20 +31,18 @@ pub const HEADER_MAX: usize = 4096;
 impl Forwarder {
     /// Waits for the client's header: a poll for its bytes (more than `SO_RCVLOWAT`).
     pub(super) fn arm_header_wait(&mut self, slot: u32) {
-        let c = &mut self.conns[slot as usize];
-        c.inflight += 1;
+        let c = &self.conns[slot as usize];
         // RDHUP too: a FIN makes the socket readable whatever SO_RCVLOWAT says, and a client
         // that half-closes inside its header must not be looked at again and again.
         let entry = opcode::PollAdd::new(Fd(c.client), (libc::POLLIN | libc::POLLRDHUP) as u32)
             .build()
             .user_data(token::encode(Kind::Header, slot));
-        self.push(entry);
+        self.submit(slot, entry);
     }
 
     /// The poll or the timer completed: look at what the client sent.
     pub(super) fn on_header(&mut self, slot: u32, res: i32) {
-        let c = &mut self.conns[slot as usize];
-        c.inflight -= 1;
+        let c = &self.conns[slot as usize];
         if c.state != State::Greeting {
             // Closed meanwhile (its deadline, a stop).
             self.maybe_free(slot);
