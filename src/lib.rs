@@ -4,6 +4,7 @@ pub mod balance;
 pub mod config;
 pub mod ctl;
 pub mod demo;
+pub mod engine;
 pub mod forward;
 pub mod handover;
 pub mod health;

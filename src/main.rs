@@ -12,7 +12,7 @@ use tracing::{error, info, warn};
 use levee::config::{self, Config};
 use levee::ctl::{Live, Server};
 use levee::demo;
-use levee::forward::{Engine, Options};
+use levee::engine::{Engine, Options};
 use levee::metrics::Endpoint;
 use levee::pool::carried::Carried;
 

@@ -8,7 +8,7 @@ use std::net::{SocketAddr, TcpStream};
 
 use common::*;
 use levee::config::{Balance, Config, HashKey};
-use levee::forward::Engine;
+use levee::engine::Engine;
 
 /// Four backends answering with their names; a pool of them under `balance`.
 fn setup(balance: Balance, weights: &[u32]) -> (Vec<Backend>, Config) {

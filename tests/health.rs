@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use levee::config::{Balance, CheckKind, Config};
-use levee::forward::Engine;
+use levee::engine::Engine;
 use levee::pool::Status;
 use levee::stats::CloseReason;
 

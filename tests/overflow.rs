@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::{IO_TIMEOUT, pool, single, wait_until};
 use levee::config::{Balance, Config, Overflow};
-use levee::forward::{Engine, Options};
+use levee::engine::{Engine, Options};
 use levee::pool::{Left, Refused};
 use levee::stats::CloseReason;
 

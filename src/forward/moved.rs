@@ -73,7 +73,7 @@ struct Arrivals {
 }
 
 impl Inbox {
-    pub(super) fn new() -> io::Result<Self> {
+    pub(crate) fn new() -> io::Result<Self> {
         // SAFETY: plain eventfd(2) call; the result is checked before use.
         let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
         if raw < 0 {
@@ -136,9 +136,9 @@ impl Inbox {
 /// clients of one old forwarder, so that they queue again in the order they had there.
 #[derive(Debug, Clone)]
 pub struct Mailbox {
-    pub(super) inboxes: Arc<[Arc<Inbox>]>,
+    pub(crate) inboxes: Arc<[Arc<Inbox>]>,
     /// The names of this levee's listeners.
-    pub(super) listeners: Arc<[Arc<str>]>,
+    pub(crate) listeners: Arc<[Arc<str>]>,
 }
 
 impl Mailbox {

@@ -12,7 +12,7 @@ use levee::config::{
     BackendConfig, Balance, Config, CoreSet, CtlConfig, EngineConfig, HashKey, ListenerConfig,
     LogConfig, OverflowConfig, PoolConfig, SchedPolicy, StatsConfig,
 };
-use levee::forward::Engine;
+use levee::engine::Engine;
 
 /// Generous bound on every blocking socket call in the tests, so a bug fails a test instead of
 /// hanging it.
