@@ -11,18 +11,38 @@
 //! on a stack, and the most recently returned (still warm) go back to the kernel first.
 
 use std::io;
+use std::mem::ManuallyDrop;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU16, Ordering};
 
-use io_uring::Submitter;
+use io_uring::IoUring;
 use io_uring::types::BufRingEntry;
 use memmap2::MmapMut;
 
+/// `IORING_UNREGISTER_PBUF_RING` and its argument, `struct io_uring_buf_reg`
+/// (include/uapi/linux/io_uring.h).
+const IORING_UNREGISTER_PBUF_RING: libc::c_uint = 23;
+
+#[repr(C)]
+struct BufReg {
+    ring_addr: u64,
+    ring_entries: u32,
+    bgid: u16,
+    flags: u16,
+    resv: [u64; 3],
+}
+
 /// The receive buffers of one forwarder.
+///
+/// Sound whatever is dropped first: it keeps the io_uring instance alive (a descriptor of its
+/// own) and, when dropped, unregisters its group before it unmaps anything the kernel may use.
 pub struct BufRing {
-    /// Ring entries, shared with the kernel.
-    entries: MmapMut,
-    /// The buffers themselves, `count × size` bytes.
-    memory: MmapMut,
+    /// Ring entries, shared with the kernel. Unmapped only once the group is unregistered.
+    entries: ManuallyDrop<MmapMut>,
+    /// The buffers themselves, `count × size` bytes; the same.
+    memory: ManuallyDrop<MmapMut>,
+    /// A descriptor of the io_uring instance the group is registered with.
+    ring: OwnedFd,
     count: u16,
     size: u32,
     /// Next tail to publish; the kernel sees buffers up to the last published tail only.
@@ -39,7 +59,7 @@ pub struct BufRing {
 impl BufRing {
     /// Maps `count` buffers of `size` bytes, registers them as buffer group `group` and offers
     /// the first of them to the kernel. `count` must be a power of two no larger than 32768.
-    pub fn new(submitter: &Submitter<'_>, group: u16, count: u16, size: u32) -> io::Result<Self> {
+    pub fn new(ring: &IoUring, group: u16, count: u16, size: u32) -> io::Result<Self> {
         if !count.is_power_of_two() || count > 1 << 15 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -49,15 +69,22 @@ impl BufRing {
         let entry_bytes = usize::from(count) * std::mem::size_of::<BufRingEntry>();
         let entries = MmapMut::map_anon(entry_bytes)?;
         let memory = MmapMut::map_anon(usize::from(count) * size as usize)?;
-        // SAFETY: `entries` is a page-aligned mapping of exactly `count` entries that lives as long
-        // as this `BufRing`; the forwarder drops its ring (which unregisters the group) before
-        // dropping this struct.
+        // SAFETY: `ring` is a live io_uring instance, borrowed for the call.
+        let own = unsafe { BorrowedFd::borrow_raw(ring.as_raw_fd()) }.try_clone_to_owned()?;
+        // SAFETY: `entries` is a page-aligned mapping of exactly `count` entries; it stays
+        // mapped until `Drop` has unregistered the group (or forever, if that fails).
         unsafe {
-            submitter.register_buf_ring_with_flags(entries.as_ptr() as u64, count, group, 0)?;
+            ring.submitter().register_buf_ring_with_flags(
+                entries.as_ptr() as u64,
+                count,
+                group,
+                0,
+            )?;
         }
         let mut ring = Self {
-            entries,
-            memory,
+            entries: ManuallyDrop::new(entries),
+            memory: ManuallyDrop::new(memory),
+            ring: own,
             count,
             size,
             tail: 0,
@@ -134,5 +161,70 @@ impl BufRing {
         // aligned for u16; the kernel reads it with acquire semantics.
         let tail = unsafe { &*BufRingEntry::tail(base).cast::<AtomicU16>() };
         tail.store(self.tail, Ordering::Release);
+    }
+}
+
+impl Drop for BufRing {
+    fn drop(&mut self) {
+        // Until the group is unregistered the kernel may read `entries` and receive into
+        // `memory`, and the instance lives on while this descriptor of it is open, even after
+        // the forwarder has dropped its `IoUring`. So: unregister first, then unmap. A buffer a
+        // receive already picked is written in this thread's own task work, which cannot run
+        // while this runs; after the call none is picked.
+        let reg = BufReg {
+            ring_addr: 0,
+            ring_entries: 0,
+            bgid: self.group,
+            flags: 0,
+            resv: [0; 3],
+        };
+        // SAFETY: io_uring_register(2) on an instance this struct holds a descriptor of, with a
+        // valid argument of the count given.
+        let res = unsafe {
+            libc::syscall(
+                libc::SYS_io_uring_register,
+                self.ring.as_raw_fd(),
+                IORING_UNREGISTER_PBUF_RING,
+                (&raw const reg).cast::<libc::c_void>(),
+                1u32,
+            )
+        };
+        if res == 0 {
+            // SAFETY: the kernel no longer uses either mapping, and neither is touched again.
+            unsafe {
+                ManuallyDrop::drop(&mut self.entries);
+                ManuallyDrop::drop(&mut self.memory);
+            }
+        } else {
+            // Freed memory the kernel may still write into would be far worse than a leak at
+            // a forwarder's exit.
+            tracing::warn!(
+                group = self.group,
+                error = %io::Error::last_os_error(),
+                "cannot unregister the receive buffers; leaving them mapped"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dropping_the_buffers_first_unregisters_their_group() {
+        let ring = match IoUring::new(8) {
+            Ok(ring) => ring,
+            Err(e) => panic!("io_uring is needed for this test and is not available here: {e}"),
+        };
+        let bufs = BufRing::new(&ring, 7, 16, 4096).expect("register a buffer ring");
+        // While registered, the group cannot be registered again.
+        assert!(BufRing::new(&ring, 7, 16, 4096).is_err());
+        drop(bufs);
+        // Dropped before the ring, it gave its group back: the kernel no longer points at it.
+        let again = BufRing::new(&ring, 7, 16, 4096).expect("the group is free again");
+        // And dropped after the ring, it still can (it holds the instance open).
+        drop(ring);
+        drop(again);
     }
 }

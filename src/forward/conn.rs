@@ -11,7 +11,7 @@
 //! connection is done) are methods here, over plain state, so they are tested without a ring;
 //! the forwarder turns them into submissions.
 
-use std::os::fd::RawFd;
+use std::os::fd::{BorrowedFd, RawFd};
 
 use io_uring::types::Timespec;
 
@@ -430,6 +430,21 @@ impl Conn {
             Dir::Up => &mut self.up,
             Dir::Down => &mut self.down,
         }
+    }
+
+    /// The client's socket, for a call outside the ring. Only while the slot is in use.
+    pub fn client_fd(&self) -> BorrowedFd<'_> {
+        debug_assert!(self.client >= 0);
+        // SAFETY: a slot in use owns its client socket from `open` until the forwarder frees
+        // the slot and closes it; the borrow cannot outlive this `&self`.
+        unsafe { BorrowedFd::borrow_raw(self.client) }
+    }
+
+    /// The backend's socket, once a connect attempt opened one.
+    pub fn backend_fd(&self) -> Option<BorrowedFd<'_>> {
+        // SAFETY: as for `client_fd`: the slot owns it until it is closed, and sets it to -1
+        // when it closes it.
+        (self.backend >= 0).then(|| unsafe { BorrowedFd::borrow_raw(self.backend) })
     }
 
     /// The socket a direction receives from.

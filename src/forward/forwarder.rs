@@ -9,7 +9,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::mem::MaybeUninit;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -57,9 +57,9 @@ const EXIT_GRACE_MS: u64 = 2_000;
 
 /// A client accepted and not yet served: in the waiting line, or on its way to a backend or
 /// the queue.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub(super) struct Newcomer {
-    pub(super) fd: RawFd,
+    pub(super) fd: OwnedFd,
     pub(super) pool: u16,
     pub(super) listener: u16,
     /// Coarse monotonic ms when it was accepted.
@@ -165,7 +165,6 @@ pub struct Setup {
 }
 
 pub struct Forwarder {
-    // Dropped first: closing the ring cancels what is still in flight before the buffers go.
     ring: IoUring,
     bufs: BufRing,
     links: BufLinks,
@@ -230,7 +229,7 @@ impl Forwarder {
         let count = u16::try_from(e.buffers).map_err(|_| {
             io::Error::new(io::ErrorKind::InvalidInput, "engine.buffers is above 32768")
         })?;
-        let bufs = BufRing::new(&ring.submitter(), BUFFER_GROUP, count, e.buffer_size)?;
+        let bufs = BufRing::new(&ring, BUFFER_GROUP, count, e.buffer_size)?;
         let max_conns = e.max_conns as usize;
         let conns = (0..max_conns)
             .map(|_| Conn::new())
@@ -620,7 +619,8 @@ impl Forwarder {
                 // io-wq worker thread, a hop to another thread (and a fight over the socket's
                 // lock) per closed connection. shutdown(2) of a TCP socket never blocks.
                 // A failed shutdown (the peer already gone) still ends this direction.
-                let _ = shutdown_write(sink);
+                // SAFETY: the slot owns its sockets until it is freed, and it is relaying.
+                let _ = shutdown_write(unsafe { BorrowedFd::borrow_raw(sink) });
                 if done {
                     self.close(slot, CloseReason::Done, Reset::None);
                 }
@@ -648,15 +648,18 @@ impl Forwarder {
             self.listeners[i].armed = false;
         }
         if res >= 0 {
+            // SAFETY: the descriptor the kernel just accepted for this forwarder, owned by no one
+            // else.
+            let client = unsafe { OwnedFd::from_raw_fd(res) };
             self.stats.accept(usize::from(self.listeners[i].index));
             let pool = self.listeners[i].pool;
             match self.free.pop() {
                 Some(slot) if self.waiting.is_empty() => {
-                    self.open_conn(slot, self.newcomer(res, pool, i));
+                    self.open_conn(slot, self.newcomer(client, pool, i));
                 }
                 // Full for longer than the grace: refused at once, counted.
                 None if self.refusing => {
-                    reset_and_close(res);
+                    reset_and_close(client);
                     self.stats.close(CloseReason::OverCapacity);
                 }
                 slot => {
@@ -666,9 +669,9 @@ impl Forwarder {
                         self.free.push(slot);
                     }
                     if self.waiting.len() < WAITING_MAX {
-                        self.waiting.push_back(self.newcomer(res, pool, i));
+                        self.waiting.push_back(self.newcomer(client, pool, i));
                     } else {
-                        reset_and_close(res);
+                        reset_and_close(client);
                         self.stats.close(CloseReason::OverCapacity);
                     }
                 }
@@ -702,7 +705,7 @@ impl Forwarder {
     }
 
     /// A client just accepted on listener `i`.
-    fn newcomer(&self, fd: RawFd, pool: u16, i: usize) -> Newcomer {
+    fn newcomer(&self, fd: OwnedFd, pool: u16, i: usize) -> Newcomer {
         Newcomer {
             fd,
             pool,
@@ -720,8 +723,9 @@ impl Forwarder {
     pub(super) fn open_conn(&mut self, slot: u32, newcomer: Newcomer) {
         let deadline = self.now + self.tunables.connect_timeout_ms();
         let c = &mut self.conns[slot as usize];
+        // The slot owns the socket from here until it is freed (closed through the ring).
         c.open(
-            newcomer.fd,
+            newcomer.fd.into_raw_fd(),
             newcomer.pool,
             newcomer.accepted,
             self.now,
@@ -740,7 +744,7 @@ impl Forwarder {
                     .gate
                     .upstream()
                 {
-                    let from = peer_addr(newcomer.fd);
+                    let from = peer_addr(self.conns[slot as usize].client_fd());
                     if !from.is_some_and(|a| rules.upstream.iter().any(|r| r.contains(a.ip()))) {
                         self.close(slot, CloseReason::Denied, Reset::Client);
                         return;
@@ -762,11 +766,11 @@ impl Forwarder {
     /// Lets the client in `slot` through its listener's gate, then routes it.
     pub(super) fn admit(&mut self, slot: u32) {
         let c = &self.conns[slot as usize];
-        let (client, origin, l) = (c.client, c.origin, usize::from(c.listener));
+        let (origin, l) = (c.origin, usize::from(c.listener));
         let gate = &mut self.listeners[l].gate;
         if gate.active() {
             // The PROXY header's client, or the socket's.
-            let verdict = match origin.map(|o| o.0).or_else(|| peer_addr(client)) {
+            let verdict = match origin.map(|o| o.0).or_else(|| peer_addr(c.client_fd())) {
                 Some(peer) => gate.admit(peer.ip(), self.now),
                 // Gone already.
                 None => Err(CloseReason::ClientError),
@@ -785,15 +789,14 @@ impl Forwarder {
     /// Chooses a backend for the client in `slot` (or queues or refuses it) and connects.
     pub(super) fn route(&mut self, slot: u32) {
         let c = &self.conns[slot as usize];
-        let (client, pool, listener, queued_ns, origin) =
-            (c.client, c.pool, c.listener, c.queued_ns, c.origin);
+        let (pool, listener, queued_ns, origin) = (c.pool, c.listener, c.queued_ns, c.origin);
         let p = &mut self.pools[usize::from(pool)];
         // Only hashing selectors need the client's address (one getpeername, unless a PROXY
         // header named it).
         let peer = p
             .shared
             .hash_key
-            .and_then(|_| origin.map(|o| o.0).or_else(|| peer_addr(client)));
+            .and_then(|_| origin.map(|o| o.0).or_else(|| peer_addr(c.client_fd())));
         let flow = match (p.shared.hash_key, peer) {
             (Some(key), Some(peer)) => flow_hash(&peer, key),
             _ => 0,
@@ -807,9 +810,9 @@ impl Forwarder {
             && self.queue_waiting(pool)
             && !none_up(&self.pools[usize::from(pool)].shared.load)
         {
-            let held = self.unopen(slot);
+            let (client, held) = self.unopen(slot);
             self.park(Waiter {
-                client,
+                client: client.into_raw_fd(),
                 pool,
                 listener,
                 flow,
@@ -842,9 +845,9 @@ impl Forwarder {
             if all_down {
                 self.close(slot, CloseReason::NoBackend, Reset::Client);
             } else if queues {
-                let held = self.unopen(slot);
+                let (client, held) = self.unopen(slot);
                 self.park(Waiter {
-                    client,
+                    client: client.into_raw_fd(),
                     pool,
                     listener,
                     flow,
@@ -854,13 +857,13 @@ impl Forwarder {
                     held,
                 });
             } else if overflow == Overflow::Reject {
-                let held = self.unopen(slot);
+                let (client, held) = self.unopen(slot);
                 self.release_source(listener, held);
                 self.pools[usize::from(pool)]
                     .shared
                     .queue
                     .count_refused(Refused::Rejected);
-                self.refuse_fd(client, listener, pool, CloseReason::Rejected);
+                self.refuse_fd(client.into_raw_fd(), listener, pool, CloseReason::Rejected);
             } else {
                 self.close(slot, CloseReason::NoBackend, Reset::Client);
             }
@@ -878,21 +881,19 @@ impl Forwarder {
                     .load
                     .release(usize::from(b));
                 self.conns[slot as usize].acquired = None;
-                let c = &self.conns[slot as usize];
-                let newcomer = Newcomer {
-                    fd: client,
+                let accepted = self.conns[slot as usize].opened_ms;
+                let (fd, held) = self.unopen(slot);
+                self.waiting.push_front(Newcomer {
+                    fd,
                     pool,
                     listener,
-                    accepted: c.opened_ms,
+                    accepted,
                     queued_ns,
                     origin,
                     // Its header, if any, is read: it is not awaited again.
                     greeted: true,
-                    held: NO_HOLD,
-                };
-                let held = self.unopen(slot);
-                let newcomer = Newcomer { held, ..newcomer };
-                self.waiting.push_front(newcomer);
+                    held,
+                });
                 self.back_off_accepts();
                 return;
             }
@@ -936,16 +937,17 @@ impl Forwarder {
     }
 
     /// Gives back a slot that `open_conn` took before anything was submitted for it; returns
-    /// the client's hold on its source's count, which goes with the client.
-    fn unopen(&mut self, slot: u32) -> u32 {
+    /// the client's socket and its hold on its source's count, which go on with the client.
+    fn unopen(&mut self, slot: u32) -> (OwnedFd, u32) {
         let c = &mut self.conns[slot as usize];
-        debug_assert!(c.ops.none() && c.acquired.is_none());
+        debug_assert!(c.ops.none() && c.acquired.is_none() && c.client >= 0);
         c.state = State::Free;
-        c.client = -1;
+        // SAFETY: the slot owned the client's socket (since `open_conn`) and lets it go here.
+        let client = unsafe { OwnedFd::from_raw_fd(std::mem::replace(&mut c.client, -1)) };
         let held = std::mem::replace(&mut c.held, NO_HOLD);
         self.free.push(slot);
         self.live -= 1;
-        held
+        (client, held)
     }
 
     /// Ends a client's hold on its source's count of connections (listener `listener`).
@@ -985,13 +987,13 @@ impl Forwarder {
 
     /// Connects to backend `b`, reserved for this connection, within the connect budget.
     /// `socket` is the backend socket when the caller has made it already.
-    fn start_connect(&mut self, slot: u32, b: u16, socket: Option<RawFd>) {
+    fn start_connect(&mut self, slot: u32, b: u16, socket: Option<OwnedFd>) {
         let c = &mut self.conns[slot as usize];
         let left = c.connect_deadline.saturating_sub(self.now);
         if left == 0 {
             // The budget ran out before this attempt; the attempt that used it was counted.
             if let Some(fd) = socket {
-                c.backend = fd; // closed with the connection
+                c.backend = fd.into_raw_fd(); // closed with the connection
             }
             self.close(slot, CloseReason::ConnectFailed, Reset::Client);
             return;
@@ -1023,13 +1025,14 @@ impl Forwarder {
                 return;
             }
         };
-        c.backend = fd;
+        // The slot owns the socket from here until it closes it.
+        c.backend = fd.into_raw_fd();
         c.attempted = true;
         c.link_timeout = Timespec::new()
             .sec(remaining / 1000)
             .nsec((remaining % 1000) as u32 * 1_000_000);
         let addr = &self.pools[usize::from(c.pool)].shared.addrs[usize::from(b)];
-        let connect = opcode::Connect::new(Fd(fd), addr.as_ptr().cast(), addr.len())
+        let connect = opcode::Connect::new(Fd(c.backend), addr.as_ptr().cast(), addr.len())
             .build()
             .flags(squeue::Flags::IO_LINK)
             .user_data(token::encode(Kind::Connect, slot));
@@ -1061,7 +1064,8 @@ impl Forwarder {
             }
             // The PROXY header goes first, before any of the client's bytes.
             if let Some(version) = self.pools[pool].shared.proxy_protocol
-                && let Err(e) = send_proxy_header(version, c.client, c.origin, c.backend)
+                && let Some(backend) = c.backend_fd()
+                && let Err(e) = send_proxy_header(version, c.client_fd(), c.origin, backend)
             {
                 debug!(error = %e, "cannot send the PROXY header");
                 self.close(slot, CloseReason::LocalError, Reset::Both);
@@ -1232,10 +1236,12 @@ impl Forwarder {
             }
         }
         if matches!(reset, Reset::Client | Reset::Both) {
-            set_linger_zero(c.client);
+            set_linger_zero(c.client_fd());
         }
-        if matches!(reset, Reset::Both) && c.backend >= 0 {
-            set_linger_zero(c.backend);
+        if matches!(reset, Reset::Both)
+            && let Some(backend) = c.backend_fd()
+        {
+            set_linger_zero(backend);
         }
         if !c.ops.none() {
             let (client, backend) = (c.client, c.backend);
@@ -1497,6 +1503,8 @@ impl Forwarder {
             if client < 0 {
                 break;
             }
+            // SAFETY: the descriptor accept4 just returned, owned by no one else.
+            let client = unsafe { OwnedFd::from_raw_fd(client) };
             self.stats.accept(usize::from(self.listeners[i].index));
             match self.free.pop() {
                 Some(slot) if self.waiting.is_empty() => {

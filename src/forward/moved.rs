@@ -13,7 +13,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use io_uring::opcode;
@@ -154,13 +154,13 @@ impl Mailbox {
         client: OwnedFd,
     ) -> Result<(), String> {
         let Some(name) = self.listeners.iter().find(|l| &***l == listener) else {
-            reset_and_close(client.into_raw_fd());
+            reset_and_close(client);
             return Err(format!(
                 "a queued client of listener {listener}, which this levee has not"
             ));
         };
         if self.inboxes.is_empty() {
-            reset_and_close(client.into_raw_fd());
+            reset_and_close(client);
             return Err("a queued client, and no forwarder to serve it".into());
         }
         let k = forwarder % self.inboxes.len();
@@ -172,7 +172,7 @@ impl Mailbox {
                 client,
             })
             .map_err(|(m, why)| {
-                reset_and_close(m.client.into_raw_fd());
+                reset_and_close(m.client);
                 format!("a queued client, and forwarder {k} {why}")
             })
     }
@@ -197,7 +197,7 @@ impl Forwarder {
             return;
         };
         for m in inbox.take() {
-            let fd = m.client.into_raw_fd();
+            let fd = m.client;
             let Some(i) = self.listeners.iter().position(|l| l.name == m.listener) else {
                 self.stats.accepted.add(1);
                 reset_and_close(fd);
@@ -229,7 +229,7 @@ impl Forwarder {
                             forwarder = self.index,
                             "a moved queued client finds every slot and the waiting line full; refused"
                         );
-                        reset_and_close(fd);
+                        reset_and_close(newcomer.fd);
                         self.stats.close(CloseReason::OverCapacity);
                     }
                 }
@@ -245,7 +245,7 @@ impl Forwarder {
         };
         for m in inbox.close() {
             self.stats.accepted.add(1);
-            reset_and_close(m.client.into_raw_fd());
+            reset_and_close(m.client);
             self.stats.close(CloseReason::DrainTimeout);
         }
     }

@@ -332,7 +332,9 @@ impl Forwarder {
                 return false;
             }
         };
-        let Some(peer) = origin.map(|o| o.0).or(peer).or_else(|| peer_addr(client)) else {
+        // SAFETY: this forwarder owns the client's socket until it parks or closes it below.
+        let socket = unsafe { BorrowedFd::borrow_raw(client) };
+        let Some(peer) = origin.map(|o| o.0).or(peer).or_else(|| peer_addr(socket)) else {
             // The client is already gone.
             self.stats.close(CloseReason::Abandoned);
             self.close_fd(client);
@@ -918,8 +920,10 @@ impl Forwarder {
             .get(usize::from(listener))
             .map(|l| l.refuse_payload.clone())
             .unwrap_or_else(|| Arc::from(&[][..]));
+        // SAFETY: the caller owns `fd` and gives it up to the close at the end.
+        let socket = unsafe { BorrowedFd::borrow_raw(fd) };
         if payload.is_empty() {
-            set_linger_zero(fd);
+            set_linger_zero(socket);
         } else {
             let payload = self.with_retry_after(&payload, pool);
             // The socket's send buffer is empty (nothing was ever sent on it), so a payload of
@@ -933,7 +937,7 @@ impl Forwarder {
                     libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
                 );
             }
-            let _ = super::sockopt::shutdown_write(fd);
+            let _ = super::sockopt::shutdown_write(socket);
         }
         self.close_fd(fd);
     }

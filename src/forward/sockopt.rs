@@ -1,19 +1,19 @@
 //! The few socket calls made outside the ring, at a connection's start and end. Each is a
-//! cheap, non-blocking system call on a socket levee owns.
+//! cheap, non-blocking system call on a socket levee owns: borrowed for the call
+//! ([`BorrowedFd`]), or given up to it ([`OwnedFd`]) where the call closes it.
 
 use std::io;
-use std::mem::ManuallyDrop;
 use std::net::SocketAddr;
-use std::os::fd::{FromRawFd, IntoRawFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::time::Duration;
 
-use socket2::{SockAddr, Socket, Type};
+use socket2::{SockAddr, SockRef, Socket, Type};
 
 /// Opens a socket for connecting to `addr`, with TCP_NODELAY so small writes leave at once,
 /// from local address `source` when one is given: bound with IP_BIND_ADDRESS_NO_PORT, so the
 /// kernel picks the port at connect time for the whole 4-tuple and each source address has its
 /// own ephemeral ports toward the backend (a plain bind would reserve a port for any peer).
-pub fn backend_socket(addr: &SockAddr, source: Option<&SockAddr>) -> io::Result<RawFd> {
+pub fn backend_socket(addr: &SockAddr, source: Option<&SockAddr>) -> io::Result<OwnedFd> {
     let socket = Socket::new(addr.domain(), Type::STREAM.cloexec(), None)?;
     socket.set_tcp_nodelay(true)?;
     if let Some(source) = source {
@@ -21,7 +21,7 @@ pub fn backend_socket(addr: &SockAddr, source: Option<&SockAddr>) -> io::Result<
         // SAFETY: setsockopt with a valid int of the size given, on the socket just made.
         let set = unsafe {
             libc::setsockopt(
-                std::os::fd::AsRawFd::as_raw_fd(&socket),
+                socket.as_raw_fd(),
                 libc::IPPROTO_IP,
                 libc::IP_BIND_ADDRESS_NO_PORT,
                 (&raw const one).cast(),
@@ -33,20 +33,12 @@ pub fn backend_socket(addr: &SockAddr, source: Option<&SockAddr>) -> io::Result<
         }
         socket.bind(source)?;
     }
-    Ok(socket.into_raw_fd())
-}
-
-/// Runs `f` on the socket `fd` without taking ownership of it.
-fn with_socket<T>(fd: RawFd, f: impl FnOnce(&Socket) -> T) -> T {
-    // SAFETY: callers pass a socket they own and keep open for the duration of the call;
-    // ManuallyDrop keeps this borrowed view from closing it.
-    let socket = ManuallyDrop::new(unsafe { Socket::from_raw_fd(fd) });
-    f(&socket)
+    Ok(socket.into())
 }
 
 /// The client's address, for hashing.
-pub fn peer_addr(fd: RawFd) -> Option<SocketAddr> {
-    with_socket(fd, |s| s.peer_addr().ok()?.as_socket())
+pub fn peer_addr(fd: BorrowedFd<'_>) -> Option<SocketAddr> {
+    SockRef::from(&fd).peer_addr().ok()?.as_socket()
 }
 
 /// Sends the PROXY protocol header for `client` on `backend`, just connected: the client's
@@ -55,15 +47,16 @@ pub fn peer_addr(fd: RawFd) -> Option<SocketAddr> {
 /// anything short of all of it is an error.
 pub fn send_proxy_header(
     version: crate::proxy_protocol::Version,
-    client: RawFd,
+    client: BorrowedFd<'_>,
     origin: Option<(SocketAddr, SocketAddr)>,
-    backend: RawFd,
+    backend: BorrowedFd<'_>,
 ) -> io::Result<()> {
     use crate::proxy_protocol::{MAX_HEADER, encode};
     let (source, destination) = match origin {
         Some(o) => o,
         None => {
-            let (peer, local) = with_socket(client, |s| (s.peer_addr(), s.local_addr()));
+            let client = SockRef::from(&client);
+            let (peer, local) = (client.peer_addr(), client.local_addr());
             let addr = |a: io::Result<SockAddr>| {
                 a?.as_socket().ok_or_else(|| {
                     io::Error::other("the client's socket is not an internet socket")
@@ -74,32 +67,31 @@ pub fn send_proxy_header(
     };
     let mut header = [0u8; MAX_HEADER];
     let len = encode(version, source, destination, &mut header);
-    with_socket(backend, |s| {
-        let sent = s.send_with_flags(&header[..len], libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)?;
-        if sent == len {
-            Ok(())
-        } else {
-            Err(io::Error::other(
-                "the PROXY header did not fit the send buffer",
-            ))
-        }
-    })
+    let sent = SockRef::from(&backend)
+        .send_with_flags(&header[..len], libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)?;
+    if sent == len {
+        Ok(())
+    } else {
+        Err(io::Error::other(
+            "the PROXY header did not fit the send buffer",
+        ))
+    }
 }
 
 /// Sends FIN on `fd` once what it holds is sent: shutdown(SHUT_WR).
-pub fn shutdown_write(fd: RawFd) -> io::Result<()> {
-    with_socket(fd, |s| s.shutdown(std::net::Shutdown::Write))
+pub fn shutdown_write(fd: BorrowedFd<'_>) -> io::Result<()> {
+    SockRef::from(&fd).shutdown(std::net::Shutdown::Write)
 }
 
 /// Makes the next close send RST instead of FIN, so the peer learns the connection failed.
 /// A failure only means the close sends FIN.
-pub fn set_linger_zero(fd: RawFd) {
-    let _ = with_socket(fd, |s| s.set_linger(Some(Duration::ZERO)));
+pub fn set_linger_zero(fd: BorrowedFd<'_>) {
+    let _ = SockRef::from(&fd).set_linger(Some(Duration::ZERO));
 }
 
 /// Refuses a just-accepted connection: RST, then close.
-pub fn reset_and_close(fd: RawFd) {
-    set_linger_zero(fd);
-    // SAFETY: `fd` was just accepted and is owned by the caller, who never uses it again.
-    unsafe { libc::close(fd) };
+pub fn reset_and_close(fd: OwnedFd) {
+    use std::os::fd::AsFd;
+    set_linger_zero(fd.as_fd());
+    drop(fd);
 }
