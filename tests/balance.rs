@@ -11,7 +11,7 @@ use levee::balance::{
     SmoothWeighted, SourceHash, flow_hash,
 };
 use levee::config::{BackendConfig, Balance, HashKey, PoolConfig};
-use levee::pool::{BackendState, PoolLoad};
+use levee::pool::{PoolLoad, Status};
 use proptest::prelude::*;
 
 const ALL: [Balance; 6] = [
@@ -193,7 +193,7 @@ fn round_robin_cycles_exactly() {
     assert_eq!(rr.rank(0, &load, &mut out), 3);
     assert_eq!(out, [0, 1, 2]);
     // A backend without room gives its turn to the next one.
-    load.set_state(2, BackendState::Down);
+    load.set_state(2, Status::Down);
     assert_eq!(firsts(&mut rr, &load, 8), [1, 3, 4, 0, 1, 3, 4, 0]);
     // Forwarders start staggered.
     let mut other = RoundRobin::new(3);
@@ -229,7 +229,7 @@ fn smooth_weighted_follows_runtime_weights_and_room() {
     let load = PoolLoad::new(&cfg);
     let mut swrr = SmoothWeighted::new(3);
     load.set_weight(2, 4);
-    load.set_state(0, BackendState::Drain);
+    load.set_state(0, Status::Drain);
     let picks = firsts(&mut swrr, &load, 50);
     assert!(!picks.contains(&0));
     assert_eq!(picks.iter().filter(|&&b| b == 2).count(), 40);
@@ -357,7 +357,7 @@ fn source_hash_is_stable_per_source() {
         })
         .collect();
     // Down: its sources go to the next index, nobody else moves.
-    load.set_state(4, BackendState::Down);
+    load.set_state(4, Status::Down);
     for (&f, &b) in sources.iter().zip(&before) {
         sh.rank(f, &load, &mut out);
         let expect = if b == 4 { 5 } else { b };
@@ -464,8 +464,8 @@ proptest! {
                 load.try_acquire(i);
             }
             match b.2 {
-                4 => load.set_state(i, BackendState::Down),
-                5 => load.set_state(i, BackendState::Drain),
+                4 => load.set_state(i, Status::Down),
+                5 => load.set_state(i, Status::Drain),
                 _ => {}
             }
         }

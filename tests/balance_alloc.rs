@@ -6,7 +6,7 @@ use std::cell::Cell;
 
 use levee::balance::{Balancer, BuildError, MAX_CANDIDATES};
 use levee::config::{BackendConfig, Balance, HashKey, PoolConfig};
-use levee::pool::{BackendState, PoolLoad};
+use levee::pool::{PoolLoad, Status};
 
 thread_local! {
     static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
@@ -76,7 +76,7 @@ fn rank_does_not_allocate() -> Result<(), BuildError> {
                     .collect(),
             };
             let load = PoolLoad::new(&cfg);
-            load.set_state(5, BackendState::Down);
+            load.set_state(5, Status::Down);
             let balancer = Balancer::new(&cfg)?;
             let mut sel = balancer.selector(1);
             let mut out = [0u16; MAX_CANDIDATES];

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use levee::balance::maglev::{EMPTY_SLOT, MAX_BACKENDS, MAX_TABLE_SIZE};
 use levee::balance::{BuildError, Maglev, MaglevTable, Selector};
 use levee::config::{BackendConfig, Balance, HashKey, PoolConfig};
-use levee::pool::{BackendState, PoolLoad};
+use levee::pool::{PoolLoad, Status};
 use proptest::prelude::*;
 
 const M: u32 = 65537;
@@ -390,7 +390,7 @@ proptest! {
         }).collect();
         let gone = pick.index(n);
         match why {
-            0 => load.set_state(gone, BackendState::Down),
+            0 => load.set_state(gone, Status::Down),
             1 => load.set_weight(gone, 0),
             _ => {
                 load.set_max_conns(gone, 1);
@@ -414,7 +414,7 @@ fn ranking_walks_the_table_from_the_flow_slot() -> Result<(), BuildError> {
     let cfg = pool(named(50));
     let t = Arc::new(table(&cfg.backends, M)?);
     let load = PoolLoad::new(&cfg);
-    load.set_state(7, BackendState::Down);
+    load.set_state(7, Status::Down);
     let mut sel = Maglev::new(Arc::clone(&t));
     let mut out = [0u16; 8];
     for flow in (0..200u64).map(|k| k.wrapping_mul(0x9e37_79b9_7f4a_7c15)) {

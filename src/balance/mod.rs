@@ -33,7 +33,7 @@ pub mod p2c;
 pub mod round_robin;
 pub mod source_hash;
 
-use crate::pool::{BackendState, PoolLoad};
+use crate::pool::{PoolLoad, Status};
 pub use balancer::Balancer;
 pub use hash::flow_hash;
 pub use least_conn::LeastConn;
@@ -107,7 +107,7 @@ impl Take {
     fn takes(self, load: &PoolLoad, i: usize) -> bool {
         match self {
             Take::Room { .. } => load.has_room(i),
-            Take::IgnoringHealth => load.state(i) != BackendState::Drain && load.under_cap(i),
+            Take::IgnoringHealth => load.state(i) != Status::Drain && load.under_cap(i),
         }
     }
 }
@@ -194,9 +194,9 @@ mod tests {
     fn ignoring_health_takes_down_backends_but_not_drained_or_full_ones() {
         let load = load(&[0, 1, 0, 0]);
         for i in 0..4 {
-            load.set_state(i, BackendState::Down);
+            load.set_state(i, Status::Down);
         }
-        load.set_state(2, BackendState::Drain);
+        load.set_state(2, Status::Drain);
         assert!(load.try_acquire(1));
         let mut out = [0u16; 4];
         // From the flow's hash (5 % 4 = 1), cyclically: 1 is full and 2 is drained.

@@ -32,7 +32,7 @@ use super::{StopFlags, Tunables, millis};
 use crate::balance::{Selector, flow_hash, rank_ignoring_health};
 use crate::config::{AllDown, EngineConfig, Overflow};
 use crate::overflow::handoff::monotonic_ns;
-use crate::pool::{BackendState, Pool, PoolLoad, Refused};
+use crate::pool::{Pool, PoolLoad, Refused};
 use crate::stats::histogram::Recorder;
 use crate::stats::{CloseReason, ForwarderStats};
 
@@ -1573,7 +1573,7 @@ fn out_of_descriptors(e: &io::Error) -> bool {
 
 /// Whether health has taken every backend out (as opposed to every backend being full).
 fn none_up(load: &PoolLoad) -> bool {
-    (0..load.len()).all(|i| load.state(i) != BackendState::Up)
+    (0..load.len()).all(|i| !load.state(i).takes_new())
 }
 
 /// Which sockets a close resets (SO_LINGER 0, so the peer sees RST rather than FIN).

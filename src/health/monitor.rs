@@ -12,7 +12,7 @@ use tracing::{debug, info, warn};
 
 use super::probe::{NotStarted, Probe, Step};
 use crate::config::{CheckKind, HealthConfig, PoolConfig};
-use crate::pool::{BackendState, Pool, Status};
+use crate::pool::{Pool, Status};
 
 /// Longest the loop sleeps: how soon streaks, drains and ramps are acted on.
 const TICK: Duration = Duration::from_millis(50);
@@ -420,13 +420,8 @@ impl Loop {
                 tr.ramp_from = None;
             }
         }
-        let state = match status {
-            Status::Up | Status::Ramping => BackendState::Up,
-            Status::Down | Status::Ejected => BackendState::Down,
-            Status::Drain => BackendState::Drain,
-        };
-        if shared.load.state(index) != state {
-            shared.load.set_state(index, state);
+        if shared.load.state(index) != status {
+            shared.load.set_state(index, status);
         }
         if shared.load.weight(index) != weight {
             shared.load.set_weight(index, weight);

@@ -6,8 +6,12 @@
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 
 use super::signals::Signals;
+use crate::config::AdminState;
 
-/// Why a backend takes new connections or not, as the monitor last decided.
+/// Why a backend takes new connections or not, as the monitor last decided: what `ctl` shows,
+/// and what the forwarders read from the pool's load table ([`PoolLoad::state`]).
+///
+/// [`PoolLoad::state`]: super::PoolLoad::state
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum Status {
@@ -26,7 +30,12 @@ impl Status {
     /// Every status's name, in the order of the values.
     pub const NAMES: [&'static str; 5] = ["up", "ramping", "down", "ejected", "drain"];
 
-    fn from_u8(v: u8) -> Self {
+    /// Whether it takes new connections: up, or ramping up.
+    pub fn takes_new(self) -> bool {
+        matches!(self, Self::Up | Self::Ramping)
+    }
+
+    pub(crate) fn from_u8(v: u8) -> Self {
         match v {
             0 => Self::Up,
             1 => Self::Ramping,
@@ -43,6 +52,16 @@ impl Status {
             Self::Down => "down",
             Self::Ejected => "ejected",
             Self::Drain => "drain",
+        }
+    }
+}
+
+/// A backend the operator says is up is up until the monitor decides otherwise.
+impl From<AdminState> for Status {
+    fn from(state: AdminState) -> Self {
+        match state {
+            AdminState::Up => Self::Up,
+            AdminState::Drain => Self::Drain,
         }
     }
 }

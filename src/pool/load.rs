@@ -12,32 +12,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use levee_rings::table::{Holder, Table};
 
+use super::health::Status;
 use super::table::{self, B_ADMIN, B_BASE_WEIGHT, P_AVAILABLE_WEIGHT, P_BOUND_MILLI, PoolRows};
-use crate::config::{AdminState, PoolConfig};
+use crate::config::PoolConfig;
 
-/// Health of a backend as the forwarders see it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u32)]
-pub enum BackendState {
-    /// Takes new connections.
-    Up = 0,
-    /// Failed its checks or was ejected: takes no new connections.
-    Down = 1,
-    /// Operator asked to drain: takes no new connections, established ones continue.
-    Drain = 2,
-}
-
-impl BackendState {
-    fn from_u32(v: u32) -> Self {
-        match v {
-            0 => Self::Up,
-            1 => Self::Down,
-            _ => Self::Drain,
-        }
-    }
-}
-
-fn pack_admin(weight: u32, state: BackendState) -> u64 {
+fn pack_admin(weight: u32, state: Status) -> u64 {
     (u64::from(state as u32) << 32) | u64::from(weight)
 }
 
@@ -45,13 +24,14 @@ fn admin_weight(admin: u64) -> u32 {
     admin as u32
 }
 
-fn admin_state(admin: u64) -> BackendState {
-    BackendState::from_u32((admin >> 32) as u32)
+fn admin_state(admin: u64) -> Status {
+    // The word is shared: a value no status has (a peer's corruption) reads as drained.
+    u8::try_from(admin >> 32).map_or(Status::Drain, Status::from_u8)
 }
 
 /// What a backend adds to the pool's available weight: its weight while up, else nothing.
 fn admin_contribution(admin: u64) -> u64 {
-    if admin_state(admin) == BackendState::Up {
+    if admin_state(admin).takes_new() {
         u64::from(admin_weight(admin))
     } else {
         0
@@ -137,11 +117,7 @@ impl PoolLoad {
     pub fn init(&self, cfg: &PoolConfig) {
         let mut available = 0;
         for (i, b) in cfg.backends.iter().enumerate().take(self.len()) {
-            let state = match b.state {
-                AdminState::Up => BackendState::Up,
-                AdminState::Drain => BackendState::Drain,
-            };
-            let admin = pack_admin(b.weight, state);
+            let admin = pack_admin(b.weight, Status::from(b.state));
             available += admin_contribution(admin);
             let row = self.rows.backend(i);
             self.table.set_cap(row, b.max_conns);
@@ -240,11 +216,12 @@ impl PoolLoad {
         self.table.set_cap(self.rows.backend(i), max);
     }
 
-    pub fn state(&self, i: usize) -> BackendState {
+    /// Backend `i`'s status as the monitor last published it (its configured state until then).
+    pub fn state(&self, i: usize) -> Status {
         admin_state(self.admin(i).load(Ordering::Relaxed))
     }
 
-    pub fn set_state(&self, i: usize, state: BackendState) {
+    pub fn set_state(&self, i: usize, state: Status) {
         self.update_admin(i, |a| pack_admin(admin_weight(a), state));
     }
 
@@ -392,19 +369,19 @@ mod tests {
     fn available_weight_follows_state_and_weight_changes() {
         let load = PoolLoad::new(&pool(&[3, 5, 0], 0, None));
         assert_eq!(load.available_weight(), 8);
-        load.set_state(1, BackendState::Down);
+        load.set_state(1, Status::Down);
         assert_eq!(load.available_weight(), 3);
         load.set_weight(1, 7); // down: no contribution yet
         assert_eq!(load.available_weight(), 3);
-        load.set_state(1, BackendState::Up);
+        load.set_state(1, Status::Up);
         assert_eq!(load.available_weight(), 10);
         load.set_weight(2, 4);
-        load.set_state(0, BackendState::Drain);
+        load.set_state(0, Status::Drain);
         assert_eq!(load.available_weight(), 11);
-        load.set_state(0, BackendState::Drain); // no change, no delta
+        load.set_state(0, Status::Drain); // no change, no delta
         assert_eq!(load.available_weight(), 11);
         assert_eq!(load.weight(1), 7);
-        assert_eq!(load.state(0), BackendState::Drain);
+        assert_eq!(load.state(0), Status::Drain);
     }
 
     #[test]
@@ -417,18 +394,18 @@ mod tests {
                     for k in 0..2000u32 {
                         let i = ((k + t) % 4) as usize;
                         if k % 3 == 0 {
-                            load.set_state(i, BackendState::Down);
+                            load.set_state(i, Status::Down);
                         } else if k % 3 == 1 {
                             load.set_weight(i, k % 7 + t);
                         } else {
-                            load.set_state(i, BackendState::Up);
+                            load.set_state(i, Status::Up);
                         }
                     }
                 });
             }
         });
         let expected: u64 = (0..4)
-            .filter(|&i| load.state(i) == BackendState::Up)
+            .filter(|&i| load.state(i) == Status::Up)
             .map(|i| u64::from(load.weight(i)))
             .sum();
         assert_eq!(load.available_weight(), expected);
@@ -470,10 +447,10 @@ mod tests {
     #[test]
     fn bound_refuses_when_no_backend_is_up() {
         let load = PoolLoad::new(&pool(&[2, 2], 0, Some(1.5)));
-        load.set_state(0, BackendState::Down);
-        load.set_state(1, BackendState::Down);
+        load.set_state(0, Status::Down);
+        load.set_state(1, Status::Down);
         assert!(!load.try_acquire(0));
-        load.set_state(1, BackendState::Up);
+        load.set_state(1, Status::Up);
         assert!(load.try_acquire(1));
     }
 

@@ -26,7 +26,7 @@ mod signals;
 pub mod table;
 
 pub use health::{HealthCounts, PoolHealth, Status};
-pub use load::{BackendState, PoolLoad};
+pub use load::PoolLoad;
 pub use queue::{Left, QueueStats, Refused};
 pub use signals::Signals;
 
