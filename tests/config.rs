@@ -939,7 +939,11 @@ fn stats_listen_is_an_address_with_a_port_or_none() {
 #[test]
 fn the_registry_describes_every_key() {
     assert_eq!(KEYS.len(), 69);
-    let runtime: Vec<&str> = KEYS.iter().filter(|k| k.runtime).map(|k| k.name).collect();
+    let runtime: Vec<&str> = KEYS
+        .iter()
+        .filter(|k| k.is_runtime())
+        .map(|k| k.name)
+        .collect();
     assert_eq!(
         runtime,
         [

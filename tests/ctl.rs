@@ -233,7 +233,10 @@ fn every_runtime_key_applies_to_the_running_engine() {
     let l = Running::start("every");
     // With a cap somewhere, the pool could overflow: the supervisor starts its workers.
     l.set("pool.web.backend.b.max_conns", "10");
-    for spec in levee::config::registry::KEYS.iter().filter(|k| k.runtime) {
+    for spec in levee::config::registry::KEYS
+        .iter()
+        .filter(|k| k.is_runtime())
+    {
         let key = levee::config::registry::instantiate(spec.name, &["web", "a"]);
         let before = l.get(&key);
         match spec.name {
