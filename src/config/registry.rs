@@ -1760,26 +1760,18 @@ mod tests {
         }
     }
 
+    /// Each default, in every scope, is what a fresh struct holds. What the defaults are, and
+    /// what their text means as typed values, is checked once, in tests/config.rs
+    /// (`defaults_fill_in_what_the_file_leaves_out`), against values written out by hand.
     #[test]
     fn defaults_land_in_the_structs() {
-        let engine: EngineConfig = with_defaults();
-        assert_eq!(engine.cores, CoreSet::Auto);
-        assert_eq!(engine.ring_entries, 4096);
-        assert_eq!(engine.buffer_size, 16384);
-        assert_eq!(engine.buffers, 2048);
-        assert_eq!(engine.max_conns, 16384);
-        assert_eq!(engine.backlog, 4096);
-        assert_eq!(engine.connect_timeout, ms(5000));
-        assert_eq!(engine.connect_retries, 2);
-        assert_eq!(engine.idle_timeout, ms(300_000));
-        assert_eq!(engine.drain_timeout, ms(10_000));
-        let pool: PoolConfig = with_defaults();
-        assert_eq!(pool.balance, Balance::Maglev);
-        assert_eq!(pool.hash_key, HashKey::SourceIp);
-        assert_eq!(pool.table_size, 65537);
-        assert_eq!(pool.bound, None);
-        let backend: BackendConfig = with_defaults();
-        assert_eq!((backend.weight, backend.max_conns), (100, 0));
+        for spec in KEYS {
+            let Some(default) = spec.default else {
+                continue;
+            };
+            let held = with_field!(&spec.slot, field => field.format(&with_defaults()));
+            assert_eq!(held, default, "{}", spec.name);
+        }
     }
 
     #[test]
