@@ -222,36 +222,45 @@ fn drain_through_ctl_keeps_new_connections_away() {
     });
 }
 
-/// Each runtime key is set to a value other than the one in effect, and the change is read
-/// back from the engine: a setter that reaches nothing fails here. `get` reads a runtime key
-/// from the part of the engine that applies it (the forwarders' tunables, the pool's shared
-/// load table, the health state, the overflow settings row, the supervisor's worker target;
-/// see `Live::in_effect`), never from a stored copy of what was written; the two keys the
-/// engine cannot report (the scheduling policy and the log level) are read from their effect.
+/// Each runtime key of the registry is set to a value other than the one in effect, and the
+/// change is read back from the engine: a setter that reaches nothing fails here. `get` reads
+/// a runtime key from the part of the engine that applies it (the forwarders' tunables, the
+/// pool's shared load table, the health state, the overflow settings row, the supervisor's
+/// worker target, the listener's gate; see `Live::read_back`), never from a stored copy of what
+/// was written; the two settings the engine cannot report (the scheduling policy and the log
+/// level) are read from their effect. The match names every `Apply` with no catch-all, so a
+/// runtime key added without a check here does not compile. Effects further on (a drained
+/// backend's traffic, the workers the supervisor starts, a changed `proxy_from`) have tests of
+/// their own.
 #[test]
 fn every_runtime_key_applies_to_the_running_engine() {
+    use levee::config::registry::{Apply, GateRule, KEYS, OverflowSetting, instantiate};
     let l = Running::start("every");
     // With a cap somewhere, the pool could overflow: the supervisor starts its workers.
     l.set("pool.web.backend.b.max_conns", "10");
-    for spec in levee::config::registry::KEYS.iter().filter(|k| k.runtime) {
-        let key = levee::config::registry::instantiate(spec.name, &["web", "a"]);
+    for spec in KEYS {
+        let Some(apply) = spec.runtime else { continue };
+        let key = instantiate(spec.name, &["web", "a"]);
         let before = l.get(&key);
-        match spec.name {
+        let change = |value: &str| set_and_read(&l, &key, &before, value);
+        match apply {
             // The forwarders' tunables, read per new connection and per tick.
-            "engine.connect_timeout" => set_and_read(&l, &key, &before, "7s"),
-            "engine.connect_retries" => set_and_read(&l, &key, &before, "4"),
-            "engine.idle_timeout" => set_and_read(&l, &key, &before, "30s"),
+            Apply::ConnectTimeout => change("7s"),
+            Apply::ConnectRetries => change("4"),
+            Apply::IdleTimeout => change("30s"),
+            // The supervisor's target.
+            Apply::OverflowWorkers => change("2"),
             // The overflow settings row in shared memory, which forwarders and workers read.
-            "overflow.queue_timeout" => set_and_read(&l, &key, &before, "3s"),
-            "overflow.discipline" => set_and_read(&l, &key, &before, "codel"),
-            "overflow.codel_target" => set_and_read(&l, &key, &before, "7ms"),
-            "overflow.codel_interval" => set_and_read(&l, &key, &before, "150ms"),
+            Apply::OverflowSettings(OverflowSetting::QueueTimeout) => change("3s"),
+            Apply::OverflowSettings(OverflowSetting::Discipline) => change("codel"),
+            Apply::OverflowSettings(OverflowSetting::CodelTarget) => change("7ms"),
+            Apply::OverflowSettings(OverflowSetting::CodelInterval) => change("150ms"),
             // The bound in the pool's load table, which ranking and reservation read.
-            "pool.NAME.bound" => set_and_read(&l, &key, &before, "1.5"),
+            Apply::PoolBound => change("1.5"),
             // The rules in the listener's gate, which the forwarders read for each client; and
             // they do: denied, a client is reset and counted, and served again once lifted.
-            "listener.NAME.deny" => {
-                set_and_read(&l, &key, &before, "127.0.0.0/8");
+            Apply::Gate(GateRule::Deny) => {
+                change("127.0.0.0/8");
                 let mut c = TcpStream::connect(l.addr).expect("connect");
                 c.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
                 let mut got = String::new();
@@ -262,38 +271,25 @@ fn every_runtime_key_applies_to_the_running_engine() {
                 l.set(&key, "");
                 assert!(!l.answers().is_empty(), "served once the range is lifted");
             }
-            "listener.NAME.allow" => set_and_read(&l, &key, &before, "127.0.0.0/8,::1/128"),
-            "listener.NAME.proxy_from" => set_and_read(&l, &key, &before, "10.0.0.0/8"),
-            "listener.NAME.rate_per_source" => set_and_read(&l, &key, &before, "1000"),
-            "listener.NAME.burst_per_source" => set_and_read(&l, &key, &before, "2000"),
-            "listener.NAME.max_conns_per_source" => set_and_read(&l, &key, &before, "500"),
+            Apply::Gate(GateRule::Allow) => change("127.0.0.0/8,::1/128"),
+            Apply::Gate(GateRule::ProxyFrom) => change("10.0.0.0/8"),
+            Apply::Gate(GateRule::RatePerSource) => change("1000"),
+            Apply::Gate(GateRule::BurstPerSource) => change("2000"),
+            Apply::Gate(GateRule::MaxConnsPerSource) => change("500"),
             // The cap in the shared load table that every acquisition checks.
-            "pool.NAME.backend.NAME.max_conns" => set_and_read(&l, &key, &before, "3"),
-            // The supervisor's target; and the supervisor acts on it: a second worker attaches.
-            "overflow.workers" => {
-                set_and_read(&l, &key, &before, "2");
-                common::wait_until("a second worker attaches", || {
-                    l.get("stats.overflow.workers_attached") == "2"
-                });
-            }
+            Apply::BackendMaxConns => change("3"),
+            // The drain flag the health monitor reads.
+            Apply::BackendState => change("drain"),
             // The weight the health monitor applies; and it does: the effective weight follows.
-            "pool.NAME.backend.NAME.weight" => {
-                set_and_read(&l, &key, &before, "50");
+            Apply::BackendWeight => {
+                change("50");
                 common::wait_until("the monitor applies the weight", || {
                     l.get("stats.pool.web.backend.a.effective_weight") == "50"
                 });
             }
-            // The drain flag the monitor reads; and it does: the backend's status follows.
-            "pool.NAME.backend.NAME.state" => {
-                set_and_read(&l, &key, &before, "drain");
-                common::wait_until("the monitor drains a", || {
-                    l.get("stats.pool.web.backend.a.status") == "drain"
-                });
-            }
             // A property of the forwarder threads, which the kernel reports.
-            "engine.sched_policy" => {
-                assert_eq!(before, "batch");
-                l.set(&key, "normal");
+            Apply::SchedPolicy => {
+                change("normal");
                 assert_eq!(
                     common::forwarder_policies(l.child.id()),
                     vec![libc::SCHED_OTHER as u32]
@@ -302,9 +298,8 @@ fn every_runtime_key_applies_to_the_running_engine() {
             // Inside the log filter: at `warn`, levee no longer logs the info line each change
             // makes. Setting it back to `info` logs one: once that is in the log, the lines
             // before it are too, and the ones made at `warn` must be missing.
-            "log.level" => {
-                assert_eq!(before, "info");
-                l.set(&key, "warn");
+            Apply::LogLevel => {
+                change("warn");
                 l.set("engine.idle_timeout", "31s");
                 l.set(&key, "info");
                 common::wait_until("the change back to info is logged", || {
@@ -313,9 +308,6 @@ fn every_runtime_key_applies_to_the_running_engine() {
                 let log = l.log.text();
                 assert!(!log.contains("ctl: log.level = warn"), "{log}");
                 assert!(!log.contains("ctl: engine.idle_timeout = 31s"), "{log}");
-            }
-            other => {
-                panic!("{other}: a runtime key without a check here; add one that reads its effect")
             }
         }
     }

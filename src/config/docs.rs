@@ -118,7 +118,7 @@ pub fn docs_markdown() -> String {
             spec.default
                 .map_or("required".to_string(), |d| format!("`{d}`")),
             spec.unit,
-            if spec.runtime { "yes" } else { "no" },
+            if spec.is_runtime() { "yes" } else { "no" },
             spec.description,
         );
     }

@@ -108,7 +108,7 @@ impl Config {
     /// running forwarders do.
     pub fn set_runtime(&mut self, key: &str, text: &str) -> Result<(), String> {
         let (spec, names) = find(key)?;
-        if !spec.runtime {
+        if !spec.is_runtime() {
             return Err(format!(
                 "{key}: cannot change at runtime; change it in the configuration file and restart"
             ));

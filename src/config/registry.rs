@@ -1,7 +1,8 @@
 //! The registry: every configuration key, once.
 //!
 //! Each [`KeySpec`] holds a key's name pattern, type and bounds, default, unit, description,
-//! whether it may change at runtime, and where its value lands in [`Config`]. The parser, the
+//! what it changes in a running levee (if it may change at runtime), and where its value lands
+//! in [`Config`]. The parser, the
 //! error messages, the listing of effective values, runtime `get`/`set` and `docs/config.md`
 //! are all driven by [`KEYS`]. Adding a key means adding one entry here (and, for a new
 //! setting, its field in the typed struct).
@@ -47,6 +48,57 @@ impl Scope {
     }
 }
 
+/// The setting of the running engine that a runtime key changes, and where `levee ctl` reads it
+/// back from. Each runtime key has its own; `ctl` applies and reads back with an exhaustive
+/// `match` on it, so a key cannot be marked runtime without saying what it changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Apply {
+    /// The forwarders' connect timeout.
+    ConnectTimeout,
+    /// How many more backends the forwarders try after a failed connect.
+    ConnectRetries,
+    /// The forwarders' idle timeout.
+    IdleTimeout,
+    /// The scheduling policy of the forwarder threads.
+    SchedPolicy,
+    /// The log filter's level.
+    LogLevel,
+    /// How many overflow workers the supervisor keeps running.
+    OverflowWorkers,
+    /// One field of the overflow settings row, which forwarders and workers read.
+    OverflowSettings(OverflowSetting),
+    /// One rule of a listener's gate.
+    Gate(GateRule),
+    /// A pool's load bound, in its load table.
+    PoolBound,
+    /// A backend's weight, which the health monitor applies.
+    BackendWeight,
+    /// A backend's connection cap, in its pool's load table.
+    BackendMaxConns,
+    /// A backend's drain flag, which the health monitor reads.
+    BackendState,
+}
+
+/// A field of the overflow settings row (see [`Apply::OverflowSettings`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OverflowSetting {
+    QueueTimeout,
+    Discipline,
+    CodelTarget,
+    CodelInterval,
+}
+
+/// A rule of a listener's gate (see [`Apply::Gate`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GateRule {
+    ProxyFrom,
+    Allow,
+    Deny,
+    RatePerSource,
+    BurstPerSource,
+    MaxConnsPerSource,
+}
+
 /// One configuration key.
 pub struct KeySpec {
     /// Dotted name; each `NAME` segment stands for a listener, pool or backend name.
@@ -55,8 +107,9 @@ pub struct KeySpec {
     pub default: Option<&'static str>,
     /// What the value measures, for the docs (empty where nothing applies).
     pub unit: &'static str,
-    /// Whether a running levee can take a new value without a restart.
-    pub runtime: bool,
+    /// What a running levee changes to take a new value without a restart; `None` for a key
+    /// read only at start.
+    pub runtime: Option<Apply>,
     /// One line for the docs and the listing.
     pub description: &'static str,
     pub(crate) slot: Slot,
@@ -551,6 +604,11 @@ impl KeySpec {
         }
     }
 
+    /// Whether a running levee can take a new value without a restart.
+    pub fn is_runtime(&self) -> bool {
+        self.runtime.is_some()
+    }
+
     pub fn is_required(&self) -> bool {
         self.default.is_none()
     }
@@ -697,7 +755,7 @@ pub static KEYS: &[KeySpec] = &[
         name: "engine.cores",
         default: Some("auto"),
         unit: "CPUs",
-        runtime: false,
+        runtime: None,
         description: "CPUs that each run one pinned forwarder thread; auto means every CPU this process may use",
         slot: Slot::Engine(Field::Cores {
             get: |e| &e.cores,
@@ -708,7 +766,7 @@ pub static KEYS: &[KeySpec] = &[
         name: "engine.ring_entries",
         default: Some("4096"),
         unit: "entries",
-        runtime: false,
+        runtime: None,
         description: "io_uring submission queue entries per forwarder",
         slot: Slot::Engine(Field::Count {
             min: 64,
@@ -722,7 +780,7 @@ pub static KEYS: &[KeySpec] = &[
         name: "engine.buffer_size",
         default: Some("16K"),
         unit: "bytes",
-        runtime: false,
+        runtime: None,
         description: "Size of each provided receive buffer; one buffer holds one read from a socket",
         slot: Slot::Engine(Field::Size {
             min: 1 << 10,
@@ -735,7 +793,7 @@ pub static KEYS: &[KeySpec] = &[
         name: "engine.buffers",
         default: Some("2048"),
         unit: "buffers",
-        runtime: false,
+        runtime: None,
         description: "Provided receive buffers per forwarder; with buffer_size, bounds its receive memory",
         slot: Slot::Engine(Field::Count {
             min: 16,
@@ -749,7 +807,7 @@ pub static KEYS: &[KeySpec] = &[
         name: "engine.max_conns",
         default: Some("16384"),
         unit: "connections",
-        runtime: false,
+        runtime: None,
         description: "Most client connections one forwarder holds at once",
         slot: Slot::Engine(Field::Count {
             min: 1,
@@ -763,7 +821,7 @@ pub static KEYS: &[KeySpec] = &[
         name: "engine.backlog",
         default: Some("4096"),
         unit: "connections",
-        runtime: false,
+        runtime: None,
         description: "listen(2) backlog of each listener socket (the kernel caps it at net.core.somaxconn)",
         slot: Slot::Engine(Field::Count {
             min: 1,
@@ -777,7 +835,7 @@ pub static KEYS: &[KeySpec] = &[
         name: "engine.connect_timeout",
         default: Some("5s"),
         unit: "time",
-        runtime: true,
+        runtime: Some(Apply::ConnectTimeout),
         description: "Time allowed for reaching a backend, all retries included; each attempt gets an equal share of what is left",
         slot: Slot::Engine(Field::Duration {
             min: ms(1),
@@ -790,7 +848,7 @@ pub static KEYS: &[KeySpec] = &[
         name: "engine.connect_retries",
         default: Some("2"),
         unit: "backends",
-        runtime: true,
+        runtime: Some(Apply::ConnectRetries),
         description: "Further backends tried after a connect fails or its share of connect_timeout runs out",
         slot: Slot::Engine(Field::Count {
             min: 0,
@@ -804,7 +862,7 @@ pub static KEYS: &[KeySpec] = &[
         name: "engine.idle_timeout",
         default: Some("5m"),
         unit: "time",
-        runtime: true,
+        runtime: Some(Apply::IdleTimeout),
         description: "Close a connection after this long without a byte in either direction; 0 = never",
         slot: Slot::Engine(Field::Duration {
             min: Duration::ZERO,
@@ -817,7 +875,7 @@ pub static KEYS: &[KeySpec] = &[
         name: "engine.drain_timeout",
         default: Some("10s"),
         unit: "time",
-        runtime: false,
+        runtime: None,
         description: "On SIGTERM, time connections in flight get to finish before they are closed",
         slot: Slot::Engine(Field::Duration {
             min: Duration::ZERO,
@@ -830,7 +888,7 @@ pub static KEYS: &[KeySpec] = &[
         name: "engine.sched_policy",
         default: Some("batch"),
         unit: "",
-        runtime: true,
+        runtime: Some(Apply::SchedPolicy),
         description: "Forwarder threads' scheduling: batch waits for the running task on its CPU, normal preempts it on every wakeup",
         slot: Slot::Engine(Field::Choice {
             names: SchedPolicy::NAMES,
@@ -846,7 +904,7 @@ pub static KEYS: &[KeySpec] = &[
         name: "engine.user",
         default: Some("none"),
         unit: "",
-        runtime: false,
+        runtime: None,
         description: "User levee runs as once it has bound its sockets (it starts as root to bind); none keeps the user it started as",
         slot: Slot::Engine(Field::Account {
             get: |e| e.user.as_deref(),
@@ -857,7 +915,7 @@ pub static KEYS: &[KeySpec] = &[
         name: "engine.group",
         default: Some("none"),
         unit: "",
-        runtime: false,
+        runtime: None,
         description: "Group levee runs as with engine.user; none takes that user's own group",
         slot: Slot::Engine(Field::Account {
             get: |e| e.group.as_deref(),
@@ -868,7 +926,7 @@ pub static KEYS: &[KeySpec] = &[
         name: "log.level",
         default: Some("info"),
         unit: "",
-        runtime: true,
+        runtime: Some(Apply::LogLevel),
         description: "Least severe messages logged",
         slot: Slot::Log(Field::Choice {
             names: LogLevel::NAMES,
@@ -880,7 +938,7 @@ pub static KEYS: &[KeySpec] = &[
         name: "log.format",
         default: Some("text"),
         unit: "",
-        runtime: false,
+        runtime: None,
         description: "text for people, or json: one object per line (timestamp, level, target, fields) for log shippers",
         slot: Slot::Log(Field::Choice {
             names: LogFormat::NAMES,
@@ -892,7 +950,7 @@ pub static KEYS: &[KeySpec] = &[
         name: "ctl.socket",
         default: Some("/run/levee.sock"),
         unit: "",
-        runtime: false,
+        runtime: None,
         description: "Unix socket levee ctl talks to (mode 0600); none turns runtime control off",
         slot: Slot::Ctl(Field::Path {
             get: |c| c.socket.as_deref(),
@@ -903,7 +961,7 @@ pub static KEYS: &[KeySpec] = &[
         name: "ctl.owner",
         default: Some("none"),
         unit: "",
-        runtime: false,
+        runtime: None,
         description: "User that owns the control socket; none leaves it to the user levee starts as",
         slot: Slot::Ctl(Field::Account {
             get: |c| c.owner.as_deref(),
@@ -914,7 +972,7 @@ pub static KEYS: &[KeySpec] = &[
         name: "ctl.group",
         default: Some("none"),
         unit: "",
-        runtime: false,
+        runtime: None,
         description: "Group that owns the control socket; set, the socket is mode 0660 and its members may use levee ctl",
         slot: Slot::Ctl(Field::Account {
             get: |c| c.group.as_deref(),
@@ -925,7 +983,7 @@ pub static KEYS: &[KeySpec] = &[
         name: "stats.listen",
         default: Some("none"),
         unit: "",
-        runtime: false,
+        runtime: None,
         description: "Address levee run serves GET /metrics on over HTTP (Prometheus text format); none serves nothing",
         slot: Slot::Stats(Field::OptionalAddr {
             get: |s| s.listen,
@@ -936,7 +994,7 @@ pub static KEYS: &[KeySpec] = &[
         name: "overflow.dir",
         default: Some("auto"),
         unit: "",
-        runtime: false,
+        runtime: None,
         description: "Directory of the overflow tier's shared memory (queues, backend load, notices); auto is /dev/shm/levee.PID, removed at exit",
         slot: Slot::Overflow(Field::Dir {
             get: |o| o.dir.as_deref(),
@@ -947,7 +1005,7 @@ pub static KEYS: &[KeySpec] = &[
         name: "overflow.workers",
         default: Some("1"),
         unit: "processes",
-        runtime: true,
+        runtime: Some(Apply::OverflowWorkers),
         description: "Worker processes levee run starts and restarts to serve queued connections; 0 leaves it to workers started on their own",
         slot: Slot::Overflow(Field::Count {
             min: 0,
@@ -961,7 +1019,7 @@ pub static KEYS: &[KeySpec] = &[
         name: "overflow.max_workers",
         default: Some("15"),
         unit: "processes",
-        runtime: false,
+        runtime: None,
         description: "Workers that may be attached at once, supervised or started on their own",
         slot: Slot::Overflow(Field::Count {
             min: 1,
@@ -975,7 +1033,7 @@ pub static KEYS: &[KeySpec] = &[
         name: "overflow.cores",
         default: Some("auto"),
         unit: "",
-        runtime: false,
+        runtime: None,
         description: "CPUs the supervised workers are pinned to, one each in turn; auto leaves them unpinned",
         slot: Slot::Overflow(Field::Cores {
             get: |o| &o.cores,
@@ -986,7 +1044,7 @@ pub static KEYS: &[KeySpec] = &[
         name: "overflow.handoff",
         default: Some("auto"),
         unit: "",
-        runtime: false,
+        runtime: None,
         description: "How a worker takes a client socket: pidfd (pidfd_getfd), scm_rights (sent over a Unix socket), or auto (pidfd where permitted)",
         slot: Slot::Overflow(Field::Choice {
             names: Handoff::NAMES,
@@ -998,7 +1056,7 @@ pub static KEYS: &[KeySpec] = &[
         name: "overflow.queue_timeout",
         default: Some("10s"),
         unit: "time",
-        runtime: true,
+        runtime: Some(Apply::OverflowSettings(OverflowSetting::QueueTimeout)),
         description: "A connection queued longer than this is closed; one predicted to wait longer is refused at once",
         slot: Slot::Overflow(Field::Duration {
             min: ms(1),
@@ -1011,7 +1069,7 @@ pub static KEYS: &[KeySpec] = &[
         name: "overflow.max_queue",
         default: Some("4096"),
         unit: "connections",
-        runtime: false,
+        runtime: None,
         description: "Connections one pool's queue holds; past it new ones are refused",
         slot: Slot::Overflow(Field::Count {
             min: 1,
@@ -1025,7 +1083,7 @@ pub static KEYS: &[KeySpec] = &[
         name: "overflow.discipline",
         default: Some("fifo"),
         unit: "",
-        runtime: true,
+        runtime: Some(Apply::OverflowSettings(OverflowSetting::Discipline)),
         description: "fifo serves in arrival order; codel also sheds connections that waited long while the queue stands above codel_target",
         slot: Slot::Overflow(Field::Choice {
             names: Discipline::NAMES,
@@ -1037,7 +1095,7 @@ pub static KEYS: &[KeySpec] = &[
         name: "overflow.codel_target",
         default: Some("5ms"),
         unit: "time",
-        runtime: true,
+        runtime: Some(Apply::OverflowSettings(OverflowSetting::CodelTarget)),
         description: "CoDel: the queueing delay the queue may keep standing",
         slot: Slot::Overflow(Field::Duration {
             min: ms(1),
@@ -1050,7 +1108,7 @@ pub static KEYS: &[KeySpec] = &[
         name: "overflow.codel_interval",
         default: Some("100ms"),
         unit: "time",
-        runtime: true,
+        runtime: Some(Apply::OverflowSettings(OverflowSetting::CodelInterval)),
         description: "CoDel: the window over which the minimum queueing delay is taken",
         slot: Slot::Overflow(Field::Duration {
             min: ms(1),
@@ -1063,7 +1121,7 @@ pub static KEYS: &[KeySpec] = &[
         name: "overflow.max_attempts",
         default: Some("3"),
         unit: "deliveries",
-        runtime: false,
+        runtime: None,
         description: "Deliveries of one queued connection to workers that died before taking it over; then it is closed",
         slot: Slot::Overflow(Field::Count {
             min: 1,
@@ -1077,7 +1135,7 @@ pub static KEYS: &[KeySpec] = &[
         name: "listener.NAME.addr",
         default: None,
         unit: "",
-        runtime: false,
+        runtime: None,
         description: "Address and port to accept client connections on; port 0 lets the kernel pick",
         slot: Slot::Listener(Field::Addr {
             port_zero: true,
@@ -1089,7 +1147,7 @@ pub static KEYS: &[KeySpec] = &[
         name: "listener.NAME.pool",
         default: None,
         unit: "",
-        runtime: false,
+        runtime: None,
         description: "Pool whose backends serve this listener's connections",
         slot: Slot::Listener(Field::PoolName {
             get: |l| &l.pool,
@@ -1100,7 +1158,7 @@ pub static KEYS: &[KeySpec] = &[
         name: "listener.NAME.refuse_payload",
         default: Some(""),
         unit: "",
-        runtime: false,
+        runtime: None,
         description: "Bytes written to a client before it is refused (queue full, timed out, rejected), like an HTTP 503; ${retry_after} in it becomes the predicted wait in seconds; empty: reset at once",
         slot: Slot::Listener(Field::Bytes {
             max_len: 4096,
@@ -1112,7 +1170,7 @@ pub static KEYS: &[KeySpec] = &[
         name: "listener.NAME.proxy_protocol",
         default: Some("none"),
         unit: "",
-        runtime: false,
+        runtime: None,
         description: "PROXY protocol header its clients send first (an upstream balancer's, such as HAProxy's send-proxy): none, v1 or v2; the header's client address then drives hashing, the queue and the PROXY header sent to backends, and a client without a valid one is reset (stats.closed.proxy_header_bad)",
         slot: Slot::Listener(Field::Choice {
             names: ProxyProtocol::NAMES,
@@ -1128,7 +1186,7 @@ pub static KEYS: &[KeySpec] = &[
         name: "listener.NAME.proxy_timeout",
         default: Some("5s"),
         unit: "time",
-        runtime: false,
+        runtime: None,
         description: "How long a client of a listener with proxy_protocol has to send its whole header; later it is reset (stats.closed.proxy_header_timeout), checked at least once a second",
         slot: Slot::Listener(Field::Duration {
             min: Duration::from_millis(1),
@@ -1141,7 +1199,7 @@ pub static KEYS: &[KeySpec] = &[
         name: "listener.NAME.proxy_from",
         default: Some(""),
         unit: "",
-        runtime: true,
+        runtime: Some(Apply::Gate(GateRule::ProxyFrom)),
         description: "The balancers allowed to send a PROXY header to a listener that takes one, as address ranges, checked on the connection's own address before the header is read; others are reset (stats.closed.denied). Empty: anyone, and then a client that reaches the port directly can name any address in its header, so set it unless only the balancers can reach the port",
         slot: Slot::Listener(Field::Cidrs {
             get: |l| &l.config.proxy_from,
@@ -1152,7 +1210,7 @@ pub static KEYS: &[KeySpec] = &[
         name: "listener.NAME.allow",
         default: Some(""),
         unit: "",
-        runtime: true,
+        runtime: Some(Apply::Gate(GateRule::Allow)),
         description: "Only clients in these address ranges are served (the PROXY header's client on a listener that takes one); empty: everyone; others are reset (stats.closed.denied)",
         slot: Slot::Listener(Field::Cidrs {
             get: |l| &l.config.allow,
@@ -1163,7 +1221,7 @@ pub static KEYS: &[KeySpec] = &[
         name: "listener.NAME.deny",
         default: Some(""),
         unit: "",
-        runtime: true,
+        runtime: Some(Apply::Gate(GateRule::Deny)),
         description: "Clients in these address ranges are reset (stats.closed.denied), whatever allow says",
         slot: Slot::Listener(Field::Cidrs {
             get: |l| &l.config.deny,
@@ -1174,7 +1232,7 @@ pub static KEYS: &[KeySpec] = &[
         name: "listener.NAME.rate_per_source",
         default: Some("0"),
         unit: "connections/s",
-        runtime: true,
+        runtime: Some(Apply::Gate(GateRule::RatePerSource)),
         description: "New connections per second one source address may open (a token bucket, before a backend is chosen); past it they are reset (stats.closed.source_rate); 0: no limit",
         slot: Slot::Listener(Field::Count {
             min: 0,
@@ -1188,7 +1246,7 @@ pub static KEYS: &[KeySpec] = &[
         name: "listener.NAME.burst_per_source",
         default: Some("0"),
         unit: "connections",
-        runtime: true,
+        runtime: Some(Apply::Gate(GateRule::BurstPerSource)),
         description: "How many new connections one source may open at once before rate_per_source holds it back; 0: as rate_per_source",
         slot: Slot::Listener(Field::Count {
             min: 0,
@@ -1202,7 +1260,7 @@ pub static KEYS: &[KeySpec] = &[
         name: "listener.NAME.max_conns_per_source",
         default: Some("0"),
         unit: "connections",
-        runtime: true,
+        runtime: Some(Apply::Gate(GateRule::MaxConnsPerSource)),
         description: "Connections one source address (an IPv6 /64) may hold in this levee at once: relayed, waiting for a slot or queued (not those a worker took over); more are reset before a backend is chosen (stats.closed.source_conns); 0: no limit",
         slot: Slot::Listener(Field::Count {
             min: 0,
@@ -1216,7 +1274,7 @@ pub static KEYS: &[KeySpec] = &[
         name: "pool.NAME.balance",
         default: Some("maglev"),
         unit: "",
-        runtime: false,
+        runtime: None,
         description: "How a backend is chosen for each new connection",
         slot: Slot::Pool(Field::Choice {
             names: Balance::NAMES,
@@ -1228,7 +1286,7 @@ pub static KEYS: &[KeySpec] = &[
         name: "pool.NAME.hash_key",
         default: Some("src_ip"),
         unit: "",
-        runtime: false,
+        runtime: None,
         description: "What maglev and source_hash hash: the client's IP, or its IP and port",
         slot: Slot::Pool(Field::Choice {
             names: HashKey::NAMES,
@@ -1240,7 +1298,7 @@ pub static KEYS: &[KeySpec] = &[
         name: "pool.NAME.table_size",
         default: Some("65537"),
         unit: "slots",
-        runtime: false,
+        runtime: None,
         description: "Maglev lookup table size; at least the number of backends, ideally 100 times it",
         slot: Slot::Pool(Field::Count {
             min: 7,
@@ -1254,7 +1312,7 @@ pub static KEYS: &[KeySpec] = &[
         name: "pool.NAME.bound",
         default: Some("0"),
         unit: "x mean load",
-        runtime: true,
+        runtime: Some(Apply::PoolBound),
         description: "Bounded load: skip a backend holding more than bound times the pool's mean connections; 0 = no bound",
         slot: Slot::Pool(Field::Factor {
             min: 1.0,
@@ -1267,7 +1325,7 @@ pub static KEYS: &[KeySpec] = &[
         name: "pool.NAME.overflow",
         default: Some("queue"),
         unit: "",
-        runtime: false,
+        runtime: None,
         description: "When no backend has room: queue (wait for a worker to serve it) or reject (close at once)",
         slot: Slot::Pool(Field::Choice {
             names: Overflow::NAMES,
@@ -1279,7 +1337,7 @@ pub static KEYS: &[KeySpec] = &[
         name: "pool.NAME.proxy_protocol",
         default: Some("none"),
         unit: "",
-        runtime: false,
+        runtime: None,
         description: "PROXY protocol header sent to backends first, with the client's address: none, v1 (text) or v2 (binary), as HAProxy's send-proxy and send-proxy-v2",
         slot: Slot::Pool(Field::Choice {
             names: ProxyProtocol::NAMES,
@@ -1295,7 +1353,7 @@ pub static KEYS: &[KeySpec] = &[
         name: "pool.NAME.source",
         default: Some(""),
         unit: "",
-        runtime: false,
+        runtime: None,
         description: "Local addresses levee connects to backends from, taken in turn per connection (bound with IP_BIND_ADDRESS_NO_PORT, so each has its own ephemeral ports toward a backend: more connections to one backend than one address allows); every backend needs one of its family; empty: the kernel's choice",
         slot: Slot::Pool(Field::Ips {
             get: |p| &p.source,
@@ -1306,7 +1364,7 @@ pub static KEYS: &[KeySpec] = &[
         name: "pool.NAME.check.type",
         default: Some("none"),
         unit: "",
-        runtime: false,
+        runtime: None,
         description: "Active health checks: none, or tcp (connect; then send check.send and expect check.expect when set)",
         slot: Slot::Pool(Field::Choice {
             names: CheckKind::NAMES,
@@ -1322,7 +1380,7 @@ pub static KEYS: &[KeySpec] = &[
         name: "pool.NAME.check.interval",
         default: Some("2s"),
         unit: "time",
-        runtime: false,
+        runtime: None,
         description: "Time between the starts of two checks of one backend",
         slot: Slot::Pool(Field::Duration {
             min: ms(10),
@@ -1335,7 +1393,7 @@ pub static KEYS: &[KeySpec] = &[
         name: "pool.NAME.check.timeout",
         default: Some("1s"),
         unit: "time",
-        runtime: false,
+        runtime: None,
         description: "A check not passed within this time has failed",
         slot: Slot::Pool(Field::Duration {
             min: ms(1),
@@ -1348,7 +1406,7 @@ pub static KEYS: &[KeySpec] = &[
         name: "pool.NAME.check.rise",
         default: Some("2"),
         unit: "checks",
-        runtime: false,
+        runtime: None,
         description: "Consecutive passed checks that bring a down backend up",
         slot: Slot::Pool(Field::Count {
             min: 1,
@@ -1362,7 +1420,7 @@ pub static KEYS: &[KeySpec] = &[
         name: "pool.NAME.check.fall",
         default: Some("3"),
         unit: "checks",
-        runtime: false,
+        runtime: None,
         description: "Consecutive failed checks that take an up backend down",
         slot: Slot::Pool(Field::Count {
             min: 1,
@@ -1376,7 +1434,7 @@ pub static KEYS: &[KeySpec] = &[
         name: "pool.NAME.check.send",
         default: Some(""),
         unit: "",
-        runtime: false,
+        runtime: None,
         description: "Bytes a tcp check sends once connected, like GET /health HTTP/1.0\\r\\n\\r\\n; empty sends nothing",
         slot: Slot::Pool(Field::Bytes {
             max_len: 1024,
@@ -1388,7 +1446,7 @@ pub static KEYS: &[KeySpec] = &[
         name: "pool.NAME.check.expect",
         default: Some(""),
         unit: "",
-        runtime: false,
+        runtime: None,
         description: "A tcp check passes only if the reply starts with these bytes, like HTTP/1.1 200; empty: connecting is enough",
         slot: Slot::Pool(Field::Bytes {
             max_len: 1024,
@@ -1400,7 +1458,7 @@ pub static KEYS: &[KeySpec] = &[
         name: "pool.NAME.eject.failures",
         default: Some("5"),
         unit: "failures",
-        runtime: false,
+        runtime: None,
         description: "Consecutive failures that eject a backend: connects refused or timed out, or connections the backend reset before sending a byte (a reset after it answered may be a client's doing and does not count); 0 = never",
         slot: Slot::Pool(Field::Count {
             min: 0,
@@ -1414,7 +1472,7 @@ pub static KEYS: &[KeySpec] = &[
         name: "pool.NAME.eject.time",
         default: Some("10s"),
         unit: "time",
-        runtime: false,
+        runtime: None,
         description: "How long a first ejection lasts; each repeat offence doubles it",
         slot: Slot::Pool(Field::Duration {
             min: ms(1),
@@ -1427,7 +1485,7 @@ pub static KEYS: &[KeySpec] = &[
         name: "pool.NAME.eject.max_time",
         default: Some("5m"),
         unit: "time",
-        runtime: false,
+        runtime: None,
         description: "The longest an ejection lasts, however often the backend offends",
         slot: Slot::Pool(Field::Duration {
             min: ms(1),
@@ -1440,7 +1498,7 @@ pub static KEYS: &[KeySpec] = &[
         name: "pool.NAME.eject.max_percent",
         default: Some("50"),
         unit: "% of backends",
-        runtime: false,
+        runtime: None,
         description: "Most of the pool's backends ejected at once; at least one may always be ejected unless 0",
         slot: Slot::Pool(Field::Count {
             min: 0,
@@ -1454,7 +1512,7 @@ pub static KEYS: &[KeySpec] = &[
         name: "pool.NAME.slowstart",
         default: Some("0"),
         unit: "time",
-        runtime: false,
+        runtime: None,
         description: "A backend coming up ramps its share from nothing to full over this time; 0 = at once",
         slot: Slot::Pool(Field::Duration {
             min: Duration::ZERO,
@@ -1467,7 +1525,7 @@ pub static KEYS: &[KeySpec] = &[
         name: "pool.NAME.all_down",
         default: Some("refuse"),
         unit: "",
-        runtime: false,
+        runtime: None,
         description: "When no backend is up: refuse new connections at once, or try_anyway (ignore health; drained backends excepted)",
         slot: Slot::Pool(Field::Choice {
             names: AllDown::NAMES,
@@ -1483,7 +1541,7 @@ pub static KEYS: &[KeySpec] = &[
         name: "pool.NAME.backend.NAME.addr",
         default: None,
         unit: "",
-        runtime: false,
+        runtime: None,
         description: "Address and port of the backend",
         slot: Slot::Backend(Field::Addr {
             port_zero: false,
@@ -1495,7 +1553,7 @@ pub static KEYS: &[KeySpec] = &[
         name: "pool.NAME.backend.NAME.weight",
         default: Some("100"),
         unit: "share",
-        runtime: true,
+        runtime: Some(Apply::BackendWeight),
         description: "Relative share of new connections; 0 drains the backend (no new connections)",
         slot: Slot::Backend(Field::Count {
             min: 0,
@@ -1509,7 +1567,7 @@ pub static KEYS: &[KeySpec] = &[
         name: "pool.NAME.backend.NAME.max_conns",
         default: Some("0"),
         unit: "connections",
-        runtime: true,
+        runtime: Some(Apply::BackendMaxConns),
         description: "Most connections open to the backend from this host, all processes together; 0 = no cap",
         slot: Slot::Backend(Field::Count {
             min: 0,
@@ -1523,7 +1581,7 @@ pub static KEYS: &[KeySpec] = &[
         name: "pool.NAME.backend.NAME.state",
         default: Some("up"),
         unit: "",
-        runtime: true,
+        runtime: Some(Apply::BackendState),
         description: "up, or drain: no new connections while established ones continue to their end",
         slot: Slot::Backend(Field::Choice {
             names: AdminState::NAMES,
@@ -1535,7 +1593,7 @@ pub static KEYS: &[KeySpec] = &[
         name: "pool.NAME.backend.NAME.check.interval",
         default: Some("0"),
         unit: "time",
-        runtime: false,
+        runtime: None,
         description: "This backend's own check.interval; 0 takes the pool's",
         slot: Slot::Backend(Field::Duration {
             min: Duration::ZERO,
@@ -1548,7 +1606,7 @@ pub static KEYS: &[KeySpec] = &[
         name: "pool.NAME.backend.NAME.check.timeout",
         default: Some("0"),
         unit: "time",
-        runtime: false,
+        runtime: None,
         description: "This backend's own check.timeout; 0 takes the pool's",
         slot: Slot::Backend(Field::Duration {
             min: Duration::ZERO,
@@ -1561,7 +1619,7 @@ pub static KEYS: &[KeySpec] = &[
         name: "pool.NAME.backend.NAME.check.rise",
         default: Some("0"),
         unit: "checks",
-        runtime: false,
+        runtime: None,
         description: "This backend's own check.rise; 0 takes the pool's",
         slot: Slot::Backend(Field::Count {
             min: 0,
@@ -1575,7 +1633,7 @@ pub static KEYS: &[KeySpec] = &[
         name: "pool.NAME.backend.NAME.check.fall",
         default: Some("0"),
         unit: "checks",
-        runtime: false,
+        runtime: None,
         description: "This backend's own check.fall; 0 takes the pool's",
         slot: Slot::Backend(Field::Count {
             min: 0,
@@ -1647,6 +1705,39 @@ mod tests {
         }
     }
 
+    /// `ctl` reads a runtime key back through its [`Apply`] alone: two keys sharing one would
+    /// read back the same setting, and one in the wrong scope would find no object to read.
+    #[test]
+    fn each_runtime_key_changes_a_setting_of_its_own_in_its_scope() {
+        let runtime: Vec<(&str, Apply)> = KEYS
+            .iter()
+            .filter_map(|k| k.runtime.map(|a| (k.name, a)))
+            .collect();
+        for (i, (name, apply)) in runtime.iter().enumerate() {
+            assert!(
+                runtime[i + 1..].iter().all(|(_, other)| other != apply),
+                "{name}: {apply:?} is another key's"
+            );
+        }
+        for spec in KEYS {
+            let Some(apply) = spec.runtime else { continue };
+            let scope = match apply {
+                Apply::ConnectTimeout
+                | Apply::ConnectRetries
+                | Apply::IdleTimeout
+                | Apply::SchedPolicy => Scope::Engine,
+                Apply::LogLevel => Scope::Log,
+                Apply::OverflowWorkers | Apply::OverflowSettings(_) => Scope::Overflow,
+                Apply::Gate(_) => Scope::Listener,
+                Apply::PoolBound => Scope::Pool,
+                Apply::BackendWeight | Apply::BackendMaxConns | Apply::BackendState => {
+                    Scope::Backend
+                }
+            };
+            assert_eq!(spec.scope(), scope, "{}", spec.name);
+        }
+    }
+
     #[test]
     fn every_default_is_valid_and_canonical() {
         for spec in KEYS {
@@ -1669,26 +1760,18 @@ mod tests {
         }
     }
 
+    /// Each default, in every scope, is what a fresh struct holds. What the defaults are, and
+    /// what their text means as typed values, is checked once, in tests/config.rs
+    /// (`defaults_fill_in_what_the_file_leaves_out`), against values written out by hand.
     #[test]
     fn defaults_land_in_the_structs() {
-        let engine: EngineConfig = with_defaults();
-        assert_eq!(engine.cores, CoreSet::Auto);
-        assert_eq!(engine.ring_entries, 4096);
-        assert_eq!(engine.buffer_size, 16384);
-        assert_eq!(engine.buffers, 2048);
-        assert_eq!(engine.max_conns, 16384);
-        assert_eq!(engine.backlog, 4096);
-        assert_eq!(engine.connect_timeout, ms(5000));
-        assert_eq!(engine.connect_retries, 2);
-        assert_eq!(engine.idle_timeout, ms(300_000));
-        assert_eq!(engine.drain_timeout, ms(10_000));
-        let pool: PoolConfig = with_defaults();
-        assert_eq!(pool.balance, Balance::Maglev);
-        assert_eq!(pool.hash_key, HashKey::SourceIp);
-        assert_eq!(pool.table_size, 65537);
-        assert_eq!(pool.bound, None);
-        let backend: BackendConfig = with_defaults();
-        assert_eq!((backend.weight, backend.max_conns), (100, 0));
+        for spec in KEYS {
+            let Some(default) = spec.default else {
+                continue;
+            };
+            let held = with_field!(&spec.slot, field => field.format(&with_defaults()));
+            assert_eq!(held, default, "{}", spec.name);
+        }
     }
 
     #[test]

@@ -3,8 +3,8 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use crate::config::registry::{self, Lookup};
-use crate::config::{AdminState, Config, LogLevel, listing_entries};
+use crate::config::registry::{self, Apply, GateRule, Lookup, OverflowSetting};
+use crate::config::{AdminState, BackendConfig, Config, LogLevel, listing_entries};
 use crate::forward::Tunables;
 use crate::overflow::Settings;
 use crate::overflow::supervisor::{Tier, WorkerTarget};
@@ -172,65 +172,129 @@ impl Live {
 
     /// The configuration with each runtime key read back from the engine part that applies
     /// it, so that `get` and `list` show what is in effect: a setter that failed to reach the
-    /// engine shows as the old value. The two keys the engine cannot report back keep the
-    /// value last applied: `engine.sched_policy` (a property of the forwarder threads, seen in
-    /// /proc) and `log.level` (inside the log filter).
+    /// engine shows as the old value.
     fn in_effect(&self) -> Config {
         let mut cfg = self.config().clone();
+        for apply in registry::KEYS.iter().filter_map(|spec| spec.runtime) {
+            self.read_back(apply, &mut cfg);
+        }
+        cfg
+    }
+
+    /// Reads the setting `apply` names, for every listener, pool or backend it has, from the
+    /// engine part that [`Self::apply`] changes, into `cfg`.
+    fn read_back(&self, apply: Apply, cfg: &mut Config) {
         let t = &self.tunables;
-        cfg.engine.connect_timeout = Duration::from_millis(t.connect_timeout_ms());
-        cfg.engine.connect_retries = u32::try_from(t.connect_tries() - 1).unwrap_or(u32::MAX);
-        cfg.engine.idle_timeout = Duration::from_millis(t.idle_timeout_ms());
-        if let Some(o) = &self.overflow {
-            let settings = Settings::read(&o.tier.shared.load);
-            cfg.overflow.queue_timeout = Duration::from_millis(settings.queue_timeout_ms);
-            cfg.overflow.discipline = settings.discipline;
-            cfg.overflow.codel_target = Duration::from_nanos(settings.codel_target_ns);
-            cfg.overflow.codel_interval = Duration::from_nanos(settings.codel_interval_ns);
-            if let Some(target) = &o.workers {
-                cfg.overflow.workers = target.get();
+        match apply {
+            Apply::ConnectTimeout => {
+                cfg.engine.connect_timeout = Duration::from_millis(t.connect_timeout_ms());
             }
-        }
-        // The rules the forwarders' gates hold.
-        for (l, gate) in cfg.listeners.iter_mut().zip(&self.gates) {
-            let rules = gate.rules();
-            l.proxy_from = rules.upstream.clone();
-            l.allow = rules.allow.clone();
-            l.deny = rules.deny.clone();
-            l.rate_per_source = rules.rate;
-            l.burst_per_source = rules.burst;
-            l.max_conns_per_source = rules.max_conns;
-        }
-        for (pool, live) in cfg.pools.iter_mut().zip(&self.pools) {
-            pool.bound = live.load.bound();
-            for (i, b) in pool.backends.iter_mut().enumerate() {
-                b.weight = live.health.weight(i);
-                b.max_conns = live.load.max_conns(i);
+            Apply::ConnectRetries => {
+                cfg.engine.connect_retries =
+                    u32::try_from(t.connect_tries() - 1).unwrap_or(u32::MAX);
+            }
+            Apply::IdleTimeout => {
+                cfg.engine.idle_timeout = Duration::from_millis(t.idle_timeout_ms())
+            }
+            // The two settings the engine cannot report back keep the value last applied: the
+            // scheduling policy is a property of the forwarder threads (seen in /proc), and the
+            // level is inside the log filter.
+            Apply::SchedPolicy | Apply::LogLevel => {}
+            Apply::OverflowWorkers => {
+                if let Some(target) = self.overflow.as_ref().and_then(|o| o.workers.as_ref()) {
+                    cfg.overflow.workers = target.get();
+                }
+            }
+            Apply::OverflowSettings(setting) => {
+                let Some(o) = &self.overflow else { return };
+                let row = Settings::read(&o.tier.shared.load);
+                let c = &mut cfg.overflow;
+                match setting {
+                    OverflowSetting::QueueTimeout => {
+                        c.queue_timeout = Duration::from_millis(row.queue_timeout_ms);
+                    }
+                    OverflowSetting::Discipline => c.discipline = row.discipline,
+                    OverflowSetting::CodelTarget => {
+                        c.codel_target = Duration::from_nanos(row.codel_target_ns);
+                    }
+                    OverflowSetting::CodelInterval => {
+                        c.codel_interval = Duration::from_nanos(row.codel_interval_ns);
+                    }
+                }
+            }
+            // The rules the forwarders' gates hold.
+            Apply::Gate(rule) => {
+                for (l, gate) in cfg.listeners.iter_mut().zip(&self.gates) {
+                    let rules = gate.rules();
+                    match rule {
+                        GateRule::ProxyFrom => l.proxy_from.clone_from(&rules.upstream),
+                        GateRule::Allow => l.allow.clone_from(&rules.allow),
+                        GateRule::Deny => l.deny.clone_from(&rules.deny),
+                        GateRule::RatePerSource => l.rate_per_source = rules.rate,
+                        GateRule::BurstPerSource => l.burst_per_source = rules.burst,
+                        GateRule::MaxConnsPerSource => l.max_conns_per_source = rules.max_conns,
+                    }
+                }
+            }
+            Apply::PoolBound => {
+                for (pool, live) in cfg.pools.iter_mut().zip(&self.pools) {
+                    pool.bound = live.load.bound();
+                }
+            }
+            Apply::BackendWeight => {
+                self.each_backend(cfg, |live, i, b| b.weight = live.health.weight(i));
+            }
+            Apply::BackendMaxConns => {
+                self.each_backend(cfg, |live, i, b| b.max_conns = live.load.max_conns(i));
+            }
+            Apply::BackendState => self.each_backend(cfg, |live, i, b| {
                 b.state = if live.health.drained(i) {
                     AdminState::Drain
                 } else {
                     AdminState::Up
                 };
-            }
+            }),
         }
-        cfg
     }
 
-    /// Pushes the new value of `key` (already in `cfg`) to what the forwarders and the health
-    /// monitor read.
+    /// Calls `read` with each backend of `cfg`, its pool's live state and its index there.
+    fn each_backend(&self, cfg: &mut Config, read: impl Fn(&Pool, usize, &mut BackendConfig)) {
+        for (pool, live) in cfg.pools.iter_mut().zip(&self.pools) {
+            for (i, b) in pool.backends.iter_mut().enumerate() {
+                read(live, i, b);
+            }
+        }
+    }
+
+    /// Pushes the new value of `key` (already in `cfg`) to the engine part its registry entry
+    /// names: what the forwarders and the health monitor read.
     fn apply(&self, cfg: &Config, key: &str) -> Result<(), String> {
         let Lookup::Found { spec, names } = registry::lookup(key) else {
             return Err(format!("{key}: unknown key"));
         };
+        let Some(apply) = spec.runtime else {
+            return Err(format!(
+                "{key}: cannot be applied to the running engine; restart"
+            ));
+        };
+        // The `NAME` segments of the key: a listener, a pool, or a pool and a backend.
+        let name = |i: usize| {
+            names
+                .get(i)
+                .copied()
+                .ok_or_else(|| format!("{key}: registry entry {} is malformed", spec.name))
+        };
         // The indices of `pool.P` and `pool.P.backend.B` in `cfg`, which `set_runtime` found.
-        let pool = |name: &str| {
+        let pool = || {
+            let name = name(0)?;
             cfg.pools
                 .iter()
                 .position(|p| p.name == name)
                 .ok_or_else(|| format!("{key}: no pool named `{name}`"))
         };
-        let backend = |p: &str, b: &str| {
-            let p = pool(p)?;
+        let backend = || {
+            let p = pool()?;
+            let b = name(1)?;
             let b = cfg.pools[p]
                 .backends
                 .iter()
@@ -239,23 +303,23 @@ impl Live {
             Ok::<_, String>((p, b, &cfg.pools[p].backends[b]))
         };
         let e = &cfg.engine;
-        match (spec.name, names.as_slice()) {
-            ("engine.connect_timeout", []) => self.tunables.set_connect_timeout(e.connect_timeout),
-            ("engine.connect_retries", []) => self.tunables.set_connect_retries(e.connect_retries),
-            ("engine.idle_timeout", []) => self.tunables.set_idle_timeout(e.idle_timeout),
-            ("engine.sched_policy", []) => self
+        match apply {
+            Apply::ConnectTimeout => self.tunables.set_connect_timeout(e.connect_timeout),
+            Apply::ConnectRetries => self.tunables.set_connect_retries(e.connect_retries),
+            Apply::IdleTimeout => self.tunables.set_idle_timeout(e.idle_timeout),
+            Apply::SchedPolicy => self
                 .tunables
                 .set_sched_policy(e.sched_policy)
                 .map_err(|err| format!("{key}: {err}"))?,
-            ("log.level", []) => (self.set_log_level)(cfg.log.level),
-            ("overflow.workers", []) if cfg.overflow.workers > cfg.overflow.max_workers => {
-                return Err(format!(
-                    "{key}: {} workers, but overflow.max_workers allows {}; it changes only \
-                     with a restart",
-                    cfg.overflow.workers, cfg.overflow.max_workers
-                ));
-            }
-            ("overflow.workers", []) => {
+            Apply::LogLevel => (self.set_log_level)(cfg.log.level),
+            Apply::OverflowWorkers => {
+                if cfg.overflow.workers > cfg.overflow.max_workers {
+                    return Err(format!(
+                        "{key}: {} workers, but overflow.max_workers allows {}; it changes only \
+                         with a restart",
+                        cfg.overflow.workers, cfg.overflow.max_workers
+                    ));
+                }
                 match self.overflow.as_ref().and_then(|o| o.workers.as_ref()) {
                     Some(target) => target.set(cfg.overflow.workers),
                     None => {
@@ -266,13 +330,8 @@ impl Live {
                     }
                 }
             }
-            (
-                "overflow.queue_timeout"
-                | "overflow.discipline"
-                | "overflow.codel_target"
-                | "overflow.codel_interval",
-                [],
-            ) => match &self.overflow {
+            // The row holds every setting: storing it stores the one that changed.
+            Apply::OverflowSettings(_) => match &self.overflow {
                 Some(o) => Settings::store(&o.tier.shared.load, &cfg.overflow),
                 None => {
                     return Err(format!(
@@ -280,49 +339,36 @@ impl Live {
                     ));
                 }
             },
-            (
-                "listener.NAME.proxy_from"
-                | "listener.NAME.allow"
-                | "listener.NAME.deny"
-                | "listener.NAME.rate_per_source"
-                | "listener.NAME.burst_per_source"
-                | "listener.NAME.max_conns_per_source",
-                [l],
-            ) => {
+            // The gate takes its rules whole: setting them sets the one that changed.
+            Apply::Gate(_) => {
+                let l = name(0)?;
                 let i = cfg
                     .listeners
                     .iter()
-                    .position(|x| x.name == *l)
+                    .position(|x| x.name == l)
                     .ok_or_else(|| format!("{key}: no listener named `{l}`"))?;
                 let gate = self.gates.get(i).ok_or_else(|| {
                     format!("{key}: this process has no listeners to apply it to")
                 })?;
                 gate.set(crate::forward::gate::Rules::of(&cfg.listeners[i]));
             }
-            ("pool.NAME.bound", [p]) => {
-                let p = pool(p)?;
+            Apply::PoolBound => {
+                let p = pool()?;
                 self.pools[p].load.set_bound(cfg.pools[p].bound);
             }
-            ("pool.NAME.backend.NAME.weight", [p, b]) => {
-                let (p, b, cfg) = backend(p, b)?;
+            Apply::BackendWeight => {
+                let (p, b, cfg) = backend()?;
                 self.pools[p].health.set_weight(b, cfg.weight);
             }
-            ("pool.NAME.backend.NAME.max_conns", [p, b]) => {
-                let (p, b, cfg) = backend(p, b)?;
+            Apply::BackendMaxConns => {
+                let (p, b, cfg) = backend()?;
                 self.pools[p].load.set_max_conns(b, cfg.max_conns);
             }
-            ("pool.NAME.backend.NAME.state", [p, b]) => {
-                let (p, b, cfg) = backend(p, b)?;
+            Apply::BackendState => {
+                let (p, b, cfg) = backend()?;
                 self.pools[p]
                     .health
                     .set_drain(b, cfg.state == AdminState::Drain);
-            }
-            // A key marked runtime in the registry without a way to apply it here would be a
-            // silent lie; the registry's tests keep this list and the marks in step.
-            _ => {
-                return Err(format!(
-                    "{key}: cannot be applied to the running engine; restart"
-                ));
             }
         }
         Ok(())
