@@ -469,7 +469,9 @@ fn run(
             workers: engine.worker_target(),
         }),
     );
-    let live = live.with_gates(engine.gates().to_vec());
+    let live = live
+        .with_gates(engine.gates().to_vec())
+        .with_threads(engine.threads().clone());
     let live = Arc::new(if builtin {
         live
     } else {

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::config::registry::{self, Apply, GateRule, Lookup, OverflowSetting};
 use crate::config::{AdminState, BackendConfig, Config, LogLevel, listing_entries};
+use crate::engine::Threads;
 use crate::forward::Tunables;
 use crate::overflow::Settings;
 use crate::overflow::supervisor::{Tier, WorkerTarget};
@@ -30,6 +31,8 @@ pub struct Live {
     overflow: Option<Overflow>,
     reload: Option<Arc<Reload>>,
     gates: Vec<Arc<crate::forward::gate::Gate>>,
+    /// The forwarder threads, where this process runs them.
+    threads: Option<Arc<Threads>>,
 }
 
 /// Reloads as `ctl` asks for them and reports them: `request` asks the process to reload (it
@@ -85,7 +88,14 @@ impl Live {
             overflow,
             reload: None,
             gates: Vec::new(),
+            threads: None,
         }
+    }
+
+    /// The forwarder threads, whose scheduling policy `ctl -w` changes.
+    pub fn with_threads(mut self, threads: Arc<Threads>) -> Self {
+        self.threads = Some(threads);
+        self
     }
 
     /// The listeners' gates, in configuration order, whose rules `ctl -w` changes.
@@ -307,10 +317,12 @@ impl Live {
             Apply::ConnectTimeout => self.tunables.set_connect_timeout(e.connect_timeout),
             Apply::ConnectRetries => self.tunables.set_connect_retries(e.connect_retries),
             Apply::IdleTimeout => self.tunables.set_idle_timeout(e.idle_timeout),
-            Apply::SchedPolicy => self
-                .tunables
-                .set_sched_policy(e.sched_policy)
-                .map_err(|err| format!("{key}: {err}"))?,
+            Apply::SchedPolicy => match &self.threads {
+                Some(threads) => threads
+                    .set_sched_policy(e.sched_policy)
+                    .map_err(|err| format!("{key}: {err}"))?,
+                None => return Err(format!("{key}: this process runs no forwarder threads")),
+            },
             Apply::LogLevel => (self.set_log_level)(cfg.log.level),
             Apply::OverflowWorkers => {
                 if cfg.overflow.workers > cfg.overflow.max_workers {

@@ -21,8 +21,8 @@ use tracing::{info, warn};
 use crate::balance::{Balancer, BuildError};
 use crate::config::{Config, CoreSet, Handoff};
 use crate::forward::{
-    self, Forwarder, Inbox, IntakeSetup, ListenerSetup, Mailbox, ParkingSetup, QueueSuccessor,
-    Setup, StopFlags, Takeover, Tunables, gate, uring,
+    Forwarder, Inbox, IntakeSetup, ListenerSetup, Mailbox, ParkingSetup, QueueSuccessor, Setup,
+    StopFlags, Takeover, Tunables, gate, uring,
 };
 use crate::health::Monitor;
 use crate::overflow::Settings;
@@ -32,8 +32,10 @@ use crate::overflow::supervisor::{Supervisor, Tier, WorkerCommand, WorkerTarget}
 use crate::pool::{Pool, PoolLoad};
 use crate::stats::{ForwarderStats, Totals};
 use listen::Bound;
+pub use threads::Threads;
 
 mod listen;
+mod threads;
 
 /// Why the engine could not start.
 #[derive(Debug)]
@@ -117,6 +119,8 @@ pub struct Engine {
     addrs: Vec<SocketAddr>,
     monitor: Option<Monitor>,
     tunables: Arc<Tunables>,
+    /// The forwarder threads' ids, for what `ctl` changes on them (the scheduling policy).
+    thread_ids: Arc<Threads>,
     /// The overflow tier's segments; dropped (and its files removed) after the forwarders.
     overflow: Option<Arc<Tier>>,
     supervisor: Option<Supervisor>,
@@ -375,6 +379,7 @@ impl Engine {
         let wake = Arc::new(unsafe { OwnedFd::from_raw_fd(raw) });
         let stop = Arc::new(StopFlags::default());
         let tunables = Arc::new(Tunables::new(&cfg.engine));
+        let thread_ids = Arc::new(Threads::default());
         let count = plans.len();
         let stats: Vec<_> = (0..count)
             .map(|_| Arc::new(ForwarderStats::for_listeners(cfg.listeners.len())))
@@ -419,7 +424,7 @@ impl Engine {
             };
             let ready = ready_tx.clone();
             let policy = cfg.engine.sched_policy;
-            let registry = tunables.clone();
+            let registry = thread_ids.clone();
             let name = if worker {
                 "levee-worker".to_string()
             } else {
@@ -438,8 +443,8 @@ impl Engine {
                         );
                     }
                     // Forgotten when the thread ends, however it ends.
-                    let _registered = registry.register_forwarder(index);
-                    if let Err(error) = forward::set_sched_policy(0, policy) {
+                    let _registered = registry.register(index);
+                    if let Err(error) = threads::set_sched_policy(0, policy) {
                         warn!(
                             forwarder = index,
                             policy = policy.name(),
@@ -473,6 +478,7 @@ impl Engine {
             addrs: Vec::new(),
             monitor: None,
             tunables,
+            thread_ids,
             overflow,
             supervisor: None,
             drain_timeout: cfg.engine.drain_timeout,
@@ -531,6 +537,11 @@ impl Engine {
     /// The engine settings that may change while it runs.
     pub fn tunables(&self) -> &Arc<Tunables> {
         &self.tunables
+    }
+
+    /// The forwarder threads, to change their scheduling policy.
+    pub fn threads(&self) -> &Arc<Threads> {
+        &self.thread_ids
     }
 
     /// Counters summed over the forwarders, now.
