@@ -52,6 +52,21 @@ pub use sys::ProcessId;
 #[cfg(not(loom))]
 pub use wait::FutexWait;
 
+/// The lock count and total length of a segment of `kind` with these header parameters, checked
+/// by that kind's layout. The crate root declares every ring module, so the list of kinds and
+/// their layouts lives here and [`segment`] names none of them.
+#[cfg(not(loom))]
+pub(crate) fn kind_geometry(
+    kind: RingKind,
+    params: [u64; 6],
+) -> std::result::Result<(u32, usize), String> {
+    match kind {
+        RingKind::Spsc => segment::geometry::<spsc::RingLayout>(params),
+        RingKind::Mpmc => segment::geometry::<mpmc::QueueLayout>(params),
+        RingKind::Table => segment::geometry::<table::TableLayout>(params),
+    }
+}
+
 /// Heap-backed ends for the loom models (`RUSTFLAGS="--cfg loom"`); not part of the API.
 #[cfg(loom)]
 #[doc(hidden)]

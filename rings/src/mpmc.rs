@@ -231,10 +231,6 @@ impl QueueLayout {
         Self::check(&config)
     }
 
-    pub(crate) fn lock_count(&self) -> u32 {
-        self.config.max_handles
-    }
-
     fn entry(&self, id: u32) -> usize {
         OFF_ENTRIES + id as usize * self.entry_stride
     }
@@ -259,6 +255,10 @@ impl crate::segment::Layout for QueueLayout {
     }
     fn total_len(&self) -> usize {
         self.total
+    }
+    /// One per handle entry.
+    fn lock_count(&self) -> u32 {
+        self.config.max_handles
     }
 }
 

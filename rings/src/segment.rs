@@ -103,6 +103,15 @@ pub(crate) trait Layout: Sized {
     /// Checks parameters read from a header; never trusts them.
     fn from_params(params: [u64; 6]) -> std::result::Result<Self, String>;
     fn total_len(&self) -> usize;
+    /// How many lock bytes (one per handle that can attach) follow the segment's end.
+    fn lock_count(&self) -> u32;
+}
+
+/// The lock count and total length that parameters read from a header give, checked by the
+/// layout `L` of the header's kind.
+pub(crate) fn geometry<L: Layout>(params: [u64; 6]) -> std::result::Result<(u32, usize), String> {
+    let l = L::from_params(params)?;
+    Ok((l.lock_count(), l.total_len()))
 }
 
 /// A mapped segment. Handles share it through an `Arc`; each handle has its own open file
@@ -599,27 +608,6 @@ impl SegmentInfo {
     }
 }
 
-/// The lock count and total length that a header's kind and parameters give.
-fn lock_count_and_len(
-    kind: RingKind,
-    params: [u64; 6],
-) -> std::result::Result<(u32, usize), String> {
-    Ok(match kind {
-        RingKind::Spsc => {
-            let l = crate::spsc::RingLayout::from_params(params)?;
-            (l.lock_count(), Layout::total_len(&l))
-        }
-        RingKind::Mpmc => {
-            let l = crate::mpmc::QueueLayout::from_params(params)?;
-            (l.lock_count(), l.total_len())
-        }
-        RingKind::Table => {
-            let l = crate::table::TableLayout::from_params(params)?;
-            (l.lock_count(), l.total_len())
-        }
-    })
-}
-
 /// Reads a segment's header and counts the live handles attached to it, without attaching.
 pub fn inspect(path: impl AsRef<Path>) -> Result<SegmentInfo> {
     let path = path.as_ref();
@@ -628,7 +616,7 @@ pub fn inspect(path: impl AsRef<Path>) -> Result<SegmentInfo> {
     let (_map, shm) = map(&file, HEADER_LEN, path)?;
     let creator = read_creator(&shm);
     let (locks, total) =
-        lock_count_and_len(header.kind, header.params).map_err(|reason| Error::BadHeader {
+        crate::kind_geometry(header.kind, header.params).map_err(|reason| Error::BadHeader {
             path: path.to_owned(),
             reason,
         })?;

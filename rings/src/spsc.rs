@@ -79,10 +79,6 @@ impl RingLayout {
         Self::check(params[0])
     }
 
-    pub(crate) fn lock_count(&self) -> u32 {
-        2
-    }
-
     pub(crate) fn total_len(&self) -> usize {
         OFF_DATA + self.capacity as usize
     }
@@ -99,6 +95,10 @@ impl crate::segment::Layout for RingLayout {
     }
     fn total_len(&self) -> usize {
         RingLayout::total_len(self)
+    }
+    /// The producer's and the consumer's.
+    fn lock_count(&self) -> u32 {
+        2
     }
 }
 
