@@ -5,6 +5,19 @@ use super::layout::*;
 use crate::error::{Error, PushError};
 use crate::primitive::{AtomicU64, Ordering, Shm};
 
+/// Where a push or a claim stops. Normal use runs to the end ([`stop::NEVER`]). The crash hooks
+/// (feature `crash-hooks`) and the loom models stop earlier, running the very code of a normal
+/// push or claim up to that point, so what they leave behind is what a handle killed there
+/// leaves.
+pub(crate) mod stop {
+    /// Runs to the end.
+    pub(crate) const NEVER: u8 = 0;
+    /// A push, with its slot WRITING and the record written, before the store of READY.
+    pub(crate) const BEFORE_READY: u8 = 1;
+    /// A claim, with its slot CLAIMED, before the record is copied out.
+    pub(crate) const AFTER_CLAIM: u8 = 2;
+}
+
 impl RingGeom {
     /// The next position to try after finding `pos` taken (its slot's stamp `s` is ahead of
     /// `pos`'s lap). Every position below a hint, or below a taken one, has been taken, so a
@@ -69,7 +82,20 @@ impl QueueCore {
     }
 
     /// Writes `data` into a free slot of the main (or dead-letter) ring as handle `me`.
+    #[inline]
     pub(crate) fn push(
+        &self,
+        dead: bool,
+        me: u32,
+        data: &[u8],
+        attempts: u32,
+    ) -> Result<(), PushError> {
+        self.push_to::<{ stop::NEVER }>(dead, me, data, attempts)
+    }
+
+    /// [`Self::push`], stopped at `STOP` (one of [`stop`]): with [`stop::BEFORE_READY`] it
+    /// returns with the slot WRITING by `me` and the record written but never published.
+    pub(crate) fn push_to<const STOP: u8>(
         &self,
         dead: bool,
         me: u32,
@@ -110,6 +136,9 @@ impl QueueCore {
                         unsafe {
                             shm.write(off + 8, &meta.to_le_bytes());
                             shm.write(off + SLOT_HEADER, data);
+                        }
+                        if STOP == stop::BEFORE_READY {
+                            return Ok(());
                         }
                         // The only store that makes the record visible.
                         st.store(stamp(lap, READY, 0), Ordering::Release);
@@ -282,30 +311,10 @@ pub(crate) fn model_queue(capacity: usize, max_record: usize) -> QueueCore {
 
 #[cfg(loom)]
 impl QueueCore {
-    /// Marks handle `id` as the owner of a slot it began writing, without finishing it — what a
-    /// producer killed mid-write leaves.
+    /// Leaves a slot WRITING by handle `id`, its record written, as a producer killed there
+    /// does: a push run with the same code as every other, stopped before it publishes.
     pub(crate) fn model_abandon_write(&self, id: u32) -> bool {
-        let g = self.layout.main;
-        let pos = word(&self.shm, g.enq).load(Ordering::Relaxed);
-        let st = word(&self.shm, g.slot(pos));
-        let free = stamp(g.lap(pos), FREE, 0);
-        if st
-            .compare_exchange(
-                free,
-                stamp(g.lap(pos), WRITING, id),
-                Ordering::Acquire,
-                Ordering::Relaxed,
-            )
-            .is_err()
-        {
-            return false;
-        }
-        let _ = word(&self.shm, g.enq).compare_exchange(
-            pos,
-            pos + 1,
-            Ordering::Relaxed,
-            Ordering::Relaxed,
-        );
-        true
+        self.push_to::<{ stop::BEFORE_READY }>(false, id, &[0xee], 0)
+            .is_ok()
     }
 }

@@ -1,7 +1,7 @@
 //! The public handles: a mapped [`Queue`] and the [`Producer`], [`Consumer`] and [`DeadLetters`]
 //! attached to it, each owning an entry in the segment and the lock that says it lives.
 
-use super::core::QueueCore;
+use super::core::{QueueCore, stop};
 use super::layout::*;
 use crate::error::{Error, PushError, Result};
 use crate::primitive::Ordering;
@@ -323,36 +323,22 @@ impl Producer {
     }
 
     /// Takes a slot and writes `record` into it but never publishes it: what a producer
-    /// killed mid-write leaves behind. Exists so crash tests can stop a process at exactly
-    /// that point; `Ok(false)` when the ring is full.
-    #[doc(hidden)]
+    /// killed mid-write leaves behind. A [`Producer::push`] stopped before its last store, for
+    /// crash tests that kill a process at exactly that point; `Ok(false)` when the ring is full.
+    #[cfg(feature = "crash-hooks")]
     pub fn stall_mid_push_for_crash_test(&mut self, record: &[u8]) -> Result<bool> {
-        let core = &self.handle.core;
-        let g = core.layout.main;
-        let pos = word(&core.shm, g.enq).load(Ordering::Relaxed);
-        let st = word(&core.shm, g.slot(pos));
-        let free = stamp(g.lap(pos), FREE, 0);
-        if st
-            .compare_exchange(
-                free,
-                stamp(g.lap(pos), WRITING, self.handle.id),
-                Ordering::Acquire,
-                Ordering::Relaxed,
-            )
-            .is_err()
+        let h = &self.handle;
+        match h
+            .core
+            .push_to::<{ stop::BEFORE_READY }>(false, h.id, record, 0)
         {
-            return Ok(false);
+            Ok(()) => Ok(true),
+            Err(PushError::Full) => Ok(false),
+            Err(PushError::TooLarge { len, max }) => Err(Error::InvalidConfig {
+                reason: format!("record of {len} bytes exceeds {max}"),
+            }),
+            Err(PushError::Corrupt(e)) => Err(e),
         }
-        let _ = word(&core.shm, g.enq).compare_exchange(
-            pos,
-            pos.wrapping_add(1),
-            Ordering::Relaxed,
-            Ordering::Relaxed,
-        );
-        let len = record.len().min(g.max_record);
-        // SAFETY: the slot is ours (WRITING); the payload lies inside it.
-        unsafe { core.shm.write(g.slot(pos) + SLOT_HEADER, &record[..len]) };
-        Ok(true)
     }
 }
 
@@ -380,6 +366,12 @@ impl Reader {
 
     /// Puts the next record into the claim buffer. `false`: nothing is ready.
     fn fill(&mut self) -> Result<bool> {
+        self.fill_to::<{ stop::NEVER }>()
+    }
+
+    /// [`Self::fill`], stopped at `STOP` (one of [`stop`]): with [`stop::AFTER_CLAIM`] it
+    /// returns with a slot CLAIMED by this handle and nothing copied out.
+    fn fill_to<const STOP: u8>(&mut self) -> Result<bool> {
         let core = self.handle.core.clone();
         let entry = self.handle.entry();
         let claim = word(&core.shm, entry + E_CLAIM);
@@ -395,6 +387,9 @@ impl Reader {
             }
             return Ok(false);
         };
+        if STOP == stop::AFTER_CLAIM {
+            return Ok(true);
+        }
         let meta = core.read_meta(self.dead, c.pos);
         if let Ok((off, len, _)) = meta {
             let mut buf = [0u8; 8];
@@ -509,12 +504,11 @@ impl Consumer {
     }
 
     /// Claims a slot in place but never copies it out or frees it: what a consumer killed
-    /// mid-claim leaves behind. Exists so crash tests can stop a process at exactly that
-    /// point; `Ok(false)` when nothing is ready.
-    #[doc(hidden)]
+    /// mid-claim leaves behind. A [`Consumer::claim`] stopped after its compare-and-swap, for
+    /// crash tests that kill a process at exactly that point; `Ok(false)` when nothing is ready.
+    #[cfg(feature = "crash-hooks")]
     pub fn stall_mid_claim_for_crash_test(&mut self) -> Result<bool> {
-        let h = &self.reader.handle;
-        Ok(h.core.claim_slot(false, h.id)?.is_some())
+        self.reader.fill_to::<{ stop::AFTER_CLAIM }>()
     }
 }
 
