@@ -193,16 +193,18 @@ fn checksum(shm: &Shm) -> u64 {
 
 fn read_u64(shm: &Shm, off: usize) -> u64 {
     let mut b = [0u8; 8];
-    // SAFETY: header offsets lie within the mapping, which is at least HEADER_LEN long.
+    // SAFETY: header offsets are 8-aligned and lie within the mapping, which is at least
+    // HEADER_LEN long; the header is only ever accessed in whole words.
     unsafe { shm.read(off, &mut b) };
     u64::from_le_bytes(b)
 }
 
+/// The u32 field at `off`, read as part of its 8-aligned word: the header is only ever accessed in
+/// whole words.
 fn read_u32(shm: &Shm, off: usize) -> u32 {
-    let mut b = [0u8; 4];
-    // SAFETY: as in `read_u64`.
-    unsafe { shm.read(off, &mut b) };
-    u32::from_le_bytes(b)
+    let word = read_u64(shm, off & !7).to_le_bytes();
+    let at = off & 7;
+    u32::from_le_bytes([word[at], word[at + 1], word[at + 2], word[at + 3]])
 }
 
 fn read_creator(shm: &Shm) -> ProcessId {

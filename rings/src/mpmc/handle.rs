@@ -346,6 +346,9 @@ impl Producer {
 struct Reader {
     handle: Handle,
     dead: bool,
+    /// A copy, in this process's own memory, of the record in the claim buffer: what a
+    /// [`Claim`] dereferences to.
+    record: Vec<u8>,
 }
 
 impl Reader {
@@ -353,6 +356,7 @@ impl Reader {
         Ok(Reader {
             handle: Handle::attach(queue, role)?,
             dead: role == ROLE_DEAD_LETTERS,
+            record: Vec::new(),
         })
     }
 
@@ -364,7 +368,8 @@ impl Reader {
         })
     }
 
-    /// Puts the next record into the claim buffer. `false`: nothing is ready.
+    /// Puts the next record into the claim buffer, and a copy of it into `record`. `false`:
+    /// nothing is ready.
     fn fill(&mut self) -> Result<bool> {
         self.fill_to::<{ stop::NEVER }>()
     }
@@ -378,6 +383,7 @@ impl Reader {
         if claim.load(Ordering::Relaxed) != CLAIM_NONE {
             // Dropped without ack: deliver it again, one attempt later, or move it on.
             if !self.redeliver()? {
+                self.load_held();
                 return Ok(true);
             }
         }
@@ -393,11 +399,13 @@ impl Reader {
         let meta = core.read_meta(self.dead, c.pos);
         if let Ok((off, len, _)) = meta {
             let mut buf = [0u8; 8];
-            // SAFETY: `read_meta` checked `len <= max_record`; the claim buffer holds
-            // `max_record` bytes after the entry header; slot and entry are ours.
+            self.record.resize(len, 0);
+            // SAFETY: `read_meta` checked `len <= max_record`; a slot's payload and the claim
+            // buffer after the entry header each hold `max_record` bytes padded to 8, at
+            // 8-aligned offsets; slot and entry are ours.
             unsafe {
-                let dst = core.shm.slice_mut(entry + ENTRY_HEADER, len);
-                core.shm.read(off, dst);
+                core.shm.read(off, &mut self.record);
+                core.shm.write(entry + ENTRY_HEADER, &self.record);
                 core.shm.read(off - SLOT_HEADER + 8, &mut buf);
                 core.shm.write(entry + E_CLAIM_META, &buf);
             }
@@ -412,6 +420,22 @@ impl Reader {
         core.free_slot(self.dead, c);
         meta?;
         Ok(true)
+    }
+
+    /// Copies the record in the claim buffer into `record`. Its length comes from the
+    /// buffer's meta word and is capped at `max_record` again: the buffer is shared memory.
+    fn load_held(&mut self) {
+        let core = &self.handle.core;
+        let entry = self.handle.entry();
+        let mut raw = [0u8; 8];
+        // SAFETY: the entry's fields lie inside the entry array; the entry is ours.
+        unsafe { core.shm.read(entry + E_CLAIM_META, &mut raw) };
+        let len =
+            ((u64::from_le_bytes(raw) & 0xffff_ffff) as usize).min(core.layout.config.max_record);
+        self.record.resize(len, 0);
+        // SAFETY: the claim buffer holds `max_record` bytes padded to 8 after the entry header,
+        // at an 8-aligned offset; the entry is ours.
+        unsafe { core.shm.read(entry + ENTRY_HEADER, &mut self.record) };
     }
 
     /// Handles a record left in the claim buffer. `Ok(false)`: deliver it again now;
@@ -474,7 +498,11 @@ impl Consumer {
     pub fn pending(&mut self) -> Option<Claim<'_>> {
         let h = &self.reader.handle;
         let held = word(&h.core.shm, h.entry() + E_CLAIM).load(Ordering::Acquire);
-        (held != CLAIM_NONE).then_some(Claim {
+        if held == CLAIM_NONE {
+            return None;
+        }
+        self.reader.load_held();
+        Some(Claim {
             reader: &mut self.reader,
         })
     }
@@ -524,7 +552,14 @@ impl DeadLetters {
     }
 }
 
-/// A claimed record, held in the claimer's buffer in shared memory until acknowledged.
+/// A claimed record, held in the claimer's buffer in shared memory until acknowledged, so
+/// that it outlives the claimer's process.
+///
+/// It dereferences to a copy of that buffer in the claimer's own memory, taken when the claim
+/// was made, not to the buffer: the segment is memory that every attached process can write,
+/// and a `&[u8]` into it would be undefined behaviour should one of them break the protocol and
+/// write there while the slice lives. Such a process can at worst make the copy differ from
+/// what was pushed.
 pub struct Claim<'a> {
     reader: &'a mut Reader,
 }
@@ -556,8 +591,10 @@ impl Claim<'_> {
     pub fn release(self) -> Result<bool> {
         let h = &self.reader.handle;
         let attempts = self.attempts();
-        let data = self.to_vec();
-        match h.core.push(self.reader.dead, h.id, &data, attempts) {
+        match h
+            .core
+            .push(self.reader.dead, h.id, &self.reader.record, attempts)
+        {
             Ok(()) => {
                 word(&h.core.shm, h.entry() + E_CLAIM).store(CLAIM_NONE, Ordering::Release);
                 Ok(true)
@@ -577,12 +614,6 @@ impl Claim<'_> {
 impl std::ops::Deref for Claim<'_> {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        let h = &self.reader.handle;
-        // The length was checked against max_record when the record was claimed; check it
-        // again, as the buffer is in shared memory.
-        let len = ((self.meta() & 0xffff_ffff) as usize).min(h.core.layout.config.max_record);
-        // SAFETY: the claim buffer holds `max_record` bytes after the entry header, and only
-        // this handle writes its entry while it lives.
-        unsafe { h.core.shm.slice(h.entry() + ENTRY_HEADER, len) }
+        &self.reader.record
     }
 }
