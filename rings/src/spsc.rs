@@ -29,6 +29,11 @@
 //! `head`, and every header must describe a record that fits inside both the published bytes and
 //! the data area. Anything else is [`Error::Corrupt`], never an out-of-bounds access or an
 //! endless loop. The producer likewise checks the `head` it reads.
+//!
+//! Record bytes move between the ring and the handles' own buffers by atomic word copies: a
+//! [`Record`] dereferences to a copy taken by [`Consumer::peek`], and a [`Reservation`] is
+//! written in the producer's buffer and copied into the ring at commit, so no reference into
+//! memory the other process can write is ever handed out.
 
 use crate::error::{Error, PushError};
 use crate::primitive::{AtomicU64, Ordering, Shm};

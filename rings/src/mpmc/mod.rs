@@ -28,6 +28,8 @@
 //! freeing the slot, so a slow consumer never holds ring space and producers are never blocked by
 //! unacknowledged work. Acknowledging is a store to the consumer's own line. Delivery is
 //! at-least-once: a consumer that dies between processing and acknowledging is redelivered to.
+//! The [`Claim`] itself dereferences to a further copy in the consumer's process memory: the
+//! claim buffer is in the segment, which every attached process can write.
 //!
 //! Stamps compare in modular 56-bit arithmetic; a handle would have to stall for 2^53 laps of
 //! the ring for a stale stamp to look current.
@@ -37,6 +39,11 @@
 //! One file each: `layout` (offsets, stamps, the checked geometry), `core` (the lock-free push and
 //! claim protocol), `recover` (what a dead handle held goes back), and `handle` (the public
 //! handles, which attach, reap and wait).
+//!
+//! Push and claim take a stop point as a const parameter. Normal use runs them to the end; the
+//! crash hooks (`Producer::stall_mid_push_for_crash_test` and
+//! `Consumer::stall_mid_claim_for_crash_test`, only with the `crash-hooks` feature) and the loom
+//! models run the same functions stopped where a killed process would stop.
 
 mod core;
 #[cfg(not(loom))]
