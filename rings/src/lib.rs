@@ -5,8 +5,8 @@
 //! queued records must survive a reboot) and any other can attach to it by that path. The crate
 //! knows nothing of who uses it.
 //!
-//! - [`spsc`]: one producer, one consumer, variable-length records in a byte ring, read and
-//!   written in place. The index protocol is Lamport's single-producer single-consumer ring
+//! - [`spsc`]: one producer, one consumer, variable-length records in a byte ring. The index
+//!   protocol is Lamport's single-producer single-consumer ring
 //!   (L. Lamport, "Specifying Concurrent Program Modules", 1983) with free-running indices and
 //!   cached opposite indices, as in the Linux io_uring rings and rtrb.
 //! - [`mpmc`]: many producers, competing consumers, bounded records in fixed slots. The slot
@@ -28,8 +28,23 @@
 //! - Segments ([`segment`]): a header with magic, version, geometry, creator identity and a
 //!   checksum; atomic creation by `O_TMPFILE` + `linkat`; size checked before mapping.
 //!
-//! Everything read from shared memory is checked before it is used as a length or an index: a
-//! corrupt or hostile peer gets an [`Error::Corrupt`], never an out-of-bounds access.
+//! # Against a corrupt or hostile peer
+//!
+//! Two guarantees hold whatever another process writes into a segment, at any moment:
+//!
+//! - **Bounds.** Everything read from shared memory is checked before it is used as a length or
+//!   an index: a corrupt or hostile peer gets an [`Error::Corrupt`], never an out-of-bounds
+//!   access or an endless loop.
+//! - **No data race in this process.** Every access this process makes to a segment is atomic:
+//!   index words, stamps and counts are atomics, and record bytes are copied in and out with
+//!   relaxed atomic loads and stores of whole words. No reference to plain bytes in a segment is
+//!   ever handed out: a peeked [`spsc::Record`], an [`mpmc::Claim`] and an [`spsc::Reservation`]
+//!   dereference to a copy in the handle's own memory. (A `&[u8]` into memory that another
+//!   process may write while it lives would be undefined behaviour in Rust's memory model.)
+//!
+//! What a hostile peer can still do is change values: a record's bytes, copied while it writes
+//! them, may differ from what was published (torn between words), and counts and positions may
+//! be wrong. It cannot make this process fault or its reads undefined.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 // The loom build keeps only the protocol cores in use; the file-backed handles are compiled out.
@@ -51,6 +66,21 @@ pub use segment::{LAYOUT_VERSION, RingKind, SegmentInfo, inspect, remove_stale};
 pub use sys::ProcessId;
 #[cfg(not(loom))]
 pub use wait::FutexWait;
+
+/// The lock count and total length of a segment of `kind` with these header parameters, checked
+/// by that kind's layout. The crate root declares every ring module, so the list of kinds and
+/// their layouts lives here and [`segment`] names none of them.
+#[cfg(not(loom))]
+pub(crate) fn kind_geometry(
+    kind: RingKind,
+    params: [u64; 6],
+) -> std::result::Result<(u32, usize), String> {
+    match kind {
+        RingKind::Spsc => segment::geometry::<spsc::RingLayout>(params),
+        RingKind::Mpmc => segment::geometry::<mpmc::QueueLayout>(params),
+        RingKind::Table => segment::geometry::<table::TableLayout>(params),
+    }
+}
 
 /// Heap-backed ends for the loom models (`RUSTFLAGS="--cfg loom"`); not part of the API.
 #[cfg(loom)]

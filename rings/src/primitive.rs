@@ -2,9 +2,19 @@
 //!
 //! Normally [`Shm`] is a raw window onto a file mapping and the atomics are `std`'s. Under
 //! `cfg(loom)` the atomics are loom's and [`Shm`] is a heap array of loom atomics, so the loom
-//! models run the very same index protocol code. Record bytes are then copied word by word with
-//! relaxed atomics: a publication that forgot its Release/Acquire pair shows up in a model as
-//! stale payload, not only as a stale index.
+//! models run the very same index protocol code.
+//!
+//! Every access this process makes through a [`Shm`] is atomic, record bytes included: they are
+//! copied word by word with relaxed atomic loads and stores of whole, 8-aligned 64-bit words
+//! (the futex and count words are 32-bit atomics that nothing accesses at another width). Another
+//! process can write the mapping at any moment — an honest peer only where the protocol lets it,
+//! a corrupt or hostile one anywhere — and Rust's memory model makes a non-atomic read racing
+//! with a write undefined behaviour, so a plain `memcpy` or a `&[u8]` into the mapping would be
+//! sound only while every peer keeps to the protocol. With atomic accesses a peer's writes can
+//! change the values this process reads (a record copied while a hostile peer writes it may be
+//! torn between words), never make the reads themselves undefined. The protocols' Release and
+//! Acquire accesses order the relaxed copies as they ordered plain ones; under loom a publication
+//! that forgot its Release/Acquire pair shows up as stale payload, not only as a stale index.
 
 #[cfg(loom)]
 pub(crate) use loom::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -42,13 +52,14 @@ pub(crate) use self::modelled::Shm;
 
 #[cfg(not(loom))]
 mod mapped {
-    use super::{AtomicU32, AtomicU64};
+    use super::{AtomicU32, AtomicU64, Ordering};
     use std::ptr::NonNull;
 
     /// A window of shared memory: `len` bytes at `base`, 128-byte aligned.
     ///
     /// `Shm` does not own the memory; whoever builds one keeps the mapping alive at least as long
-    /// as the `Shm` and everything borrowed from it.
+    /// as the `Shm` and everything borrowed from it. It hands out no reference to plain bytes:
+    /// only atomics, and copies in and out.
     #[derive(Clone, Copy, Debug)]
     pub(crate) struct Shm {
         base: NonNull<u8>,
@@ -56,7 +67,7 @@ mod mapped {
     }
 
     // SAFETY: `Shm` is a pointer into memory that is shared between processes by design; every
-    // access through it is either atomic or ordered by the ring protocols' atomics.
+    // access through it is atomic.
     unsafe impl Send for Shm {}
     // SAFETY: as for `Send`.
     unsafe impl Sync for Shm {}
@@ -79,8 +90,8 @@ mod mapped {
         ///
         /// # Safety
         ///
-        /// `off` must be 8-aligned and `off + 8 <= len`; the word must only ever be accessed
-        /// atomically (by every process sharing it).
+        /// `off` must be 8-aligned and `off + 8 <= len`, and this process must access the word
+        /// only as a 64-bit atomic (through this method, [`Shm::read`] or [`Shm::write`]).
         #[inline]
         pub(crate) unsafe fn u64(&self, off: usize) -> &AtomicU64 {
             debug_assert!(
@@ -96,7 +107,8 @@ mod mapped {
         ///
         /// # Safety
         ///
-        /// As for [`Shm::u64`], with 4-byte alignment.
+        /// `off` must be 4-aligned and `off + 4 <= len`, and this process must access the word
+        /// only as a 32-bit atomic.
         #[inline]
         pub(crate) unsafe fn u32(&self, off: usize) -> &AtomicU32 {
             debug_assert!(
@@ -108,36 +120,72 @@ mod mapped {
             unsafe { &*self.base.as_ptr().add(off).cast::<AtomicU32>() }
         }
 
-        /// Copies `src` into the window at `off`.
+        /// Copies `src` into the window at `off`, in relaxed atomic stores of whole words: the
+        /// last word is filled up with zeros.
         ///
         /// # Safety
         ///
-        /// `off + src.len() <= len`, and the protocol must give this side exclusive ownership of
-        /// those bytes until it publishes them.
+        /// `off` must be 8-aligned and `off + src.len()` rounded up to 8 at most `len`; this side
+        /// must own those bytes (the zeros included) under the protocol until it publishes them,
+        /// and this process must access them only as whole 8-aligned atomic words.
         #[inline]
         pub(crate) unsafe fn write(&self, off: usize, src: &[u8]) {
-            debug_assert!(off + src.len() <= self.len);
-            // SAFETY: in bounds per the caller; `src` is local memory, so no overlap.
-            unsafe {
-                std::ptr::copy_nonoverlapping(src.as_ptr(), self.base.as_ptr().add(off), src.len())
+            debug_assert!(
+                off % 8 == 0 && off + src.len().next_multiple_of(8) <= self.len,
+                "write of {} at {off} of {}",
+                src.len(),
+                self.len
+            );
+            let mut chunks = src.chunks_exact(8);
+            let mut at = off;
+            for chunk in &mut chunks {
+                let mut word = [0u8; 8];
+                word.copy_from_slice(chunk);
+                // SAFETY: `at` is 8-aligned and the word lies in bounds, per the caller.
+                unsafe { self.u64(at) }.store(u64::from_ne_bytes(word), Ordering::Relaxed);
+                at += 8;
+            }
+            let rest = chunks.remainder();
+            if !rest.is_empty() {
+                let mut word = [0u8; 8];
+                word[..rest.len()].copy_from_slice(rest);
+                // SAFETY: as above; the caller owns the whole last word.
+                unsafe { self.u64(at) }.store(u64::from_ne_bytes(word), Ordering::Relaxed);
             }
         }
 
-        /// Copies bytes at `off` out into `dst`.
+        /// Copies bytes at `off` out into `dst`, in relaxed atomic loads of whole words.
+        ///
+        /// The loads are atomic, so a peer that writes these bytes meanwhile (one that breaks
+        /// the protocol) can change what is copied, even tear it between words, but cannot make
+        /// the read undefined behaviour.
         ///
         /// # Safety
         ///
-        /// `off + dst.len() <= len`, and the protocol must have published those bytes to this side.
+        /// `off` must be 8-aligned and `off + dst.len()` rounded up to 8 at most `len`, and this
+        /// process must access those bytes only as whole 8-aligned atomic words. For the copy to
+        /// mean anything, the protocol must have published them to this side.
         #[inline]
         pub(crate) unsafe fn read(&self, off: usize, dst: &mut [u8]) {
-            debug_assert!(off + dst.len() <= self.len);
-            // SAFETY: in bounds per the caller; `dst` is local memory, so no overlap.
-            unsafe {
-                std::ptr::copy_nonoverlapping(
-                    self.base.as_ptr().add(off),
-                    dst.as_mut_ptr(),
-                    dst.len(),
-                )
+            debug_assert!(
+                off % 8 == 0 && off + dst.len().next_multiple_of(8) <= self.len,
+                "read of {} at {off} of {}",
+                dst.len(),
+                self.len
+            );
+            let mut chunks = dst.chunks_exact_mut(8);
+            let mut at = off;
+            for chunk in &mut chunks {
+                // SAFETY: `at` is 8-aligned and the word lies in bounds, per the caller.
+                let word = unsafe { self.u64(at) }.load(Ordering::Relaxed);
+                chunk.copy_from_slice(&word.to_ne_bytes());
+                at += 8;
+            }
+            let rest = chunks.into_remainder();
+            if !rest.is_empty() {
+                // SAFETY: as above; the whole last word lies in bounds.
+                let word = unsafe { self.u64(at) }.load(Ordering::Relaxed);
+                rest.copy_from_slice(&word.to_ne_bytes()[..rest.len()]);
             }
         }
 
@@ -157,32 +205,6 @@ mod mapped {
             }
             #[cfg(not(target_arch = "x86_64"))]
             let _ = off;
-        }
-
-        /// A shared view of `len` published bytes at `off`.
-        ///
-        /// # Safety
-        ///
-        /// `off + len <= self.len`, and no one may write those bytes while the slice lives.
-        #[inline]
-        pub(crate) unsafe fn slice<'a>(&self, off: usize, len: usize) -> &'a [u8] {
-            debug_assert!(off + len <= self.len);
-            // SAFETY: in bounds per the caller, who also rules out concurrent writers.
-            unsafe { std::slice::from_raw_parts(self.base.as_ptr().add(off), len) }
-        }
-
-        /// An exclusive view of `len` bytes at `off`.
-        ///
-        /// # Safety
-        ///
-        /// `off + len <= self.len`, and no one else may read or write those bytes while the
-        /// slice lives.
-        #[inline]
-        #[allow(clippy::mut_from_ref)] // the protocol, not the borrow checker, grants exclusivity
-        pub(crate) unsafe fn slice_mut<'a>(&self, off: usize, len: usize) -> &'a mut [u8] {
-            debug_assert!(off + len <= self.len);
-            // SAFETY: in bounds per the caller, who also guarantees exclusive access.
-            unsafe { std::slice::from_raw_parts_mut(self.base.as_ptr().add(off), len) }
         }
     }
 }

@@ -103,6 +103,15 @@ pub(crate) trait Layout: Sized {
     /// Checks parameters read from a header; never trusts them.
     fn from_params(params: [u64; 6]) -> std::result::Result<Self, String>;
     fn total_len(&self) -> usize;
+    /// How many lock bytes (one per handle that can attach) follow the segment's end.
+    fn lock_count(&self) -> u32;
+}
+
+/// The lock count and total length that parameters read from a header give, checked by the
+/// layout `L` of the header's kind.
+pub(crate) fn geometry<L: Layout>(params: [u64; 6]) -> std::result::Result<(u32, usize), String> {
+    let l = L::from_params(params)?;
+    Ok((l.lock_count(), l.total_len()))
 }
 
 /// A mapped segment. Handles share it through an `Arc`; each handle has its own open file
@@ -184,16 +193,18 @@ fn checksum(shm: &Shm) -> u64 {
 
 fn read_u64(shm: &Shm, off: usize) -> u64 {
     let mut b = [0u8; 8];
-    // SAFETY: header offsets lie within the mapping, which is at least HEADER_LEN long.
+    // SAFETY: header offsets are 8-aligned and lie within the mapping, which is at least
+    // HEADER_LEN long; the header is only ever accessed in whole words.
     unsafe { shm.read(off, &mut b) };
     u64::from_le_bytes(b)
 }
 
+/// The u32 field at `off`, read as part of its 8-aligned word: the header is only ever accessed in
+/// whole words.
 fn read_u32(shm: &Shm, off: usize) -> u32 {
-    let mut b = [0u8; 4];
-    // SAFETY: as in `read_u64`.
-    unsafe { shm.read(off, &mut b) };
-    u32::from_le_bytes(b)
+    let word = read_u64(shm, off & !7).to_le_bytes();
+    let at = off & 7;
+    u32::from_le_bytes([word[at], word[at + 1], word[at + 2], word[at + 3]])
 }
 
 fn read_creator(shm: &Shm) -> ProcessId {
@@ -599,27 +610,6 @@ impl SegmentInfo {
     }
 }
 
-/// The lock count and total length that a header's kind and parameters give.
-fn lock_count_and_len(
-    kind: RingKind,
-    params: [u64; 6],
-) -> std::result::Result<(u32, usize), String> {
-    Ok(match kind {
-        RingKind::Spsc => {
-            let l = crate::spsc::RingLayout::from_params(params)?;
-            (l.lock_count(), Layout::total_len(&l))
-        }
-        RingKind::Mpmc => {
-            let l = crate::mpmc::QueueLayout::from_params(params)?;
-            (l.lock_count(), l.total_len())
-        }
-        RingKind::Table => {
-            let l = crate::table::TableLayout::from_params(params)?;
-            (l.lock_count(), l.total_len())
-        }
-    })
-}
-
 /// Reads a segment's header and counts the live handles attached to it, without attaching.
 pub fn inspect(path: impl AsRef<Path>) -> Result<SegmentInfo> {
     let path = path.as_ref();
@@ -628,7 +618,7 @@ pub fn inspect(path: impl AsRef<Path>) -> Result<SegmentInfo> {
     let (_map, shm) = map(&file, HEADER_LEN, path)?;
     let creator = read_creator(&shm);
     let (locks, total) =
-        lock_count_and_len(header.kind, header.params).map_err(|reason| Error::BadHeader {
+        crate::kind_geometry(header.kind, header.params).map_err(|reason| Error::BadHeader {
             path: path.to_owned(),
             reason,
         })?;

@@ -29,6 +29,11 @@
 //! `head`, and every header must describe a record that fits inside both the published bytes and
 //! the data area. Anything else is [`Error::Corrupt`], never an out-of-bounds access or an
 //! endless loop. The producer likewise checks the `head` it reads.
+//!
+//! Record bytes move between the ring and the handles' own buffers by atomic word copies: a
+//! [`Record`] dereferences to a copy taken by [`Consumer::peek`], and a [`Reservation`] is
+//! written in the producer's buffer and copied into the ring at commit, so no reference into
+//! memory the other process can write is ever handed out.
 
 use crate::error::{Error, PushError};
 use crate::primitive::{AtomicU64, Ordering, Shm};
@@ -79,10 +84,6 @@ impl RingLayout {
         Self::check(params[0])
     }
 
-    pub(crate) fn lock_count(&self) -> u32 {
-        2
-    }
-
     pub(crate) fn total_len(&self) -> usize {
         OFF_DATA + self.capacity as usize
     }
@@ -99,6 +100,10 @@ impl crate::segment::Layout for RingLayout {
     }
     fn total_len(&self) -> usize {
         RingLayout::total_len(self)
+    }
+    /// The producer's and the consumer's.
+    fn lock_count(&self) -> u32 {
+        2
     }
 }
 
@@ -319,13 +324,24 @@ impl ProducerCore {
         }
     }
 
+    /// Writes `data` as the payload of the record just reserved at `off` and stages it.
+    #[inline]
+    pub(crate) fn commit_copy(&mut self, off: usize, data: &[u8]) {
+        debug_assert_eq!(
+            off,
+            OFF_DATA + (self.tail & (self.capacity - 1)) as usize + REC_HEADER as usize
+        );
+        // SAFETY: `reserve` returned room at `off` (8-aligned) for a record of `data.len()`
+        // payload bytes padded to 8, which this side owns until it publishes them.
+        unsafe { self.shm.write(off, data) };
+        self.commit(data.len());
+    }
+
     /// Copies `data` into the ring as a staged record.
     #[inline]
     pub(crate) fn stage_copy(&mut self, data: &[u8]) -> Result<(), PushError> {
         let off = self.reserve(data.len())?;
-        // SAFETY: `reserve` returned room for `data.len()` payload bytes at `off`.
-        unsafe { self.shm.write(off, data) };
-        self.commit(data.len());
+        self.commit_copy(off, data);
         Ok(())
     }
 
@@ -493,20 +509,26 @@ impl ConsumerCore {
         match self.peek()? {
             None => Ok(false),
             Some(found) => {
-                // Zero-fill only what the vector grows by: every byte is overwritten below, so
-                // a reused buffer pays no memset.
-                if out.len() < found.len {
-                    out.resize(found.len, 0);
-                } else {
-                    out.truncate(found.len);
-                }
-                // SAFETY: `peek` checked that the payload lies inside the data area, in a
-                // record published by the header it loaded with Acquire.
-                unsafe { self.shm.read(found.off, out) };
+                self.copy_out(found, out);
                 self.release(found);
                 Ok(true)
             }
         }
+    }
+
+    /// Copies the payload of a record returned by `peek` into `out`, replacing its contents.
+    #[inline]
+    pub(crate) fn copy_out(&self, found: Found, out: &mut Vec<u8>) {
+        // Zero-fill only what the vector grows by: every byte is overwritten below, so a reused
+        // buffer pays no memset.
+        if out.len() < found.len {
+            out.resize(found.len, 0);
+        } else {
+            out.truncate(found.len);
+        }
+        // SAFETY: `peek` checked that the payload, padded to 8, lies inside the data area (at an
+        // 8-aligned offset), in a record published by the header it loaded with Acquire.
+        unsafe { self.shm.read(found.off, out) };
     }
 
     /// Whether a record is published at `head`: the waiter's re-check in the wait protocol.
@@ -573,6 +595,8 @@ mod handles {
         core: ProducerCore,
         capacity: u64,
         map: Arc<Mapping>,
+        /// Where a [`Reservation`] is written before its commit copies it into the ring.
+        staging: Vec<u8>,
         _lock: File,
         _not_sync: PhantomData<Cell<()>>,
     }
@@ -605,6 +629,7 @@ mod handles {
                 core,
                 capacity,
                 map,
+                staging: Vec::new(),
                 _lock: lock,
                 _not_sync: PhantomData,
             })
@@ -620,15 +645,17 @@ mod handles {
             self.capacity as usize
         }
 
-        /// Reserves room for a record of `len` bytes to be written in place. Says
-        /// [`PushError::Full`] at once when there is no room; never blocks.
+        /// Reserves room in the ring for a record of `len` bytes, to be written through the
+        /// returned [`Reservation`] (which starts zeroed). Says [`PushError::Full`] at once when
+        /// there is no room; never blocks.
         #[inline]
         pub fn reserve(&mut self, len: usize) -> Result<Reservation<'_>, PushError> {
             let off = self.core.reserve(len)?;
+            self.staging.clear();
+            self.staging.resize(len, 0);
             Ok(Reservation {
                 producer: self,
                 off,
-                len,
             })
         }
 
@@ -699,12 +726,15 @@ mod handles {
         }
     }
 
-    /// Room for one record, written in place. [`Reservation::commit`] stages it; dropping it
-    /// discards it.
+    /// Room for one record. [`Reservation::commit`] stages it; dropping it discards it.
+    ///
+    /// It dereferences to a buffer of the producer's own, not to the ring: the ring is memory
+    /// that the consumer's process can write too, and a `&mut [u8]` into it would be undefined
+    /// behaviour should that process break the protocol and write there. The commit copies the
+    /// buffer into the reserved room, in atomic word stores.
     pub struct Reservation<'a> {
         producer: &'a mut Producer,
         off: usize,
-        len: usize,
     }
 
     impl Reservation<'_> {
@@ -712,30 +742,29 @@ mod handles {
         /// [`Producer::push`], or when the producer is dropped).
         #[inline]
         pub fn commit(self) {
-            self.producer.core.commit(self.len);
+            let p = self.producer;
+            p.core.commit_copy(self.off, &p.staging);
         }
 
         /// Stages and publishes the record.
         #[inline]
         pub fn commit_and_publish(self) {
-            self.producer.core.commit(self.len);
-            self.producer.core.publish();
+            let p = self.producer;
+            p.core.commit_copy(self.off, &p.staging);
+            p.core.publish();
         }
     }
 
     impl std::ops::Deref for Reservation<'_> {
         type Target = [u8];
         fn deref(&self) -> &[u8] {
-            // SAFETY: `reserve` gave this side exclusive ownership of `len` bytes at `off`,
-            // inside the data area, until it publishes them.
-            unsafe { self.producer.map.shm.slice(self.off, self.len) }
+            &self.producer.staging
         }
     }
 
     impl std::ops::DerefMut for Reservation<'_> {
         fn deref_mut(&mut self) -> &mut [u8] {
-            // SAFETY: as in `deref`; `&mut self` makes this the only view.
-            unsafe { self.producer.map.shm.slice_mut(self.off, self.len) }
+            &mut self.producer.staging
         }
     }
 
@@ -743,6 +772,8 @@ mod handles {
     pub struct Consumer {
         core: ConsumerCore,
         map: Arc<Mapping>,
+        /// The bytes of the record last peeked, copied out of the ring.
+        record: Vec<u8>,
         _lock: File,
         _not_sync: PhantomData<Cell<()>>,
     }
@@ -774,16 +805,21 @@ mod handles {
             Ok(Consumer {
                 core,
                 map,
+                record: Vec::new(),
                 _lock: lock,
                 _not_sync: PhantomData,
             })
         }
 
-        /// The next record, read in place; `None` when the ring is empty. Release it with
-        /// [`Record::release`]; dropping it leaves it to be read again.
+        /// The next record, copied out of the ring; `None` when the ring is empty. Release it
+        /// with [`Record::release`]; dropping it leaves it in the ring, to be read again.
         #[inline]
         pub fn peek(&mut self) -> Result<Option<Record<'_>>> {
-            Ok(self.core.peek()?.map(|found| Record {
+            let Some(found) = self.core.peek()? else {
+                return Ok(None);
+            };
+            self.core.copy_out(found, &mut self.record);
+            Ok(Some(Record {
                 consumer: self,
                 found,
             }))
@@ -846,7 +882,13 @@ mod handles {
         }
     }
 
-    /// A record read in place from the ring.
+    /// A record peeked from the ring: its space stays taken until [`Record::release`].
+    ///
+    /// It dereferences to a copy of the record in the consumer's own buffer, taken by
+    /// [`Consumer::peek`], not to the ring: the ring is memory that the producer's process can
+    /// write too, and a `&[u8]` into it would be undefined behaviour should that process break
+    /// the protocol and write there while the slice lives. A producer that does so can at worst
+    /// make the copy differ from what it published.
     pub struct Record<'a> {
         consumer: &'a mut Consumer,
         found: Found,
@@ -863,9 +905,7 @@ mod handles {
     impl std::ops::Deref for Record<'_> {
         type Target = [u8];
         fn deref(&self) -> &[u8] {
-            // SAFETY: `peek` checked the record lies inside published bytes of the data area;
-            // the producer does not write them until this side releases them.
-            unsafe { self.consumer.map.shm.slice(self.found.off, self.found.len) }
+            &self.consumer.record
         }
     }
 }

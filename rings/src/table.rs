@@ -201,10 +201,6 @@ impl TableLayout {
         Self::check(&config)
     }
 
-    pub(crate) fn lock_count(&self) -> u32 {
-        self.config.holders
-    }
-
     fn entry(&self, holder: u32) -> usize {
         OFF_ENTRIES + holder as usize * ENTRY_LEN
     }
@@ -229,6 +225,10 @@ impl crate::segment::Layout for TableLayout {
     }
     fn total_len(&self) -> usize {
         self.total
+    }
+    /// One per holder.
+    fn lock_count(&self) -> u32 {
+        self.config.holders
     }
 }
 

@@ -155,6 +155,40 @@ fn mpmc_stamps_that_never_match_are_reported_not_looped_on() {
     assert!(matches!(p.push(b"x"), Err(PushError::Corrupt(_))));
 }
 
+/// What a reader holds is a copy: a peer that writes the ring's bytes under a peeked record, a
+/// claim or a reservation (here, `pwrite` to the segment file, which every mapping of it sees)
+/// changes neither what the reader reads nor what the producer commits.
+#[test]
+fn records_claims_and_reservations_in_hand_are_copies_a_peer_cannot_change() {
+    let s = Scratch::new("copies");
+    let path = s.path("r");
+    let (mut p, mut c) = spsc::create(&path, 4096).unwrap();
+    p.push(b"12345678").unwrap();
+    let rec = c.peek().unwrap().expect("a record");
+    poke(&path, DATA + 8, b"xxxxxxxx");
+    assert_eq!(&rec[..], b"12345678");
+    rec.release();
+    let mut r = p.reserve(8).unwrap();
+    r.copy_from_slice(b"abcdefgh");
+    // The reservation's payload starts 16 bytes on: after the first record and its own header.
+    poke(&path, DATA + 16 + 8, b"yyyyyyyy");
+    r.commit_and_publish();
+    let mut out = Vec::new();
+    assert!(c.pop(&mut out).unwrap());
+    assert_eq!(out, b"abcdefgh");
+
+    let path = s.path("q");
+    let q = queue(&path);
+    q.producer().unwrap().push(b"ticket").unwrap();
+    let mut c = q.consumer().unwrap();
+    let claim = c.claim().unwrap().expect("a record");
+    // Every entry's claim buffer (the consumer's among them): 48 bytes into each 128-byte entry.
+    for entry in 0..4 {
+        poke(&path, 1024 + 128 * entry + 48, b"XXXXXX");
+    }
+    assert_eq!(&claim[..], b"ticket");
+}
+
 /// FNV-1a 64, as the segment header's checksum is documented (over bytes 8..112).
 fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
