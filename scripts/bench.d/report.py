@@ -13,6 +13,7 @@ import os
 import re
 
 import overflow_report as ovf
+import setup
 import svg
 from summary import median as median_of
 from summary import summarize
@@ -501,7 +502,7 @@ def markdown(result, results_rel, charts, *, spike=None, spike_rel=None, handoff
           f"took {result['elapsed_s'] / 60:.1f} min)",
           f"- **Date:** {result['started']} (UTC)",
           f"- **Commit:** `{g['short']}` on `{g['branch']}`: {g['subject']}"
-          + (" (with uncommitted changes)" if g.get("dirty") else ""),
+          + (" (with uncommitted changes)" if setup.recorded_dirty(g) else ""),
           f"- **Machine:** {m['nproc']} CPUs ({m['cpu_model']}), Linux {m['kernel']}, "
           f"{m['mem_gib']} GiB" + (", virtual machine" if m.get("virtualized") else ""),
           f"- **Software:** {v.get('levee')}; {v.get('haproxy')}; {v.get('nginx')}; "
