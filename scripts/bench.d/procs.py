@@ -157,8 +157,15 @@ def cpu_seconds(pid):
 
 
 def memory_kb(pid):
-    """VmRSS and VmHWM of `pid` and its descendants, summed, in KiB."""
-    rss = hwm = 0
+    """Memory of `pid` and its descendants, in KiB: PSS from /proc/PID/smaps_rollup, summed, and
+    VmRSS and VmHWM from /proc/PID/status, summed.
+
+    PSS is the figure to compare: it charges each process its share of the pages it shares, so
+    nginx's master and worker (or levee and its worker process) are not charged twice for the
+    same pages, as summed RSS and HWM are. The kernel keeps no peak PSS; PSS is read while the
+    process still holds what the measurement made it allocate."""
+    rss = hwm = pss = 0
+    pss_ok = True
     for p in tree(pid):
         try:
             with open(f"/proc/{p}/status") as f:
@@ -169,7 +176,15 @@ def memory_kb(pid):
                         hwm += int(line.split()[1])
         except OSError:
             continue
-    return {"rss_kb": rss, "hwm_kb": hwm}
+        try:
+            with open(f"/proc/{p}/smaps_rollup") as f:
+                for line in f:
+                    if line.startswith("Pss:"):
+                        pss += int(line.split()[1])
+                        break
+        except OSError:
+            pss_ok = False
+    return {"rss_kb": rss, "hwm_kb": hwm, "pss_kb": pss if pss_ok else None}
 
 
 def own_cpu_seconds():

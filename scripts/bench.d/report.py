@@ -169,6 +169,15 @@ def fmib(kb):
     return "–" if kb is None else f"{kb / 1024:.1f} MiB"
 
 
+def memory_key(result):
+    """The memory figure a results file compares: PSS summed over the process tree where it was
+    recorded (settings.memory_basis), else the peak RSS (VmHWM) summed, which counts pages that
+    nginx's master and worker share twice."""
+    basis = result.get("settings", {}).get("memory_basis", "")
+    return ("pss_kb", "memory (PSS)") if basis.startswith("pss") \
+        else ("hwm_kb", "peak RSS (summed)")
+
+
 def label_of(result):
     return {c["key"]: c["label"] for c in result["contenders"]}
 
@@ -332,8 +341,9 @@ def table(header, rows):
 def request_table(result, scenario):
     labels = label_of(result)
     rate_unit, cpu_unit = UNITS[scenario]
+    mkey, mlabel = memory_key(result)
     header = ["conns", "contender", rate_unit, "× HAProxy", "× direct", "p50", "p99", "p99.9",
-              cpu_unit, "CPU × HAProxy", "peak RSS", "errors"]
+              cpu_unit, "CPU × HAProxy", mlabel, "errors"]
     rows = []
     for step in sorted(steps_of(result, scenario), key=step_sort_key):
         for key, s in result["summary"][scenario][step].items():
@@ -347,7 +357,7 @@ def request_table(result, scenario):
                 fratio(vs(s, "haproxy", "rate")), fratio(vs(s, "direct", "rate")),
                 fms(s["p50_us"]), fms(s["p99_us"]), fms(s["p999_us"]),
                 fnum(s["cpu_per_unit"]), fratio(vs(s, "haproxy", "cpu_per_unit")),
-                fmib(s["hwm_kb"]), errors_cell(s),
+                fmib(s.get(mkey)), errors_cell(s),
             ])
     return table(header, rows)
 
@@ -361,8 +371,9 @@ def errors_cell(s):
 
 def bulk_table(result):
     labels = label_of(result)
+    mkey, mlabel = memory_key(result)
     header = ["contender", "Gbit/s", "× HAProxy", "× direct", "CPU ms/GB", "CPU × HAProxy",
-              "peak RSS", "errors"]
+              mlabel, "errors"]
     rows = []
     for step in steps_of(result, "bulk"):
         for key, s in result["summary"]["bulk"][step].items():
@@ -371,14 +382,25 @@ def bulk_table(result):
                 f"{s['rate']:.2f}" if s["rate"] is not None else "–",
                 fratio(vs(s, "haproxy", "rate")), fratio(vs(s, "direct", "rate")),
                 fnum(s["cpu_per_unit"]), fratio(vs(s, "haproxy", "cpu_per_unit")),
-                fmib(s["hwm_kb"]), errors_cell(s),
+                fmib(s.get(mkey)), errors_cell(s),
             ])
     return table(header, rows)
 
 
+def idle_basis(result):
+    """What the idle step's growth per connection is of: PSS in files that recorded it (the
+    measurement says, in raw.idle.basis), RSS summed before."""
+    for m in result["measurements"]:
+        if m["scenario"] == "idle":
+            return "pss_kb" if m["raw"].get("idle", {}).get("basis") == "pss_kb" else "rss_kb"
+    return "rss_kb"
+
+
 def idle_table(result):
     labels = label_of(result)
-    header = ["contender", "RSS before", "RSS holding them", "× HAProxy",
+    basis = idle_basis(result)
+    name = "PSS" if basis == "pss_kb" else "RSS"
+    header = ["contender", f"{name} before", f"{name} holding them", "× HAProxy",
               "growth per connection", "reached the backend", "errors"]
     rows = []
     n = result["settings"]["idle_conns"]
@@ -387,10 +409,10 @@ def idle_table(result):
             ms = [m for m in result["measurements"]
                   if m["scenario"] == "idle" and m["contender"] == key]
             bc = [m["raw"]["idle"]["backend_conns"] for m in ms]
-            before = median_of([m["raw"]["before"]["rss_kb"] for m in ms])
+            before = median_of([m["raw"]["before"].get(basis) for m in ms])
             rows.append([
                 f"**{labels[key]}**" if key == "levee" else labels.get(key, key),
-                fmib(before), fmib(s["rss_kb"]), fratio(vs(s, "haproxy", "rss_kb")),
+                fmib(before), fmib(s.get(basis)), fratio(vs(s, "haproxy", basis)),
                 f"{s['rate']:,.0f} B" if s["rate"] is not None else "–",
                 f"{min(bc)}–{max(bc)} of {n}" if bc and min(bc) != max(bc)
                 else (f"{bc[0]} of {n}" if bc else "–"),
@@ -532,19 +554,26 @@ def markdown(result, results_rel, charts, *, spike=None, spike_rel=None, handoff
               "every byte received.", "", bulk_table(result), ""]
         step = steps_of(result, "bulk")[0]
         lv, hp = get(result, "bulk", step, "levee"), get(result, "bulk", step, "haproxy")
-        if lv and hp and lv.get("hwm_kb") and hp.get("hwm_kb") and lv["hwm_kb"] > 1.5 * hp["hwm_kb"]:
-            L += ["levee's peak RSS here is its receive-buffer pool: `engine.buffers` × "
+        mkey = memory_key(result)[0]
+        if lv and hp and lv.get(mkey) and hp.get(mkey) and lv[mkey] > 1.5 * hp[mkey]:
+            L += ["levee's memory here is its receive-buffer pool: `engine.buffers` × "
                   "`engine.buffer_size` (2048 × 16 KiB = 32 MiB by default) form a ring the kernel "
                   "fills in order, so one long transfer writes every buffer once. The pool is per "
                   "forwarder and does not grow with connections; with small responses only the "
                   "first page of each buffer is touched (about 8 MiB, the keep-alive steps' peak).",
                   ""]
     if steps_of(result, "idle"):
+        what = ("proportional set size (PSS from /proc/PID/smaps_rollup, summed over the process "
+                "and its children, so that nginx's master and worker are not charged twice for "
+                "the pages they share)" if idle_basis(result) == "pss_kb" else
+                "resident memory (VmRSS summed over the process and its children: this file "
+                "predates PSS, and the sum counts the pages nginx's master and worker share "
+                "twice)")
         L += ["### Idle connections", "",
               f"{st['idle_conns']} client connections opened through the proxy and held without a "
-              "byte sent, each with its backend connection; the proxy's resident memory (VmRSS, "
-              "process and children) before them and once all of them reached the backend. "
-              "Socket buffers live in the kernel and are not in any contender's RSS.", "",
+              f"byte sent, each with its backend connection; the proxy's {what} before them and "
+              "once all of them reached the backend. Socket buffers live in the kernel and are "
+              "not in any contender's figure.", "",
               idle_table(result), ""]
         lv = get(result, "idle", steps_of(result, "idle")[0], "levee")
         if lv and lv["rate"] is not None and lv["rate"] < 100:
@@ -567,8 +596,8 @@ def markdown(result, results_rel, charts, *, spike=None, spike_rel=None, handoff
           "- The median of per-round ratios can differ from the ratio of the medians when the "
           "rounds swing (the virtual CPUs move between placements for seconds at a time); the "
           "per-round ratio is the figure to trust, and the targets table gives its range.",
-          "- Every proxy is started fresh for each measurement, so its peak RSS (VmHWM, summed "
-          "over the process and its children) belongs to that measurement alone.",
+          "- Every proxy is started fresh for each measurement, so its memory figures belong to "
+          "that measurement alone. " + memory_method(result),
           "- levee's CPU and memory figures sum the levee process and its children: a levee "
           "whose pool queues (`pool.NAME.overflow = queue`, the default) starts one worker "
           "process (`overflow.workers = 1`) once some backend has a `max_conns`, and its CPU "
@@ -595,6 +624,18 @@ def markdown(result, results_rel, charts, *, spike=None, spike_rel=None, handoff
     L += reproduce(results_rel, spike_rel, handoff_rel)
     L += ovf.handoff_markdown(handoff, handoff_rel, charts)
     return "\n".join(L + [END])
+
+
+def memory_method(result):
+    if memory_key(result)[0] == "pss_kb":
+        return ("Memory is PSS (/proc/PID/smaps_rollup), summed over the process and its "
+                "children at the end of the measured run: each process is charged its share of "
+                "the pages it shares, so nginx's master and worker (or levee and a worker "
+                "process) are not counted twice, as summed RSS would count them. The kernel keeps "
+                "no peak PSS; the results file also holds VmRSS and VmHWM, summed.")
+    return ("Memory here is the peak RSS (VmHWM) summed over the process and its children: this "
+            "results file predates PSS, and the sum counts the pages nginx's master and worker "
+            "share twice, so nginx's figure is too high by up to the size of those pages.")
 
 
 def reproduce(results_rel, spike_rel, handoff_rel):
@@ -786,16 +827,19 @@ def charts_svg(result):
         panels.append(svg.Panel("CPU per conn, close", [f"{s[1:]} conns" for s in cl],
                                 series_for(result, "close", cl, "cpu_per_unit", proxies_only=True),
                                 unit="proxy CPU µs / request"))
+    mkey, mlabel = memory_key(result)
     if ka:
-        panels.append(svg.Panel("peak RSS, keep-alive", [f"{s[1:]} conns" for s in ka],
-                                series_for(result, "keepalive", ka, "hwm_kb", scale=1 / 1024,
-                                           proxies_only=True), unit="MiB (VmHWM)"))
+        panels.append(svg.Panel(f"{mlabel}, keep-alive", [f"{s[1:]} conns" for s in ka],
+                                series_for(result, "keepalive", ka, mkey, scale=1 / 1024,
+                                           proxies_only=True),
+                                unit="MiB (PSS)" if mkey == "pss_kb" else "MiB (VmHWM, summed)"))
     if idle:
+        basis = idle_basis(result)
         panels.append(svg.Panel("idle conns held",
                                 [f"{result['settings']['idle_conns']} held"],
-                                series_for(result, "idle", idle, "rss_kb", scale=1 / 1024,
+                                series_for(result, "idle", idle, basis, scale=1 / 1024,
                                            proxies_only=True),
-                                unit="MiB (VmRSS)"))
+                                unit="MiB (PSS)" if basis == "pss_kb" else "MiB (VmRSS, summed)"))
     if panels:
         charts["bench-cost.svg"] = svg.chart("Proxy cost (lower is better)", panels, subtitle=sub)
     return charts

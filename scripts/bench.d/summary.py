@@ -3,7 +3,7 @@ side by side, within one round, means anything on these machines)."""
 
 import statistics
 
-METRICS = ("rate", "p50_us", "p99_us", "p999_us", "cpu_per_unit", "hwm_kb", "rss_kb",
+METRICS = ("rate", "p50_us", "p99_us", "p999_us", "cpu_per_unit", "hwm_kb", "rss_kb", "pss_kb",
            "backend_cpu_per_unit",
            # open-loop (spike) steps
            "ok", "failed_conns", "p90_us", "max_us", "backend_peak", "backend_peak_inflight",
@@ -11,7 +11,8 @@ METRICS = ("rate", "p50_us", "p99_us", "p999_us", "cpu_per_unit", "hwm_kb", "rss
            # handoff steps
            "handed_off", "handed_off_frac")
 # Ratios taken within a round, against every other contender's measurement of the same step.
-RATIO_METRICS = ("rate", "p50_us", "p99_us", "max_us", "cpu_per_unit", "hwm_kb", "rss_kb")
+RATIO_METRICS = ("rate", "p50_us", "p99_us", "max_us", "cpu_per_unit", "hwm_kb", "rss_kb",
+                 "pss_kb")
 
 
 def median(xs):
