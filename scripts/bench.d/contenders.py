@@ -84,11 +84,13 @@ def nginx_argv(env, cpu, name, config_path):
 class Contender:
     """One way of serving the load: `direct` to the backend, or one of the proxies."""
 
-    def __init__(self, key, label, port_offset, color):
+    def __init__(self, key, label, port_offset, color, scenarios=None):
         self.key = key
         self.label = label
         self.port_offset = port_offset
         self.color = color
+        # The scenarios it takes part in unless --contenders names it; None: every one.
+        self.scenarios = scenarios
         self.config_text = None
         self.argv = None
 
@@ -149,19 +151,31 @@ class Levee(Contender):
 
 
 class HAProxy(Contender):
-    def __init__(self):
-        super().__init__("haproxy", "HAProxy", 2, "#1f77b4")
+    """HAProxy `mode tcp`; with `sched_policy = "batch"` started under `chrt -b 0`, so that its
+    thread runs under SCHED_BATCH as levee's forwarders do (engine.sched_policy = batch, levee's
+    default): the like-for-like comparison."""
+
+    def __init__(self, key="haproxy", label="HAProxy", port_offset=2, color="#1f77b4",
+                 sched_policy="normal", scenarios=None):
+        super().__init__(key, label, port_offset, color, scenarios)
+        self.sched_policy = sched_policy
 
     def prepare(self, env):
         self.config_text, path = write_config(
-            env, "haproxy.cfg", "haproxy.cfg", env.values(cpu=env.proxy_cpu, port=self.port(env))
+            env, "haproxy.cfg", f"{self.key}.cfg",
+            env.values(cpu=env.proxy_cpu, port=self.port(env))
         )
         # -db: stay in the foreground, so the process we started is the one that relays.
-        self.argv = pinned(env.proxy_cpu, "haproxy", "-db", "-f", path)
+        argv = ["haproxy", "-db", "-f", path]
+        if self.sched_policy == "batch":
+            argv = ["chrt", "--batch", "0", *argv]
+        self.argv = pinned(env.proxy_cpu, *argv)
         return self.argv
 
     def describe(self):
-        return "HAProxy `mode tcp`, `nbthread 1`, `cpu-map` to the proxy CPU"
+        policy = ("SCHED_BATCH (`chrt --batch 0`), as levee's forwarders"
+                  if self.sched_policy == "batch" else "the normal policy (SCHED_OTHER)")
+        return f"HAProxy `mode tcp`, `nbthread 1`, `cpu-map` to the proxy CPU, under {policy}"
 
 
 class NginxStream(Contender):
@@ -240,7 +254,14 @@ _SPIKE_TIER = [
 # one, with the worker on the proxy's CPU.
 _TIER = ["overflow.workers = 1", "overflow.cores = ${cpu}"]
 
+# The scenarios where the scheduling policy is compared like for like: HAProxy under SCHED_BATCH
+# takes part in these by default (the bulk transfer and the idle connections are not decided by
+# how the proxy is woken).
+LIKE_FOR_LIKE = ("keepalive", "close")
+
 ALL = [Direct(), Levee(), HAProxy(), NginxStream(),
+       HAProxy("haproxy_batch", "HAProxy, SCHED_BATCH", 5, "#6baed6", sched_policy="batch",
+               scenarios=LIKE_FOR_LIKE),
        # Only on request (--contenders): levee with the forwarder's default scheduling policy
        # switched back to SCHED_OTHER, to measure what SCHED_BATCH is worth on this layout.
        Levee("levee_normal", "levee, sched normal", 4, "#a6761d", sched_policy="normal"),
@@ -262,7 +283,10 @@ ALL = [Direct(), Levee(), HAProxy(), NginxStream(),
                   "there and nothing overflows (levee starts its worker only once a backend has a "
                   "cap)")]
 BY_KEY = {c.key: c for c in ALL}
-DEFAULT = ["direct", "levee", "haproxy", "nginx"]
+DEFAULT = ["direct", "levee", "haproxy", "haproxy_batch", "nginx"]
+# The contender levee is compared with like for like: the same scheduling policy as levee's
+# forwarders; the ratios against the others are shown too.
+LIKE = "haproxy_batch"
 SPIKE_DEFAULT = ["levee_queue", "levee_reject", "haproxy_queue", "nginx_cap"]
 HANDOFF = ["levee_noqueue", "levee_tier"]
 # The handoff scenario's contenders whose connections go through the worker: one per backend

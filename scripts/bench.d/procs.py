@@ -187,6 +187,32 @@ def memory_kb(pid):
     return {"rss_kb": rss, "hwm_kb": hwm, "pss_kb": pss if pss_ok else None}
 
 
+POLICY_NAMES = {os.SCHED_OTHER: "normal", os.SCHED_BATCH: "batch", os.SCHED_IDLE: "idle",
+                os.SCHED_FIFO: "fifo", os.SCHED_RR: "rr"}
+
+
+def sched_policies(pid):
+    """The scheduling policy of every thread of `pid` and its descendants, counted by thread
+    name and policy ("haproxy batch": 1): the record that a like-for-like contender ran as
+    configured."""
+    out = {}
+    for p in tree(pid):
+        try:
+            tids = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{p}/task/{tid}/comm") as f:
+                    comm = f.read().strip()
+                policy = os.sched_getscheduler(int(tid))
+            except OSError:
+                continue
+            key = f"{comm} {POLICY_NAMES.get(policy, policy)}"
+            out[key] = out.get(key, 0) + 1
+    return dict(sorted(out.items()))
+
+
 def own_cpu_seconds():
     """CPU time of this script and of the children it has waited for (wrk runs)."""
     me = resource.getrusage(resource.RUSAGE_SELF)
