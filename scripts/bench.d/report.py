@@ -34,6 +34,10 @@ TARGETS = [
     ("keepalive", "p99_us", "le", 1.0, "Keep-alive p99 latency vs HAProxy", None),
     ("keepalive", "cpu_per_unit", "le", 0.7, "Keep-alive proxy CPU per request vs HAProxy", None),
     ("close", "rate", "ge", 1.2, "New connections/s (`Connection: close`) vs HAProxy", None),
+    ("keepalive", "host_cpu_per_unit", "le", 0.9,
+     "Keep-alive proxy + backend CPU per request vs HAProxy", None),
+    ("close", "host_cpu_per_unit", "le", 0.9,
+     "`Connection: close` proxy + backend CPU per connection vs HAProxy", None),
     ("keepalive", "rate", "ge", 0.6, "Keep-alive requests/s vs direct to the backend", "direct"),
 ]
 HEADLINE_STEP = "c50"
@@ -45,9 +49,9 @@ SHORT_NAMES = {"haproxy_batch": "HAProxy batch", "haproxy": "HAProxy", "nginx": 
                "direct": "direct"}
 
 UNITS = {
-    "keepalive": ("requests/s", "CPU µs/req"),
-    "close": ("connections/s", "CPU µs/conn"),
-    "bulk": ("Gbit/s", "CPU ms/GB"),
+    "keepalive": ("requests/s", "µs/req"),
+    "close": ("connections/s", "µs/conn"),
+    "bulk": ("Gbit/s", "ms/GB"),
     "idle": ("bytes/conn", None),
 }
 
@@ -296,7 +300,7 @@ def sweep_table(result):
             continue
         cells, ok_all = [], not s["errors"]
         for key, op, bound in (("rate", "ge", 1.2), ("p99_us", "le", 1.0),
-                               ("cpu_per_unit", "le", 0.7)):
+                               ("cpu_per_unit", "le", 0.7), ("host_cpu_per_unit", "le", 0.9)):
             r = vs(s, like, key)
             ok = judge(r, op, bound)
             ok_all = ok_all and bool(ok)
@@ -305,8 +309,9 @@ def sweep_table(result):
                      "**pass**" if ok_all else "**short**"])
     if not rows:
         return None
-    return table(["connections", "requests/s (≥ 1.2×)", "p99 (≤ 1.0×)", "CPU/request (≤ 0.7×)",
-                  "levee errors", "all three"], rows)
+    return table(["connections", "requests/s (≥ 1.2×)", "p99 (≤ 1.0×)",
+                  "proxy CPU/request (≤ 0.7×)", "proxy + backend CPU/request (≤ 0.9×)",
+                  "levee errors", "all four"], rows)
 
 
 def fmt_metric(scenario, key, v):
@@ -320,7 +325,7 @@ def fmt_metric(scenario, key, v):
         if scenario == "idle":
             return f"{v:,.0f} B/conn"
         return f"{v:,.0f}/s"
-    if key == "cpu_per_unit":
+    if key in ("cpu_per_unit", "backend_cpu_per_unit", "host_cpu_per_unit"):
         return f"{v:.2f} µs" if scenario != "bulk" else f"{v:.0f} ms/GB"
     return fnum(v)
 
@@ -348,7 +353,7 @@ def shortfalls(result):
                 if scenario == "idle":
                     if r > 1.0:
                         out.append(f"{where}: levee holds an idle connection in {r:.2f}× "
-                                   f"{name}'s memory.")
+                                   f"the memory of {name}.")
                 elif r < 1.0:
                     out.append(f"{where}: levee is slower than {name} ({r:.2f}×).")
                 elif scenario in ("keepalive", "close") and r < 1.2:
@@ -356,15 +361,22 @@ def shortfalls(result):
                                f"1.2× target.")
             p = vs(s, base, "p99_us")
             if p is not None and p > 1.0 and scenario in ("keepalive", "close"):
-                out.append(f"{where}: levee's p99 is {p:.2f}× {name}'s.")
+                out.append(f"{where}: levee's p99 is {p:.2f}× that of {name}.")
             c = vs(s, base, "cpu_per_unit")
             if c is not None and scenario in ("keepalive", "close", "bulk"):
                 if c > 1.0:
-                    out.append(f"{where}: levee spends {c:.2f}× {name}'s CPU per "
+                    out.append(f"{where}: levee spends {c:.2f}× the CPU of {name} per "
                                f"{'GB' if scenario == 'bulk' else 'request'}.")
                 elif scenario == "keepalive" and c > 0.7:
-                    out.append(f"{where}: levee's CPU per request is {c:.2f}× {name}'s, above "
-                               f"the 0.7× target.")
+                    out.append(f"{where}: levee's CPU per request is {c:.2f}× that of {name}, "
+                               f"above the 0.7× target.")
+            hc = vs(s, base, "host_cpu_per_unit")
+            if hc is not None and scenario in ("keepalive", "close") and hc > 0.9:
+                bc = vs(s, base, "backend_cpu_per_unit")
+                out.append(f"{where}: proxy and backend together spend {hc:.2f}× the CPU per "
+                           f"request they spend with {name}, above the 0.9× target"
+                           + (f" (the backend alone {bc:.2f}×)" if bc is not None else "")
+                           + ".")
     return out
 
 
@@ -387,7 +399,9 @@ def request_table(result, scenario):
     # contender, then direct.
     bases = [like] + (["haproxy"] if like != "haproxy" else []) + ["direct"]
     header = ["conns", "contender", rate_unit, *[f"× {SHORT_NAMES[b]}" for b in bases],
-              "p50", "p99", "p99.9", cpu_unit, f"CPU × {SHORT_NAMES[like]}", mlabel, "errors"]
+              "p50", "p99", "p99.9", f"proxy CPU {cpu_unit}", f"× {SHORT_NAMES[like]}",
+              f"backend CPU {cpu_unit}", f"proxy + backend {cpu_unit}", f"× {SHORT_NAMES[like]}",
+              mlabel, "errors"]
     rows = []
     for step in sorted(steps_of(result, scenario), key=step_sort_key):
         for key, s in result["summary"][scenario][step].items():
@@ -401,9 +415,31 @@ def request_table(result, scenario):
                 *[fratio(vs(s, b, "rate")) for b in bases],
                 fms(s["p50_us"]), fms(s["p99_us"]), fms(s["p999_us"]),
                 fnum(s["cpu_per_unit"]), fratio(vs(s, like, "cpu_per_unit")),
+                fnum(s.get("backend_cpu_per_unit")), fnum(s.get("host_cpu_per_unit")),
+                fratio(vs(s, like, "host_cpu_per_unit")),
                 fmib(s.get(mkey)), errors_cell(s),
             ])
     return table(header, rows)
+
+
+def backend_sentence(result, scenario):
+    """What the backend spent per request behind levee, against behind the like-for-like
+    HAProxy, at each step: the part of the whole-host figure levee does not spend itself."""
+    like = like_base(result)
+    unit = "GB" if scenario == "bulk" else ("connection" if scenario == "close" else "request")
+    parts = []
+    for step in sorted(steps_of(result, scenario), key=step_sort_key):
+        s, h = get(result, scenario, step, "levee"), get(result, scenario, step, like)
+        r = vs(s, like, "backend_cpu_per_unit")
+        if not s or not h or r is None:
+            continue
+        parts.append(f"{step.lstrip('c')} conns: {fnum(s.get('backend_cpu_per_unit'))} behind "
+                     f"levee against {fnum(h.get('backend_cpu_per_unit'))} behind "
+                     f"{SHORT_NAMES[like]}, {fratio(r)}")
+    if not parts:
+        return None
+    return (f"The backend's own CPU per {unit} (µs; median of per-round ratios): "
+            + "; ".join(parts) + ".")
 
 
 def errors_cell(s):
@@ -416,8 +452,8 @@ def errors_cell(s):
 def bulk_table(result):
     labels = label_of(result)
     mkey, mlabel = memory_key(result)
-    header = ["contender", "Gbit/s", "× HAProxy", "× direct", "CPU ms/GB", "CPU × HAProxy",
-              mlabel, "errors"]
+    header = ["contender", "Gbit/s", "× HAProxy", "× direct", "proxy CPU ms/GB", "CPU × HAProxy",
+              "backend CPU ms/GB", "proxy + backend ms/GB", mlabel, "errors"]
     rows = []
     for step in steps_of(result, "bulk"):
         for key, s in result["summary"]["bulk"][step].items():
@@ -426,6 +462,7 @@ def bulk_table(result):
                 f"{s['rate']:.2f}" if s["rate"] is not None else "–",
                 fratio(vs(s, "haproxy", "rate")), fratio(vs(s, "direct", "rate")),
                 fnum(s["cpu_per_unit"]), fratio(vs(s, "haproxy", "cpu_per_unit")),
+                fnum(s.get("backend_cpu_per_unit")), fnum(s.get("host_cpu_per_unit")),
                 fmib(s.get(mkey)), errors_cell(s),
             ])
     return table(header, rows)
@@ -513,7 +550,9 @@ def headline(result):
         + f". p99 {fms(s['p99_us'])} ({SHORT_NAMES[like]} {fms(h['p99_us'])}); "
         f"{fnum(s['cpu_per_unit'])} µs of proxy CPU per request, "
         f"{fratio(vs(s, like, 'cpu_per_unit'))} {SHORT_NAMES[like]}'s "
-        f"{fnum(h['cpu_per_unit'])} µs"
+        f"{fnum(h['cpu_per_unit'])} µs; proxy and backend together "
+        f"{fnum(s.get('host_cpu_per_unit'))} µs, {fratio(vs(s, like, 'host_cpu_per_unit'))} "
+        f"{SHORT_NAMES[like]}'s {fnum(h.get('host_cpu_per_unit'))} µs"
         + (f"; **{s['errors']} errors**" if s["errors"] else "")
         + ". Ratios are medians of per-round ratios, figures medians over rounds."
     )
@@ -598,12 +637,18 @@ def markdown(result, results_rel, charts, *, spike=None, spike_rel=None, handoff
               "wrk `-t1 -cN --latency` for a small static response (38-byte body), each wrk "
               "connection kept open for the whole run.", "",
               request_table(result, "keepalive"), ""]
+        b = backend_sentence(result, "keepalive")
+        if b:
+            L += [b, ""]
 
     if steps_of(result, "close"):
         L += ["### New connection per request", "",
               f"wrk with `Connection: close`, {st['close_concurrency']} connections: every request "
               "opens a client connection and, through a proxy, a backend connection.", "",
               request_table(result, "close"), ""]
+        b = backend_sentence(result, "close")
+        if b:
+            L += [b, ""]
     if steps_of(result, "bulk"):
         L += ["### Bulk transfer", "",
               f"wrk `-c1` fetching one {st['bulk_mib']} MiB file over and over; throughput counts "
@@ -663,7 +708,11 @@ def markdown(result, results_rel, charts, *, spike=None, spike_rel=None, handoff
           "Runs at commits before the overflow tier had no worker.",
           "- Proxy CPU is utime + stime from /proc/PID/stat (all threads, plus children for "
           "nginx's worker) just before and after the measured wrk run, divided by the requests "
-          "completed (or the gigabytes moved). direct has no proxy, so no proxy CPU.",
+          "completed (or the gigabytes moved). direct has no proxy, so no proxy CPU. The "
+          "backend's CPU is read the same way from the backend nginx (master and worker); "
+          "proxy + backend is their sum, the whole host's work but wrk's, since the backend "
+          "shares the proxy's CPU here and a proxy that saves its own CPU by making the backend "
+          "work harder has not won (for direct it is the backend alone).",
           "- Latency comes from wrk's histogram, printed by `bench/wrk/report.lua` (p50, p99, "
           "p99.9) with wrk's error counts: connect, read, write, timeout (5 s; 60 s for bulk) and "
           "HTTP status ≥ 400. A figure marked ⚠ had errors in some round.",
@@ -775,6 +824,9 @@ def console_summary(result):
                     line += f"  p99 {fms(s['p99_us']):>9s}"
                 if s.get("cpu_per_unit") is not None:
                     line += f"  cpu {fnum(s['cpu_per_unit']):>6s} x{fratio(vs(s, like, 'cpu_per_unit'))}"
+                if s.get("host_cpu_per_unit") is not None:
+                    line += (f"  +backend {fnum(s['host_cpu_per_unit']):>6s}"
+                             f" x{fratio(vs(s, like, 'host_cpu_per_unit'))}")
                 if s["errors"]:
                     line += f"  errors {s['errors']}"
                 lines.append(line)
@@ -894,6 +946,15 @@ def charts_svg(result):
         panels.append(svg.Panel("CPU per conn, close", [f"{s[1:]} conns" for s in cl],
                                 series_for(result, "close", cl, "cpu_per_unit", proxies_only=True),
                                 unit="proxy CPU µs / request"))
+    if ka or cl:
+        groups = [f"keep-alive {s[1:]}" for s in ka] + [f"close {s[1:]}" for s in cl]
+        series = series_for(result, "keepalive", ka, "host_cpu_per_unit")
+        if cl:
+            for a, b in zip(series, series_for(result, "close", cl, "host_cpu_per_unit")):
+                for k in ("values", "lo", "hi", "flags"):
+                    a[k] = a[k] + b[k]
+        panels.append(svg.Panel("proxy + backend CPU", groups, series,
+                                unit="µs / request (direct: backend alone)"))
     mkey, mlabel = memory_key(result)
     if ka:
         panels.append(svg.Panel(f"{mlabel}, keep-alive", [f"{s[1:]} conns" for s in ka],
