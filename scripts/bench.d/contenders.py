@@ -259,9 +259,10 @@ _TIER = ["overflow.workers = 1", "overflow.cores = ${cpu}"]
 # how the proxy is woken).
 LIKE_FOR_LIKE = ("keepalive", "close")
 
-ALL = [Direct(), Levee(), HAProxy(), NginxStream(),
+ALL = [Direct(), Levee(), HAProxy(),
        HAProxy("haproxy_batch", "HAProxy, SCHED_BATCH", 5, "#6baed6", sched_policy="batch",
                scenarios=LIKE_FOR_LIKE),
+       NginxStream(),
        # Only on request (--contenders): levee with the forwarder's default scheduling policy
        # switched back to SCHED_OTHER, to measure what SCHED_BATCH is worth on this layout.
        Levee("levee_normal", "levee, sched normal", 4, "#a6761d", sched_policy="normal"),
