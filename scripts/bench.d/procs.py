@@ -16,9 +16,16 @@ import time
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def pinned(cpu, *argv):
-    """The command line `argv` run on one CPU."""
-    return ["taskset", "-c", str(cpu), *argv]
+def cpu_list(cpus):
+    """taskset's form of one CPU or a list of them ("1", "1,2,3")."""
+    if isinstance(cpus, int):
+        return str(cpus)
+    return ",".join(str(c) for c in cpus)
+
+
+def pinned(cpus, *argv):
+    """The command line `argv` run on one CPU or a list of them."""
+    return ["taskset", "-c", cpu_list(cpus), *argv]
 
 
 class BenchError(Exception):
@@ -154,6 +161,28 @@ def cpu_seconds(pid):
             continue
         ticks += int(fields[11]) + int(fields[12])
     return ticks / CLK_TCK
+
+
+def cpu_ns(pid):
+    """On-CPU time of every live thread of `pid` and its descendants, in nanoseconds, from
+    /proc/PID/task/TID/schedstat: fine enough for a handful of connections, where the clock
+    ticks of /proc/PID/stat (10 ms) are not. Threads that have exited are not in it, so it is
+    for short windows over processes that keep their threads (the connection-cost probe); None
+    where the kernel has no schedstat."""
+    total, seen = 0, False
+    for p in tree(pid):
+        try:
+            tids = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{p}/task/{tid}/schedstat") as f:
+                    total += int(f.read().split()[0])
+                    seen = True
+            except (OSError, ValueError, IndexError):
+                continue
+    return total if seen else None
 
 
 def memory_kb(pid):
@@ -305,6 +334,19 @@ def wait_listening(p, port, timeout=10.0, host="127.0.0.1"):
         f"{p.name} did not listen on {host}:{port} within {timeout:.0f}s; its log "
         f"({p.log_path}) ends with:\n{p.log_tail()}"
     )
+
+
+def wait_path(p, path, timeout=10.0):
+    """Waits until `path` exists (a control socket) while `p` stays alive."""
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if not p.alive():
+            raise BenchError(f"{p.name} exited with status {p.popen.returncode} before creating "
+                             f"{path}; its log ({p.log_path}) ends with:\n{p.log_tail()}")
+        if time.monotonic() > deadline:
+            raise BenchError(f"{p.name} did not create {path} within {timeout:.0f}s; its log "
+                             f"({p.log_path}) ends with:\n{p.log_tail()}")
+        time.sleep(0.005)
 
 
 def established_to(port):

@@ -9,10 +9,12 @@ METRICS = ("rate", "p50_us", "p99_us", "p999_us", "cpu_per_unit", "hwm_kb", "rss
            "ok", "failed_conns", "p90_us", "max_us", "backend_peak", "backend_peak_inflight",
            "recovery_s", "recovered",
            # handoff steps
-           "handed_off", "handed_off_frac")
+           "handed_off", "handed_off_frac",
+           # conncost steps
+           "idle_cpu_us_per_s", "backend_conns")
 # Ratios taken within a round, against every other contender's measurement of the same step.
 RATIO_METRICS = ("rate", "p50_us", "p99_us", "max_us", "cpu_per_unit", "hwm_kb", "rss_kb",
-                 "pss_kb", "backend_cpu_per_unit", "host_cpu_per_unit")
+                 "pss_kb", "backend_cpu_per_unit", "host_cpu_per_unit", "idle_cpu_us_per_s")
 
 
 def median(xs):
