@@ -1,24 +1,33 @@
-//! levee-rings across processes against rtrb and crossbeam's `ArrayQueue` between threads, with
-//! 64-byte records, in one criterion binary:
+//! levee-rings against rtrb and crossbeam's `ArrayQueue`, with 64-byte records, in one criterion
+//! binary. levee-rings runs twice in each group: across processes (what levee does: a forwarder
+//! and a worker process) and between threads, as the peers run, so that the process boundary's
+//! cost is measured apart from the rings':
 //!
-//! - `spsc_throughput`: levee-rings SPSC (parent produces, a child process consumes) vs rtrb
-//!   `RingBuffer<[u8; 64]>` (two threads);
-//! - `mpmc_throughput`: levee-rings MPMC (parent produces, a child process claims and acks) vs
-//!   crossbeam `ArrayQueue<[u8; 64]>` (two threads);
-//! - `round_trip`: ping-pong of one record there and back, for all four.
+//! - `spsc_throughput`: levee-rings SPSC (parent produces, a child process or a thread consumes)
+//!   vs rtrb `RingBuffer<[u8; 64]>` (two threads);
+//! - `mpmc_throughput`: levee-rings MPMC (parent produces, a child process or a thread claims and
+//!   acks) vs crossbeam `ArrayQueue<[u8; 64]>` (two threads);
+//! - `round_trip`: ping-pong of one record there and back, for all of them.
 //!
 //! The measuring side is pinned to CPU 0 and the other side (child process or thread) to CPU 1,
 //! when the machine has two CPUs. Both sides poll (no parking) for every contender, so the rings
-//! are compared, not waiting strategies. The child is this binary re-executed with
-//! `LEVEE_RINGS_BENCH_CHILD` set; it dies with its parent.
+//! are compared, not waiting strategies. The consuming side runs the same function whether it is
+//! a thread or the child; the child is this binary re-executed with `LEVEE_RINGS_BENCH_CHILD`
+//! set, and dies with its parent.
+//!
+//! Rounds: `scripts/bench rings` runs this binary once per round with `LEVEE_RINGS_BENCH_ROUND`
+//! set to the round's number (from 1); each group's contenders start at a different one each
+//! round (rotated by the round's number), so that none always runs first, or always right after
+//! the same other one.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use criterion::{Criterion, Throughput, criterion_group};
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group};
 use crossbeam_queue::ArrayQueue;
 use levee_rings::mpmc::{self, Queue};
 use levee_rings::spsc;
@@ -26,9 +35,12 @@ use levee_rings::spsc;
 type Msg = [u8; 64];
 
 const CHILD_ENV: &str = "LEVEE_RINGS_BENCH_CHILD";
+const ROUND_ENV: &str = "LEVEE_RINGS_BENCH_ROUND";
 /// Slots of every queue (and 64 KiB of data for the SPSC byte ring: 910 records of 72 bytes).
 const SLOTS: usize = 1024;
 const SPSC_BYTES: usize = 64 * 1024;
+/// Data bytes of a ring that carries only 8-byte batch counts back.
+const REPLY_BYTES: usize = 4096;
 
 /// Pins the calling thread to `cpu`, when the machine has two CPUs online. Threads and children
 /// inherit their creator's mask, so this names CPUs directly rather than picking from the mask.
@@ -55,27 +67,59 @@ fn msg(i: u64) -> Msg {
     m
 }
 
-// ---- the child process ----
+/// One contender of a group: registers its benchmark in the group, with whatever peer it needs
+/// started before and stopped after.
+type Contender = fn(&mut BenchmarkGroup<'_, WallTime>);
+
+/// Runs `contenders` in order, starting at the round's own one (`LEVEE_RINGS_BENCH_ROUND`; the
+/// first when it is not set).
+fn run_rotated(g: &mut BenchmarkGroup<'_, WallTime>, contenders: &[Contender]) {
+    let round = std::env::var(ROUND_ENV)
+        .ok()
+        .and_then(|r| r.parse::<usize>().ok())
+        .unwrap_or(1);
+    let k = round.saturating_sub(1) % contenders.len();
+    for f in contenders[k..].iter().chain(&contenders[..k]) {
+        f(&mut *g);
+    }
+}
+
+// ---- the consuming side: the same code in a child process or a thread ----
 
 fn child_main(role: &str) {
     // SAFETY: prctl with PR_SET_PDEATHSIG and a signal number has no memory effects.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
     pin(1);
     let dir = PathBuf::from(std::env::var("LEVEE_RINGS_BENCH_DIR").expect("bench dir"));
+    let wait = Duration::from_secs(10);
+    let reply = || spsc::Producer::open_with(dir.join("reply"), wait).expect("reply ring");
     match role {
-        "spsc-sink" => spsc_sink(&dir),
-        "spsc-echo" => spsc_echo(&dir),
-        "mpmc-sink" => mpmc_sink(&dir),
-        "mpmc-echo" => mpmc_echo(&dir),
+        "spsc-sink" => spsc_sink(
+            spsc::Consumer::open_with(dir.join("data"), wait).expect("data ring"),
+            reply(),
+        ),
+        "spsc-echo" => spsc_echo(
+            spsc::Consumer::open_with(dir.join("data"), wait).expect("request ring"),
+            reply(),
+        ),
+        "mpmc-sink" => {
+            let q = Queue::open_with(dir.join("data"), wait).expect("queue");
+            mpmc_sink(q.consumer().expect("consumer"), reply())
+        }
+        "mpmc-echo" => {
+            let req = Queue::open_with(dir.join("data"), wait).expect("request queue");
+            let rep = Queue::open_with(dir.join("reply"), wait).expect("reply queue");
+            mpmc_echo(
+                req.consumer().expect("consumer"),
+                rep.producer().expect("producer"),
+            )
+        }
         _ => panic!("unknown bench child role {role}"),
     }
 }
 
 /// Reads a batch count `n` (an 8-byte record), pops `n` records, reports `n` back; 0 quits.
-fn spsc_sink(dir: &Path) {
-    let wait = Duration::from_secs(10);
-    let mut data = spsc::Consumer::open_with(dir.join("data"), wait).expect("data ring");
-    let mut reply = spsc::Producer::open_with(dir.join("reply"), wait).expect("reply ring");
+fn spsc_sink(mut data: spsc::Consumer, mut reply: spsc::Producer) {
     loop {
         let n = loop {
             if let Some(r) = data.peek().expect("data ring") {
@@ -98,17 +142,12 @@ fn spsc_sink(dir: &Path) {
                 std::hint::spin_loop();
             }
         }
-        while reply.push(&n.to_le_bytes()).is_err() {
-            std::hint::spin_loop();
-        }
+        spin_push_spsc(&mut reply, &n.to_le_bytes());
     }
 }
 
 /// Sends every record straight back; an empty record quits.
-fn spsc_echo(dir: &Path) {
-    let wait = Duration::from_secs(10);
-    let mut req = spsc::Consumer::open_with(dir.join("data"), wait).expect("request ring");
-    let mut reply = spsc::Producer::open_with(dir.join("reply"), wait).expect("reply ring");
+fn spsc_echo(mut req: spsc::Consumer, mut reply: spsc::Producer) {
     let mut buf = Vec::with_capacity(64);
     loop {
         if !req.pop(&mut buf).expect("request ring") {
@@ -118,17 +157,11 @@ fn spsc_echo(dir: &Path) {
         if buf.is_empty() {
             return;
         }
-        while reply.push(&buf).is_err() {
-            std::hint::spin_loop();
-        }
+        spin_push_spsc(&mut reply, &buf);
     }
 }
 
-fn mpmc_sink(dir: &Path) {
-    let wait = Duration::from_secs(10);
-    let q = Queue::open_with(dir.join("data"), wait).expect("queue");
-    let mut c = q.consumer().expect("consumer");
-    let mut reply = spsc::Producer::open_with(dir.join("reply"), wait).expect("reply ring");
+fn mpmc_sink(mut c: mpmc::Consumer, mut reply: spsc::Producer) {
     loop {
         let n = loop {
             if let Some(claim) = c.claim().expect("queue") {
@@ -151,18 +184,11 @@ fn mpmc_sink(dir: &Path) {
                 std::hint::spin_loop();
             }
         }
-        while reply.push(&n.to_le_bytes()).is_err() {
-            std::hint::spin_loop();
-        }
+        spin_push_spsc(&mut reply, &n.to_le_bytes());
     }
 }
 
-fn mpmc_echo(dir: &Path) {
-    let wait = Duration::from_secs(10);
-    let req = Queue::open_with(dir.join("data"), wait).expect("request queue");
-    let rep = Queue::open_with(dir.join("reply"), wait).expect("reply queue");
-    let mut c = req.consumer().expect("consumer");
-    let mut p = rep.producer().expect("producer");
+fn mpmc_echo(mut c: mpmc::Consumer, mut p: mpmc::Producer) {
     let mut buf = [0u8; 64];
     loop {
         let Some(claim) = c.claim().expect("request queue") else {
@@ -175,38 +201,57 @@ fn mpmc_echo(dir: &Path) {
         if len == 0 {
             return;
         }
-        while p.push(&buf[..len]).is_err() {
-            std::hint::spin_loop();
-        }
+        spin_push_mpmc(&mut p, &buf[..len]);
     }
 }
 
-// ---- the parent's side of the cross-process pairs ----
+// ---- where the segments live, and the other side's process or thread ----
 
-/// A scratch directory under /dev/shm and the child process working in it.
-struct Peer {
-    dir: PathBuf,
-    child: Child,
-}
+/// A scratch directory under /dev/shm for one contender's segments, removed when dropped.
+struct Scratch(PathBuf);
 
-impl Peer {
-    fn start(role: &str) -> Peer {
+impl Scratch {
+    fn new(name: &str) -> Scratch {
         let dir = PathBuf::from(format!(
-            "/dev/shm/levee-rings-bench-{}-{role}",
+            "/dev/shm/levee-rings-bench-{}-{name}",
             std::process::id()
         ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("bench dir");
-        let child = Command::new(std::env::current_exe().expect("bench exe"))
-            .env(CHILD_ENV, role)
-            .env("LEVEE_RINGS_BENCH_DIR", &dir)
-            .spawn()
-            .expect("spawn bench child");
-        Peer { dir, child }
+        Scratch(dir)
     }
 
     fn path(&self, name: &str) -> PathBuf {
-        self.dir.join(name)
+        self.0.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The child process working in a scratch directory.
+struct Peer {
+    child: Child,
+    // Dropped after the child has gone (fields drop in order after `drop`).
+    dir: Scratch,
+}
+
+impl Peer {
+    fn start(role: &str) -> Peer {
+        let dir = Scratch::new(role);
+        let child = Command::new(std::env::current_exe().expect("bench exe"))
+            .env(CHILD_ENV, role)
+            .env("LEVEE_RINGS_BENCH_DIR", &dir.0)
+            .spawn()
+            .expect("spawn bench child");
+        Peer { child, dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path(name)
     }
 }
 
@@ -222,8 +267,15 @@ impl Drop for Peer {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A peer thread pinned to CPU 1, stopped by the closure's own protocol.
+fn thread_peer(f: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        pin(1);
+        f()
+    })
 }
 
 fn spin_push_spsc(p: &mut spsc::Producer, rec: &[u8]) {
@@ -254,319 +306,389 @@ fn queue_config() -> mpmc::Config {
     }
 }
 
-// ---- the thread pairs ----
+// ---- spsc_throughput ----
 
-/// A peer thread pinned to CPU 1, stopped by the closure's own protocol.
-fn thread_peer(f: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
-    std::thread::spawn(move || {
-        pin(1);
-        f()
-    })
+/// The measuring side of levee-rings SPSC throughput, whatever runs the sink: a batch count,
+/// the batch, then the sink's reply.
+fn measure_spsc_throughput(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    name: &str,
+    data: &mut spsc::Producer,
+    reply: &mut spsc::Consumer,
+) {
+    let m = msg(1);
+    let mut out = Vec::new();
+    g.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            spin_push_spsc(data, &iters.to_le_bytes());
+            for _ in 0..iters {
+                spin_push_spsc(data, &m);
+            }
+            spin_pop_spsc(reply, &mut out);
+            start.elapsed()
+        })
+    });
+    spin_push_spsc(data, &0u64.to_le_bytes());
+}
+
+fn spsc_throughput_levee_processes(g: &mut BenchmarkGroup<'_, WallTime>) {
+    let peer = Peer::start("spsc-sink");
+    let mut data = spsc::Producer::create(peer.path("data"), SPSC_BYTES).expect("data ring");
+    let mut reply = spsc::Consumer::create(peer.path("reply"), REPLY_BYTES).expect("reply ring");
+    measure_spsc_throughput(g, "levee_rings_processes", &mut data, &mut reply);
+}
+
+fn spsc_throughput_levee_threads(g: &mut BenchmarkGroup<'_, WallTime>) {
+    let dir = Scratch::new("spsc-sink-t");
+    let (mut data, data_rx) = spsc::create(dir.path("data"), SPSC_BYTES).expect("data ring");
+    let (reply_tx, mut reply) = spsc::create(dir.path("reply"), REPLY_BYTES).expect("reply ring");
+    let peer = thread_peer(move || spsc_sink(data_rx, reply_tx));
+    measure_spsc_throughput(g, "levee_rings_threads", &mut data, &mut reply);
+    peer.join().expect("levee-rings peer");
+}
+
+fn spsc_throughput_rtrb(g: &mut BenchmarkGroup<'_, WallTime>) {
+    let (mut data, mut data_rx) = rtrb::RingBuffer::<Msg>::new(SLOTS);
+    let (mut ctl, mut ctl_rx) = rtrb::RingBuffer::<u64>::new(4);
+    let (mut reply_tx, mut reply) = rtrb::RingBuffer::<u64>::new(4);
+    let peer = thread_peer(move || {
+        loop {
+            let n = loop {
+                if let Ok(n) = ctl_rx.pop() {
+                    break n;
+                }
+                std::hint::spin_loop();
+            };
+            if n == 0 {
+                return;
+            }
+            let mut got = 0;
+            while got < n {
+                if let Ok(m) = data_rx.pop() {
+                    std::hint::black_box(m[0]);
+                    got += 1;
+                } else {
+                    std::hint::spin_loop();
+                }
+            }
+            while reply_tx.push(n).is_err() {
+                std::hint::spin_loop();
+            }
+        }
+    });
+    let m = msg(1);
+    g.bench_function("rtrb_threads", |b| {
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            while ctl.push(iters).is_err() {}
+            for _ in 0..iters {
+                while data.push(m).is_err() {
+                    std::hint::spin_loop();
+                }
+            }
+            while reply.pop().is_err() {
+                std::hint::spin_loop();
+            }
+            start.elapsed()
+        })
+    });
+    while ctl.push(0).is_err() {}
+    peer.join().expect("rtrb peer");
 }
 
 fn spsc_throughput(c: &mut Criterion) {
     let mut g = c.benchmark_group("spsc_throughput");
     g.throughput(Throughput::Elements(1));
     pin(0);
+    run_rotated(
+        &mut g,
+        &[
+            spsc_throughput_levee_processes,
+            spsc_throughput_levee_threads,
+            spsc_throughput_rtrb,
+        ],
+    );
+    g.finish();
+}
 
-    {
-        let peer = Peer::start("spsc-sink");
-        let mut data = spsc::Producer::create(peer.path("data"), SPSC_BYTES).expect("data ring");
-        let mut reply = spsc::Consumer::create(peer.path("reply"), 4096).expect("reply ring");
-        let m = msg(1);
-        let mut out = Vec::new();
-        g.bench_function("levee_rings_processes", |b| {
-            b.iter_custom(|iters| {
-                let start = Instant::now();
-                spin_push_spsc(&mut data, &iters.to_le_bytes());
-                for _ in 0..iters {
-                    spin_push_spsc(&mut data, &m);
-                }
-                spin_pop_spsc(&mut reply, &mut out);
-                start.elapsed()
-            })
-        });
-        spin_push_spsc(&mut data, &0u64.to_le_bytes());
-    }
+// ---- mpmc_throughput ----
 
-    {
-        let (mut data, mut data_rx) = rtrb::RingBuffer::<Msg>::new(SLOTS);
-        let (mut ctl, mut ctl_rx) = rtrb::RingBuffer::<u64>::new(4);
-        let (mut reply_tx, mut reply) = rtrb::RingBuffer::<u64>::new(4);
-        let peer = thread_peer(move || {
-            loop {
-                let n = loop {
-                    if let Ok(n) = ctl_rx.pop() {
-                        break n;
-                    }
-                    std::hint::spin_loop();
-                };
-                if n == 0 {
-                    return;
+fn measure_mpmc_throughput(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    name: &str,
+    p: &mut mpmc::Producer,
+    reply: &mut spsc::Consumer,
+) {
+    let m = msg(1);
+    let mut out = Vec::new();
+    g.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            spin_push_mpmc(p, &iters.to_le_bytes());
+            for _ in 0..iters {
+                spin_push_mpmc(p, &m);
+            }
+            spin_pop_spsc(reply, &mut out);
+            start.elapsed()
+        })
+    });
+    spin_push_mpmc(p, &0u64.to_le_bytes());
+}
+
+fn mpmc_throughput_levee_processes(g: &mut BenchmarkGroup<'_, WallTime>) {
+    let peer = Peer::start("mpmc-sink");
+    let q = Queue::create(peer.path("data"), &queue_config()).expect("queue");
+    let mut p = q.producer().expect("producer");
+    let mut reply = spsc::Consumer::create(peer.path("reply"), REPLY_BYTES).expect("reply ring");
+    measure_mpmc_throughput(g, "levee_rings_processes", &mut p, &mut reply);
+}
+
+fn mpmc_throughput_levee_threads(g: &mut BenchmarkGroup<'_, WallTime>) {
+    let dir = Scratch::new("mpmc-sink-t");
+    let q = Queue::create(dir.path("data"), &queue_config()).expect("queue");
+    let mut p = q.producer().expect("producer");
+    let consumer = q.consumer().expect("consumer");
+    let (reply_tx, mut reply) = spsc::create(dir.path("reply"), REPLY_BYTES).expect("reply ring");
+    let peer = thread_peer(move || mpmc_sink(consumer, reply_tx));
+    measure_mpmc_throughput(g, "levee_rings_threads", &mut p, &mut reply);
+    peer.join().expect("levee-rings peer");
+}
+
+fn mpmc_throughput_crossbeam(g: &mut BenchmarkGroup<'_, WallTime>) {
+    let data = Arc::new(ArrayQueue::<Msg>::new(SLOTS));
+    let ctl = Arc::new(ArrayQueue::<u64>::new(4));
+    let reply = Arc::new(ArrayQueue::<u64>::new(4));
+    let (d, cq, r) = (data.clone(), ctl.clone(), reply.clone());
+    let peer = thread_peer(move || {
+        loop {
+            let n = loop {
+                if let Some(n) = cq.pop() {
+                    break n;
                 }
-                let mut got = 0;
-                while got < n {
-                    if let Ok(m) = data_rx.pop() {
-                        std::hint::black_box(m[0]);
-                        got += 1;
-                    } else {
-                        std::hint::spin_loop();
-                    }
-                }
-                while reply_tx.push(n).is_err() {
+                std::hint::spin_loop();
+            };
+            if n == 0 {
+                return;
+            }
+            let mut got = 0;
+            while got < n {
+                if let Some(m) = d.pop() {
+                    std::hint::black_box(m[0]);
+                    got += 1;
+                } else {
                     std::hint::spin_loop();
                 }
             }
-        });
-        let m = msg(1);
-        g.bench_function("rtrb_threads", |b| {
-            b.iter_custom(|iters| {
-                let start = Instant::now();
-                while ctl.push(iters).is_err() {}
-                for _ in 0..iters {
-                    while data.push(m).is_err() {
-                        std::hint::spin_loop();
-                    }
-                }
-                while reply.pop().is_err() {
+            while r.push(n).is_err() {
+                std::hint::spin_loop();
+            }
+        }
+    });
+    let m = msg(1);
+    g.bench_function("crossbeam_array_queue_threads", |b| {
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            while ctl.push(iters).is_err() {}
+            for _ in 0..iters {
+                while data.push(m).is_err() {
                     std::hint::spin_loop();
                 }
-                start.elapsed()
-            })
-        });
-        while ctl.push(0).is_err() {}
-        peer.join().expect("rtrb peer");
-    }
-    g.finish();
+            }
+            while reply.pop().is_none() {
+                std::hint::spin_loop();
+            }
+            start.elapsed()
+        })
+    });
+    while ctl.push(0).is_err() {}
+    peer.join().expect("crossbeam peer");
 }
 
 fn mpmc_throughput(c: &mut Criterion) {
     let mut g = c.benchmark_group("mpmc_throughput");
     g.throughput(Throughput::Elements(1));
     pin(0);
-
-    {
-        let peer = Peer::start("mpmc-sink");
-        let q = Queue::create(peer.path("data"), &queue_config()).expect("queue");
-        let mut p = q.producer().expect("producer");
-        let mut reply = spsc::Consumer::create(peer.path("reply"), 4096).expect("reply ring");
-        let m = msg(1);
-        let mut out = Vec::new();
-        g.bench_function("levee_rings_processes", |b| {
-            b.iter_custom(|iters| {
-                let start = Instant::now();
-                spin_push_mpmc(&mut p, &iters.to_le_bytes());
-                for _ in 0..iters {
-                    spin_push_mpmc(&mut p, &m);
-                }
-                spin_pop_spsc(&mut reply, &mut out);
-                start.elapsed()
-            })
-        });
-        spin_push_mpmc(&mut p, &0u64.to_le_bytes());
-    }
-
-    {
-        let data = Arc::new(ArrayQueue::<Msg>::new(SLOTS));
-        let ctl = Arc::new(ArrayQueue::<u64>::new(4));
-        let reply = Arc::new(ArrayQueue::<u64>::new(4));
-        let (d, cq, r) = (data.clone(), ctl.clone(), reply.clone());
-        let peer = thread_peer(move || {
-            loop {
-                let n = loop {
-                    if let Some(n) = cq.pop() {
-                        break n;
-                    }
-                    std::hint::spin_loop();
-                };
-                if n == 0 {
-                    return;
-                }
-                let mut got = 0;
-                while got < n {
-                    if let Some(m) = d.pop() {
-                        std::hint::black_box(m[0]);
-                        got += 1;
-                    } else {
-                        std::hint::spin_loop();
-                    }
-                }
-                while r.push(n).is_err() {
-                    std::hint::spin_loop();
-                }
-            }
-        });
-        let m = msg(1);
-        g.bench_function("crossbeam_array_queue_threads", |b| {
-            b.iter_custom(|iters| {
-                let start = Instant::now();
-                while ctl.push(iters).is_err() {}
-                for _ in 0..iters {
-                    while data.push(m).is_err() {
-                        std::hint::spin_loop();
-                    }
-                }
-                while reply.pop().is_none() {
-                    std::hint::spin_loop();
-                }
-                start.elapsed()
-            })
-        });
-        while ctl.push(0).is_err() {}
-        peer.join().expect("crossbeam peer");
-    }
+    run_rotated(
+        &mut g,
+        &[
+            mpmc_throughput_levee_processes,
+            mpmc_throughput_levee_threads,
+            mpmc_throughput_crossbeam,
+        ],
+    );
     g.finish();
+}
+
+// ---- round_trip ----
+
+fn measure_spsc_round_trip(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    name: &str,
+    req: &mut spsc::Producer,
+    rep: &mut spsc::Consumer,
+) {
+    let m = msg(1);
+    let mut out = Vec::with_capacity(64);
+    g.bench_function(name, |b| {
+        b.iter(|| {
+            spin_push_spsc(req, &m);
+            spin_pop_spsc(rep, &mut out);
+        })
+    });
+    spin_push_spsc(req, &[]);
+}
+
+fn measure_mpmc_round_trip(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    name: &str,
+    p: &mut mpmc::Producer,
+    c: &mut mpmc::Consumer,
+) {
+    let m = msg(1);
+    g.bench_function(name, |b| {
+        b.iter(|| {
+            spin_push_mpmc(p, &m);
+            loop {
+                if let Some(claim) = c.claim().expect("queue") {
+                    std::hint::black_box(claim[0]);
+                    claim.ack();
+                    break;
+                }
+                std::hint::spin_loop();
+            }
+        })
+    });
+    spin_push_mpmc(p, &[]);
+}
+
+fn round_trip_levee_spsc_processes(g: &mut BenchmarkGroup<'_, WallTime>) {
+    let peer = Peer::start("spsc-echo");
+    let mut req = spsc::Producer::create(peer.path("data"), SPSC_BYTES).expect("ring");
+    let mut rep = spsc::Consumer::create(peer.path("reply"), SPSC_BYTES).expect("ring");
+    measure_spsc_round_trip(g, "levee_rings_spsc_processes", &mut req, &mut rep);
+}
+
+fn round_trip_levee_spsc_threads(g: &mut BenchmarkGroup<'_, WallTime>) {
+    let dir = Scratch::new("spsc-echo-t");
+    let (mut req, req_rx) = spsc::create(dir.path("data"), SPSC_BYTES).expect("ring");
+    let (rep_tx, mut rep) = spsc::create(dir.path("reply"), SPSC_BYTES).expect("ring");
+    let peer = thread_peer(move || spsc_echo(req_rx, rep_tx));
+    measure_spsc_round_trip(g, "levee_rings_spsc_threads", &mut req, &mut rep);
+    peer.join().expect("levee-rings peer");
+}
+
+fn round_trip_rtrb(g: &mut BenchmarkGroup<'_, WallTime>) {
+    let (mut req, mut req_rx) = rtrb::RingBuffer::<Msg>::new(SLOTS);
+    let (mut rep_tx, mut rep) = rtrb::RingBuffer::<Msg>::new(SLOTS);
+    let peer = thread_peer(move || {
+        loop {
+            let Ok(m) = req_rx.pop() else {
+                std::hint::spin_loop();
+                continue;
+            };
+            if m[8] == 0xff {
+                return;
+            }
+            while rep_tx.push(m).is_err() {
+                std::hint::spin_loop();
+            }
+        }
+    });
+    let m = msg(1);
+    g.bench_function("rtrb_threads", |b| {
+        b.iter(|| {
+            while req.push(m).is_err() {}
+            loop {
+                if let Ok(r) = rep.pop() {
+                    std::hint::black_box(r);
+                    break;
+                }
+                std::hint::spin_loop();
+            }
+        })
+    });
+    let mut quit = msg(0);
+    quit[8] = 0xff;
+    while req.push(quit).is_err() {}
+    peer.join().expect("rtrb peer");
+}
+
+fn round_trip_levee_mpmc_processes(g: &mut BenchmarkGroup<'_, WallTime>) {
+    let peer = Peer::start("mpmc-echo");
+    let req = Queue::create(peer.path("data"), &queue_config()).expect("queue");
+    let rep = Queue::create(peer.path("reply"), &queue_config()).expect("queue");
+    let mut p = req.producer().expect("producer");
+    let mut c = rep.consumer().expect("consumer");
+    measure_mpmc_round_trip(g, "levee_rings_mpmc_processes", &mut p, &mut c);
+}
+
+fn round_trip_levee_mpmc_threads(g: &mut BenchmarkGroup<'_, WallTime>) {
+    let dir = Scratch::new("mpmc-echo-t");
+    let req = Queue::create(dir.path("data"), &queue_config()).expect("queue");
+    let rep = Queue::create(dir.path("reply"), &queue_config()).expect("queue");
+    let mut p = req.producer().expect("producer");
+    let mut c = rep.consumer().expect("consumer");
+    let (echo_in, echo_out) = (
+        req.consumer().expect("consumer"),
+        rep.producer().expect("producer"),
+    );
+    let peer = thread_peer(move || mpmc_echo(echo_in, echo_out));
+    measure_mpmc_round_trip(g, "levee_rings_mpmc_threads", &mut p, &mut c);
+    peer.join().expect("levee-rings peer");
+}
+
+fn round_trip_crossbeam(g: &mut BenchmarkGroup<'_, WallTime>) {
+    let req = Arc::new(ArrayQueue::<Msg>::new(SLOTS));
+    let rep = Arc::new(ArrayQueue::<Msg>::new(SLOTS));
+    let (rq, rp) = (req.clone(), rep.clone());
+    let peer = thread_peer(move || {
+        loop {
+            let Some(m) = rq.pop() else {
+                std::hint::spin_loop();
+                continue;
+            };
+            if m[8] == 0xff {
+                return;
+            }
+            while rp.push(m).is_err() {
+                std::hint::spin_loop();
+            }
+        }
+    });
+    let m = msg(1);
+    g.bench_function("crossbeam_array_queue_threads", |b| {
+        b.iter(|| {
+            while req.push(m).is_err() {}
+            loop {
+                if let Some(r) = rep.pop() {
+                    std::hint::black_box(r);
+                    break;
+                }
+                std::hint::spin_loop();
+            }
+        })
+    });
+    let mut quit = msg(0);
+    quit[8] = 0xff;
+    while req.push(quit).is_err() {}
+    peer.join().expect("crossbeam peer");
 }
 
 fn round_trip(c: &mut Criterion) {
     let mut g = c.benchmark_group("round_trip");
     pin(0);
-
-    {
-        let peer = Peer::start("spsc-echo");
-        let mut req = spsc::Producer::create(peer.path("data"), SPSC_BYTES).expect("ring");
-        let mut rep = spsc::Consumer::create(peer.path("reply"), SPSC_BYTES).expect("ring");
-        let m = msg(1);
-        let mut out = Vec::with_capacity(64);
-        g.bench_function("levee_rings_spsc_processes", |b| {
-            b.iter(|| {
-                spin_push_spsc(&mut req, &m);
-                spin_pop_spsc(&mut rep, &mut out);
-            })
-        });
-        spin_push_spsc(&mut req, &[]);
-    }
-
-    {
-        let dir = PathBuf::from(format!(
-            "/dev/shm/levee-rings-bench-{}-t",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("bench dir");
-        let (mut req, mut req_rx) = spsc::create(dir.join("a"), SPSC_BYTES).expect("ring");
-        let (mut rep_tx, mut rep) = spsc::create(dir.join("b"), SPSC_BYTES).expect("ring");
-        let peer = thread_peer(move || {
-            let mut buf = Vec::with_capacity(64);
-            loop {
-                if !req_rx.pop(&mut buf).expect("ring") {
-                    std::hint::spin_loop();
-                    continue;
-                }
-                if buf.is_empty() {
-                    return;
-                }
-                spin_push_spsc(&mut rep_tx, &buf);
-            }
-        });
-        let m = msg(1);
-        let mut out = Vec::with_capacity(64);
-        g.bench_function("levee_rings_spsc_threads", |b| {
-            b.iter(|| {
-                spin_push_spsc(&mut req, &m);
-                spin_pop_spsc(&mut rep, &mut out);
-            })
-        });
-        spin_push_spsc(&mut req, &[]);
-        peer.join().expect("levee peer");
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    {
-        let (mut req, mut req_rx) = rtrb::RingBuffer::<Msg>::new(SLOTS);
-        let (mut rep_tx, mut rep) = rtrb::RingBuffer::<Msg>::new(SLOTS);
-        let peer = thread_peer(move || {
-            loop {
-                let Ok(m) = req_rx.pop() else {
-                    std::hint::spin_loop();
-                    continue;
-                };
-                if m[8] == 0xff {
-                    return;
-                }
-                while rep_tx.push(m).is_err() {
-                    std::hint::spin_loop();
-                }
-            }
-        });
-        let m = msg(1);
-        g.bench_function("rtrb_threads", |b| {
-            b.iter(|| {
-                while req.push(m).is_err() {}
-                loop {
-                    if let Ok(r) = rep.pop() {
-                        std::hint::black_box(r);
-                        break;
-                    }
-                    std::hint::spin_loop();
-                }
-            })
-        });
-        let mut quit = msg(0);
-        quit[8] = 0xff;
-        while req.push(quit).is_err() {}
-        peer.join().expect("rtrb peer");
-    }
-
-    {
-        let peer = Peer::start("mpmc-echo");
-        let req = Queue::create(peer.path("data"), &queue_config()).expect("queue");
-        let rep = Queue::create(peer.path("reply"), &queue_config()).expect("queue");
-        let mut p = req.producer().expect("producer");
-        let mut c = rep.consumer().expect("consumer");
-        let m = msg(1);
-        g.bench_function("levee_rings_mpmc_processes", |b| {
-            b.iter(|| {
-                spin_push_mpmc(&mut p, &m);
-                loop {
-                    if let Some(claim) = c.claim().expect("queue") {
-                        std::hint::black_box(claim[0]);
-                        claim.ack();
-                        break;
-                    }
-                    std::hint::spin_loop();
-                }
-            })
-        });
-        spin_push_mpmc(&mut p, &[]);
-    }
-
-    {
-        let req = Arc::new(ArrayQueue::<Msg>::new(SLOTS));
-        let rep = Arc::new(ArrayQueue::<Msg>::new(SLOTS));
-        let (rq, rp) = (req.clone(), rep.clone());
-        let peer = thread_peer(move || {
-            loop {
-                let Some(m) = rq.pop() else {
-                    std::hint::spin_loop();
-                    continue;
-                };
-                if m[8] == 0xff {
-                    return;
-                }
-                while rp.push(m).is_err() {
-                    std::hint::spin_loop();
-                }
-            }
-        });
-        let m = msg(1);
-        g.bench_function("crossbeam_array_queue_threads", |b| {
-            b.iter(|| {
-                while req.push(m).is_err() {}
-                loop {
-                    if let Some(r) = rep.pop() {
-                        std::hint::black_box(r);
-                        break;
-                    }
-                    std::hint::spin_loop();
-                }
-            })
-        });
-        let mut quit = msg(0);
-        quit[8] = 0xff;
-        while req.push(quit).is_err() {}
-        peer.join().expect("crossbeam peer");
-    }
+    run_rotated(
+        &mut g,
+        &[
+            round_trip_levee_spsc_processes,
+            round_trip_levee_spsc_threads,
+            round_trip_rtrb,
+            round_trip_levee_mpmc_processes,
+            round_trip_levee_mpmc_threads,
+            round_trip_crossbeam,
+        ],
+    );
     g.finish();
 }
 

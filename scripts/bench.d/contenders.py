@@ -1,10 +1,12 @@
 """The contenders and the backend they share: their configurations and how each is started.
 
-Every proxy gets the same thread count (one), the same CPU, the same listen backlog and the same
+Every proxy gets the same thread count (one, or the cores scenario's count: levee forwarders,
+HAProxy `nbthread`, nginx `worker_processes`), the same CPUs, the same listen backlog and the same
 open-file limit (the bench's own, which they inherit); the configurations live in templates/ so
 that an operator can read exactly what was measured.
 """
 
+import copy
 import hashlib
 import os
 import string
@@ -37,11 +39,34 @@ class Env:
         self.load_cpu = load_cpu
         self.proxy_cpu = proxy_cpu
         self.backend_cpu = backend_cpu
+        # The CPUs of each part: one each, except in the cores scenario (layout()).
+        self.load_cpus = [load_cpu]
+        self.proxy_cpus = [proxy_cpu]
+        self.backend_cpus = [backend_cpu]
         self.nofile = nofile
         self.levee = levee
         self.stream_module = stream_module
 
+    @property
+    def threads(self):
+        """Threads (or worker processes) of every proxy: one per proxy CPU."""
+        return len(self.proxy_cpus)
+
+    def layout(self, *, load, proxy, backend):
+        """This environment with other CPUs: wrk on `load` (one thread each), every proxy with
+        one thread or worker on each of `proxy`, the backend with one worker on each of
+        `backend`."""
+        env = copy.copy(self)
+        env.load_cpus, env.proxy_cpus, env.backend_cpus = list(load), list(proxy), list(backend)
+        env.load_cpu, env.proxy_cpu, env.backend_cpu = load[0], proxy[0], backend[0]
+        return env
+
+    def describe_layout(self):
+        return {"load_cpus": self.load_cpus, "proxy_cpus": self.proxy_cpus,
+                "backend_cpus": self.backend_cpus, "threads": self.threads}
+
     def values(self, **extra):
+        maxconn = max((self.nofile - 200) // 2, 100)
         v = {
             "dir": self.dir,
             "backlog": BACKLOG,
@@ -49,7 +74,12 @@ class Env:
             "nofile": self.nofile,
             # Each proxied connection holds two descriptors; leave room for the listener and logs.
             "worker_connections": max(self.nofile - 64, 1024),
-            "maxconn": max((self.nofile - 200) // 2, 100),
+            "maxconn": maxconn,
+            # levee's cap is per forwarder: the same total as HAProxy's maxconn.
+            "levee_max_conns": max(maxconn // self.threads, 100),
+            "threads": self.threads,
+            "workers": self.threads,
+            "backend_workers": len(self.backend_cpus),
             "stream_module": self.stream_module,
             "cap": SPIKE["cap"],
             "queue_timeout_s": SPIKE["queue_timeout_s"],
@@ -60,9 +90,29 @@ class Env:
         return v
 
 
-def cpu_mask(cpu):
-    """nginx's worker_cpu_affinity bit string for one CPU (`10` is CPU 1)."""
-    return "1" + "0" * cpu
+def cpu_mask(cpus):
+    """nginx's worker_cpu_affinity: one bit string per worker, one CPU each (`10` is CPU 1)."""
+    if isinstance(cpus, int):
+        cpus = [cpus]
+    return " ".join("1" + "0" * cpu for cpu in cpus)
+
+
+def haproxy_threads(cpus, port, backlog):
+    """HAProxy's `cpu-map` lines, one thread per CPU, and its `bind` lines: one, or with several
+    threads one per thread, each its own SO_REUSEPORT socket as levee's forwarders and nginx's
+    `reuseport` workers have."""
+    maps = "\n".join(f"    cpu-map 1/{i + 1} {cpu}" for i, cpu in enumerate(cpus))
+    if len(cpus) == 1:
+        binds = f"    bind 127.0.0.1:{port} backlog {backlog}"
+    else:
+        binds = "\n".join(f"    bind 127.0.0.1:{port} backlog {backlog} thread {i + 1}"
+                           for i in range(len(cpus)))
+    return {"cpu_map": maps, "binds": binds}
+
+
+def reuseport(env):
+    """nginx's listen option for one socket per worker, where there are several workers."""
+    return " reuseport" if env.threads > 1 else ""
 
 
 def write_config(env, template_name, file_name, values):
@@ -74,21 +124,24 @@ def write_config(env, template_name, file_name, values):
     return text, path
 
 
-def nginx_argv(env, cpu, name, config_path):
-    """nginx in the foreground on `cpu`, its early errors in `<name>.err` in the run's directory."""
+def nginx_argv(env, cpus, name, config_path):
+    """nginx in the foreground on `cpus` (one CPU or a list; worker_cpu_affinity then pins each
+    worker to one of them), its early errors in `<name>.err` in the run's directory."""
     return pinned(
-        cpu, "nginx", "-p", env.dir, "-e", os.path.join(env.dir, f"{name}.err"), "-c", config_path
+        cpus, "nginx", "-p", env.dir, "-e", os.path.join(env.dir, f"{name}.err"), "-c", config_path
     )
 
 
 class Contender:
     """One way of serving the load: `direct` to the backend, or one of the proxies."""
 
-    def __init__(self, key, label, port_offset, color):
+    def __init__(self, key, label, port_offset, color, scenarios=None):
         self.key = key
         self.label = label
         self.port_offset = port_offset
         self.color = color
+        # The scenarios it takes part in unless --contenders names it; None: every one.
+        self.scenarios = scenarios
         self.config_text = None
         self.argv = None
 
@@ -128,14 +181,14 @@ class Levee(Contender):
         self.cap = cap
 
     def prepare(self, env):
-        values = env.values(cpu=env.proxy_cpu, port=self.port(env), key=self.key,
-                            sched_policy=self.sched_policy)
+        values = env.values(cpu=",".join(str(c) for c in env.proxy_cpus), port=self.port(env),
+                            key=self.key, sched_policy=self.sched_policy)
         if self.backend == "count":
             values["backend_port"] = env.count_port
         extra = "".join(string.Template(line).substitute(values) + "\n" for line in self.extra)
         values["extra"] = extra
         self.config_text, path = write_config(env, "levee.conf", f"{self.key}.conf", values)
-        self.argv = pinned(env.proxy_cpu, env.levee, "run", "-c", path)
+        self.argv = pinned(env.proxy_cpus, env.levee, "run", "-c", path)
         return self.argv
 
     def ctl_socket(self, env):
@@ -144,24 +197,38 @@ class Levee(Contender):
     def describe(self):
         if self.text:
             return self.text
-        return (f"levee, one forwarder (`engine.cores` = the proxy CPU), "
+        return (f"levee, one forwarder per proxy CPU (`engine.cores` = the proxy CPUs), "
                 f"`engine.sched_policy = {self.sched_policy}`")
 
 
 class HAProxy(Contender):
-    def __init__(self):
-        super().__init__("haproxy", "HAProxy", 2, "#1f77b4")
+    """HAProxy `mode tcp`; with `sched_policy = "batch"` started under `chrt -b 0`, so that its
+    thread runs under SCHED_BATCH as levee's forwarders do (engine.sched_policy = batch, levee's
+    default): the like-for-like comparison."""
+
+    def __init__(self, key="haproxy", label="HAProxy", port_offset=2, color="#1f77b4",
+                 sched_policy="normal", scenarios=None):
+        super().__init__(key, label, port_offset, color, scenarios)
+        self.sched_policy = sched_policy
 
     def prepare(self, env):
         self.config_text, path = write_config(
-            env, "haproxy.cfg", "haproxy.cfg", env.values(cpu=env.proxy_cpu, port=self.port(env))
+            env, "haproxy.cfg", f"{self.key}.cfg",
+            env.values(port=self.port(env),
+                       **haproxy_threads(env.proxy_cpus, self.port(env), BACKLOG))
         )
         # -db: stay in the foreground, so the process we started is the one that relays.
-        self.argv = pinned(env.proxy_cpu, "haproxy", "-db", "-f", path)
+        argv = ["haproxy", "-db", "-f", path]
+        if self.sched_policy == "batch":
+            argv = ["chrt", "--batch", "0", *argv]
+        self.argv = pinned(env.proxy_cpus, *argv)
         return self.argv
 
     def describe(self):
-        return "HAProxy `mode tcp`, `nbthread 1`, `cpu-map` to the proxy CPU"
+        policy = ("SCHED_BATCH (`chrt --batch 0`), as levee's forwarders"
+                  if self.sched_policy == "batch" else "the normal policy (SCHED_OTHER)")
+        return (f"HAProxy `mode tcp`, `nbthread` = the proxy CPUs, `cpu-map` one thread to each, "
+                f"under {policy}")
 
 
 class NginxStream(Contender):
@@ -171,13 +238,15 @@ class NginxStream(Contender):
     def prepare(self, env):
         self.config_text, path = write_config(
             env, "nginx-stream.conf", "nginx-stream.conf",
-            env.values(cpu_mask=cpu_mask(env.proxy_cpu), port=self.port(env)),
+            env.values(cpu_mask=cpu_mask(env.proxy_cpus), port=self.port(env),
+                       reuseport=reuseport(env)),
         )
-        self.argv = nginx_argv(env, env.proxy_cpu, "nginx-stream", path)
+        self.argv = nginx_argv(env, env.proxy_cpus, "nginx-stream", path)
         return self.argv
 
     def describe(self):
-        return "nginx `stream` module, `worker_processes 1`, `worker_cpu_affinity` to the proxy CPU"
+        return ("nginx `stream` module, `worker_processes` = the proxy CPUs, "
+                "`worker_cpu_affinity` one worker to each (`reuseport` with several)")
 
 
 class HAProxyQueue(Contender):
@@ -240,7 +309,15 @@ _SPIKE_TIER = [
 # one, with the worker on the proxy's CPU.
 _TIER = ["overflow.workers = 1", "overflow.cores = ${cpu}"]
 
-ALL = [Direct(), Levee(), HAProxy(), NginxStream(),
+# The scenarios where the scheduling policy is compared like for like: HAProxy under SCHED_BATCH
+# takes part in these by default (the bulk transfer and the idle connections are not decided by
+# how the proxy is woken).
+LIKE_FOR_LIKE = ("keepalive", "close", "cores")
+
+ALL = [Direct(), Levee(), HAProxy(),
+       HAProxy("haproxy_batch", "HAProxy, SCHED_BATCH", 5, "#6baed6", sched_policy="batch",
+               scenarios=LIKE_FOR_LIKE),
+       NginxStream(),
        # Only on request (--contenders): levee with the forwarder's default scheduling policy
        # switched back to SCHED_OTHER, to measure what SCHED_BATCH is worth on this layout.
        Levee("levee_normal", "levee, sched normal", 4, "#a6761d", sched_policy="normal"),
@@ -262,7 +339,10 @@ ALL = [Direct(), Levee(), HAProxy(), NginxStream(),
                   "there and nothing overflows (levee starts its worker only once a backend has a "
                   "cap)")]
 BY_KEY = {c.key: c for c in ALL}
-DEFAULT = ["direct", "levee", "haproxy", "nginx"]
+DEFAULT = ["direct", "levee", "haproxy", "haproxy_batch", "nginx"]
+# The contender levee is compared with like for like: the same scheduling policy as levee's
+# forwarders; the ratios against the others are shown too.
+LIKE = "haproxy_batch"
 SPIKE_DEFAULT = ["levee_queue", "levee_reject", "haproxy_queue", "nginx_cap"]
 HANDOFF = ["levee_noqueue", "levee_tier"]
 # The handoff scenario's contenders whose connections go through the worker: one per backend
@@ -300,6 +380,8 @@ class Backend:
         self.config_text = None
         self.argv = None
         self.proc = None
+        # The CPUs its workers run on, as configured.
+        self.cpus = None
         # path -> (length, SHA-256) of what the backend serves there
         self.files = {}
 
@@ -322,17 +404,34 @@ class Backend:
         }
         if bulk_bytes:
             self.files["/big.bin"] = ((bulk_bytes >> 20) << 20, h.hexdigest())
+        return self.configure(env)
+
+    def configure(self, env):
+        """Writes the configuration for `env`'s backend CPUs (one worker on each); the command
+        line that starts it."""
         self.config_text, path = write_config(
             env, "backend-nginx.conf", "backend.conf",
-            env.values(cpu_mask=cpu_mask(env.backend_cpu), port=env.backend_port),
+            env.values(cpu_mask=cpu_mask(env.backend_cpus), port=env.backend_port,
+                       reuseport=" reuseport" if len(env.backend_cpus) > 1 else ""),
         )
-        self.argv = nginx_argv(env, env.backend_cpu, "backend", path)
+        self.argv = nginx_argv(env, env.backend_cpus, "backend", path)
+        self.cpus = list(env.backend_cpus)
         return self.argv
 
     def start(self, env, procs):
         self.proc = procs.start("backend", self.argv, os.path.join(env.dir, "backend.log"))
         wait_listening(self.proc, env.backend_port)
         return self.proc
+
+    def ensure(self, env, procs):
+        """Restarts the backend with one worker on each of `env`'s backend CPUs, unless it
+        already runs that way."""
+        if self.proc is not None and self.cpus == list(env.backend_cpus) and self.proc.alive():
+            return self.proc
+        if self.proc is not None:
+            procs.stop(self.proc)
+        self.configure(env)
+        return self.start(env, procs)
 
     def check(self):
         if self.proc is None or not self.proc.alive():

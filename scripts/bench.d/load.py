@@ -17,9 +17,10 @@ MARK = "LEVEE_BENCH "
 
 
 def wrk_argv(env, port, *, connections, seconds, path="/", close=False, timeout_s=5):
+    """wrk with one thread on each of the load CPUs (one, but in the cores scenario)."""
     argv = pinned(
-        env.load_cpu, "wrk",
-        "-t1", f"-c{connections}", f"-d{seconds:g}s", f"--timeout={timeout_s}s", "--latency",
+        env.load_cpus, "wrk",
+        f"-t{len(env.load_cpus)}", f"-c{connections}", f"-d{seconds:g}s", f"--timeout={timeout_s}s", "--latency",
         "-s", LUA,
     )
     if close:
@@ -58,9 +59,14 @@ class IdleClient:
     def __init__(self):
         self.socks = []
 
-    def open(self, port, n, connect_timeout=5.0):
+    def open(self, port, n, connect_timeout=5.0, deadline_s=None):
+        """Opens up to `n` connections; the count that failed (those not tried before
+        `deadline_s` seconds had passed count as failed)."""
         failed = 0
-        for _ in range(n):
+        stop = None if deadline_s is None else time.monotonic() + deadline_s
+        for i in range(n):
+            if stop is not None and time.monotonic() > stop:
+                return failed + (n - i)
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             s.settimeout(connect_timeout)
             try:

@@ -8,6 +8,7 @@
 report.py calls these with the results file that measured each (they may be different runs).
 """
 
+import setup
 import svg
 from summary import median
 
@@ -91,7 +92,7 @@ def run_lines(result, rel):
         f"- **Command:** `{result['command']}` ({result['kind']}; {st['rounds']} interleaved "
         f"rounds; took {result['elapsed_s'] / 60:.1f} min)",
         f"- **Date:** {result['started']} (UTC); **commit** `{g['short']}` on `{g['branch']}`: "
-        f"{g['subject']}" + (" (with uncommitted changes)" if g.get("dirty") else ""),
+        f"{g['subject']}" + (" (with uncommitted changes)" if setup.recorded_dirty(g) else ""),
         f"- **Machine:** {m['nproc']} CPUs ({m['cpu_model']}), Linux {m['kernel']}"
         + (", virtual machine" if m.get("virtualized") else ""),
         f"- **Software:** {v.get('levee')}; {v.get('haproxy')}; {v.get('nginx')}; "

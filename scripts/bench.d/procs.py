@@ -16,9 +16,16 @@ import time
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def pinned(cpu, *argv):
-    """The command line `argv` run on one CPU."""
-    return ["taskset", "-c", str(cpu), *argv]
+def cpu_list(cpus):
+    """taskset's form of one CPU or a list of them ("1", "1,2,3")."""
+    if isinstance(cpus, int):
+        return str(cpus)
+    return ",".join(str(c) for c in cpus)
+
+
+def pinned(cpus, *argv):
+    """The command line `argv` run on one CPU or a list of them."""
+    return ["taskset", "-c", cpu_list(cpus), *argv]
 
 
 class BenchError(Exception):
@@ -156,9 +163,38 @@ def cpu_seconds(pid):
     return ticks / CLK_TCK
 
 
+def cpu_ns(pid):
+    """On-CPU time of every live thread of `pid` and its descendants, in nanoseconds, from
+    /proc/PID/task/TID/schedstat: fine enough for a handful of connections, where the clock
+    ticks of /proc/PID/stat (10 ms) are not. Threads that have exited are not in it, so it is
+    for short windows over processes that keep their threads (the connection-cost probe); None
+    where the kernel has no schedstat."""
+    total, seen = 0, False
+    for p in tree(pid):
+        try:
+            tids = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{p}/task/{tid}/schedstat") as f:
+                    total += int(f.read().split()[0])
+                    seen = True
+            except (OSError, ValueError, IndexError):
+                continue
+    return total if seen else None
+
+
 def memory_kb(pid):
-    """VmRSS and VmHWM of `pid` and its descendants, summed, in KiB."""
-    rss = hwm = 0
+    """Memory of `pid` and its descendants, in KiB: PSS from /proc/PID/smaps_rollup, summed, and
+    VmRSS and VmHWM from /proc/PID/status, summed.
+
+    PSS is the figure to compare: it charges each process its share of the pages it shares, so
+    nginx's master and worker (or levee and its worker process) are not charged twice for the
+    same pages, as summed RSS and HWM are. The kernel keeps no peak PSS; PSS is read while the
+    process still holds what the measurement made it allocate."""
+    rss = hwm = pss = 0
+    pss_ok = True
     for p in tree(pid):
         try:
             with open(f"/proc/{p}/status") as f:
@@ -169,7 +205,41 @@ def memory_kb(pid):
                         hwm += int(line.split()[1])
         except OSError:
             continue
-    return {"rss_kb": rss, "hwm_kb": hwm}
+        try:
+            with open(f"/proc/{p}/smaps_rollup") as f:
+                for line in f:
+                    if line.startswith("Pss:"):
+                        pss += int(line.split()[1])
+                        break
+        except OSError:
+            pss_ok = False
+    return {"rss_kb": rss, "hwm_kb": hwm, "pss_kb": pss if pss_ok else None}
+
+
+POLICY_NAMES = {os.SCHED_OTHER: "normal", os.SCHED_BATCH: "batch", os.SCHED_IDLE: "idle",
+                os.SCHED_FIFO: "fifo", os.SCHED_RR: "rr"}
+
+
+def sched_policies(pid):
+    """The scheduling policy of every thread of `pid` and its descendants, counted by thread
+    name and policy ("haproxy batch": 1): the record that a like-for-like contender ran as
+    configured."""
+    out = {}
+    for p in tree(pid):
+        try:
+            tids = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{p}/task/{tid}/comm") as f:
+                    comm = f.read().strip()
+                policy = os.sched_getscheduler(int(tid))
+            except OSError:
+                continue
+            key = f"{comm} {POLICY_NAMES.get(policy, policy)}"
+            out[key] = out.get(key, 0) + 1
+    return dict(sorted(out.items()))
 
 
 def own_cpu_seconds():
@@ -264,6 +334,19 @@ def wait_listening(p, port, timeout=10.0, host="127.0.0.1"):
         f"{p.name} did not listen on {host}:{port} within {timeout:.0f}s; its log "
         f"({p.log_path}) ends with:\n{p.log_tail()}"
     )
+
+
+def wait_path(p, path, timeout=10.0):
+    """Waits until `path` exists (a control socket) while `p` stays alive."""
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if not p.alive():
+            raise BenchError(f"{p.name} exited with status {p.popen.returncode} before creating "
+                             f"{path}; its log ({p.log_path}) ends with:\n{p.log_tail()}")
+        if time.monotonic() > deadline:
+            raise BenchError(f"{p.name} did not create {path} within {timeout:.0f}s; its log "
+                             f"({p.log_path}) ends with:\n{p.log_tail()}")
+        time.sleep(0.005)
 
 
 def established_to(port):

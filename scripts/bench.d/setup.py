@@ -110,7 +110,9 @@ def versions(levee):
     }
 
 
-def machine():
+def machine(cpus_allowed):
+    """The machine's facts; `cpus_allowed` is the CPU set the bench was given, read before it
+    pinned itself to the load generator's CPU (after that, its own mask says only that)."""
     model = None
     try:
         with open("/proc/cpuinfo") as f:
@@ -131,7 +133,7 @@ def machine():
     return {
         "hostname": platform.node(),
         "nproc": os.cpu_count(),
-        "cpus_allowed": sorted(os.sched_getaffinity(0)),
+        "cpus_allowed": sorted(cpus_allowed),
         "cpu_model": model,
         "kernel": platform.release(),
         "mem_gib": round(mem_kb / 1048576, 1) if mem_kb else None,
@@ -147,17 +149,40 @@ def virtualization():
         return None
 
 
-def git(repo):
-    def out(*args):
-        r = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True)
-        return r.stdout.strip() if r.returncode == 0 else None
+# The bench's own outputs change with every run; only other changes make the build differ.
+OUTPUTS = ("bench/results/", "docs/performance.md", "docs/perf/")
+# How `changed` was read; results files without it were written by a parser that stripped the
+# first status line's leading space and so cut the first letter off its path (see
+# recorded_dirty).
+STATUS_FORMAT = "porcelain-v1-z"
 
-    status = out("status", "--porcelain") or ""
-    # The bench's own outputs change with every run; only other changes make the build differ.
-    changed = [
-        line[3:] for line in status.splitlines()
-        if not line[3:].startswith(("bench/results/", "docs/performance.md", "docs/perf/"))
-    ]
+
+def changed_paths(porcelain_z):
+    """Paths in `git status --porcelain -z` output, the bench's own outputs left out. Each entry
+    is "XY PATH"; a rename or copy is followed by its source path as an entry of its own."""
+    entries = porcelain_z.split("\0")
+    out, i = [], 0
+    while i < len(entries):
+        e = entries[i]
+        i += 1
+        if len(e) < 4:
+            continue
+        if e[0] in "RC":
+            i += 1  # the source path of a rename or copy
+        path = e[3:]
+        if not path.startswith(OUTPUTS):
+            out.append(path)
+    return out
+
+
+def git(repo):
+    def out(*args, strip=True):
+        r = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True)
+        if r.returncode != 0:
+            return None
+        return r.stdout.strip() if strip else r.stdout
+
+    changed = changed_paths(out("status", "--porcelain=v1", "-z", strip=False) or "")
     return {
         "commit": out("rev-parse", "HEAD"),
         "short": out("rev-parse", "--short=10", "HEAD"),
@@ -165,4 +190,18 @@ def git(repo):
         "subject": out("log", "-1", "--format=%s"),
         "dirty": bool(changed),
         "changed": changed[:20],
+        "status_format": STATUS_FORMAT,
     }
+
+
+def recorded_dirty(g):
+    """Whether a results file's build had changes of its own. Files written before
+    STATUS_FORMAT lost the first letter of the first changed path ("ocs/perf/bench-cost.svg"),
+    so a run whose only changes were the bench's own outputs was marked dirty: read that path
+    as it was."""
+    changed = list(g.get("changed") or [])
+    if g.get("status_format") or not changed:
+        return bool(g.get("dirty"))
+    if any(changed[0].startswith(p[1:]) for p in OUTPUTS):
+        changed = changed[1:]
+    return bool(changed)

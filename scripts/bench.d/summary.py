@@ -3,15 +3,18 @@ side by side, within one round, means anything on these machines)."""
 
 import statistics
 
-METRICS = ("rate", "p50_us", "p99_us", "p999_us", "cpu_per_unit", "hwm_kb", "rss_kb",
-           "backend_cpu_per_unit",
+METRICS = ("rate", "p50_us", "p99_us", "p999_us", "cpu_per_unit", "hwm_kb", "rss_kb", "pss_kb",
+           "backend_cpu_per_unit", "host_cpu_per_unit",
            # open-loop (spike) steps
            "ok", "failed_conns", "p90_us", "max_us", "backend_peak", "backend_peak_inflight",
            "recovery_s", "recovered",
            # handoff steps
-           "handed_off", "handed_off_frac")
+           "handed_off", "handed_off_frac",
+           # conncost steps
+           "idle_cpu_us_per_s", "backend_conns")
 # Ratios taken within a round, against every other contender's measurement of the same step.
-RATIO_METRICS = ("rate", "p50_us", "p99_us", "max_us", "cpu_per_unit", "hwm_kb", "rss_kb")
+RATIO_METRICS = ("rate", "p50_us", "p99_us", "max_us", "cpu_per_unit", "hwm_kb", "rss_kb",
+                 "pss_kb", "backend_cpu_per_unit", "host_cpu_per_unit", "idle_cpu_us_per_s")
 
 
 def median(xs):
@@ -25,10 +28,20 @@ def ratio(a, b):
     return a / b
 
 
+def with_host_cpu(metrics):
+    """`metrics` with host_cpu_per_unit (the proxy's CPU and the backend's together, per unit)
+    derived where a results file from before it has both parts."""
+    if metrics.get("host_cpu_per_unit") is not None or metrics.get("backend_cpu_per_unit") is None:
+        return metrics
+    return dict(metrics, host_cpu_per_unit=(metrics.get("cpu_per_unit") or 0.0)
+                + metrics["backend_cpu_per_unit"])
+
+
 def summarize(measurements, contenders):
     """summary[scenario][step][contender] = medians, ranges, error totals and ratios."""
     by_step = {}
     for m in measurements:
+        m = dict(m, metrics=with_host_cpu(m["metrics"]))
         by_step.setdefault((m["scenario"], m["step"]), []).append(m)
     out = {}
     for (scenario, step), ms in by_step.items():
