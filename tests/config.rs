@@ -91,7 +91,51 @@ fn defaults_fill_in_what_the_file_leaves_out() {
     assert_eq!(backend.name, "b1");
     assert_eq!(backend.addr, addr("10.0.0.1:80"));
     assert_eq!((backend.weight, backend.max_conns), (100, 0));
+    assert_eq!(backend.state, config::AdminState::Up);
+    assert_eq!(e.sched_policy, config::SchedPolicy::Batch);
     assert_eq!(*e, levee::config::EngineConfig::default());
+    // The rest of the defaults, written out here rather than taken from the registry, so that
+    // a changed default fails here as well as in docs/config.md.
+    assert_eq!(cfg.ctl.socket, Some(PathBuf::from("/run/levee.sock")));
+    assert_eq!((&cfg.ctl.owner, &cfg.ctl.group), (&None, &None));
+    assert_eq!(cfg.stats.listen, None);
+    let o = &cfg.overflow;
+    assert_eq!(o.dir, None);
+    assert_eq!((o.workers, o.max_workers), (1, 15));
+    assert_eq!(o.cores, CoreSet::Auto);
+    assert_eq!(o.handoff, config::Handoff::Auto);
+    assert_eq!((o.queue_timeout, o.max_queue), (ms(10_000), 4096));
+    assert_eq!(o.discipline, config::Discipline::Fifo);
+    assert_eq!((o.codel_target, o.codel_interval), (ms(5), ms(100)));
+    assert_eq!(o.max_attempts, 3);
+    let l = &cfg.listeners[0];
+    assert_eq!(l.refuse_payload, b"");
+    assert_eq!(l.proxy_protocol, config::ProxyProtocol::None);
+    assert_eq!(l.proxy_timeout, ms(5000));
+    assert!(l.proxy_from.is_empty() && l.allow.is_empty() && l.deny.is_empty());
+    assert_eq!(
+        (
+            l.rate_per_source,
+            l.burst_per_source,
+            l.max_conns_per_source
+        ),
+        (0, 0, 0)
+    );
+    assert_eq!(pool.overflow, config::Overflow::Queue);
+    assert_eq!(pool.proxy_protocol, config::ProxyProtocol::None);
+    assert!(pool.source.is_empty());
+    let h = &pool.health;
+    assert_eq!(h.check, config::CheckKind::None);
+    assert_eq!((h.interval, h.timeout), (ms(2000), ms(1000)));
+    assert_eq!((h.rise, h.fall), (2, 3));
+    assert_eq!(
+        (h.send.as_slice(), h.expect.as_slice()),
+        (&b""[..], &b""[..])
+    );
+    assert_eq!((h.eject_failures, h.eject_max_percent), (5, 50));
+    assert_eq!((h.eject_time, h.eject_max_time), (ms(10_000), ms(300_000)));
+    assert_eq!(h.slowstart, ms(0));
+    assert_eq!(h.all_down, config::AllDown::Refuse);
 }
 
 #[test]

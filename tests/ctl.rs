@@ -230,8 +230,7 @@ fn drain_through_ctl_keeps_new_connections_away() {
 /// was written; the two settings the engine cannot report (the scheduling policy and the log
 /// level) are read from their effect. The match names every `Apply` with no catch-all, so a
 /// runtime key added without a check here does not compile. Effects further on (a drained
-/// backend's traffic, the workers the supervisor starts, a changed `proxy_from`) have tests of
-/// their own.
+/// backend's traffic, a changed `proxy_from`) have tests of their own.
 #[test]
 fn every_runtime_key_applies_to_the_running_engine() {
     use levee::config::registry::{Apply, GateRule, KEYS, OverflowSetting, instantiate};
@@ -248,8 +247,13 @@ fn every_runtime_key_applies_to_the_running_engine() {
             Apply::ConnectTimeout => change("7s"),
             Apply::ConnectRetries => change("4"),
             Apply::IdleTimeout => change("30s"),
-            // The supervisor's target.
-            Apply::OverflowWorkers => change("2"),
+            // The supervisor's target; and the supervisor acts on it: a second worker attaches.
+            Apply::OverflowWorkers => {
+                change("2");
+                common::wait_until("a second worker attaches", || {
+                    l.get("stats.overflow.workers_attached") == "2"
+                });
+            }
             // The overflow settings row in shared memory, which forwarders and workers read.
             Apply::OverflowSettings(OverflowSetting::QueueTimeout) => change("3s"),
             Apply::OverflowSettings(OverflowSetting::Discipline) => change("codel"),
@@ -278,8 +282,13 @@ fn every_runtime_key_applies_to_the_running_engine() {
             Apply::Gate(GateRule::MaxConnsPerSource) => change("500"),
             // The cap in the shared load table that every acquisition checks.
             Apply::BackendMaxConns => change("3"),
-            // The drain flag the health monitor reads.
-            Apply::BackendState => change("drain"),
+            // The drain flag the monitor reads; and it does: the backend's status follows.
+            Apply::BackendState => {
+                change("drain");
+                common::wait_until("the monitor drains a", || {
+                    l.get("stats.pool.web.backend.a.status") == "drain"
+                });
+            }
             // The weight the health monitor applies; and it does: the effective weight follows.
             Apply::BackendWeight => {
                 change("50");

@@ -122,7 +122,7 @@ fn spsc_survives_kill_9_of_either_end() {
     common::kill9(child);
     let mut p = spsc::Producer::open(&path).unwrap();
     p.push(&common::message(2, 16)).unwrap();
-    // A consumer killed while it holds a record in place: the record is read again.
+    // A consumer killed while it holds a record it has not released: the record is read again.
     let child = spawn("child_spsc_stall", &vars("consumer", "c-ready"));
     common::wait_for_file(&s.path("c-ready"));
     common::kill9(child);

@@ -71,6 +71,8 @@ pub struct Overflow {
 }
 
 impl Live {
+    /// The live objects of a running levee. Without [`Self::with_threads`] (a process that
+    /// runs no forwarder threads of its own), setting `engine.sched_policy` is refused.
     pub fn new(
         config: Config,
         pools: Vec<Arc<Pool>>,

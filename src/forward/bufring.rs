@@ -19,9 +19,23 @@ use io_uring::IoUring;
 use io_uring::types::BufRingEntry;
 use memmap2::MmapMut;
 
-/// `IORING_UNREGISTER_PBUF_RING` and its argument, `struct io_uring_buf_reg`
-/// (include/uapi/linux/io_uring.h).
+/// `IORING_UNREGISTER_PBUF_RING` and `IORING_REGISTER_SYNC_CANCEL` with their arguments,
+/// `struct io_uring_buf_reg` and `struct io_uring_sync_cancel_reg`, and the cancel flag that
+/// matches every request (include/uapi/linux/io_uring.h).
 const IORING_UNREGISTER_PBUF_RING: libc::c_uint = 23;
+const IORING_REGISTER_SYNC_CANCEL: libc::c_uint = 24;
+const IORING_ASYNC_CANCEL_ANY: u32 = 1 << 2;
+
+#[repr(C)]
+struct SyncCancelReg {
+    addr: u64,
+    fd: i32,
+    flags: u32,
+    timeout: [i64; 2],
+    opcode: u8,
+    pad: [u8; 7],
+    pad2: [u64; 3],
+}
 
 #[repr(C)]
 struct BufReg {
@@ -34,8 +48,11 @@ struct BufReg {
 
 /// The receive buffers of one forwarder.
 ///
-/// Sound whatever is dropped first: it keeps the io_uring instance alive (a descriptor of its
-/// own) and, when dropped, unregisters its group before it unmaps anything the kernel may use.
+/// It does not rely on the order in which the forwarder drops it and its ring: it keeps the
+/// io_uring instance alive (a descriptor of its own) and, when released, first cancels every
+/// request still in flight on that instance (a send may point into its buffers) and
+/// unregisters its group, and only then unmaps; if either step fails, it leaves the memory
+/// mapped.
 pub struct BufRing {
     /// Ring entries, shared with the kernel. Unmapped only once the group is unregistered.
     entries: ManuallyDrop<MmapMut>,
@@ -43,6 +60,8 @@ pub struct BufRing {
     memory: ManuallyDrop<MmapMut>,
     /// A descriptor of the io_uring instance the group is registered with.
     ring: OwnedFd,
+    /// The mappings are gone (see [`Self::release`]).
+    released: bool,
     count: u16,
     size: u32,
     /// Next tail to publish; the kernel sees buffers up to the last published tail only.
@@ -85,6 +104,7 @@ impl BufRing {
             entries: ManuallyDrop::new(entries),
             memory: ManuallyDrop::new(memory),
             ring: own,
+            released: false,
             count,
             size,
             tail: 0,
@@ -164,13 +184,28 @@ impl BufRing {
     }
 }
 
-impl Drop for BufRing {
-    fn drop(&mut self) {
-        // Until the group is unregistered the kernel may read `entries` and receive into
-        // `memory`, and the instance lives on while this descriptor of it is open, even after
-        // the forwarder has dropped its `IoUring`. So: unregister first, then unmap. A buffer a
-        // receive already picked is written in this thread's own task work, which cannot run
-        // while this runs; after the call none is picked.
+impl BufRing {
+    /// Ends the kernel's use of the buffers, then unmaps them. Until then the kernel may read
+    /// `entries` and receive into `memory`, and a send in flight reads from it; the instance
+    /// lives on while this descriptor of it is open, even after the forwarder has dropped its
+    /// `IoUring`. So: cancel every request on the instance and wait for them (synchronously,
+    /// up to a second), unregister the group, and only then unmap. On an error the mappings
+    /// stay (released later by no one): freed memory the kernel may still touch would be far
+    /// worse than a leak at a forwarder's exit.
+    fn release(&mut self) -> io::Result<()> {
+        if self.released {
+            return Ok(());
+        }
+        let cancel = SyncCancelReg {
+            addr: 0,
+            fd: -1,
+            flags: IORING_ASYNC_CANCEL_ANY,
+            timeout: [1, 0],
+            opcode: 0,
+            pad: [0; 7],
+            pad2: [0; 3],
+        };
+        self.register(IORING_REGISTER_SYNC_CANCEL, (&raw const cancel).cast())?;
         let reg = BufReg {
             ring_addr: 0,
             ring_entries: 0,
@@ -178,30 +213,45 @@ impl Drop for BufRing {
             flags: 0,
             resv: [0; 3],
         };
-        // SAFETY: io_uring_register(2) on an instance this struct holds a descriptor of, with a
-        // valid argument of the count given.
+        self.register(IORING_UNREGISTER_PBUF_RING, (&raw const reg).cast())?;
+        self.released = true;
+        // SAFETY: no request is in flight and the group is unregistered: the kernel no longer
+        // uses either mapping, and `released` keeps them from being touched again.
+        unsafe {
+            ManuallyDrop::drop(&mut self.entries);
+            ManuallyDrop::drop(&mut self.memory);
+        }
+        Ok(())
+    }
+
+    /// io_uring_register(2) on the instance, with one argument at `arg`.
+    fn register(&self, op: libc::c_uint, arg: *const libc::c_void) -> io::Result<()> {
+        // SAFETY: an instance this struct holds a descriptor of; `arg` points at the argument
+        // `op` takes, alive for the call.
         let res = unsafe {
             libc::syscall(
                 libc::SYS_io_uring_register,
                 self.ring.as_raw_fd(),
-                IORING_UNREGISTER_PBUF_RING,
-                (&raw const reg).cast::<libc::c_void>(),
+                op,
+                arg,
                 1u32,
             )
         };
-        if res == 0 {
-            // SAFETY: the kernel no longer uses either mapping, and neither is touched again.
-            unsafe {
-                ManuallyDrop::drop(&mut self.entries);
-                ManuallyDrop::drop(&mut self.memory);
-            }
+        if res < 0 {
+            Err(io::Error::last_os_error())
         } else {
-            // Freed memory the kernel may still write into would be far worse than a leak at
-            // a forwarder's exit.
+            Ok(())
+        }
+    }
+}
+
+impl Drop for BufRing {
+    fn drop(&mut self) {
+        if let Err(error) = self.release() {
             tracing::warn!(
                 group = self.group,
-                error = %io::Error::last_os_error(),
-                "cannot unregister the receive buffers; leaving them mapped"
+                %error,
+                "cannot end the kernel's use of the receive buffers; leaving them mapped"
             );
         }
     }
@@ -222,9 +272,10 @@ mod tests {
         assert!(BufRing::new(&ring, 7, 16, 4096).is_err());
         drop(bufs);
         // Dropped before the ring, it gave its group back: the kernel no longer points at it.
-        let again = BufRing::new(&ring, 7, 16, 4096).expect("the group is free again");
-        // And dropped after the ring, it still can (it holds the instance open).
+        let mut again = BufRing::new(&ring, 7, 16, 4096).expect("the group is free again");
+        // Released after the ring is dropped, it still reaches the instance it keeps open.
         drop(ring);
-        drop(again);
+        again.release().expect("release after the ring");
+        assert!(again.released);
     }
 }

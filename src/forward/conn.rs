@@ -447,6 +447,14 @@ impl Conn {
         (self.backend >= 0).then(|| unsafe { BorrowedFd::borrow_raw(self.backend) })
     }
 
+    /// The socket a direction sends to, for a call outside the ring. Only while relaying.
+    pub fn sink_fd(&self, dir: Dir) -> BorrowedFd<'_> {
+        let fd = self.sink(dir);
+        debug_assert!(fd >= 0);
+        // SAFETY: as for `client_fd`: while relaying, the slot owns both sockets.
+        unsafe { BorrowedFd::borrow_raw(fd) }
+    }
+
     /// The socket a direction receives from.
     pub fn source(&self, dir: Dir) -> RawFd {
         match dir {

@@ -9,7 +9,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::mem::MaybeUninit;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -619,8 +619,7 @@ impl Forwarder {
                 // io-wq worker thread, a hop to another thread (and a fight over the socket's
                 // lock) per closed connection. shutdown(2) of a TCP socket never blocks.
                 // A failed shutdown (the peer already gone) still ends this direction.
-                // SAFETY: the slot owns its sockets until it is freed, and it is relaying.
-                let _ = shutdown_write(unsafe { BorrowedFd::borrow_raw(sink) });
+                let _ = shutdown_write(self.conns[slot as usize].sink_fd(dir));
                 if done {
                     self.close(slot, CloseReason::Done, Reset::None);
                 }

@@ -332,9 +332,7 @@ impl Forwarder {
                 return false;
             }
         };
-        // SAFETY: this forwarder owns the client's socket until it parks or closes it below.
-        let socket = unsafe { BorrowedFd::borrow_raw(client) };
-        let Some(peer) = origin.map(|o| o.0).or(peer).or_else(|| peer_addr(socket)) else {
+        let Some(peer) = origin.map(|o| o.0).or(peer).or_else(|| peer_addr(fd)) else {
             // The client is already gone.
             self.stats.close(CloseReason::Abandoned);
             self.close_fd(client);

@@ -30,12 +30,38 @@ impl Status {
     /// Every status's name, in the order of the values.
     pub const NAMES: [&'static str; 5] = ["up", "ramping", "down", "ejected", "drain"];
 
+    /// The status's code in the pool's load table (`docs/overflow-protocol.md`): 0 up, 1 down,
+    /// 2 drain, as before ramping and ejected had codes of their own, then 3 ramping, 4
+    /// ejected. A reader that knows only the first three reads the new ones as drain, which
+    /// takes no new connections.
+    pub(crate) fn to_wire(self) -> u32 {
+        match self {
+            Self::Up => 0,
+            Self::Down => 1,
+            Self::Drain => 2,
+            Self::Ramping => 3,
+            Self::Ejected => 4,
+        }
+    }
+
+    /// The status of a code in the load table; a code no status has (a peer's corruption)
+    /// reads as drain.
+    pub(crate) fn from_wire(code: u32) -> Self {
+        match code {
+            0 => Self::Up,
+            1 => Self::Down,
+            3 => Self::Ramping,
+            4 => Self::Ejected,
+            _ => Self::Drain,
+        }
+    }
+
     /// Whether it takes new connections: up, or ramping up.
     pub fn takes_new(self) -> bool {
         matches!(self, Self::Up | Self::Ramping)
     }
 
-    pub(crate) fn from_u8(v: u8) -> Self {
+    fn from_u8(v: u8) -> Self {
         match v {
             0 => Self::Up,
             1 => Self::Ramping,

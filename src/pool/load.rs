@@ -17,7 +17,7 @@ use super::table::{self, B_ADMIN, B_BASE_WEIGHT, P_AVAILABLE_WEIGHT, P_BOUND_MIL
 use crate::config::PoolConfig;
 
 fn pack_admin(weight: u32, state: Status) -> u64 {
-    (u64::from(state as u32) << 32) | u64::from(weight)
+    (u64::from(state.to_wire()) << 32) | u64::from(weight)
 }
 
 fn admin_weight(admin: u64) -> u32 {
@@ -25,8 +25,7 @@ fn admin_weight(admin: u64) -> u32 {
 }
 
 fn admin_state(admin: u64) -> Status {
-    // The word is shared: a value no status has (a peer's corruption) reads as drained.
-    u8::try_from(admin >> 32).map_or(Status::Drain, Status::from_u8)
+    Status::from_wire((admin >> 32) as u32)
 }
 
 /// What a backend adds to the pool's available weight: its weight while up, else nothing.
@@ -381,6 +380,40 @@ mod tests {
         load.set_state(0, Status::Drain); // no change, no delta
         assert_eq!(load.available_weight(), 11);
         assert_eq!(load.weight(1), 7);
+        assert_eq!(load.state(0), Status::Drain);
+    }
+
+    #[test]
+    fn a_ramping_backend_adds_its_weight_and_an_ejected_one_does_not() {
+        let load = PoolLoad::new(&pool(&[3, 5], 0, None));
+        assert_eq!(load.available_weight(), 8);
+        load.set_state(0, Status::Ramping);
+        assert_eq!(load.available_weight(), 8);
+        assert!(load.is_available(0));
+        load.set_state(1, Status::Ejected);
+        assert_eq!(load.available_weight(), 3);
+        assert!(!load.is_available(1));
+        assert_eq!(load.state(0), Status::Ramping);
+        assert_eq!(load.state(1), Status::Ejected);
+    }
+
+    #[test]
+    fn the_table_keeps_the_codes_older_readers_know() {
+        let load = PoolLoad::new(&pool(&[1; 5], 0, None));
+        let code = |i: usize| (load.admin(i).load(Ordering::Relaxed) >> 32) as u32;
+        for (i, status) in [Status::Up, Status::Down, Status::Drain]
+            .into_iter()
+            .enumerate()
+        {
+            load.set_state(i, status);
+            assert_eq!(code(i), i as u32, "{status:?}");
+        }
+        // The newer ones read as drain (no new connections) to a reader that knows only 0-2.
+        load.set_state(3, Status::Ramping);
+        load.set_state(4, Status::Ejected);
+        assert!(code(3) > 2 && code(4) > 2 && code(3) != code(4));
+        // And a code no status has, as a corrupt peer might write, reads as drain.
+        load.admin(0).store(7 << 32 | 1, Ordering::Relaxed);
         assert_eq!(load.state(0), Status::Drain);
     }
 

@@ -381,6 +381,12 @@ impl Reader {
         let entry = self.handle.entry();
         let claim = word(&core.shm, entry + E_CLAIM);
         if claim.load(Ordering::Relaxed) != CLAIM_NONE {
+            if STOP == stop::AFTER_CLAIM {
+                // The hook must leave a fresh slot claimed, not hand back the held record.
+                return Err(Error::InvalidConfig {
+                    reason: "stall_mid_claim_for_crash_test with a claim already held".into(),
+                });
+            }
             // Dropped without ack: deliver it again, one attempt later, or move it on.
             if !self.redeliver()? {
                 self.load_held();
@@ -533,7 +539,8 @@ impl Consumer {
 
     /// Claims a slot in place but never copies it out or frees it: what a consumer killed
     /// mid-claim leaves behind. A [`Consumer::claim`] stopped after its compare-and-swap, for
-    /// crash tests that kill a process at exactly that point; `Ok(false)` when nothing is ready.
+    /// crash tests that kill a process at exactly that point; `Ok(false)` when nothing is ready,
+    /// an error when this consumer already holds a claim.
     #[cfg(feature = "crash-hooks")]
     pub fn stall_mid_claim_for_crash_test(&mut self) -> Result<bool> {
         self.reader.fill_to::<{ stop::AFTER_CLAIM }>()
