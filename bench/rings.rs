@@ -308,12 +308,12 @@ fn queue_config() -> mpmc::Config {
 
 // ---- spsc_throughput ----
 
-/// The measuring side of levee-rings SPSC throughput, whatever runs the sink: a batch count,
-/// the batch, then the sink's reply.
-fn measure_spsc_throughput(
+/// The measuring side of levee-rings throughput, whatever runs the sink: `push` sends a batch
+/// count, the batch, then the sink's reply comes back on `reply`.
+fn measure_throughput(
     g: &mut BenchmarkGroup<'_, WallTime>,
     name: &str,
-    data: &mut spsc::Producer,
+    mut push: impl FnMut(&[u8]),
     reply: &mut spsc::Consumer,
 ) {
     let m = msg(1);
@@ -321,22 +321,27 @@ fn measure_spsc_throughput(
     g.bench_function(name, |b| {
         b.iter_custom(|iters| {
             let start = Instant::now();
-            spin_push_spsc(data, &iters.to_le_bytes());
+            push(&iters.to_le_bytes());
             for _ in 0..iters {
-                spin_push_spsc(data, &m);
+                push(&m);
             }
             spin_pop_spsc(reply, &mut out);
             start.elapsed()
         })
     });
-    spin_push_spsc(data, &0u64.to_le_bytes());
+    push(&0u64.to_le_bytes());
 }
 
 fn spsc_throughput_levee_processes(g: &mut BenchmarkGroup<'_, WallTime>) {
     let peer = Peer::start("spsc-sink");
     let mut data = spsc::Producer::create(peer.path("data"), SPSC_BYTES).expect("data ring");
     let mut reply = spsc::Consumer::create(peer.path("reply"), REPLY_BYTES).expect("reply ring");
-    measure_spsc_throughput(g, "levee_rings_processes", &mut data, &mut reply);
+    measure_throughput(
+        g,
+        "levee_rings_processes",
+        |r| spin_push_spsc(&mut data, r),
+        &mut reply,
+    );
 }
 
 fn spsc_throughput_levee_threads(g: &mut BenchmarkGroup<'_, WallTime>) {
@@ -344,7 +349,12 @@ fn spsc_throughput_levee_threads(g: &mut BenchmarkGroup<'_, WallTime>) {
     let (mut data, data_rx) = spsc::create(dir.path("data"), SPSC_BYTES).expect("data ring");
     let (reply_tx, mut reply) = spsc::create(dir.path("reply"), REPLY_BYTES).expect("reply ring");
     let peer = thread_peer(move || spsc_sink(data_rx, reply_tx));
-    measure_spsc_throughput(g, "levee_rings_threads", &mut data, &mut reply);
+    measure_throughput(
+        g,
+        "levee_rings_threads",
+        |r| spin_push_spsc(&mut data, r),
+        &mut reply,
+    );
     peer.join().expect("levee-rings peer");
 }
 
@@ -414,34 +424,17 @@ fn spsc_throughput(c: &mut Criterion) {
 
 // ---- mpmc_throughput ----
 
-fn measure_mpmc_throughput(
-    g: &mut BenchmarkGroup<'_, WallTime>,
-    name: &str,
-    p: &mut mpmc::Producer,
-    reply: &mut spsc::Consumer,
-) {
-    let m = msg(1);
-    let mut out = Vec::new();
-    g.bench_function(name, |b| {
-        b.iter_custom(|iters| {
-            let start = Instant::now();
-            spin_push_mpmc(p, &iters.to_le_bytes());
-            for _ in 0..iters {
-                spin_push_mpmc(p, &m);
-            }
-            spin_pop_spsc(reply, &mut out);
-            start.elapsed()
-        })
-    });
-    spin_push_mpmc(p, &0u64.to_le_bytes());
-}
-
 fn mpmc_throughput_levee_processes(g: &mut BenchmarkGroup<'_, WallTime>) {
     let peer = Peer::start("mpmc-sink");
     let q = Queue::create(peer.path("data"), &queue_config()).expect("queue");
     let mut p = q.producer().expect("producer");
     let mut reply = spsc::Consumer::create(peer.path("reply"), REPLY_BYTES).expect("reply ring");
-    measure_mpmc_throughput(g, "levee_rings_processes", &mut p, &mut reply);
+    measure_throughput(
+        g,
+        "levee_rings_processes",
+        |r| spin_push_mpmc(&mut p, r),
+        &mut reply,
+    );
 }
 
 fn mpmc_throughput_levee_threads(g: &mut BenchmarkGroup<'_, WallTime>) {
@@ -451,7 +444,12 @@ fn mpmc_throughput_levee_threads(g: &mut BenchmarkGroup<'_, WallTime>) {
     let consumer = q.consumer().expect("consumer");
     let (reply_tx, mut reply) = spsc::create(dir.path("reply"), REPLY_BYTES).expect("reply ring");
     let peer = thread_peer(move || mpmc_sink(consumer, reply_tx));
-    measure_mpmc_throughput(g, "levee_rings_threads", &mut p, &mut reply);
+    measure_throughput(
+        g,
+        "levee_rings_threads",
+        |r| spin_push_mpmc(&mut p, r),
+        &mut reply,
+    );
     peer.join().expect("levee-rings peer");
 }
 

@@ -107,16 +107,7 @@ fn more_connections_to_one_backend_than_one_source_address_has_ports() {
     if !own_namespace() {
         return;
     }
-    let echo = |port: u16| {
-        common::Backend::spawn_on(SocketAddr::from(([127, 0, 0, 1], port)), |mut s| {
-            let mut buf = [0u8; 64];
-            while let Ok(n) = s.read(&mut buf) {
-                if n == 0 || s.write_all(&buf[..n]).is_err() {
-                    break;
-                }
-            }
-        })
-    };
+    let echo = |port: u16| common::Backend::echo_on(SocketAddr::from(([127, 0, 0, 1], port)));
     let a = echo(9000);
     let with: SocketAddr = "127.0.0.1:8080".parse().expect("literal");
     let without: SocketAddr = "127.0.0.1:8081".parse().expect("literal");
@@ -145,16 +136,7 @@ fn a_source_addresss_ports_are_per_backend() {
     if !own_namespace() {
         return;
     }
-    let echo = |port: u16| {
-        common::Backend::spawn_on(SocketAddr::from(([127, 0, 0, 1], port)), |mut s| {
-            let mut buf = [0u8; 64];
-            while let Ok(n) = s.read(&mut buf) {
-                if n == 0 || s.write_all(&buf[..n]).is_err() {
-                    break;
-                }
-            }
-        })
-    };
+    let echo = |port: u16| common::Backend::echo_on(SocketAddr::from(([127, 0, 0, 1], port)));
     let (a, b) = (echo(9000), echo(9001));
     let listen: SocketAddr = "127.0.0.1:8080".parse().expect("literal");
     let _levee = run("source-per-backend", listen, &[a.addr, b.addr], "127.0.0.2");

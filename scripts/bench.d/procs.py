@@ -163,6 +163,18 @@ def cpu_seconds(pid):
     return ticks / CLK_TCK
 
 
+def threads(pid):
+    """The /proc directory of every live thread of `pid` and its descendants
+    (/proc/PID/task/TID)."""
+    for p in tree(pid):
+        try:
+            tids = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            yield f"/proc/{p}/task/{tid}"
+
+
 def cpu_ns(pid):
     """On-CPU time of every live thread of `pid` and its descendants, in nanoseconds, from
     /proc/PID/task/TID/schedstat: fine enough for a handful of connections, where the clock
@@ -170,18 +182,13 @@ def cpu_ns(pid):
     for short windows over processes that keep their threads (the connection-cost probe); None
     where the kernel has no schedstat."""
     total, seen = 0, False
-    for p in tree(pid):
+    for task in threads(pid):
         try:
-            tids = os.listdir(f"/proc/{p}/task")
-        except OSError:
+            with open(f"{task}/schedstat") as f:
+                total += int(f.read().split()[0])
+                seen = True
+        except (OSError, ValueError, IndexError):
             continue
-        for tid in tids:
-            try:
-                with open(f"/proc/{p}/task/{tid}/schedstat") as f:
-                    total += int(f.read().split()[0])
-                    seen = True
-            except (OSError, ValueError, IndexError):
-                continue
     return total if seen else None
 
 
@@ -225,20 +232,15 @@ def sched_policies(pid):
     name and policy ("haproxy batch": 1): the record that a like-for-like contender ran as
     configured."""
     out = {}
-    for p in tree(pid):
+    for task in threads(pid):
         try:
-            tids = os.listdir(f"/proc/{p}/task")
+            with open(f"{task}/comm") as f:
+                comm = f.read().strip()
+            policy = os.sched_getscheduler(int(os.path.basename(task)))
         except OSError:
             continue
-        for tid in tids:
-            try:
-                with open(f"/proc/{p}/task/{tid}/comm") as f:
-                    comm = f.read().strip()
-                policy = os.sched_getscheduler(int(tid))
-            except OSError:
-                continue
-            key = f"{comm} {POLICY_NAMES.get(policy, policy)}"
-            out[key] = out.get(key, 0) + 1
+        key = f"{comm} {POLICY_NAMES.get(policy, policy)}"
+        out[key] = out.get(key, 0) + 1
     return dict(sorted(out.items()))
 
 

@@ -62,6 +62,16 @@ pub(super) fn bind(
         let gate = Arc::new(gate::Gate::new(gate::Rules::of(l)));
         gates.push(gate.clone());
         let count = sockets.len();
+        let setup = |fd, addr| ListenerSetup {
+            fd,
+            name: name.clone(),
+            index,
+            proxy,
+            gate: gate.clone(),
+            pool: l.pool,
+            refuse_payload: payload.clone(),
+            addr,
+        };
         for per_core in &mut sockets {
             let fd = match adopted.pop() {
                 Some(fd) => fd,
@@ -75,32 +85,14 @@ pub(super) fn bind(
             // replaces this one (reload, upgrade).
             let dup = fd.try_clone().map_err(StartError::Io)?;
             handover.push((l.name.clone(), l.addr, dup));
-            per_core.push(ListenerSetup {
-                fd,
-                name: name.clone(),
-                index,
-                proxy,
-                gate: gate.clone(),
-                pool: l.pool,
-                refuse_payload: payload.clone(),
-                addr,
-            });
+            per_core.push(setup(fd, addr));
         }
         // More sockets than forwarders (the levee replaced had more): each still gets a
         // forwarder, so no accept queue is left with no one accepting on it.
         for (i, fd) in adopted.into_iter().enumerate() {
             let dup = fd.try_clone().map_err(StartError::Io)?;
             handover.push((l.name.clone(), l.addr, dup));
-            sockets[i % count].push(ListenerSetup {
-                fd,
-                name: name.clone(),
-                index,
-                proxy,
-                gate: gate.clone(),
-                pool: l.pool,
-                refuse_payload: payload.clone(),
-                addr,
-            });
+            sockets[i % count].push(setup(fd, addr));
         }
         addrs.push(addr);
     }

@@ -809,17 +809,7 @@ impl Forwarder {
             && self.queue_waiting(pool)
             && !none_up(&self.pools[usize::from(pool)].shared.load)
         {
-            let (client, held) = self.unopen(slot);
-            self.park(Waiter {
-                client: client.into_raw_fd(),
-                pool,
-                listener,
-                flow,
-                peer,
-                queued_ns,
-                origin,
-                held,
-            });
+            self.park_slot(slot, flow, peer);
             return;
         }
         let p = &mut self.pools[usize::from(pool)];
@@ -844,17 +834,7 @@ impl Forwarder {
             if all_down {
                 self.close(slot, CloseReason::NoBackend, Reset::Client);
             } else if queues {
-                let (client, held) = self.unopen(slot);
-                self.park(Waiter {
-                    client: client.into_raw_fd(),
-                    pool,
-                    listener,
-                    flow,
-                    peer,
-                    queued_ns,
-                    origin,
-                    held,
-                });
+                self.park_slot(slot, flow, peer);
             } else if overflow == Overflow::Reject {
                 let (client, held) = self.unopen(slot);
                 self.release_source(listener, held);
@@ -933,6 +913,23 @@ impl Forwarder {
         self.high_slot = self.high_slot.max(slot + 1);
         self.arm_recv(slot, Dir::Up);
         self.start_connect(slot, backend, None);
+    }
+
+    /// Moves the client in `slot`, not yet connected anywhere, to its pool's queue.
+    fn park_slot(&mut self, slot: u32, flow: u64, peer: Option<std::net::SocketAddr>) {
+        let c = &self.conns[slot as usize];
+        let (pool, listener, queued_ns, origin) = (c.pool, c.listener, c.queued_ns, c.origin);
+        let (client, held) = self.unopen(slot);
+        self.park(Waiter {
+            client: client.into_raw_fd(),
+            pool,
+            listener,
+            flow,
+            peer,
+            queued_ns,
+            origin,
+            held,
+        });
     }
 
     /// Gives back a slot that `open_conn` took before anything was submitted for it; returns

@@ -142,20 +142,12 @@ impl Backend {
 
     /// Echoes everything back, and carries the client's FIN back as its own.
     pub fn echo() -> Self {
-        Self::spawn(|mut s| {
-            let mut buf = vec![0u8; 64 * 1024];
-            loop {
-                match s.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        if s.write_all(&buf[..n]).is_err() {
-                            return;
-                        }
-                    }
-                }
-            }
-            let _ = s.shutdown(Shutdown::Write);
-        })
+        Self::spawn(echo)
+    }
+
+    /// As [`Self::echo`], on `addr`.
+    pub fn echo_on(addr: SocketAddr) -> Self {
+        Self::spawn_on(addr, echo)
     }
 
     /// Answers each connection with its own name, then closes.
@@ -176,6 +168,22 @@ impl Drop for Backend {
             let _ = t.join();
         }
     }
+}
+
+/// Echoes what `s` sends until its FIN, then sends its own.
+fn echo(mut s: TcpStream) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if s.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+    let _ = s.shutdown(Shutdown::Write);
 }
 
 /// A listening socket for a test backend, reusable after a crash on the same address, with a
