@@ -18,7 +18,7 @@
 
 use std::fs::{self, File, Metadata};
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -40,8 +40,10 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most connections served at once; a new one beyond closes the one idle the longest.
 const MAX_CLIENTS: usize = 64;
 
-/// Longest sleep in `poll`: how soon the thread notices it is asked to stop.
-const TICK: Duration = Duration::from_millis(50);
+/// Longest sleep in `poll` with no deadline nearer. A stop wakes the thread through its
+/// eventfd, so this is only a safety net; each wake-up of an idle thread costs CPU (about
+/// 130 us on a virtual machine: bench/results/20261130-225000-674324a-idle-threads.txt).
+const TICK: Duration = Duration::from_secs(1);
 
 /// How long the listener is left out of the poll set after an accept failed for want of
 /// resources: it stays readable, and polling it would spin.
@@ -57,6 +59,8 @@ pub struct Server {
     /// Device and inode of the socket it bound, read back after the bind.
     bound: Option<(u64, u64)>,
     stop: Arc<AtomicBool>,
+    /// An eventfd the thread polls; written once when `stop` is set, so that it stops at once.
+    wake: Arc<OwnedFd>,
     thread: Option<JoinHandle<()>>,
     /// A second descriptor of the listening socket, to hand to the levee that takes over.
     listener: Option<OwnedFd>,
@@ -71,6 +75,7 @@ impl Server {
             path: path.to_owned(),
             bound: None,
             stop: Arc::new(AtomicBool::new(false)),
+            wake: Arc::new(eventfd()?),
             thread: None,
             listener: None,
         };
@@ -94,6 +99,7 @@ impl Server {
             path: path.to_owned(),
             bound: Some(identity(&fs::symlink_metadata(path)?)),
             stop: Arc::new(AtomicBool::new(false)),
+            wake: Arc::new(eventfd()?),
             thread: None,
             listener: None,
         };
@@ -107,9 +113,10 @@ impl Server {
         let spare = Spare::open();
         self.thread = Some({
             let stop = self.stop.clone();
+            let wake = self.wake.clone();
             std::thread::Builder::new()
                 .name("levee-ctl".into())
-                .spawn(move || serve(&listener, &live, &stop, spare))?
+                .spawn(move || serve(&listener, &live, &stop, &wake, spare))?
         });
         let path = self.path.display();
         info!(socket = %path, "runtime control: levee ctl -s {path} -a");
@@ -124,10 +131,19 @@ impl Server {
     /// Stops serving and leaves the socket where it is: another levee serves on it now.
     pub fn release(mut self) {
         self.bound = None;
-        self.stop.store(true, Ordering::Release);
+        self.halt();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+
+    /// Asks the thread to stop, and wakes it from its poll.
+    fn halt(&self) {
+        self.stop.store(true, Ordering::Release);
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: writing 8 bytes from a valid buffer to our own eventfd. Should it fail (the
+        // counter cannot overflow from one write), the thread still sees `stop` within a TICK.
+        let _ = unsafe { libc::write(self.wake.as_raw_fd(), one.as_ptr().cast(), one.len()) };
     }
 
     /// Whether `path` still holds the very socket this server bound (and not a file someone
@@ -142,7 +158,7 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
+        self.halt();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -373,7 +389,24 @@ fn out_of_descriptors(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
 }
 
-fn serve(listener: &UnixListener, live: &Live, stop: &AtomicBool, mut spare: Spare) {
+/// A non-blocking eventfd, for waking the thread.
+fn eventfd() -> io::Result<OwnedFd> {
+    // SAFETY: plain eventfd(2) call; the result is checked before use.
+    let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a descriptor eventfd just returned, owned by no one else.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+fn serve(
+    listener: &UnixListener,
+    live: &Live,
+    stop: &AtomicBool,
+    waker: &OwnedFd,
+    mut spare: Spare,
+) {
     let mut clients: Vec<Client> = Vec::new();
     let mut listener_paused_until: Option<Instant> = None;
     let mut poll_failed = Throttle::default();
@@ -395,7 +428,11 @@ fn serve(listener: &UnixListener, live: &Live, stop: &AtomicBool, mut spare: Spa
             })
             .chain(listener_paused_until)
             .fold(now + TICK, Instant::min);
-        let clients_wait = clients.iter().map(|c| (c.stream.as_fd(), c.interest()));
+        // The wake eventfd goes last: its readiness follows the clients' and is never read.
+        let clients_wait = clients
+            .iter()
+            .map(|c| (c.stream.as_fd(), c.interest()))
+            .chain(std::iter::once((waker.as_fd(), PollFlags::POLLIN)));
         let listener_wait = listening.then(|| listener.as_fd());
         let (listener_ready, client_ready) =
             match poller::wait(listener_wait, clients_wait, now, wake) {
