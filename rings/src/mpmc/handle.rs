@@ -7,7 +7,7 @@ use crate::error::{Error, PushError, Result};
 use crate::primitive::Ordering;
 use crate::segment::{self, Mapping};
 use crate::sys::{self, ProcessId};
-use crate::wait::{FutexWait, block};
+use crate::wait::{FutexWait, WaitLine, block};
 use std::cell::Cell;
 use std::fs::File;
 use std::marker::PhantomData;
@@ -150,6 +150,24 @@ struct Handle {
 }
 
 impl Handle {
+    /// Registers as a waiter on `line`, then looks again: `None` when `ready` already holds
+    /// (nothing to wait for), else the futex to sleep on. Registering first means a waker that
+    /// changes the state after the look sees the registration and wakes us.
+    fn prepare_wait(
+        &self,
+        line: WaitLine,
+        ready: fn(&QueueCore) -> bool,
+    ) -> Result<Option<FutexWait>> {
+        self.map.check_len()?;
+        let shm = &self.map.shm;
+        let registered = line.register(shm);
+        if ready(&self.core) {
+            line.unregister(shm);
+            return Ok(None);
+        }
+        Ok(Some(FutexWait::new(self.map.clone(), line, registered)))
+    }
+
     fn attach(queue: &Queue, role: u64) -> Result<Handle> {
         crate::wait::register_process();
         let map = &queue.map;
@@ -302,18 +320,7 @@ impl Producer {
     /// Registers to wait for a free slot. `None`: one looks free now. `Some`: sleep on the
     /// returned futex (directly, or with an io_uring `FutexWait`), then push again.
     pub fn prepare_space_wait(&mut self) -> Result<Option<FutexWait>> {
-        self.handle.map.check_len()?;
-        let shm = &self.handle.map.shm;
-        let registered = NOT_FULL.register(shm);
-        if self.handle.core.looks_free() {
-            NOT_FULL.unregister(shm);
-            return Ok(None);
-        }
-        Ok(Some(FutexWait::new(
-            self.handle.map.clone(),
-            NOT_FULL,
-            registered,
-        )))
+        self.handle.prepare_wait(NOT_FULL, QueueCore::looks_free)
     }
 
     /// Recovers the records and slots of handles that died. Consumers do this on their own;
@@ -465,18 +472,7 @@ impl Reader {
     }
 
     fn prepare_wait(&mut self) -> Result<Option<FutexWait>> {
-        self.handle.map.check_len()?;
-        let shm = &self.handle.map.shm;
-        let registered = NOT_EMPTY.register(shm);
-        if self.handle.core.looks_ready() {
-            NOT_EMPTY.unregister(shm);
-            return Ok(None);
-        }
-        Ok(Some(FutexWait::new(
-            self.handle.map.clone(),
-            NOT_EMPTY,
-            registered,
-        )))
+        self.handle.prepare_wait(NOT_EMPTY, QueueCore::looks_ready)
     }
 }
 
