@@ -5,6 +5,7 @@ pub mod config;
 pub mod ctl;
 pub mod demo;
 pub mod engine;
+mod eventfd;
 pub mod forward;
 pub mod handover;
 pub mod health;

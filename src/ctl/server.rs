@@ -18,7 +18,7 @@
 
 use std::fs::{self, File, Metadata};
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -31,6 +31,7 @@ use nix::poll::PollFlags;
 use tracing::{debug, info, warn};
 
 use super::{Live, MAX_LINE, MAX_REQUESTS};
+use crate::eventfd::EventFd;
 use crate::poller::{self, Throttle};
 
 /// How long a client may take over each thing it owes: the rest of a request line after its
@@ -60,7 +61,7 @@ pub struct Server {
     bound: Option<(u64, u64)>,
     stop: Arc<AtomicBool>,
     /// An eventfd the thread polls; written once when `stop` is set, so that it stops at once.
-    wake: Arc<OwnedFd>,
+    wake: Arc<EventFd>,
     thread: Option<JoinHandle<()>>,
     /// A second descriptor of the listening socket, to hand to the levee that takes over.
     listener: Option<OwnedFd>,
@@ -75,7 +76,7 @@ impl Server {
             path: path.to_owned(),
             bound: None,
             stop: Arc::new(AtomicBool::new(false)),
-            wake: Arc::new(eventfd()?),
+            wake: Arc::new(EventFd::new()?),
             thread: None,
             listener: None,
         };
@@ -99,7 +100,7 @@ impl Server {
             path: path.to_owned(),
             bound: Some(identity(&fs::symlink_metadata(path)?)),
             stop: Arc::new(AtomicBool::new(false)),
-            wake: Arc::new(eventfd()?),
+            wake: Arc::new(EventFd::new()?),
             thread: None,
             listener: None,
         };
@@ -140,10 +141,7 @@ impl Server {
     /// Asks the thread to stop, and wakes it from its poll.
     fn halt(&self) {
         self.stop.store(true, Ordering::Release);
-        let one = 1u64.to_ne_bytes();
-        // SAFETY: writing 8 bytes from a valid buffer to our own eventfd. Should it fail (the
-        // counter cannot overflow from one write), the thread still sees `stop` within a TICK.
-        let _ = unsafe { libc::write(self.wake.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+        self.wake.signal();
     }
 
     /// Whether `path` still holds the very socket this server bound (and not a file someone
@@ -389,22 +387,11 @@ fn out_of_descriptors(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
 }
 
-/// A non-blocking eventfd, for waking the thread.
-fn eventfd() -> io::Result<OwnedFd> {
-    // SAFETY: plain eventfd(2) call; the result is checked before use.
-    let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-    if raw < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a descriptor eventfd just returned, owned by no one else.
-    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
-}
-
 fn serve(
     listener: &UnixListener,
     live: &Live,
     stop: &AtomicBool,
-    waker: &OwnedFd,
+    waker: &EventFd,
     mut spare: Spare,
 ) {
     let mut clients: Vec<Client> = Vec::new();

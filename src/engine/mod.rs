@@ -6,7 +6,7 @@
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
@@ -20,6 +20,7 @@ use tracing::{info, warn};
 
 use crate::balance::{Balancer, BuildError};
 use crate::config::{Config, CoreSet, Handoff};
+use crate::eventfd::EventFd;
 use crate::forward::{
     Forwarder, Inbox, IntakeSetup, ListenerSetup, Mailbox, ParkingSetup, QueueSuccessor, Setup,
     StopFlags, Takeover, Tunables, gate, uring,
@@ -89,18 +90,15 @@ impl std::error::Error for StartError {}
 #[derive(Clone)]
 pub struct Stopper {
     flags: Arc<StopFlags>,
-    /// An eventfd every forwarder polls; written once to wake them.
-    wake: Arc<OwnedFd>,
+    /// An eventfd every forwarder polls; signalled once to wake them.
+    wake: Arc<EventFd>,
 }
 
 impl Stopper {
     /// Stop accepting; connections in flight get up to `engine.drain_timeout` to finish.
     pub fn stop(&self) {
         self.flags.requested.store(true, Ordering::Release);
-        let one: u64 = 1;
-        // SAFETY: writing 8 bytes from a valid u64 to our own eventfd. A failure means the
-        // counter is already non-zero, so the forwarders are woken anyway.
-        unsafe { libc::write(self.wake.as_raw_fd(), (&raw const one).cast(), 8) };
+        self.wake.signal();
     }
 
     /// Stop now: like [`Self::stop`], and close connections still open at the next tick.
@@ -370,13 +368,7 @@ impl Engine {
         plans: Vec<ForwarderPlan>,
         overflow: Option<Arc<Tier>>,
     ) -> Result<Self, StartError> {
-        // SAFETY: plain eventfd(2) call; the result is checked before use.
-        let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if raw < 0 {
-            return Err(StartError::Io(io::Error::last_os_error()));
-        }
-        // SAFETY: `raw` is a fresh descriptor owned by nobody else.
-        let wake = Arc::new(unsafe { OwnedFd::from_raw_fd(raw) });
+        let wake = Arc::new(EventFd::new().map_err(StartError::Io)?);
         let stop = Arc::new(StopFlags::default());
         let tunables = Arc::new(Tunables::new(&cfg.engine));
         let thread_ids = Arc::new(Threads::default());

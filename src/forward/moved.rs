@@ -13,7 +13,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use io_uring::opcode;
@@ -23,6 +23,7 @@ use tracing::warn;
 use super::forwarder::{Forwarder, Newcomer, WAITING_MAX};
 use super::sockopt::reset_and_close;
 use super::token::{self, Kind};
+use crate::eventfd::EventFd;
 use crate::stats::CloseReason;
 
 /// `Kind::Wake` index of an inbox's wake-up (0 is the stop request's).
@@ -62,7 +63,7 @@ pub struct Moved {
 #[derive(Debug)]
 pub struct Inbox {
     moved: Mutex<Arrivals>,
-    wake: OwnedFd,
+    wake: EventFd,
 }
 
 #[derive(Debug, Default)]
@@ -74,15 +75,9 @@ struct Arrivals {
 
 impl Inbox {
     pub(crate) fn new() -> io::Result<Self> {
-        // SAFETY: plain eventfd(2) call; the result is checked before use.
-        let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if raw < 0 {
-            return Err(io::Error::last_os_error());
-        }
         Ok(Self {
             moved: Mutex::new(Arrivals::default()),
-            // SAFETY: `raw` is a fresh descriptor owned by nobody else.
-            wake: unsafe { OwnedFd::from_raw_fd(raw) },
+            wake: EventFd::new()?,
         })
     }
 
@@ -97,20 +92,14 @@ impl Inbox {
             }
             moved.clients.push_back(m);
         }
-        let one: u64 = 1;
-        // SAFETY: writing 8 bytes from a valid u64 to our own eventfd. A failure means the
-        // counter is already non-zero, so the forwarder is woken anyway.
-        unsafe { libc::write(self.wake.as_raw_fd(), (&raw const one).cast(), 8) };
+        self.wake.signal();
         Ok(())
     }
 
     /// Takes what arrived, and clears the wake-up first so that a client put meanwhile wakes
     /// the forwarder again.
     fn take(&self) -> VecDeque<Moved> {
-        let mut count = 0u64;
-        // SAFETY: reading 8 bytes into a valid u64 from our own non-blocking eventfd; EAGAIN
-        // (nothing to clear) is fine.
-        unsafe { libc::read(self.wake.as_raw_fd(), (&raw mut count).cast(), 8) };
+        self.wake.clear();
         std::mem::take(
             &mut self
                 .moved
