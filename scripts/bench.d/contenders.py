@@ -207,14 +207,19 @@ class HAProxy(Contender):
     default): the like-for-like comparison."""
 
     def __init__(self, key="haproxy", label="HAProxy", port_offset=2, color="#1f77b4",
-                 sched_policy="normal", scenarios=None):
+                 sched_policy="normal", scenarios=None, extra=(), maxconn=None):
         super().__init__(key, label, port_offset, color, scenarios)
         self.sched_policy = sched_policy
+        # Lines appended to its `listen` section, and a lower `maxconn` where they need
+        # descriptors of their own (scripts/ab's `haproxy_splice`: splicing takes pipes).
+        self.extra = list(extra)
+        self.maxconn = maxconn
 
     def prepare(self, env):
         self.config_text, path = write_config(
             env, "haproxy.cfg", f"{self.key}.cfg",
-            env.values(port=self.port(env),
+            env.values(port=self.port(env), extra="".join(f"    {line}\n" for line in self.extra),
+                       **({"maxconn": self.maxconn} if self.maxconn else {}),
                        **haproxy_threads(env.proxy_cpus, self.port(env), BACKLOG))
         )
         # -db: stay in the foreground, so the process we started is the one that relays.

@@ -175,6 +175,19 @@ def threads(pid):
             yield f"/proc/{p}/task/{tid}"
 
 
+def context_switches(pid):
+    """Voluntary and involuntary context switches of every live thread of `pid` and its
+    descendants, from /proc/PID/task/TID/status."""
+    total = 0
+    for task in threads(pid):
+        try:
+            with open(f"{task}/status") as f:
+                total += sum(int(line.split()[-1]) for line in f if "ctxt_switches" in line)
+        except (OSError, ValueError):
+            continue
+    return total
+
+
 def cpu_ns(pid):
     """On-CPU time of every live thread of `pid` and its descendants, in nanoseconds, from
     /proc/PID/task/TID/schedstat: fine enough for a handful of connections, where the clock
