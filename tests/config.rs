@@ -854,7 +854,7 @@ fn listing_shows_every_effective_key_in_registry_order() {
             format!("{key} = {value}\n")
         })
         .collect();
-    assert_eq!(want.lines().count(), 69, "one line per key");
+    assert_eq!(want.lines().count(), 71, "one line per key");
     assert_eq!(config::listing(&cfg), want);
 }
 
@@ -936,7 +936,7 @@ fn stats_listen_is_an_address_with_a_port_or_none() {
 
 #[test]
 fn the_registry_describes_every_key() {
-    assert_eq!(KEYS.len(), 69);
+    assert_eq!(KEYS.len(), 71);
     let runtime: Vec<&str> = KEYS
         .iter()
         .filter(|k| k.is_runtime())
@@ -1288,6 +1288,7 @@ fn engine_strategy() -> impl Strategy<Value = config::EngineConfig> {
         (6..=15u32).prop_map(|s| 1 << s),
         prop_oneof![1024..=(1u32 << 20), (1..=1024u32).prop_map(|k| k * 1024)],
         (4..=15u32).prop_map(|s| 1 << s),
+        (1..=64u32, 1..=64u32),
         1..=(1u32 << 20),
         1..=65535u32,
         duration_strategy(1, 300_000),
@@ -1302,6 +1303,7 @@ fn engine_strategy() -> impl Strategy<Value = config::EngineConfig> {
                 ring_entries,
                 buffer_size,
                 buffers,
+                (recv_bundle, send_batch),
                 max_conns,
                 backlog,
                 connect_timeout,
@@ -1314,6 +1316,8 @@ fn engine_strategy() -> impl Strategy<Value = config::EngineConfig> {
                 ring_entries,
                 buffer_size,
                 buffers,
+                recv_bundle,
+                send_batch,
                 max_conns,
                 backlog,
                 connect_timeout,

@@ -85,6 +85,10 @@ pub struct EngineConfig {
     pub buffer_size: u32,
     /// `engine.buffers`: provided receive buffers per forwarder (power of two).
     pub buffers: u32,
+    /// `engine.recv_bundle`: most buffers one receive completion fills.
+    pub recv_bundle: u32,
+    /// `engine.send_batch`: most queued buffers one send takes.
+    pub send_batch: u32,
     /// `engine.max_conns`: client connections one forwarder holds at once.
     pub max_conns: u32,
     /// `engine.backlog`: listen(2) backlog of each listener socket.

@@ -22,6 +22,9 @@ use crate::stats::CloseReason;
 /// No buffer: the end of a queue.
 pub const NO_BUF: u16 = u16::MAX;
 
+/// No vector slot: a send of one buffer.
+pub const NO_VEC: u16 = u16::MAX;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
     Free,
@@ -71,6 +74,9 @@ pub struct Flow {
     pub starved: bool,
     /// Listed in the forwarder's `due`: pumped once this turn's completions are handled.
     pub pump_due: bool,
+    /// The forwarder's vector slot that the send in flight gathers its buffers from
+    /// (`NO_VEC`: the send names one buffer itself).
+    pub vec: u16,
 }
 
 impl Flow {
@@ -87,6 +93,7 @@ impl Flow {
             paused: false,
             starved: false,
             pump_due: false,
+            vec: NO_VEC,
         }
     }
 
@@ -125,6 +132,16 @@ impl BufLinks {
     /// Length of the buffer at the head of `flow`'s queue.
     pub fn head_len(&self, flow: &Flow) -> u32 {
         self.len[usize::from(flow.head)]
+    }
+
+    /// Length of queued buffer `bid`.
+    pub fn len(&self, bid: u16) -> u32 {
+        self.len[usize::from(bid)]
+    }
+
+    /// The buffer queued after `bid`, or `NO_BUF`.
+    pub fn next(&self, bid: u16) -> u16 {
+        self.next[usize::from(bid)]
     }
 
     /// Removes the head buffer and returns its id.
@@ -177,25 +194,18 @@ pub enum RecvMode {
 pub enum Step {
     /// A send is out, the FIN is across, or nothing waits.
     Wait,
-    /// Send `len` bytes of buffer `bid` from `offset`; `more`: the FIN follows them (MSG_MORE).
+    /// Send `len` bytes from `offset` in buffer `bid` on, across `bufs` queued buffers (the
+    /// head and those linked after it); `more`: the FIN follows them (MSG_MORE).
     Send {
         bid: u16,
         offset: u32,
         len: u32,
+        bufs: u16,
         more: bool,
     },
     /// Everything is sent and the source sent FIN: shut the sink for writing. `done`: the other
     /// way is shut too, so the connection ends cleanly.
     Shut { done: bool },
-}
-
-/// What a completed send changed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Sent {
-    /// The head buffer went out whole: give it back.
-    pub freed: Option<u16>,
-    /// The queue fell to the low-water mark: receive again.
-    pub resume: bool,
 }
 
 /// One client connection and, once chosen, its backend connection.
@@ -343,8 +353,9 @@ impl Conn {
         false
     }
 
-    /// The next step of `dir` while relaying; a send or shutdown it returns is marked begun.
-    pub fn next_step(&mut self, dir: Dir, links: &BufLinks) -> Step {
+    /// The next step of `dir` while relaying; a send or shutdown it returns is marked begun. A
+    /// send gathers up to `max_bufs` (at least 1) queued buffers.
+    pub fn next_step(&mut self, dir: Dir, links: &BufLinks, max_bufs: u16) -> Step {
         if self.state != State::Relaying {
             return Step::Wait;
         }
@@ -362,17 +373,27 @@ impl Conn {
             };
         }
         f.sending = true;
+        let mut len = links.head_len(f) - f.offset;
+        let (mut last, mut bufs) = (f.head, 1);
+        while bufs < max_bufs && last != f.tail {
+            last = links.next(last);
+            len += links.len(last);
+            bufs += 1;
+        }
         Step::Send {
             bid: f.head,
             offset: f.offset,
-            len: links.head_len(f) - f.offset,
+            len,
+            bufs,
             // The last bytes before a FIN are held back until the shutdown that follows their
             // send, so they and the FIN leave in one segment rather than two.
-            more: f.eof && f.head == f.tail,
+            more: f.eof && last == f.tail,
         }
     }
 
-    /// A send of `sent` bytes (more than 0) of `dir` completed at `now`.
+    /// A send of `sent` bytes (more than 0, at most what it was asked to send) of `dir`
+    /// completed at `now`. Every buffer it emptied is handed to `freed`, in queue order.
+    /// Returns true when the queue fell to the low-water mark: receive again.
     pub fn sent(
         &mut self,
         dir: Dir,
@@ -380,7 +401,8 @@ impl Conn {
         links: &mut BufLinks,
         low_water: u32,
         now: u64,
-    ) -> Sent {
+        mut freed: impl FnMut(u16),
+    ) -> bool {
         match dir {
             Dir::Up => self.bytes_in += u64::from(sent),
             Dir::Down => self.bytes_out += u64::from(sent),
@@ -388,17 +410,23 @@ impl Conn {
         self.last_active = now;
         let f = self.flow_mut(dir);
         f.sending = false;
-        f.offset += sent;
-        let freed = if f.offset >= links.head_len(f) {
-            links.pop(f)
-        } else {
-            None
-        };
+        let mut left = sent;
+        while left > 0 && !f.is_empty() {
+            let rest = links.head_len(f) - f.offset;
+            if left < rest {
+                f.offset += left;
+                break;
+            }
+            left -= rest;
+            if let Some(bid) = links.pop(f) {
+                freed(bid);
+            }
+        }
         let resume = f.paused && f.queued <= low_water;
         if resume {
             f.paused = false;
         }
-        Sent { freed, resume }
+        resume
     }
 
     /// Why a connection left without a backend ends: a connect was tried and failed, or every
@@ -500,6 +528,14 @@ mod tests {
         c
     }
 
+    /// Completes a send of `n` bytes; returns the buffers it gave back and whether receiving
+    /// resumes.
+    fn sent(c: &mut Conn, dir: Dir, n: u32, links: &mut BufLinks, low: u32) -> (Vec<u16>, bool) {
+        let mut freed = Vec::new();
+        let resume = c.sent(dir, n, links, low, 9, |bid| freed.push(bid));
+        (freed, resume)
+    }
+
     #[test]
     fn bytes_go_out_in_order_and_the_last_ones_travel_with_the_fin() {
         let mut links = BufLinks::new(8);
@@ -508,49 +544,97 @@ mod tests {
         assert!(!c.received(Dir::Up, 3, 100, &mut links, 1000, 5));
         assert!(!c.received(Dir::Up, 4, 50, &mut links, 1000, 6));
         c.up.eof = true;
-        let first = c.next_step(Dir::Up, &links);
+        let first = c.next_step(Dir::Up, &links, 1);
         assert_eq!(
             first,
             Step::Send {
                 bid: 3,
                 offset: 0,
                 len: 100,
+                bufs: 1,
                 more: false
             }
         );
         // One send at a time, so bytes stay in order.
-        assert_eq!(c.next_step(Dir::Up, &links), Step::Wait);
+        assert_eq!(c.next_step(Dir::Up, &links, 1), Step::Wait);
         // A short send: the rest of the same buffer goes next, and it is not given back yet.
-        let done = c.sent(Dir::Up, 60, &mut links, 0, 7);
-        assert_eq!(done.freed, None);
+        assert_eq!(sent(&mut c, Dir::Up, 60, &mut links, 0), (vec![], false));
         assert_eq!(
-            c.next_step(Dir::Up, &links),
+            c.next_step(Dir::Up, &links, 1),
             Step::Send {
                 bid: 3,
                 offset: 60,
                 len: 40,
+                bufs: 1,
                 more: false
             }
         );
-        assert_eq!(c.sent(Dir::Up, 40, &mut links, 0, 8).freed, Some(3));
+        assert_eq!(sent(&mut c, Dir::Up, 40, &mut links, 0).0, vec![3]);
         // The last buffer before the FIN is held back for it (MSG_MORE).
         assert_eq!(
-            c.next_step(Dir::Up, &links),
+            c.next_step(Dir::Up, &links, 1),
             Step::Send {
                 bid: 4,
                 offset: 0,
                 len: 50,
+                bufs: 1,
                 more: true
             }
         );
-        assert_eq!(c.sent(Dir::Up, 50, &mut links, 0, 9).freed, Some(4));
+        assert_eq!(sent(&mut c, Dir::Up, 50, &mut links, 0).0, vec![4]);
         assert_eq!(c.bytes_in, 150);
         assert_eq!(c.last_active, 9);
         // Then the FIN; the other way is still open, so the connection goes on.
-        assert_eq!(c.next_step(Dir::Up, &links), Step::Shut { done: false });
-        assert_eq!(c.next_step(Dir::Up, &links), Step::Wait);
+        assert_eq!(c.next_step(Dir::Up, &links, 1), Step::Shut { done: false });
+        assert_eq!(c.next_step(Dir::Up, &links, 1), Step::Wait);
         c.down.eof = true;
-        assert_eq!(c.next_step(Dir::Down, &links), Step::Shut { done: true });
+        assert_eq!(c.next_step(Dir::Down, &links, 1), Step::Shut { done: true });
+    }
+
+    #[test]
+    fn a_send_gathers_queued_buffers_and_a_short_one_frees_only_what_left() {
+        let mut links = BufLinks::new(8);
+        let mut c = relaying();
+        for (bid, len) in [(5, 100), (2, 100), (7, 30), (1, 80)] {
+            c.received(Dir::Down, bid, len, &mut links, 10_000, 1);
+        }
+        // At most three buffers a send: the fourth waits, so no FIN may ride on this one.
+        c.down.eof = true;
+        assert_eq!(
+            c.next_step(Dir::Down, &links, 3),
+            Step::Send {
+                bid: 5,
+                offset: 0,
+                len: 230,
+                bufs: 3,
+                more: false
+            }
+        );
+        // 150 of 230 went: the first buffer whole, half of the second.
+        assert_eq!(
+            sent(&mut c, Dir::Down, 150, &mut links, 0),
+            (vec![5], false)
+        );
+        assert_eq!(c.down.queued, 210);
+        // The rest starts mid-buffer and, reaching the tail, carries MSG_MORE for the FIN.
+        assert_eq!(
+            c.next_step(Dir::Down, &links, 8),
+            Step::Send {
+                bid: 2,
+                offset: 50,
+                len: 160,
+                bufs: 3,
+                more: true
+            }
+        );
+        assert_eq!(sent(&mut c, Dir::Down, 160, &mut links, 0).0, vec![2, 7, 1]);
+        assert!(c.down.is_empty());
+        assert_eq!(c.down.queued, 0);
+        assert_eq!(c.bytes_out, 310);
+        assert_eq!(
+            c.next_step(Dir::Down, &links, 8),
+            Step::Shut { done: false }
+        );
     }
 
     #[test]
@@ -571,15 +655,11 @@ mod tests {
         assert_eq!(c.start_recv(Dir::Down), None);
         for (bid, resume) in [(0, false), (1, false), (2, true)] {
             assert!(
-                matches!(c.next_step(Dir::Down, &links), Step::Send { bid: b, .. } if b == bid)
+                matches!(c.next_step(Dir::Down, &links, 1), Step::Send { bid: b, .. } if b == bid)
             );
-            let done = c.sent(Dir::Down, 100, &mut links, 100, 2);
             assert_eq!(
-                done,
-                Sent {
-                    freed: Some(bid),
-                    resume
-                }
+                sent(&mut c, Dir::Down, 100, &mut links, 100),
+                (vec![bid], resume)
             );
         }
         assert!(!c.down.paused);
@@ -600,7 +680,7 @@ mod tests {
         let mut links = BufLinks::new(2);
         assert!(!c.received(Dir::Up, 0, 10, &mut links, 100, 1));
         // Nothing is sent before the backend is there.
-        assert_eq!(c.next_step(Dir::Up, &links), Step::Wait);
+        assert_eq!(c.next_step(Dir::Up, &links, 8), Step::Wait);
         assert!(!c.backend_answered);
     }
 

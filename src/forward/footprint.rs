@@ -12,7 +12,8 @@ use std::mem::size_of;
 use std::os::fd::RawFd;
 
 use super::conn::Conn;
-use super::forwarder::WAITING_MAX;
+use super::forwarder::{WAITING_MAX, gather_slots, send_batch};
+use super::gather::Gathers;
 use super::token::Dir;
 use crate::config::{Config, Overflow};
 use crate::overflow::ticket::TICKET_LEN;
@@ -45,6 +46,8 @@ impl Footprint {
             + WAITING_MAX as u64 * size_of::<(RawFd, u16, u16, u64)>() as u64
             // the provided-buffer ring's entries, and the links that chain buffers per flow
             + buffers * (16 + 2 + 4)
+            // gather lists of the sends that take several buffers
+            + Gathers::bytes(gather_slots(e.max_conns), send_batch(e.send_batch))
             // submission entries of 64 bytes, completion entries of 16, four per submission
             + sqes * 64
             + 4 * sqes * 16

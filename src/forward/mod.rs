@@ -8,6 +8,7 @@ mod conn;
 mod footprint;
 mod forwarder;
 pub mod gate;
+mod gather;
 mod greeting;
 mod intake;
 mod listener;

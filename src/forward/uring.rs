@@ -18,6 +18,9 @@ pub struct Capabilities {
     /// `FutexWait` (Linux 6.7): the overflow tier sleeps on shared futex words in the ring.
     /// Without it, waits there become a 10 ms poll.
     pub futex: bool,
+    /// Receive bundles (`IORING_FEAT_RECVSEND_BUNDLE`, Linux 6.10): one completion fills
+    /// several buffers. Without them, each receive completion takes one buffer.
+    pub bundles: bool,
 }
 
 /// io_uring is missing or lacks an operation levee relies on.
@@ -60,6 +63,7 @@ const REQUIRED: &[(u8, &str)] = &[
     (opcode::AcceptMulti::CODE, "accept"),
     (opcode::RecvMulti::CODE, "recv"),
     (opcode::Send::CODE, "send"),
+    (opcode::SendMsg::CODE, "sendmsg"),
     (opcode::Connect::CODE, "connect"),
     (opcode::LinkTimeout::CODE, "link timeout"),
     (opcode::Timeout::CODE, "timeout"),
@@ -101,6 +105,7 @@ fn probe_here() -> Result<Capabilities, ProbeError> {
         return Err(ProbeError::MissingOps(missing));
     }
     let futex = probe.is_supported(opcode::FutexWait::CODE);
+    let bundles = ring.params().is_feature_recvsend_bundle();
     drop(ring);
     let defer_taskrun = IoUring::<io_uring::squeue::Entry>::builder()
         .setup_single_issuer()
@@ -110,6 +115,7 @@ fn probe_here() -> Result<Capabilities, ProbeError> {
     Ok(Capabilities {
         defer_taskrun,
         futex,
+        bundles,
     })
 }
 

@@ -24,6 +24,8 @@ pub fn engine_config() -> EngineConfig {
         ring_entries: 1024,
         buffer_size: 16 * 1024,
         buffers: 1024,
+        recv_bundle: 2,
+        send_batch: 8,
         max_conns: 4096,
         backlog: 1024,
         // Generous: a test machine under load may retransmit a SYN (1 s, then 3 s).
