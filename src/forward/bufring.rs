@@ -153,9 +153,14 @@ impl BufRing {
         self.offered[usize::from(next)]
     }
 
-    /// Bytes in each buffer.
-    pub fn size(&self) -> u32 {
-        self.size
+    /// The buffers of a receive completion that named `first` and carried `res` bytes.
+    pub fn bundle(&self, first: u16, res: i32) -> Bundle {
+        let left = res.max(0) as u32;
+        Bundle {
+            next: first,
+            bufs: left.div_ceil(self.size).max(1),
+            left,
+        }
     }
 
     /// Address of byte `offset` of buffer `bid`, for a send. `bid` comes from a completion of
@@ -205,14 +210,43 @@ impl BufRing {
     }
 }
 
+/// The buffers one receive completion carried, first to last: a bundle fills whole buffers
+/// offered in a row, the last one partly; any other receive (or an empty one) takes one.
+pub struct Bundle {
+    next: u16,
+    bufs: u32,
+    left: u32,
+}
+
+impl Bundle {
+    /// How many buffers the completion took from the ring.
+    pub fn count(&self) -> u32 {
+        self.bufs
+    }
+
+    /// The next buffer and the bytes it holds; `ring` is the one the completion came from.
+    pub fn pop(&mut self, ring: &BufRing) -> Option<(u16, u32)> {
+        if self.bufs == 0 {
+            return None;
+        }
+        let (bid, len) = (self.next, self.left.min(ring.size));
+        self.bufs -= 1;
+        self.left -= len;
+        if self.bufs > 0 {
+            self.next = ring.after(bid);
+        }
+        Some((bid, len))
+    }
+}
+
 /// A multishot receive from group `group` whose completions may each fill several buffers
 /// offered in a row (a bundle, `IORING_RECVSEND_BUNDLE`, Linux 6.10). The completion names the
 /// first buffer, [`BufRing::after`] the others, and its length how many there are.
 ///
 /// `max_bytes` asks for at most that much per completion, but the kernel takes it as a hint
-/// (seen on 6.18: a receive that reuses the kernel's cached iovec array of an earlier one fills
-/// as many buffers as that array holds), so callers count buffers from each completion's
-/// length, never from the cap.
+/// (seen on 6.18: after a receive that filled three buffers, the next one, asking for two,
+/// filled three again), so callers count buffers from each completion's length
+/// ([`BufRing::bundle`]), never from the cap.
 pub fn bundle_recv(fd: Fd, group: u16, max_bytes: u32) -> squeue::Entry {
     const IORING_RECVSEND_BUNDLE: u16 = 1 << 4;
     let mut entry = opcode::RecvMulti::new(fd, group).len(max_bytes).build();
@@ -346,19 +380,16 @@ mod tests {
                 }
                 assert!(res > 0, "the bundle receive failed: {res}");
                 let first = io_uring::cqueue::buffer_select(flags).expect("a buffer");
-                let (mut bid, mut left, mut ids) = (first, res as u32, Vec::new());
-                while left > 0 {
-                    let len = left.min(bufs.size());
+                let (mut bundle, mut ids) = (bufs.bundle(first, res), Vec::new());
+                bufs.taken(bundle.count());
+                while let Some((bid, len)) = bundle.pop(&bufs) {
                     // SAFETY: the kernel filled `len` bytes of buffer `bid`, and nothing
                     // writes it until it is given back below.
                     let part =
                         unsafe { std::slice::from_raw_parts(bufs.ptr(bid, 0), len as usize) };
                     got.extend_from_slice(part);
                     ids.push(bid);
-                    left -= len;
-                    bid = bufs.after(bid);
                 }
-                bufs.taken(ids.len() as u32);
                 several += usize::from(ids.len() > 1);
                 out_of_order += usize::from(ids.windows(2).any(|w| w[1] != w[0] + 1));
                 // Given back in order, they are offered again last first (the spare buffers

@@ -693,10 +693,15 @@ impl Forwarder {
                             .flags(flags as u32)
                             .build()
                     }
-                    // `max_bufs` was above 1, so a list was free: this is one buffer.
-                    None => opcode::Send::new(Fd(sink), self.bufs.ptr(bid, offset), len)
-                        .flags(flags)
-                        .build(),
+                    // One buffer, or (never while `max_bufs` says a list is free) no list for
+                    // several: either way the head alone goes, and `sent` copes.
+                    None => opcode::Send::new(
+                        Fd(sink),
+                        self.bufs.ptr(bid, offset),
+                        len.min(self.links.len(bid) - offset),
+                    )
+                    .flags(flags)
+                    .build(),
                 }
                 .user_data(token::encode(Kind::Send(dir), slot));
                 self.submit(slot, entry);
@@ -1162,48 +1167,34 @@ impl Forwarder {
     fn on_recv(&mut self, slot: u32, dir: Dir, res: i32, flags: u32) {
         let more = cqueue::more(flags);
         let bid = cqueue::buffer_select(flags);
-        // A bundle fills whole buffers from consecutive ring positions, the last one partly;
-        // any other receive takes one buffer.
-        let taken = if res > 0 {
-            (res as u32).div_ceil(self.bufs.size())
-        } else {
-            1
-        };
-        if bid.is_some() {
-            self.bufs.taken(taken);
+        let bundle = bid.map(|first| self.bufs.bundle(first, res));
+        if let Some(b) = &bundle {
+            self.bufs.taken(b.count());
         }
         let c = &mut self.conns[slot as usize];
         if !more {
             c.flow_mut(dir).recv = Recv::Idle;
         }
         if c.state == State::Closing {
-            if let Some(mut bid) = bid {
-                for _ in 0..taken {
-                    let next = self.bufs.after(bid);
+            if let Some(mut b) = bundle {
+                while let Some((bid, _)) = b.pop(&self.bufs) {
                     self.bufs.give_back(bid);
-                    bid = next;
                 }
             }
             self.maybe_free(slot);
             return;
         }
         if res > 0 {
-            let Some(bid) = bid else {
+            let Some(mut bundle) = bundle else {
                 // Data without a buffer cannot happen with a buffer-select receive.
                 self.close(slot, CloseReason::LocalError, Reset::Both);
                 return;
             };
             let high_water = self.high_water_now();
             let c = &mut self.conns[slot as usize];
-            let (size, mut bid, mut left, mut cancel) = (self.bufs.size(), bid, res as u32, false);
-            loop {
-                let len = left.min(size);
+            let mut cancel = false;
+            while let Some((bid, len)) = bundle.pop(&self.bufs) {
                 cancel |= c.received(dir, bid, len, &mut self.links, high_water, self.now);
-                left -= len;
-                if left == 0 {
-                    break;
-                }
-                bid = self.bufs.after(bid);
             }
             if cancel {
                 let target = token::encode(Kind::Recv(dir), slot);
