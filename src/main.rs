@@ -1091,8 +1091,8 @@ fn raise_fd_limit(cfg: &Config) {
 }
 
 /// As [`raise_fd_limit`] for `forwarders` engine threads: each holds `engine.max_conns`
-/// connections of two descriptors, and a forwarder of `levee run` also up to
-/// `overflow.max_queue` queued clients.
+/// connections of two descriptors and up to `engine.splice_pipes` pipes of two, and a
+/// forwarder of `levee run` also up to `overflow.max_queue` queued clients.
 fn raise_fd_limit_for(forwarders: u64, cfg: &Config) {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
@@ -1103,7 +1103,13 @@ fn raise_fd_limit_for(forwarders: u64, cfg: &Config) {
     } else {
         0
     };
-    let needed = forwarders * (u64::from(cfg.engine.max_conns) * 2 + parked)
+    // Spliced directions hold a pipe each: two more descriptors, at most engine.splice_pipes.
+    let pipes = if cfg.engine.splice_after > 0 {
+        2 * u64::from(cfg.engine.splice_pipes)
+    } else {
+        0
+    };
+    let needed = forwarders * (u64::from(cfg.engine.max_conns) * 2 + parked + pipes)
         + forwarders * cfg.listeners.len() as u64
         + 64;
     // Raising the hard limit needs privilege; where it is refused, take what the hard limit allows.

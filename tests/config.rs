@@ -854,7 +854,7 @@ fn listing_shows_every_effective_key_in_registry_order() {
             format!("{key} = {value}\n")
         })
         .collect();
-    assert_eq!(want.lines().count(), 71, "one line per key");
+    assert_eq!(want.lines().count(), 74, "one line per key");
     assert_eq!(config::listing(&cfg), want);
 }
 
@@ -936,7 +936,7 @@ fn stats_listen_is_an_address_with_a_port_or_none() {
 
 #[test]
 fn the_registry_describes_every_key() {
-    assert_eq!(KEYS.len(), 71);
+    assert_eq!(KEYS.len(), 74);
     let runtime: Vec<&str> = KEYS
         .iter()
         .filter(|k| k.is_runtime())
@@ -1288,7 +1288,17 @@ fn engine_strategy() -> impl Strategy<Value = config::EngineConfig> {
         (6..=15u32).prop_map(|s| 1 << s),
         prop_oneof![1024..=(1u32 << 20), (1..=1024u32).prop_map(|k| k * 1024)],
         (4..=15u32).prop_map(|s| 1 << s),
-        (1..=64u32, 1..=64u32),
+        (
+            1..=64u32,
+            1..=64u32,
+            prop_oneof![
+                Just(0u32),
+                0..=(1u32 << 30),
+                (0..=1024u32).prop_map(|k| k * 1024)
+            ],
+            1..=65536u32,
+            (4u32 << 10)..=(1 << 20),
+        ),
         1..=(1u32 << 20),
         1..=65535u32,
         duration_strategy(1, 300_000),
@@ -1303,7 +1313,7 @@ fn engine_strategy() -> impl Strategy<Value = config::EngineConfig> {
                 ring_entries,
                 buffer_size,
                 buffers,
-                (recv_bundle, send_batch),
+                (recv_bundle, send_batch, splice_after, splice_pipes, splice_pipe_size),
                 max_conns,
                 backlog,
                 connect_timeout,
@@ -1318,6 +1328,9 @@ fn engine_strategy() -> impl Strategy<Value = config::EngineConfig> {
                 buffers,
                 recv_bundle,
                 send_batch,
+                splice_after,
+                splice_pipes,
+                splice_pipe_size,
                 max_conns,
                 backlog,
                 connect_timeout,

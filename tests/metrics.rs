@@ -291,6 +291,7 @@ fn ctl_key(metric: &str, labels: &HashMap<String, String>) -> Option<(String, f6
         "levee_connect_timeouts_total" => plain("stats.connect_timeouts"),
         "levee_accept_errors_total" => plain("stats.accept_errors"),
         "levee_ring_errors_total" => plain("stats.ring_errors"),
+        "levee_splices_total" => plain("stats.splices"),
         "levee_reload_failures_total" => plain("stats.reload.failures"),
         "levee_full_events_total" => plain("stats.full_events"),
         "levee_forwarders_full" => plain("stats.forwarders_full"),

@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::collections::hash_map::DefaultHasher;
-use std::hash::Hasher;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::mpsc;
@@ -14,46 +12,6 @@ use std::time::Duration;
 use common::*;
 use levee::config::Balance;
 use levee::stats::CloseReason;
-
-/// Deterministic bytes: position-dependent, so a reordered or repeated chunk changes the sum.
-fn pattern(offset: u64, buf: &mut [u8]) {
-    for (i, b) in buf.iter_mut().enumerate() {
-        let x = (offset + i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        *b = (x >> 56) as u8;
-    }
-}
-
-/// Writes `total` pattern bytes to `s`, returning their checksum.
-fn send_pattern(s: &mut TcpStream, total: u64) -> u64 {
-    let mut h = DefaultHasher::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut sent = 0;
-    while sent < total {
-        let n = (total - sent).min(buf.len() as u64) as usize;
-        pattern(sent, &mut buf[..n]);
-        s.write_all(&buf[..n]).expect("write pattern");
-        h.write(&buf[..n]);
-        sent += n as u64;
-    }
-    h.finish()
-}
-
-/// Reads to EOF, returning (length, checksum).
-fn drain(s: &mut TcpStream) -> (u64, u64) {
-    let mut h = DefaultHasher::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut total = 0;
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => return (total, h.finish()),
-            Ok(n) => {
-                h.write(&buf[..n]);
-                total += n as u64;
-            }
-            Err(e) => panic!("read after {total} bytes: {e}"),
-        }
-    }
-}
 
 fn echo_through(total: u64) {
     let backend = Backend::echo();
@@ -86,14 +44,7 @@ fn sixty_four_mebibytes_echo_byte_for_byte() {
 #[test]
 fn download_then_fin_reaches_the_client() {
     const TOTAL: u64 = 64 << 20;
-    let (tx, rx) = mpsc::channel();
-    let backend = Backend::spawn(move |mut s| {
-        let sum = send_pattern(&mut s, TOTAL);
-        let _ = s.shutdown(Shutdown::Write);
-        let _ = tx.send(sum);
-        let mut rest = Vec::new();
-        let _ = s.read_to_end(&mut rest);
-    });
+    let (backend, rx) = Backend::downloading(TOTAL);
     let engine = start(&single(pool("p", Balance::RoundRobin, &[backend.addr])));
     let mut c = connect(engine.listener_addrs()[0]);
     let (len, sum) = drain(&mut c);

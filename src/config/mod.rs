@@ -89,6 +89,13 @@ pub struct EngineConfig {
     pub recv_bundle: u32,
     /// `engine.send_batch`: most queued buffers one send takes.
     pub send_batch: u32,
+    /// `engine.splice_after`: bytes in a row in whole buffers before a direction is spliced
+    /// through a pipe; 0: never.
+    pub splice_after: u32,
+    /// `engine.splice_pipes`: most pipes a forwarder holds for spliced directions.
+    pub splice_pipes: u32,
+    /// `engine.splice_pipe_size`: what each of those pipes holds.
+    pub splice_pipe_size: u32,
     /// `engine.max_conns`: client connections one forwarder holds at once.
     pub max_conns: u32,
     /// `engine.backlog`: listen(2) backlog of each listener socket.

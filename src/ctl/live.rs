@@ -433,6 +433,8 @@ impl Live {
             // io_uring submissions the kernel refused (other than a full completion queue);
             // each is retried by its forwarder.
             count("ring_errors", t.ring_errors, &catalog::RING_ERRORS),
+            // Relay directions that switched to splice (engine.splice_after).
+            count("splices", t.splices, &catalog::SPLICES),
             // Times a forwarder had every connection slot taken: it pauses accepts, and after
             // a second of it refuses new clients until a slot frees.
             count("full_events", t.full_events, &catalog::FULL_EVENTS),

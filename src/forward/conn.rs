@@ -15,6 +15,7 @@ use std::os::fd::{BorrowedFd, RawFd};
 
 use io_uring::types::Timespec;
 
+use super::splice::PipeFlow;
 use super::token::Dir;
 use crate::balance::MAX_CANDIDATES;
 use crate::stats::CloseReason;
@@ -77,6 +78,8 @@ pub struct Flow {
     /// The forwarder's vector slot that the send in flight gathers its buffers from
     /// (`NO_VEC`: the send names one buffer itself).
     pub vec: u16,
+    /// Whether it moves its bytes through a pipe instead (a bulk transfer), and the pipe's.
+    pub pipe: PipeFlow,
 }
 
 impl Flow {
@@ -94,6 +97,7 @@ impl Flow {
             starved: false,
             pump_due: false,
             vec: NO_VEC,
+            pipe: PipeFlow::new(),
         }
     }
 
@@ -360,7 +364,8 @@ impl Conn {
             return Step::Wait;
         }
         let f = self.flow_mut(dir);
-        if f.sending || f.shut {
+        // A piped direction's bytes leave through its pipe; its FIN waits for them.
+        if f.sending || f.shut || f.pipe.busy() {
             return Step::Wait;
         }
         if f.is_empty() {

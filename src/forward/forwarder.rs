@@ -27,6 +27,7 @@ use super::parking::{Parking, ParkingSetup, Waiter};
 use super::sockopt::{
     backend_socket, peer_addr, reset_and_close, send_proxy_header, set_linger_zero, shutdown_write,
 };
+use super::splice::{self, Mode};
 use super::token::{self, Dir, Kind};
 use super::uring::{self, Capabilities};
 use super::{StopFlags, Tunables, millis};
@@ -204,6 +205,12 @@ pub struct Forwarder {
     /// Most bytes one multishot receive completion takes as a bundle of buffers; 0: one
     /// buffer each.
     bundle_bytes: u32,
+    /// Bytes in a row in whole buffers before a direction is spliced (0: never), the most
+    /// pipes open at once for that, the size asked of each, and how many are open.
+    splice_after: u32,
+    splice_pipes: u32,
+    pipe_size: u32,
+    pipes: u32,
     pub(super) conns: Box<[Conn]>,
     /// Free connection slots; a stack, so recently used slots (warm in cache) are reused first.
     pub(super) free: Vec<u32>,
@@ -309,6 +316,10 @@ impl Forwarder {
             links: BufLinks::new(count),
             gathers: Gathers::new(gather_slots(e.max_conns), send_batch(e.send_batch)),
             bundle_bytes: bundle_bytes(setup.caps, e.recv_bundle, e.buffer_size, high_water),
+            splice_after: if setup.caps.splice { e.splice_after } else { 0 },
+            splice_pipes: e.splice_pipes,
+            pipe_size: e.splice_pipe_size,
+            pipes: 0,
             // Small: starved directions get buffers back as soon as a few are free, rather than
             // wait for half the ring while readers that stopped hold the rest.
             starve_resume: (bufs.target() / 8).max(4),
@@ -427,7 +438,12 @@ impl Forwarder {
         // The final completion of an operation a connection owns is counted here, once, before
         // its handler runs (which frees a closing connection's slot after its last one).
         match kind {
-            Kind::Connect | Kind::ConnectTimeout | Kind::Send(_) | Kind::Header => {
+            Kind::Connect
+            | Kind::ConnectTimeout
+            | Kind::Send(_)
+            | Kind::Header
+            | Kind::Readable(_)
+            | Kind::Writable(_) => {
                 self.conns[index as usize].ops.end();
             }
             Kind::Recv(_) if !cqueue::more(flags) => self.conns[index as usize].ops.end(),
@@ -441,8 +457,13 @@ impl Forwarder {
             Kind::Tick => self.on_tick(flags),
             Kind::Connect => self.on_connect(index, res),
             Kind::ConnectTimeout => self.maybe_free(index),
+            // A piped direction's splices come back under its receive and send kinds.
+            Kind::Recv(dir) if self.piped(index, dir) => self.on_fill(index, dir, res),
+            Kind::Send(dir) if self.piped(index, dir) => self.on_drain(index, dir, res),
             Kind::Recv(dir) => self.on_recv(index, dir, res, flags),
             Kind::Send(dir) => self.on_send(index, dir, res),
+            Kind::Readable(dir) => self.on_pipe_ready(index, dir, true, res),
+            Kind::Writable(dir) => self.on_pipe_ready(index, dir, false, res),
             Kind::ParkPoll => self.on_park_poll(index, res),
             Kind::OverflowTick if self.intake.is_some() => self.on_intake_retry(),
             Kind::OverflowTick => self.on_overflow_tick(),
@@ -591,6 +612,11 @@ impl Forwarder {
 
     /// Starts (or restarts) the multishot receive of a direction when it is wanted.
     fn arm_recv(&mut self, slot: u32, dir: Dir) {
+        match self.conns[slot as usize].flow_mut(dir).pipe.mode {
+            Mode::Buffers => {}
+            Mode::Switching => return self.switch_to_pipe(slot, dir),
+            Mode::Piped => return,
+        }
         let c = &mut self.conns[slot as usize];
         let Some(mode) = c.start_recv(dir) else {
             return;
@@ -1193,8 +1219,23 @@ impl Forwarder {
             let high_water = self.high_water_now();
             let c = &mut self.conns[slot as usize];
             let mut cancel = false;
+            let mut bulk = false;
             while let Some((bid, len)) = bundle.pop(&self.bufs) {
                 cancel |= c.received(dir, bid, len, &mut self.links, high_water, self.now);
+                bulk |= c
+                    .flow_mut(dir)
+                    .pipe
+                    .received(len, self.buffer_size, self.splice_after);
+            }
+            if bulk && self.pipes < self.splice_pipes && c.state == State::Relaying {
+                // A bulk transfer: receive no more into buffers; the pipe takes over once the
+                // receive has ended and the queue is sent (`switch_to_pipe`).
+                let f = c.flow_mut(dir);
+                f.pipe.mode = Mode::Switching;
+                if f.recv == Recv::Armed {
+                    f.recv = Recv::Cancelling;
+                    cancel = true;
+                }
             }
             if cancel {
                 let target = token::encode(Kind::Recv(dir), slot);
@@ -1271,6 +1312,185 @@ impl Forwarder {
             self.arm_recv(slot, dir);
         }
         self.pump(slot, dir);
+        if self.conns[slot as usize].flow_mut(dir).pipe.mode == Mode::Switching {
+            self.switch_to_pipe(slot, dir);
+        }
+    }
+
+    // ---- splice -------------------------------------------------------------------------------
+
+    fn piped(&mut self, slot: u32, dir: Dir) -> bool {
+        self.conns[slot as usize].flow_mut(dir).pipe.mode == Mode::Piped
+    }
+
+    /// Moves a switching direction onto a pipe once its receive has ended and its queue is
+    /// sent; before that it waits (this runs again when either happens). A pipe that cannot
+    /// be opened leaves the direction on buffers.
+    fn switch_to_pipe(&mut self, slot: u32, dir: Dir) {
+        let c = &mut self.conns[slot as usize];
+        if c.state != State::Relaying {
+            return;
+        }
+        let f = c.flow_mut(dir);
+        if f.recv != Recv::Idle || f.sending || !f.is_empty() {
+            return;
+        }
+        if f.eof || self.pipes >= self.splice_pipes {
+            // Nothing more to read, or the pipes ran out meanwhile: stay on buffers.
+            f.pipe.mode = Mode::Buffers;
+            self.arm_recv(slot, dir);
+            return;
+        }
+        let (source, sink) = (c.source(dir), c.sink(dir));
+        match splice::open_pipe(self.pipe_size) {
+            Ok((r, w, capacity)) => {
+                // splice(2) waits on a socket unless the socket itself is non-blocking; the
+                // ring's own receives and sends do not care either way.
+                set_nonblocking(source);
+                set_nonblocking(sink);
+                let f = self.conns[slot as usize].flow_mut(dir);
+                f.pipe.piped(r.into_raw_fd(), w.into_raw_fd(), capacity);
+                self.pipes += 1;
+                self.stats.splices.add(1);
+                self.fill_pipe(slot, dir);
+            }
+            Err(e) => {
+                debug!(error = %e, "cannot open a pipe to splice through; staying on buffers");
+                self.conns[slot as usize].flow_mut(dir).pipe.mode = Mode::Buffers;
+                self.arm_recv(slot, dir);
+            }
+        }
+    }
+
+    /// Splices from the source into the pipe, if there is room and nothing is out.
+    fn fill_pipe(&mut self, slot: u32, dir: Dir) {
+        self.splice_step(slot, dir, true);
+    }
+
+    /// Splices from the pipe to the sink, if the pipe holds bytes and nothing is out.
+    fn drain_pipe(&mut self, slot: u32, dir: Dir) {
+        self.splice_step(slot, dir, false);
+    }
+
+    /// Submits a piped direction's splice into its pipe (`fill`) or out of it, if one is due.
+    /// Completions come back as the direction's receive and send, respectively.
+    fn splice_step(&mut self, slot: u32, dir: Dir, fill: bool) {
+        let c = &mut self.conns[slot as usize];
+        let (source, sink) = (c.source(dir), c.sink(dir));
+        let p = &mut c.flow_mut(dir).pipe;
+        let (len, from, to, kind) = if fill {
+            (p.fill(), source, p.w, Kind::Recv(dir))
+        } else {
+            (p.drain(), p.r, sink, Kind::Send(dir))
+        };
+        let Some(len) = len else {
+            return;
+        };
+        let entry = opcode::Splice::new(Fd(from), -1, Fd(to), -1, len)
+            .flags(libc::SPLICE_F_NONBLOCK | libc::SPLICE_F_MOVE)
+            .build()
+            .user_data(token::encode(kind, slot));
+        self.submit(slot, entry);
+    }
+
+    fn on_fill(&mut self, slot: u32, dir: Dir, res: i32) {
+        let c = &mut self.conns[slot as usize];
+        if c.state == State::Closing {
+            self.maybe_free(slot);
+            return;
+        }
+        if res == -libc::EAGAIN {
+            if c.flow_mut(dir).pipe.fill_would_block() {
+                // The pipe is empty, so the source is: wait until it is readable.
+                let entry = opcode::PollAdd::new(Fd(c.source(dir)), libc::POLLIN as u32)
+                    .build()
+                    .user_data(token::encode(Kind::Readable(dir), slot));
+                self.submit(slot, entry);
+            }
+            return;
+        }
+        if res < 0 {
+            self.close(slot, conn::source_error(dir), Reset::Both);
+            return;
+        }
+        c.last_active = self.now;
+        if dir == Dir::Down && res > 0 {
+            c.backend_answered = true;
+        }
+        c.flow_mut(dir).pipe.filled(res as u32);
+        self.drain_pipe(slot, dir);
+        self.fill_pipe(slot, dir);
+        self.finish_pipe(slot, dir);
+    }
+
+    fn on_drain(&mut self, slot: u32, dir: Dir, res: i32) {
+        let c = &mut self.conns[slot as usize];
+        if c.state == State::Closing {
+            self.maybe_free(slot);
+            return;
+        }
+        if res == -libc::EAGAIN {
+            // The sink is full: wait until it takes more (the drain stays marked out).
+            let entry = opcode::PollAdd::new(Fd(c.sink(dir)), libc::POLLOUT as u32)
+                .build()
+                .user_data(token::encode(Kind::Writable(dir), slot));
+            self.submit(slot, entry);
+            return;
+        }
+        if res <= 0 {
+            self.close(slot, conn::sink_error(dir), Reset::Both);
+            return;
+        }
+        let sent = res as u32;
+        match dir {
+            Dir::Up => {
+                c.bytes_in += u64::from(sent);
+                self.stats.bytes_client_to_backend.add(u64::from(sent));
+            }
+            Dir::Down => {
+                c.bytes_out += u64::from(sent);
+                self.stats.bytes_backend_to_client.add(u64::from(sent));
+            }
+        }
+        c.last_active = self.now;
+        c.flow_mut(dir).pipe.drained(sent);
+        self.drain_pipe(slot, dir);
+        self.fill_pipe(slot, dir);
+        self.finish_pipe(slot, dir);
+    }
+
+    /// A piped direction's poll ended: readable (`fill`) or writable.
+    fn on_pipe_ready(&mut self, slot: u32, dir: Dir, fill: bool, res: i32) {
+        let c = &mut self.conns[slot as usize];
+        if c.state == State::Closing {
+            self.maybe_free(slot);
+            return;
+        }
+        if res < 0 {
+            let reason = if fill {
+                conn::source_error(dir)
+            } else {
+                conn::sink_error(dir)
+            };
+            self.close(slot, reason, Reset::Both);
+            return;
+        }
+        // Readiness includes an error or a hang-up: the splice that follows reports it.
+        c.flow_mut(dir).pipe.ready(fill);
+        if fill {
+            self.fill_pipe(slot, dir);
+        } else {
+            self.drain_pipe(slot, dir);
+        }
+    }
+
+    /// Carries a piped direction's FIN across once the pipe has emptied behind it.
+    fn finish_pipe(&mut self, slot: u32, dir: Dir) {
+        let f = self.conns[slot as usize].flow_mut(dir);
+        if f.pipe.finished() && !f.eof {
+            f.eof = true;
+            self.pump(slot, dir);
+        }
     }
 
     /// Restarts receives that ran out of buffers, once enough have come back.
@@ -1328,8 +1548,10 @@ impl Forwarder {
             set_linger_zero(backend);
         }
         if !c.ops.none() {
+            // A splice into a pipe belongs to the pipe's end, not to a socket.
             let (client, backend) = (c.client, c.backend);
-            for fd in [client, backend] {
+            let (up, down) = (c.up.pipe.w, c.down.pipe.w);
+            for fd in [client, backend, up, down] {
                 if fd >= 0 {
                     self.push(
                         opcode::AsyncCancel2::new(CancelBuilder::fd(Fd(fd)).all())
@@ -1363,11 +1585,17 @@ impl Forwarder {
                 .release(usize::from(b));
         }
         let (client, backend) = (c.client, c.backend);
+        let pipes = [c.up.pipe.take_pipe(), c.down.pipe.take_pipe()];
         let (listener, held) = (c.listener, std::mem::replace(&mut c.held, NO_HOLD));
         c.state = State::Free;
         c.client = -1;
         c.backend = -1;
         self.release_source(listener, held);
+        for (r, w) in pipes.into_iter().flatten() {
+            self.pipes -= 1;
+            self.close_fd(r);
+            self.close_fd(w);
+        }
         self.close_fd(client);
         self.close_fd(backend);
         self.free.push(slot);
@@ -1648,6 +1876,18 @@ impl Forwarder {
 }
 
 /// A socket call failed for want of descriptors or memory, which time may bring back.
+/// Sets O_NONBLOCK on a socket the forwarder owns; a failure (never seen on a valid socket)
+/// would only let a splice wait on an io-wq thread.
+fn set_nonblocking(fd: RawFd) {
+    // SAFETY: fcntl on a descriptor the calling slot owns; F_GETFL and F_SETFL take an int.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags >= 0 && flags & libc::O_NONBLOCK == 0 {
+            libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
+        }
+    }
+}
+
 fn out_of_descriptors(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),
@@ -1703,6 +1943,7 @@ mod tests {
             defer_taskrun: true,
             futex: true,
             bundles,
+            splice: true,
         };
         let k16 = 16 * 1024;
         assert_eq!(bundle_bytes(caps(true), 2, k16, 4 * k16), 2 * k16);

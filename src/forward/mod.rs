@@ -15,6 +15,7 @@ mod listener;
 mod moved;
 mod parking;
 mod sockopt;
+mod splice;
 mod token;
 pub mod uring;
 

@@ -42,6 +42,10 @@ pub enum Kind {
     ScmRecv,
     /// The poll for a client's PROXY header; the index is the connection's slot.
     Header,
+    /// A spliced direction's poll for its source to become readable.
+    Readable(Dir),
+    /// A spliced direction's poll for its sink to take more.
+    Writable(Dir),
 }
 
 impl Kind {
@@ -64,6 +68,10 @@ impl Kind {
             Self::SlotWait => 14,
             Self::ScmRecv => 15,
             Self::Header => 16,
+            Self::Readable(Dir::Up) => 17,
+            Self::Readable(Dir::Down) => 18,
+            Self::Writable(Dir::Up) => 19,
+            Self::Writable(Dir::Down) => 20,
         }
     }
 
@@ -86,6 +94,10 @@ impl Kind {
             14 => Self::SlotWait,
             15 => Self::ScmRecv,
             16 => Self::Header,
+            17 => Self::Readable(Dir::Up),
+            18 => Self::Readable(Dir::Down),
+            19 => Self::Writable(Dir::Up),
+            20 => Self::Writable(Dir::Down),
             _ => return None,
         })
     }
@@ -109,12 +121,12 @@ mod tests {
 
     #[test]
     fn every_kind_round_trips_with_its_index() {
-        for code in 0..17 {
-            let kind = Kind::from_code(code).expect("codes 0..17 are kinds");
+        for code in 0..21 {
+            let kind = Kind::from_code(code).expect("codes 0..21 are kinds");
             for index in [0, 1, 77, u32::MAX] {
                 assert_eq!(decode(encode(kind, index)), Some((kind, index)));
             }
         }
-        assert_eq!(decode(17 << 56), None);
+        assert_eq!(decode(21 << 56), None);
     }
 }

@@ -21,6 +21,9 @@ pub struct Capabilities {
     /// Receive bundles (`IORING_FEAT_RECVSEND_BUNDLE`, Linux 6.10): one completion fills
     /// several buffers. Without them, each receive completion takes one buffer.
     pub bundles: bool,
+    /// `IORING_OP_SPLICE` (Linux 5.7): bulk directions move through a pipe. Without it, they
+    /// stay on buffers.
+    pub splice: bool,
 }
 
 /// io_uring is missing or lacks an operation levee relies on.
@@ -106,6 +109,7 @@ fn probe_here() -> Result<Capabilities, ProbeError> {
     }
     let futex = probe.is_supported(opcode::FutexWait::CODE);
     let bundles = ring.params().is_feature_recvsend_bundle();
+    let splice = probe.is_supported(opcode::Splice::CODE);
     drop(ring);
     let defer_taskrun = IoUring::<io_uring::squeue::Entry>::builder()
         .setup_single_issuer()
@@ -116,6 +120,7 @@ fn probe_here() -> Result<Capabilities, ProbeError> {
         defer_taskrun,
         futex,
         bundles,
+        splice,
     })
 }
 

@@ -178,6 +178,10 @@ pub static ACCEPT_ERRORS: Family = counter(
     "levee_accept_errors_total",
     "Accepts that failed (out of descriptors, say).",
 );
+pub static SPLICES: Family = counter(
+    "levee_splices_total",
+    "Relay directions switched from buffers to splice through a pipe (bulk transfers).",
+);
 pub static RING_ERRORS: Family = counter(
     "levee_ring_errors_total",
     "io_uring submissions the kernel refused, other than for a full completion queue; each was retried.",
@@ -324,7 +328,7 @@ pub static BACKEND_EJECTIONS_HELD_BACK: Family = counter(
 );
 
 /// Every family, for the tests that check their names.
-pub static FAMILIES: [&Family; 37] = [
+pub static FAMILIES: [&Family; 38] = [
     &ACCEPTED,
     &LISTENER_ACCEPTED,
     &ACTIVE,
@@ -335,6 +339,7 @@ pub static FAMILIES: [&Family; 37] = [
     &CONNECT_TIMEOUTS,
     &ACCEPT_ERRORS,
     &RING_ERRORS,
+    &SPLICES,
     &FULL_EVENTS,
     &FORWARDERS_FULL,
     &CLOSED,

@@ -153,6 +153,8 @@ pub struct ForwarderStats {
     pub ring_errors: Counter,
     /// Times every connection slot was taken (accepts paused).
     pub full_events: Counter,
+    /// Directions switched from buffers to splice (a bulk transfer).
+    pub splices: Counter,
     /// When the forwarder last became full (coarse monotonic ms), 0 while it is not.
     full_since_ms: AtomicU64,
     pub closed: [Counter; CloseReason::ALL.len()],
@@ -215,6 +217,7 @@ pub struct Totals {
     pub bytes_backend_to_client: u64,
     pub ring_errors: u64,
     pub full_events: u64,
+    pub splices: u64,
     /// Forwarders full now.
     pub full_now: u64,
     pub closed: [u64; CloseReason::ALL.len()],
@@ -233,6 +236,7 @@ impl Totals {
             t.bytes_backend_to_client += s.bytes_backend_to_client.get();
             t.ring_errors += s.ring_errors.get();
             t.full_events += s.full_events.get();
+            t.splices += s.splices.get();
             t.full_now += u64::from(s.full_since() != 0);
             for (sum, c) in t.closed.iter_mut().zip(&s.closed) {
                 *sum += c.get();

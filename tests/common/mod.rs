@@ -1,6 +1,8 @@
 //! Shared pieces of the integration tests: real backends on loopback and a running engine.
 #![allow(dead_code)]
 
+use std::collections::hash_map::DefaultHasher;
+use std::hash::Hasher;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
@@ -26,6 +28,9 @@ pub fn engine_config() -> EngineConfig {
         buffers: 1024,
         recv_bundle: 2,
         send_batch: 8,
+        splice_after: 256 * 1024,
+        splice_pipes: 256,
+        splice_pipe_size: 256 * 1024,
         max_conns: 4096,
         backlog: 1024,
         // Generous: a test machine under load may retransmit a SYN (1 s, then 3 s).
@@ -143,6 +148,20 @@ impl Backend {
     }
 
     /// Echoes everything back, and carries the client's FIN back as its own.
+    /// A backend that sends `total` pattern bytes ([`send_pattern`]), then its FIN, reports
+    /// their checksum, and reads until the client closes.
+    pub fn downloading(total: u64) -> (Self, std::sync::mpsc::Receiver<u64>) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let backend = Self::spawn(move |mut s| {
+            let sum = send_pattern(&mut s, total);
+            let _ = s.shutdown(Shutdown::Write);
+            let _ = tx.send(sum);
+            let mut rest = Vec::new();
+            let _ = s.read_to_end(&mut rest);
+        });
+        (backend, rx)
+    }
+
     pub fn echo() -> Self {
         Self::spawn(echo)
     }
@@ -438,4 +457,44 @@ pub fn forwarder_policies(pid: u32) -> Vec<u32> {
         policies.push(policy);
     }
     policies
+}
+
+/// Deterministic bytes: position-dependent, so a reordered or repeated chunk changes the sum.
+pub fn pattern(offset: u64, buf: &mut [u8]) {
+    for (i, b) in buf.iter_mut().enumerate() {
+        let x = (offset + i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        *b = (x >> 56) as u8;
+    }
+}
+
+/// Writes `total` pattern bytes to `s`, returning their checksum.
+pub fn send_pattern(s: &mut TcpStream, total: u64) -> u64 {
+    let mut h = DefaultHasher::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut sent = 0;
+    while sent < total {
+        let n = (total - sent).min(buf.len() as u64) as usize;
+        pattern(sent, &mut buf[..n]);
+        s.write_all(&buf[..n]).expect("write pattern");
+        h.write(&buf[..n]);
+        sent += n as u64;
+    }
+    h.finish()
+}
+
+/// Reads to EOF, returning (length, checksum).
+pub fn drain(s: &mut TcpStream) -> (u64, u64) {
+    let mut h = DefaultHasher::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0;
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return (total, h.finish()),
+            Ok(n) => {
+                h.write(&buf[..n]);
+                total += n as u64;
+            }
+            Err(e) => panic!("read after {total} bytes: {e}"),
+        }
+    }
 }

@@ -1,0 +1,277 @@
+//! Splicing a bulk direction through a pipe.
+//!
+//! A direction that keeps filling whole receive buffers is a bulk transfer. Once it has moved
+//! `engine.splice_after` bytes in a row that way, it stops receiving into the buffer ring and
+//! moves its bytes socket → pipe → socket with `splice(2)`, which hands the kernel's pages over
+//! instead of copying them into user space and back. Small request/response traffic never fills
+//! a buffer, so it never switches: there every splice would cost a hop to an io-wq thread (io_uring
+//! runs splice nowhere else) for a few hundred bytes.
+//!
+//! The switch keeps bytes in order: the direction's receive is cancelled, and the pipe takes
+//! over only once that receive has ended and every byte it queued has been sent. Nothing in a
+//! splice blocks: the pipe is non-blocking and splices carry `SPLICE_F_NONBLOCK`, and the two
+//! sockets are made non-blocking at the switch (a socket's own flag decides whether splice
+//! waits on it). A splice that finds nothing to move waits on a poll instead, so no io-wq
+//! thread ever sleeps on a quiet connection. A pipe holds `engine.splice_pipe_size` (256 KiB:
+//! four times a direction's high-water mark on buffers, because a pipe that holds one splice's
+//! worth at a time makes filling and draining take turns instead of overlapping), and a
+//! forwarder opens at most `engine.splice_pipes` pipes.
+//!
+//! [`PipeFlow`] is the state of one direction, over plain fields so its decisions are tested
+//! without a ring; the forwarder turns them into submissions.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+/// How a direction moves its bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Received into the buffer ring and sent from it.
+    Buffers,
+    /// Chosen for a pipe: its receive is being cancelled and its queue drained.
+    Switching,
+    /// Spliced through its pipe.
+    Piped,
+}
+
+/// One direction's splicing state.
+#[derive(Debug, Clone, Copy)]
+pub struct PipeFlow {
+    pub mode: Mode,
+    /// Bytes that arrived in whole buffers, in a row.
+    full_run: u32,
+    /// Read and write ends of the pipe (-1: none).
+    pub r: RawFd,
+    pub w: RawFd,
+    /// What the pipe holds at most.
+    capacity: u32,
+    /// Bytes in the pipe.
+    pub held: u32,
+    /// A splice into the pipe, or the poll that waits to start one, is out.
+    filling: bool,
+    /// A splice out of the pipe, or the poll that waits to start one, is out.
+    draining: bool,
+    /// The source sent FIN: a splice into the pipe moved nothing.
+    source_done: bool,
+}
+
+impl PipeFlow {
+    pub const fn new() -> Self {
+        Self {
+            mode: Mode::Buffers,
+            full_run: 0,
+            r: -1,
+            w: -1,
+            capacity: 0,
+            held: 0,
+            filling: false,
+            draining: false,
+            source_done: false,
+        }
+    }
+
+    /// A receive put `len` bytes into a buffer of `buffer_size`. True when the run of whole
+    /// buffers just reached `after` (0: never): the direction should switch to a pipe.
+    pub fn received(&mut self, len: u32, buffer_size: u32, after: u32) -> bool {
+        if self.mode != Mode::Buffers || after == 0 {
+            return false;
+        }
+        if len < buffer_size {
+            self.full_run = 0;
+            return false;
+        }
+        self.full_run = self.full_run.saturating_add(len);
+        self.full_run >= after
+    }
+
+    /// The pipe is open: splicing starts.
+    pub fn piped(&mut self, r: RawFd, w: RawFd, capacity: u32) {
+        *self = Self {
+            mode: Mode::Piped,
+            r,
+            w,
+            capacity,
+            ..Self::new()
+        };
+    }
+
+    /// How many bytes a splice into the pipe may move now, if one should start (it is marked
+    /// out).
+    pub fn fill(&mut self) -> Option<u32> {
+        if self.mode != Mode::Piped
+            || self.filling
+            || self.source_done
+            || self.held >= self.capacity
+        {
+            return None;
+        }
+        self.filling = true;
+        Some(self.capacity - self.held)
+    }
+
+    /// How many bytes a splice out of the pipe should move now, if one should start (it is
+    /// marked out).
+    pub fn drain(&mut self) -> Option<u32> {
+        if self.mode != Mode::Piped || self.draining || self.held == 0 {
+            return None;
+        }
+        self.draining = true;
+        Some(self.held)
+    }
+
+    /// A splice into the pipe moved `n` bytes (0: the source's FIN).
+    pub fn filled(&mut self, n: u32) {
+        self.filling = false;
+        if n == 0 {
+            self.source_done = true;
+        } else {
+            self.held = self.held.saturating_add(n);
+        }
+    }
+
+    /// A splice into the pipe found nothing to move. True: the pipe is empty, so the source
+    /// has nothing to read; poll it (the fill stays marked out). False: the pipe's slots are
+    /// full (pages half used count whole), and the next drain starts the next fill.
+    pub fn fill_would_block(&mut self) -> bool {
+        if self.held == 0 {
+            return true;
+        }
+        self.filling = false;
+        false
+    }
+
+    /// A splice out of the pipe moved `n` bytes.
+    pub fn drained(&mut self, n: u32) {
+        self.draining = false;
+        self.held -= n.min(self.held);
+    }
+
+    /// A poll ended: the fill (or drain) it stood for may start again.
+    pub fn ready(&mut self, filling: bool) {
+        if filling {
+            self.filling = false;
+        } else {
+            self.draining = false;
+        }
+    }
+
+    /// The source's FIN came and everything before it left: the FIN may be carried across.
+    pub fn finished(&self) -> bool {
+        self.mode == Mode::Piped
+            && self.source_done
+            && self.held == 0
+            && !self.filling
+            && !self.draining
+    }
+
+    /// While piped, whether bytes are still in the pipe or on their way out of it.
+    pub fn busy(&self) -> bool {
+        self.mode == Mode::Piped && (self.held > 0 || self.draining)
+    }
+
+    /// Takes the pipe's descriptors for closing; the direction is done with it.
+    pub fn take_pipe(&mut self) -> Option<(RawFd, RawFd)> {
+        (self.r >= 0).then(|| {
+            let fds = (self.r, self.w);
+            self.r = -1;
+            self.w = -1;
+            fds
+        })
+    }
+}
+
+impl Default for PipeFlow {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Opens a non-blocking pipe and sizes it to hold `want` bytes (the kernel rounds up to a
+/// power of two pages; a refusal leaves the default). Returns both ends and the capacity.
+pub fn open_pipe(want: u32) -> io::Result<(OwnedFd, OwnedFd, u32)> {
+    let mut fds = [-1 as RawFd; 2];
+    // SAFETY: pipe2 writes two descriptors into `fds`, which has room for them.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors were just opened and nothing else owns them.
+    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let want = libc::c_int::try_from(want).unwrap_or(libc::c_int::MAX);
+    // SAFETY: fcntl on a pipe this function owns; F_SETPIPE_SZ takes an int.
+    unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, want) };
+    // SAFETY: as above; F_GETPIPE_SZ takes no argument.
+    let capacity = unsafe { libc::fcntl(w.as_raw_fd(), libc::F_GETPIPE_SZ) };
+    let capacity = u32::try_from(capacity).map_err(|_| io::Error::last_os_error())?;
+    Ok((r, w, capacity))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_run_of_whole_buffers_switches_a_direction() {
+        let mut p = PipeFlow::new();
+        assert!(!p.received(16384, 16384, 0), "0 never switches");
+        assert!(!p.received(16384, 16384, 49152));
+        assert!(!p.received(16384, 16384, 49152));
+        // A short read (a response's end) starts the run again.
+        assert!(!p.received(300, 16384, 49152));
+        assert!(!p.received(16384, 16384, 49152));
+        assert!(!p.received(16384, 16384, 49152));
+        assert!(p.received(16384, 16384, 49152));
+        p.mode = Mode::Switching;
+        assert!(!p.received(16384, 16384, 49152), "chosen once");
+    }
+
+    #[test]
+    fn fills_and_drains_take_turns_within_the_pipe_and_the_fin_waits_for_the_last_byte() {
+        let mut p = PipeFlow::new();
+        assert_eq!(p.fill(), None, "no pipe yet");
+        p.piped(5, 6, 65536);
+        assert_eq!(p.fill(), Some(65536));
+        assert_eq!(p.fill(), None, "one fill at a time");
+        assert_eq!(p.drain(), None, "nothing to drain");
+        p.filled(40000);
+        assert_eq!(p.drain(), Some(40000));
+        assert_eq!(p.fill(), Some(25536), "only the room left");
+        p.filled(25536);
+        assert_eq!(p.fill(), None, "full");
+        p.drained(30000);
+        assert_eq!(p.held, 35536);
+        assert_eq!(p.drain(), Some(35536));
+        assert_eq!(p.fill(), Some(30000));
+        // The FIN arrives while bytes are still on their way out.
+        p.filled(0);
+        assert!(!p.finished());
+        assert!(p.busy());
+        assert_eq!(p.fill(), None, "nothing more to read");
+        p.drained(35536);
+        assert!(p.finished());
+        assert!(!p.busy());
+        assert_eq!(p.take_pipe(), Some((5, 6)));
+        assert_eq!(p.take_pipe(), None);
+    }
+
+    #[test]
+    fn a_fill_that_would_block_polls_only_when_the_pipe_is_empty() {
+        let mut p = PipeFlow::new();
+        p.piped(5, 6, 65536);
+        assert_eq!(p.fill(), Some(65536));
+        assert!(
+            p.fill_would_block(),
+            "empty pipe: the socket is dry, poll it"
+        );
+        assert_eq!(p.fill(), None, "the poll stands for the fill");
+        p.ready(true);
+        assert_eq!(p.fill(), Some(65536));
+        p.filled(1000);
+        assert_eq!(p.drain(), Some(1000));
+        assert_eq!(p.fill(), Some(64536));
+        // Slots full of partial pages: no poll (the socket is readable and would spin); the
+        // drain's completion starts the next fill.
+        assert!(!p.fill_would_block());
+        p.drained(1000);
+        assert_eq!(p.fill(), Some(65536));
+    }
+}
