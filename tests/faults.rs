@@ -370,6 +370,10 @@ fn a_forwarder_whose_slots_are_all_held_refuses_rather_than_hangs() {
             }
         })
         .count();
+    // A client can see its reset a moment before the forwarder's counter shows it.
+    wait_until("every refusal is counted", || {
+        engine.totals().closed(CloseReason::OverCapacity) >= refused as u64
+    });
     let t = engine.totals();
     figure(
         "every slot held",

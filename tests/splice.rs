@@ -77,21 +77,25 @@ fn a_download_moves_to_a_pipe_byte_for_byte_and_the_pipe_is_closed_after() {
 }
 
 #[test]
-fn an_echo_splices_both_ways_and_each_fin_crosses() {
+fn an_upload_then_its_return_splice_each_way_and_each_fin_crosses() {
     let _one = one_at_a_time();
+    // The backend takes the whole upload, then sends it back: one way at a time, as a bulk
+    // upload and a bulk download do.
     const TOTAL: u64 = 64 << 20;
-    let backend = Backend::echo();
+    let backend = Backend::spawn(|mut s| {
+        let mut all = Vec::with_capacity(TOTAL as usize);
+        let _ = s.read_to_end(&mut all);
+        let _ = s.write_all(&all);
+    });
     let engine = engine_for(&backend, 256 * 1024);
     let mut c = connect(engine.listener_addrs()[0]);
-    let mut reader = c.try_clone().expect("clone");
-    let rx = thread::spawn(move || drain(&mut reader));
     let sent = send_pattern(&mut c, TOTAL);
     c.shutdown(Shutdown::Write).expect("shutdown");
-    let (len, sum) = rx.join().expect("reader");
+    let (len, sum) = drain(&mut c);
     assert_eq!(
         (len, sum),
         (TOTAL, sent),
-        "echoed bytes differ from those sent"
+        "returned bytes differ from those sent"
     );
     wait_until("the connection is closed", || engine.totals().active() == 0);
     engine.stop();
@@ -99,7 +103,7 @@ fn an_echo_splices_both_ways_and_each_fin_crosses() {
     assert_eq!(t.bytes_client_to_backend, TOTAL, "{t}");
     assert_eq!(t.bytes_backend_to_client, TOTAL, "{t}");
     assert_eq!(t.closed(CloseReason::Done), 1, "{t}");
-    assert!(t.splices >= 1, "{t:?}");
+    assert!(t.splices >= 2, "both directions carry 64 MiB: {t:?}");
 }
 
 #[test]
@@ -157,6 +161,7 @@ fn a_reader_that_stops_holds_a_spliced_download_back_and_gets_all_of_it_later() 
 #[test]
 fn a_backend_reset_in_a_spliced_download_resets_the_client() {
     let _one = one_at_a_time();
+    let before = open_pipes();
     let spliced = Arc::new(AtomicBool::new(false));
     let told = spliced.clone();
     let backend = Backend::spawn(move |mut s| {
@@ -190,6 +195,113 @@ fn a_backend_reset_in_a_spliced_download_resets_the_client() {
     engine.stop();
     let t = engine.join().expect("join");
     assert_eq!(t.closed(CloseReason::BackendError), 1, "{t}");
+    assert_eq!(open_pipes(), before, "a pipe outlived its reset connection");
+}
+
+#[test]
+fn a_client_that_resets_mid_splice_frees_its_pipe() {
+    let _one = one_at_a_time();
+    let before = open_pipes();
+    // The backend would send 1 GiB; the client reads 4 MiB, then resets while the splices
+    // (and their polls) are out.
+    let (backend, _sums) = Backend::downloading(1 << 30);
+    let engine = engine_for(&backend, 256 * 1024);
+    let mut c = connect(engine.listener_addrs()[0]);
+    let mut head = vec![0u8; 4 << 20];
+    c.read_exact(&mut head).expect("the first 4 MiB");
+    wait_until("the download is spliced", || engine.totals().splices >= 1);
+    socket2::SockRef::from(&c)
+        .set_linger(Some(Duration::ZERO))
+        .expect("linger");
+    drop(c);
+    wait_until("the connection is closed", || engine.totals().active() == 0);
+    engine.stop();
+    let t = engine.join().expect("join");
+    assert_eq!(t.closed(CloseReason::ClientError), 1, "{t}");
+    assert_eq!(open_pipes(), before, "a pipe outlived its reset connection");
+}
+
+#[test]
+fn an_urgent_byte_in_a_spliced_upload_is_stepped_over_as_on_buffers() {
+    let _one = one_at_a_time();
+    // A client sends 8 MiB, one byte with MSG_OOB, then 8 MiB more. Receives into buffers drop
+    // the urgent byte from the stream; a spliced direction must do the same, not stall at the
+    // urgent mark (where splice stops) or take it for the end.
+    const PART: u64 = 8 << 20;
+    let backend = Backend::spawn(|mut s| {
+        let (len, sum) = drain_until_fin(&mut s);
+        let _ = s.write_all(format!("{len} {sum}").as_bytes());
+    });
+    let engine = engine_for(&backend, 256 * 1024);
+    let mut c = connect(engine.listener_addrs()[0]);
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    for part in 0..2u64 {
+        let mut sent = 0;
+        while sent < PART {
+            let n = (PART - sent).min(buf.len() as u64) as usize;
+            pattern(part * PART + sent, &mut buf[..n]);
+            c.write_all(&buf[..n]).expect("upload");
+            std::hash::Hasher::write(&mut h, &buf[..n]);
+            sent += n as u64;
+        }
+        if part == 0 {
+            wait_until("the upload is spliced", || engine.totals().splices >= 1);
+            // SAFETY: send(2) of one byte from our own buffer on our own socket.
+            let n = unsafe {
+                libc::send(
+                    std::os::fd::AsRawFd::as_raw_fd(&c),
+                    b"!".as_ptr().cast(),
+                    1,
+                    libc::MSG_OOB,
+                )
+            };
+            assert_eq!(n, 1, "send MSG_OOB");
+        }
+    }
+    c.shutdown(Shutdown::Write).expect("shutdown");
+    let mut answer = String::new();
+    c.read_to_string(&mut answer).expect("answer");
+    assert_eq!(
+        answer,
+        format!("{} {}", 2 * PART, std::hash::Hasher::finish(&h)),
+        "the backend must get every byte but the urgent one, in order"
+    );
+    engine.stop();
+    let t = engine.join().expect("join");
+    assert_eq!(t.closed(CloseReason::Done), 1, "{t}");
+}
+
+#[test]
+fn past_the_last_pipe_bulk_directions_stay_on_buffers_byte_for_byte() {
+    let _one = one_at_a_time();
+    const TOTAL: u64 = 64 << 20;
+    let (backend, sums) = Backend::downloading(TOTAL);
+    let mut cfg: Config = single(pool("p", Balance::RoundRobin, &[backend.addr]));
+    cfg.engine.splice_after = 256 * 1024;
+    cfg.engine.splice_pipes = 1;
+    let engine = start(&cfg);
+    let addr = engine.listener_addrs()[0];
+    let clients: Vec<_> = (0..3)
+        .map(|_| thread::spawn(move || drain(&mut connect(addr))))
+        .collect();
+    let mut got = Vec::new();
+    for c in clients {
+        let (len, sum) = c.join().expect("client");
+        assert_eq!(len, TOTAL);
+        got.push(sum);
+    }
+    for _ in 0..3 {
+        let sum = sums.recv_timeout(IO_TIMEOUT).expect("backend sum");
+        assert!(got.contains(&sum), "bytes differ");
+    }
+    wait_until("the connections are closed", || {
+        engine.totals().active() == 0
+    });
+    engine.stop();
+    let t = engine.join().expect("join");
+    assert_eq!(t.closed(CloseReason::Done), 3, "{t}");
+    assert!(t.splices >= 1, "{t:?}");
 }
 
 #[test]

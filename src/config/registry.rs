@@ -841,7 +841,7 @@ pub static KEYS: &[KeySpec] = &[
         default: Some("256K"),
         unit: "bytes",
         runtime: None,
-        description: "A direction that has received this many bytes in a row in whole buffers (a bulk transfer) moves the rest with splice(2) through a pipe, without copying through levee; 0 never splices",
+        description: "A direction that has received this many bytes while the other received none, in reads of a quarter buffer or more on average (a bulk transfer), moves the rest with splice(2) through a pipe, without copying through levee; 0 never splices",
         slot: Slot::Engine(Field::Size {
             min: 0,
             max: 1 << 30,

@@ -27,7 +27,7 @@ use super::parking::{Parking, ParkingSetup, Waiter};
 use super::sockopt::{
     backend_socket, peer_addr, reset_and_close, send_proxy_header, set_linger_zero, shutdown_write,
 };
-use super::splice::{self, Mode};
+use super::splice::{self, Mode, Stalled};
 use super::token::{self, Dir, Kind};
 use super::uring::{self, Capabilities};
 use super::{StopFlags, Tunables, millis};
@@ -205,12 +205,14 @@ pub struct Forwarder {
     /// Most bytes one multishot receive completion takes as a bundle of buffers; 0: one
     /// buffer each.
     bundle_bytes: u32,
-    /// Bytes in a row in whole buffers before a direction is spliced (0: never), the most
+    /// Bytes one way in large reads before a direction is spliced (0: never), the most
     /// pipes open at once for that, the size asked of each, and how many are open.
     splice_after: u32,
     splice_pipes: u32,
     pipe_size: u32,
     pipes: u32,
+    /// A pipe came back smaller than asked, and the log said so (once).
+    pipe_warned: bool,
     pub(super) conns: Box<[Conn]>,
     /// Free connection slots; a stack, so recently used slots (warm in cache) are reused first.
     pub(super) free: Vec<u32>,
@@ -320,6 +322,7 @@ impl Forwarder {
             splice_pipes: e.splice_pipes,
             pipe_size: e.splice_pipe_size,
             pipes: 0,
+            pipe_warned: false,
             // Small: starved directions get buffers back as soon as a few are free, rather than
             // wait for half the ring while readers that stopped hold the rest.
             starve_resume: (bufs.target() / 8).max(4),
@@ -1227,6 +1230,7 @@ impl Forwarder {
                     .pipe
                     .received(len, self.buffer_size, self.splice_after);
             }
+            c.flow_mut(dir.other()).pipe.other_spoke();
             if bulk && self.pipes < self.splice_pipes && c.state == State::Relaying {
                 // A bulk transfer: receive no more into buffers; the pipe takes over once the
                 // receive has ended and the queue is sent (`switch_to_pipe`).
@@ -1337,13 +1341,23 @@ impl Forwarder {
         }
         if f.eof || self.pipes >= self.splice_pipes {
             // Nothing more to read, or the pipes ran out meanwhile: stay on buffers.
-            f.pipe.mode = Mode::Buffers;
+            f.pipe.refused();
             self.arm_recv(slot, dir);
             return;
         }
         let (source, sink) = (c.source(dir), c.sink(dir));
         match splice::open_pipe(self.pipe_size) {
             Ok((r, w, capacity)) => {
+                if capacity < self.pipe_size && !self.pipe_warned {
+                    self.pipe_warned = true;
+                    warn!(
+                        asked = self.pipe_size,
+                        got = capacity,
+                        "splice pipes are smaller than engine.splice_pipe_size: the kernel's \
+                         fs.pipe-max-size or this user's fs.pipe-user-pages-soft is lower; \
+                         bulk transfers gain less"
+                    );
+                }
                 // splice(2) waits on a socket unless the socket itself is non-blocking; the
                 // ring's own receives and sends do not care either way.
                 set_nonblocking(source);
@@ -1356,7 +1370,7 @@ impl Forwarder {
             }
             Err(e) => {
                 debug!(error = %e, "cannot open a pipe to splice through; staying on buffers");
-                self.conns[slot as usize].flow_mut(dir).pipe.mode = Mode::Buffers;
+                self.conns[slot as usize].flow_mut(dir).pipe.refused();
                 self.arm_recv(slot, dir);
             }
         }
@@ -1399,13 +1413,11 @@ impl Forwarder {
             self.maybe_free(slot);
             return;
         }
-        if res == -libc::EAGAIN {
-            if c.flow_mut(dir).pipe.fill_would_block() {
-                // The pipe is empty, so the source is: wait until it is readable.
-                let entry = opcode::PollAdd::new(Fd(c.source(dir)), libc::POLLIN as u32)
-                    .build()
-                    .user_data(token::encode(Kind::Readable(dir), slot));
-                self.submit(slot, entry);
+        if res == 0 || res == -libc::EAGAIN {
+            match c.flow_mut(dir).pipe.stalled(res == 0) {
+                Stalled::Drain => {}
+                Stalled::Poll => self.poll_source(slot, dir),
+                Stalled::Read => self.read_by_hand(slot, dir),
             }
             return;
         }
@@ -1413,14 +1425,68 @@ impl Forwarder {
             self.close(slot, conn::source_error(dir), Reset::Both);
             return;
         }
+        self.pipe_filled(slot, dir, res as u32);
+    }
+
+    fn pipe_filled(&mut self, slot: u32, dir: Dir, n: u32) {
+        let c = &mut self.conns[slot as usize];
         c.last_active = self.now;
-        if dir == Dir::Down && res > 0 {
+        if dir == Dir::Down {
             c.backend_answered = true;
         }
-        c.flow_mut(dir).pipe.filled(res as u32);
+        c.flow_mut(dir).pipe.filled(n);
         self.drain_pipe(slot, dir);
         self.fill_pipe(slot, dir);
-        self.finish_pipe(slot, dir);
+    }
+
+    /// Waits until a piped direction's source is readable.
+    fn poll_source(&mut self, slot: u32, dir: Dir) {
+        let entry = opcode::PollAdd::new(
+            Fd(self.conns[slot as usize].source(dir)),
+            libc::POLLIN as u32,
+        )
+        .build()
+        .user_data(token::encode(Kind::Readable(dir), slot));
+        self.submit(slot, entry);
+    }
+
+    /// One byte by hand, where splice moved nothing from a source that is readable or ended
+    /// ([`Stalled::Read`]): a plain receive steps over an urgent byte as the relay's receives
+    /// always do, and tells a real end from a stop at the urgent mark. The byte it reads goes
+    /// into the (empty) pipe, in order.
+    fn read_by_hand(&mut self, slot: u32, dir: Dir) {
+        let c = &mut self.conns[slot as usize];
+        let (source, w) = (c.source(dir), c.flow_mut(dir).pipe.w);
+        let mut byte = 0u8;
+        // SAFETY: recv(2) into one byte of our own, on a socket the slot owns; non-blocking.
+        let n = unsafe {
+            libc::recv(
+                source,
+                (&raw mut byte).cast(),
+                1,
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        match n {
+            1 => {
+                // SAFETY: write(2) of one byte to the slot's own pipe, which is empty and
+                // non-blocking.
+                if unsafe { libc::write(w, (&raw const byte).cast(), 1) } != 1 {
+                    self.close(slot, CloseReason::LocalError, Reset::Both);
+                    return;
+                }
+                self.pipe_filled(slot, dir, 1);
+            }
+            0 => {
+                c.flow_mut(dir).pipe.ended();
+                self.finish_pipe(slot, dir);
+            }
+            _ if io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock => {
+                c.flow_mut(dir).pipe.poll_again();
+                self.poll_source(slot, dir);
+            }
+            _ => self.close(slot, conn::source_error(dir), Reset::Both),
+        }
     }
 
     fn on_drain(&mut self, slot: u32, dir: Dir, res: i32) {
@@ -1485,10 +1551,17 @@ impl Forwarder {
     }
 
     /// Carries a piped direction's FIN across once the pipe has emptied behind it.
+    /// The pipe, with nothing out on it, is closed now rather than with the connection, so a
+    /// connection that stays half open does not hold one of `engine.splice_pipes`.
     fn finish_pipe(&mut self, slot: u32, dir: Dir) {
         let f = self.conns[slot as usize].flow_mut(dir);
         if f.pipe.finished() && !f.eof {
             f.eof = true;
+            if let Some((r, w)) = f.pipe.take_pipe() {
+                self.pipes -= 1;
+                self.close_fd(r);
+                self.close_fd(w);
+            }
             self.pump(slot, dir);
         }
     }

@@ -1,11 +1,11 @@
 //! Splicing a bulk direction through a pipe.
 //!
-//! A direction that keeps filling whole receive buffers is a bulk transfer. Once it has moved
-//! `engine.splice_after` bytes in a row that way, it stops receiving into the buffer ring and
-//! moves its bytes socket → pipe → socket with `splice(2)`, which hands the kernel's pages over
-//! instead of copying them into user space and back. Small request/response traffic never fills
-//! a buffer, so it never switches: there every splice would cost a hop to an io-wq thread (io_uring
-//! runs splice nowhere else) for a few hundred bytes.
+//! A direction that receives `engine.splice_after` bytes while the other direction receives
+//! none, in large reads, is a bulk transfer: it stops receiving into the buffer ring and moves
+//! its bytes socket → pipe → socket with `splice(2)`, which hands the kernel's pages over
+//! instead of copying them into user space and back. Request/response traffic takes turns and
+//! small messages read little at a time, so neither switches: there every splice would cost a
+//! hop to an io-wq thread (io_uring runs splice nowhere else) for a few hundred bytes.
 //!
 //! The switch keeps bytes in order: the direction's receive is cancelled, and the pipe takes
 //! over only once that receive has ended and every byte it queued has been sent. Nothing in a
@@ -38,8 +38,9 @@ pub enum Mode {
 #[derive(Debug, Clone, Copy)]
 pub struct PipeFlow {
     pub mode: Mode,
-    /// Bytes that arrived in whole buffers, in a row.
-    full_run: u32,
+    /// Bytes received since the other direction last received any, and in how many reads.
+    run: u32,
+    reads: u32,
     /// Read and write ends of the pipe (-1: none).
     pub r: RawFd,
     pub w: RawFd,
@@ -51,37 +52,62 @@ pub struct PipeFlow {
     filling: bool,
     /// A splice out of the pipe, or the poll that waits to start one, is out.
     draining: bool,
-    /// The source sent FIN: a splice into the pipe moved nothing.
+    /// A readiness poll on the source ended since the last fill that moved bytes.
+    polled: bool,
+    /// The source sent FIN.
     source_done: bool,
+}
+
+/// What a fill that moved nothing (`EAGAIN`, or 0) calls for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stalled {
+    /// Bytes wait in the pipe (its slots may be full of partial pages): the drain's completion
+    /// starts the next fill.
+    Drain,
+    /// The pipe is empty and the source dry: poll it (the poll stands for the fill).
+    Poll,
+    /// The source said it was readable, or ended, and splice moved nothing: read one byte by
+    /// hand. splice stops at TCP's urgent mark, where a plain receive steps over the urgent
+    /// byte as every receive of the relay does; without this, a client's `MSG_OOB` byte would
+    /// stall the direction (the poll stays readable) or pass for its end.
+    Read,
 }
 
 impl PipeFlow {
     pub const fn new() -> Self {
         Self {
             mode: Mode::Buffers,
-            full_run: 0,
+            run: 0,
+            reads: 0,
             r: -1,
             w: -1,
             capacity: 0,
             held: 0,
             filling: false,
             draining: false,
+            polled: false,
             source_done: false,
         }
     }
 
-    /// A receive put `len` bytes into a buffer of `buffer_size`. True when the run of whole
-    /// buffers just reached `after` (0: never): the direction should switch to a pipe.
+    /// A receive put `len` bytes into a buffer of `buffer_size`. True when the direction just
+    /// became a bulk transfer, and should switch to a pipe: `after` bytes (0: never) since the
+    /// other direction last received anything, in reads of a quarter buffer or more on
+    /// average. A request and its response take turns, so their runs start again at every
+    /// turn; a stream of small messages one way reads little at a time.
     pub fn received(&mut self, len: u32, buffer_size: u32, after: u32) -> bool {
         if self.mode != Mode::Buffers || after == 0 {
             return false;
         }
-        if len < buffer_size {
-            self.full_run = 0;
-            return false;
-        }
-        self.full_run = self.full_run.saturating_add(len);
-        self.full_run >= after
+        self.run = self.run.saturating_add(len);
+        self.reads = self.reads.saturating_add(1);
+        self.run >= after && self.run / self.reads >= buffer_size / 4
+    }
+
+    /// The other direction received bytes: this one's run starts again.
+    pub fn other_spoke(&mut self) {
+        self.run = 0;
+        self.reads = 0;
     }
 
     /// The pipe is open: splicing starts.
@@ -119,25 +145,37 @@ impl PipeFlow {
         Some(self.held)
     }
 
-    /// A splice into the pipe moved `n` bytes (0: the source's FIN).
+    /// `n` bytes (more than 0) went into the pipe.
     pub fn filled(&mut self, n: u32) {
         self.filling = false;
-        if n == 0 {
-            self.source_done = true;
-        } else {
-            self.held = self.held.saturating_add(n);
-        }
+        self.polled = false;
+        self.held = self.held.saturating_add(n);
     }
 
-    /// A splice into the pipe found nothing to move. True: the pipe is empty, so the source
-    /// has nothing to read; poll it (the fill stays marked out). False: the pipe's slots are
-    /// full (pages half used count whole), and the next drain starts the next fill.
-    pub fn fill_would_block(&mut self) -> bool {
-        if self.held == 0 {
-            return true;
+    /// A splice into the pipe moved nothing: `EAGAIN`, or 0 (`end`), which is the source's
+    /// FIN only where a plain receive agrees ([`Stalled::Read`]).
+    pub fn stalled(&mut self, end: bool) -> Stalled {
+        if self.held > 0 {
+            self.filling = false;
+            return Stalled::Drain;
         }
+        if end || self.polled {
+            self.filling = false;
+            self.polled = false;
+            return Stalled::Read;
+        }
+        Stalled::Poll
+    }
+
+    /// A read by hand found nothing: poll the source again (the poll stands for the fill).
+    pub fn poll_again(&mut self) {
+        self.filling = true;
+    }
+
+    /// The source's FIN, as a plain receive saw it.
+    pub fn ended(&mut self) {
         self.filling = false;
-        false
+        self.source_done = true;
     }
 
     /// A splice out of the pipe moved `n` bytes.
@@ -150,9 +188,17 @@ impl PipeFlow {
     pub fn ready(&mut self, filling: bool) {
         if filling {
             self.filling = false;
+            self.polled = true;
         } else {
             self.draining = false;
         }
+    }
+
+    /// The pipe could not be opened: stay on buffers, and count a new run before trying again
+    /// (descriptors or pipe memory are short; a retry at every buffer would stall the relay).
+    pub fn refused(&mut self) {
+        self.mode = Mode::Buffers;
+        self.other_spoke();
     }
 
     /// The source's FIN came and everything before it left: the FIN may be carried across.
@@ -210,18 +256,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_a_run_of_whole_buffers_switches_a_direction() {
+    fn a_run_of_large_reads_one_way_switches_and_a_turn_of_the_other_way_restarts_it() {
         let mut p = PipeFlow::new();
         assert!(!p.received(16384, 16384, 0), "0 never switches");
+        p.other_spoke();
         assert!(!p.received(16384, 16384, 49152));
         assert!(!p.received(16384, 16384, 49152));
-        // A short read (a response's end) starts the run again.
-        assert!(!p.received(300, 16384, 49152));
+        // A request the other way: a response of 32 KiB was not a bulk transfer.
+        p.other_spoke();
         assert!(!p.received(16384, 16384, 49152));
         assert!(!p.received(16384, 16384, 49152));
+        // Partial reads (a segment's tail) do not break a run of large ones.
+        assert!(!p.received(53, 16384, 49152));
         assert!(p.received(16384, 16384, 49152));
         p.mode = Mode::Switching;
         assert!(!p.received(16384, 16384, 49152), "chosen once");
+        // Many small messages one way: the bytes add up, the reads stay small.
+        let mut q = PipeFlow::new();
+        for _ in 0..10_000 {
+            assert!(!q.received(300, 16384, 49152));
+        }
     }
 
     #[test]
@@ -241,12 +295,16 @@ mod tests {
         assert_eq!(p.held, 35536);
         assert_eq!(p.drain(), Some(35536));
         assert_eq!(p.fill(), Some(30000));
-        // The FIN arrives while bytes are still on their way out.
-        p.filled(0);
-        assert!(!p.finished());
+        // A splice reads 0 while bytes are still in the pipe: not taken for the FIN yet.
+        assert_eq!(p.stalled(true), Stalled::Drain);
         assert!(p.busy());
-        assert_eq!(p.fill(), None, "nothing more to read");
         p.drained(35536);
+        assert!(!p.finished());
+        assert_eq!(p.fill(), Some(65536));
+        // With the pipe empty it is checked by hand, and the hand read saw the FIN.
+        assert_eq!(p.stalled(true), Stalled::Read);
+        p.ended();
+        assert_eq!(p.fill(), None, "nothing more to read");
         assert!(p.finished());
         assert!(!p.busy());
         assert_eq!(p.take_pipe(), Some((5, 6)));
@@ -254,15 +312,20 @@ mod tests {
     }
 
     #[test]
-    fn a_fill_that_would_block_polls_only_when_the_pipe_is_empty() {
+    fn a_dry_source_is_polled_and_a_readable_one_that_splices_nothing_is_read_by_hand() {
         let mut p = PipeFlow::new();
         p.piped(5, 6, 65536);
         assert_eq!(p.fill(), Some(65536));
-        assert!(
-            p.fill_would_block(),
-            "empty pipe: the socket is dry, poll it"
-        );
+        assert_eq!(p.stalled(false), Stalled::Poll, "empty pipe, dry socket");
         assert_eq!(p.fill(), None, "the poll stands for the fill");
+        p.ready(true);
+        assert_eq!(p.fill(), Some(65536));
+        // Readable, yet splice moves nothing: an urgent mark; read by hand.
+        assert_eq!(p.stalled(false), Stalled::Read);
+        assert_eq!(p.fill(), Some(65536), "the hand read is done; fill again");
+        assert_eq!(p.stalled(false), Stalled::Poll, "a fresh stall polls first");
+        p.poll_again();
+        assert_eq!(p.fill(), None);
         p.ready(true);
         assert_eq!(p.fill(), Some(65536));
         p.filled(1000);
@@ -270,8 +333,20 @@ mod tests {
         assert_eq!(p.fill(), Some(64536));
         // Slots full of partial pages: no poll (the socket is readable and would spin); the
         // drain's completion starts the next fill.
-        assert!(!p.fill_would_block());
+        assert_eq!(p.stalled(false), Stalled::Drain);
         p.drained(1000);
         assert_eq!(p.fill(), Some(65536));
+    }
+
+    #[test]
+    fn a_refused_pipe_waits_for_a_new_run() {
+        let mut p = PipeFlow::new();
+        assert!(!p.received(16384, 16384, 32768));
+        assert!(p.received(16384, 16384, 32768));
+        p.mode = Mode::Switching;
+        p.refused();
+        assert_eq!(p.mode, Mode::Buffers);
+        assert!(!p.received(16384, 16384, 32768), "the run starts again");
+        assert!(p.received(16384, 16384, 32768));
     }
 }

@@ -11,6 +11,16 @@ pub enum Dir {
     Down = 1,
 }
 
+impl Dir {
+    /// The opposite direction.
+    pub const fn other(self) -> Self {
+        match self {
+            Self::Up => Self::Down,
+            Self::Down => Self::Up,
+        }
+    }
+}
+
 /// What an operation was.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {

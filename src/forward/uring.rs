@@ -136,5 +136,15 @@ pub fn build(caps: Capabilities, sq_entries: u32) -> io::Result<IoUring> {
     } else {
         b.setup_coop_taskrun();
     }
-    b.build(sq_entries)
+    let ring = b.build(sq_entries)?;
+    // io_uring runs every splice on an io-wq thread, and would start as many as splices wait
+    // (up to RLIMIT_NPROC). They never block (see `splice`), so a few per forwarder keep up;
+    // a kernel without the call (before 5.15) keeps its own limit.
+    let _ = ring
+        .submitter()
+        .register_iowq_max_workers(&mut [0, IOWQ_UNBOUND_MAX]);
+    Ok(ring)
 }
+
+/// Most io-wq threads a forwarder's ring runs at once for unbound work (its splices).
+const IOWQ_UNBOUND_MAX: u32 = 8;

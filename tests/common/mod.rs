@@ -482,6 +482,21 @@ pub fn send_pattern(s: &mut TcpStream, total: u64) -> u64 {
     h.finish()
 }
 
+/// Reads to EOF, returning (length, checksum); an error ends it like EOF (a backend's view).
+pub fn drain_until_fin(s: &mut TcpStream) -> (u64, u64) {
+    let mut h = DefaultHasher::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0;
+    while let Ok(n) = s.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        h.write(&buf[..n]);
+        total += n as u64;
+    }
+    (total, h.finish())
+}
+
 /// Reads to EOF, returning (length, checksum).
 pub fn drain(s: &mut TcpStream) -> (u64, u64) {
     let mut h = DefaultHasher::new();
