@@ -336,3 +336,46 @@ fn a_client_upload_after_a_spliced_download_still_reaches_the_backend() {
     assert!(t.splices >= 1, "{t:?}");
     assert_eq!(t.closed(CloseReason::Done), 1, "{t}");
 }
+
+#[test]
+fn small_answers_after_a_spliced_one_go_back_to_buffers_and_a_large_one_splices_again() {
+    let _one = one_at_a_time();
+    // A kept-alive connection: each request names a size, the backend answers that many
+    // pattern bytes. 16 MiB, then fifty answers of 100 bytes, then 16 MiB again.
+    let backend = Backend::spawn(|mut s| {
+        let mut line = Vec::new();
+        let mut byte = [0u8; 1];
+        while s.read_exact(&mut byte).is_ok() {
+            if byte[0] != b'\n' {
+                line.push(byte[0]);
+                continue;
+            }
+            let n: u64 = String::from_utf8_lossy(&line).parse().unwrap_or(0);
+            line.clear();
+            let _ = send_pattern(&mut s, n);
+        }
+    });
+    let engine = engine_for(&backend, 256 * 1024);
+    let mut c = connect(engine.listener_addrs()[0]);
+    let mut ask = |n: u64| {
+        c.write_all(format!("{n}\n").as_bytes()).expect("request");
+        let mut got = vec![0u8; n as usize];
+        c.read_exact(&mut got).expect("answer");
+        let mut want = vec![0u8; n as usize];
+        pattern(0, &mut want);
+        assert!(got == want, "an answer of {n} bytes differs");
+    };
+    ask(16 << 20);
+    for _ in 0..50 {
+        ask(100);
+    }
+    ask(16 << 20);
+    drop(c);
+    wait_until("the connection is closed", || engine.totals().active() == 0);
+    engine.stop();
+    let t = engine.join().expect("join");
+    assert_eq!(
+        t.splices, 2,
+        "the answers' direction switches for each large answer, not for the small ones: {t:?}"
+    );
+}

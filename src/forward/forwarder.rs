@@ -1230,7 +1230,17 @@ impl Forwarder {
                     .pipe
                     .received(len, self.buffer_size, self.splice_after);
             }
-            c.flow_mut(dir.other()).pipe.other_spoke();
+            if c.flow_mut(dir.other()).pipe.other_spoke() {
+                // The other way waits on a poll with its pipe empty: a new exchange began on
+                // a kept-alive connection; its answer starts on buffers (see `unpipe`).
+                let target = token::encode(Kind::Readable(dir.other()), slot);
+                self.push(
+                    opcode::AsyncCancel2::new(CancelBuilder::user_data(target))
+                        .build()
+                        .user_data(token::encode(Kind::Ignore, 0)),
+                );
+            }
+            let c = &mut self.conns[slot as usize];
             if bulk && self.pipes < self.splice_pipes && c.state == State::Relaying {
                 // A bulk transfer: receive no more into buffers; the pipe takes over once the
                 // receive has ended and the queue is sent (`switch_to_pipe`).
@@ -1418,6 +1428,7 @@ impl Forwarder {
                 Stalled::Drain => {}
                 Stalled::Poll => self.poll_source(slot, dir),
                 Stalled::Read => self.read_by_hand(slot, dir),
+                Stalled::Unpipe => self.unpipe(slot, dir),
             }
             return;
         }
@@ -1532,6 +1543,15 @@ impl Forwarder {
             self.maybe_free(slot);
             return;
         }
+        let p = &mut c.flow_mut(dir).pipe;
+        if fill {
+            p.ready(true);
+            if p.unpipe_due() {
+                // Cancelled by `on_recv`, or ready anyway: either way the pipe is empty and
+                // buffers take over; their receive reports any error of the socket.
+                return self.unpipe(slot, dir);
+            }
+        }
         if res < 0 {
             let reason = if fill {
                 conn::source_error(dir)
@@ -1542,12 +1562,29 @@ impl Forwarder {
             return;
         }
         // Readiness includes an error or a hang-up: the splice that follows reports it.
-        c.flow_mut(dir).pipe.ready(fill);
+        if !fill {
+            c.flow_mut(dir).pipe.ready(false);
+        }
         if fill {
             self.fill_pipe(slot, dir);
         } else {
             self.drain_pipe(slot, dir);
         }
+    }
+
+    /// Takes an idle piped direction back to buffers: its pipe is closed (nothing is out on
+    /// it) and its receive armed again, so a small answer on a kept-alive connection costs no
+    /// io-wq hop; a large one switches again after `engine.splice_after`.
+    fn unpipe(&mut self, slot: u32, dir: Dir) {
+        let p = &mut self.conns[slot as usize].flow_mut(dir).pipe;
+        let pipe = p.take_pipe();
+        p.unpiped();
+        if let Some((r, w)) = pipe {
+            self.pipes -= 1;
+            self.close_fd(r);
+            self.close_fd(w);
+        }
+        self.arm_recv(slot, dir);
     }
 
     /// Carries a piped direction's FIN across once the pipe has emptied behind it.

@@ -54,6 +54,12 @@ pub struct PipeFlow {
     draining: bool,
     /// A readiness poll on the source ended since the last fill that moved bytes.
     polled: bool,
+    /// A readiness poll on the source is out (it stands for the fill).
+    polling: bool,
+    /// The other direction received bytes since this one was piped: a new exchange has begun
+    /// (a request on a kept-alive connection), and this direction goes back to buffers when
+    /// its pipe is next empty and its source dry.
+    turned: bool,
     /// The source sent FIN.
     source_done: bool,
 }
@@ -64,6 +70,9 @@ pub enum Stalled {
     /// Bytes wait in the pipe (its slots may be full of partial pages): the drain's completion
     /// starts the next fill.
     Drain,
+    /// The pipe is empty and the source dry after the other direction spoke: back to buffers,
+    /// whose receive waits for the source as the poll would.
+    Unpipe,
     /// The pipe is empty and the source dry: poll it (the poll stands for the fill).
     Poll,
     /// The source said it was readable, or ended, and splice moved nothing: read one byte by
@@ -86,6 +95,8 @@ impl PipeFlow {
             filling: false,
             draining: false,
             polled: false,
+            polling: false,
+            turned: false,
             source_done: false,
         }
     }
@@ -104,10 +115,33 @@ impl PipeFlow {
         self.run >= after && self.run / self.reads >= buffer_size / 4
     }
 
-    /// The other direction received bytes: this one's run starts again.
-    pub fn other_spoke(&mut self) {
+    /// The other direction received bytes: this one's run starts again, and a piped one
+    /// goes back to buffers when it next waits for its source. True when it waits now (on a
+    /// poll, to be cancelled).
+    pub fn other_spoke(&mut self) -> bool {
         self.run = 0;
         self.reads = 0;
+        if self.mode != Mode::Piped || self.source_done || self.turned {
+            return false;
+        }
+        self.turned = true;
+        self.polling && self.held == 0
+    }
+
+    /// Whether a piped direction should go back to buffers now: a new exchange began, and
+    /// nothing is in or on its way through its pipe.
+    pub fn unpipe_due(&self) -> bool {
+        self.mode == Mode::Piped
+            && self.turned
+            && self.held == 0
+            && !self.filling
+            && !self.draining
+            && !self.source_done
+    }
+
+    /// Back on buffers (the caller closes the pipe, taken first with [`Self::take_pipe`]).
+    pub fn unpiped(&mut self) {
+        *self = Self::new();
     }
 
     /// The pipe is open: splicing starts.
@@ -164,12 +198,18 @@ impl PipeFlow {
             self.polled = false;
             return Stalled::Read;
         }
+        if self.turned {
+            self.filling = false;
+            return Stalled::Unpipe;
+        }
+        self.polling = true;
         Stalled::Poll
     }
 
     /// A read by hand found nothing: poll the source again (the poll stands for the fill).
     pub fn poll_again(&mut self) {
         self.filling = true;
+        self.polling = true;
     }
 
     /// The source's FIN, as a plain receive saw it.
@@ -188,6 +228,7 @@ impl PipeFlow {
     pub fn ready(&mut self, filling: bool) {
         if filling {
             self.filling = false;
+            self.polling = false;
             self.polled = true;
         } else {
             self.draining = false;
@@ -348,5 +389,34 @@ mod tests {
         assert_eq!(p.mode, Mode::Buffers);
         assert!(!p.received(16384, 16384, 32768), "the run starts again");
         assert!(p.received(16384, 16384, 32768));
+    }
+
+    #[test]
+    fn a_piped_direction_goes_back_to_buffers_when_the_other_speaks_and_it_waits() {
+        let mut p = PipeFlow::new();
+        p.piped(5, 6, 65536);
+        assert_eq!(p.fill(), Some(65536));
+        p.filled(1000);
+        // The other way speaks while bytes are on their way: not yet.
+        assert!(!p.other_spoke(), "no poll to cancel");
+        assert!(!p.unpipe_due(), "bytes in the pipe");
+        assert_eq!(p.drain(), Some(1000));
+        p.drained(1000);
+        assert_eq!(p.fill(), Some(65536));
+        // Its source is dry: back to buffers rather than a poll.
+        assert_eq!(p.stalled(false), Stalled::Unpipe);
+        assert!(p.unpipe_due());
+        p.unpiped();
+        assert_eq!(p.mode, Mode::Buffers);
+        assert_eq!(p.take_pipe(), None);
+        // Waiting on a poll when the other way speaks: the poll is to be cancelled.
+        let mut q = PipeFlow::new();
+        q.piped(5, 6, 65536);
+        assert_eq!(q.fill(), Some(65536));
+        assert_eq!(q.stalled(false), Stalled::Poll);
+        assert!(q.other_spoke(), "cancel the standing poll");
+        assert!(!q.other_spoke(), "once");
+        q.ready(true);
+        assert!(q.unpipe_due());
     }
 }
