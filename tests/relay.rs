@@ -348,3 +348,59 @@ fn a_tiny_buffer_pool_starves_and_recovers_without_losing_a_byte() {
     let t = engine.join().expect("join");
     assert_eq!(t.closed(CloseReason::Done), CONNS as u64, "{t}");
 }
+
+/// Fifty clients at once, each behind a backend that answers a few hundred KiB and then
+/// resets: every client must see the reset, not a hang (with receive bundles of two buffers
+/// on Linux 6.18, one in ten or so waited until it gave up: the reset was lost).
+fn resets_after_a_burst_reach_every_client(recv_bundle: u32) -> usize {
+    let backend = Backend::spawn(|mut s| {
+        let mut b = [0u8; 1];
+        if s.read_exact(&mut b).is_err() {
+            return;
+        }
+        let _ = send_pattern(&mut s, 200 * 1024 + u64::from(b[0]) * 1024);
+        let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+    });
+    let mut cfg = single(pool("p", Balance::RoundRobin, &[backend.addr]));
+    cfg.engine.recv_bundle = recv_bundle;
+    let engine = start(&cfg);
+    let addr = engine.listener_addrs()[0];
+    let clients: Vec<_> = (0..50u8)
+        .map(|i| {
+            thread::spawn(move || {
+                let mut c = connect(addr);
+                c.write_all(&[i * 4]).expect("request");
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    match c.read(&mut buf) {
+                        Ok(0) => return "an end, not a reset".to_string(),
+                        Ok(_) => {}
+                        Err(e) if e.kind() == ErrorKind::ConnectionReset => return String::new(),
+                        Err(e) => return format!("{e}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    let failed: Vec<String> = clients
+        .into_iter()
+        .map(|c| c.join().expect("client"))
+        .filter(|e| !e.is_empty())
+        .collect();
+    engine.stop();
+    engine.join().expect("join");
+    if !failed.is_empty() {
+        eprintln!("engine.recv_bundle = {recv_bundle}: {failed:?}");
+    }
+    failed.len()
+}
+
+#[test]
+fn a_backend_reset_after_a_burst_reaches_every_client() {
+    let recv_bundle = common::engine_config().recv_bundle;
+    assert_eq!(
+        resets_after_a_burst_reach_every_client(recv_bundle),
+        0,
+        "clients that never saw their backend's reset (engine.recv_bundle = {recv_bundle})"
+    );
+}

@@ -810,10 +810,10 @@ pub static KEYS: &[KeySpec] = &[
     },
     KeySpec {
         name: "engine.recv_bundle",
-        default: Some("2"),
+        default: Some("1"),
         unit: "buffers",
         runtime: None,
-        description: "Most receive buffers one receive completion fills (an io_uring bundle), up to half a direction's high-water mark; 1 fills one at a time",
+        description: "Most receive buffers one receive completion fills (an io_uring bundle), up to half a direction's high-water mark; 1 fills one at a time. Above 1, a backend's reset that follows a burst was seen lost on Linux 6.18 (the client hangs): see docs/performance.md",
         slot: Slot::Engine(Field::Count {
             min: 1,
             max: 64,

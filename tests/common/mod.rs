@@ -26,7 +26,7 @@ pub fn engine_config() -> EngineConfig {
         ring_entries: 1024,
         buffer_size: 16 * 1024,
         buffers: 1024,
-        recv_bundle: 2,
+        recv_bundle: 1,
         send_batch: 8,
         splice_after: 256 * 1024,
         splice_pipes: 256,
