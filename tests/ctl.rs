@@ -8,6 +8,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -142,20 +143,26 @@ fn terminate(child: &mut Child) -> ExitStatus {
 /// What a process wrote to a pipe so far, read by a thread of its own (so the process never
 /// blocks on a full pipe).
 #[derive(Clone, Default)]
-struct Log(Arc<Mutex<String>>);
+struct Log(Arc<Mutex<String>>, Arc<AtomicBool>);
 
 impl Log {
     fn collect(pipe: impl Read + Send + 'static) -> Self {
         let log = Self::default();
-        let text = log.0.clone();
+        let (text, ended) = (log.0.clone(), log.1.clone());
         thread::spawn(move || {
             for line in BufReader::new(pipe).lines().map_while(Result::ok) {
                 let mut text = text.lock().unwrap_or_else(|e| e.into_inner());
                 text.push_str(&line);
                 text.push('\n');
             }
+            ended.store(true, Ordering::Release);
         });
         log
+    }
+
+    /// Whether the writer has closed the pipe and everything it wrote is read.
+    fn ended(&self) -> bool {
+        self.1.load(Ordering::Acquire)
     }
 
     fn text(&self) -> String {
@@ -505,6 +512,8 @@ fn run_on_occupied_socket_path(dir: &Path, socket: &Path) -> String {
             || !matches!(child.try_wait(), Ok(None))
     });
     let _ = terminate(&mut child);
+    // The process may have exited before the reader thread took its last lines.
+    common::wait_until("levee's log is read to its end", || log.ended());
     log.text()
 }
 
