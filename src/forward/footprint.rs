@@ -2,10 +2,13 @@
 //! configuration this host's memory cannot hold, rather than fail with "Cannot allocate memory"
 //! deep in a forwarder's start.
 //!
-//! The receive buffers dominate: each forwarder maps `engine.buffers` × `engine.buffer_size` at
-//! start and touches them as traffic needs them, so they bound its receive memory. The rest is
-//! the connection table, its queues, the io_uring rings, the pools' histograms and (where a pool
-//! queues) the overflow tier's shared memory, estimated from the sizes of the structures that hold them.
+//! The receive buffers dominate what levee maps: each forwarder maps `engine.buffers` ×
+//! `engine.buffer_size` at start and touches them as traffic needs them, so they bound its
+//! receive memory. The rest is the connection table, its queues, the io_uring rings, the pools'
+//! histograms and (where a pool queues) the overflow tier's shared memory, estimated from the
+//! sizes of the structures that hold them. Spliced directions hold kernel memory instead, up to
+//! `engine.splice_pipes` × `engine.splice_pipe_size` per forwarder: counted too, since the host
+//! pays for it all the same.
 
 use std::fmt;
 use std::mem::size_of;
@@ -28,6 +31,9 @@ pub struct Footprint {
     pub buffers: u64,
     /// One forwarder's connection table, queues, io_uring rings and histograms.
     pub tables: u64,
+    /// One forwarder's splice pipes at most (`engine.splice_pipes` ×
+    /// `engine.splice_pipe_size`; kernel memory, 0 with `engine.splice_after = 0`).
+    pub pipes: u64,
     /// The overflow tier's shared memory (queues and park entries), 0 where no pool queues.
     pub overflow: u64,
 }
@@ -73,17 +79,23 @@ impl Footprint {
         } else {
             0
         };
+        let pipes = if e.splice_after > 0 {
+            u64::from(e.splice_pipes) * u64::from(e.splice_pipe_size)
+        } else {
+            0
+        };
         Self {
             forwarders: forwarders as u64,
             buffers: u64::from(e.buffers) * u64::from(e.buffer_size),
             tables,
+            pipes,
             overflow,
         }
     }
 
     /// Bytes in all.
     pub fn total(&self) -> u64 {
-        self.forwarders * (self.buffers + self.tables) + self.overflow
+        self.forwarders * (self.buffers + self.tables + self.pipes) + self.overflow
     }
 }
 
@@ -92,13 +104,17 @@ impl fmt::Display for Footprint {
         write!(
             f,
             "up to {} ({} forwarder{} × ({} of receive buffers + {} of connection tables, rings \
-             and histograms)",
+             and histograms",
             Bytes(self.total()),
             self.forwarders,
             if self.forwarders == 1 { "" } else { "s" },
             Bytes(self.buffers),
             Bytes(self.tables),
         )?;
+        if self.pipes > 0 {
+            write!(f, " + {} of splice pipes in the kernel", Bytes(self.pipes))?;
+        }
+        write!(f, ")")?;
         if self.overflow > 0 {
             write!(f, " + {} of overflow queues", Bytes(self.overflow))?;
         }
@@ -159,6 +175,25 @@ mod tests {
         assert_eq!(four.total(), 4 * one.total());
         cfg.pools[0].overflow = Overflow::Queue;
         assert!(Footprint::of(&cfg, 4).overflow > 0);
+    }
+
+    #[test]
+    fn splice_pipes_count_only_where_directions_may_splice() {
+        let mut cfg = crate::config::parse(
+            "listener.web.addr = 127.0.0.1:8080\nlistener.web.pool = web\n\
+             pool.web.backend.a.addr = 127.0.0.1:9000\n",
+            "t",
+        )
+        .expect("valid");
+        // The defaults: 256 pipes of 256 KiB.
+        let on = Footprint::of(&cfg, 2);
+        assert_eq!(on.pipes, 64 << 20);
+        assert!(on.to_string().contains("64.0 MiB of splice pipes"), "{on}");
+        cfg.engine.splice_after = 0;
+        let off = Footprint::of(&cfg, 2);
+        assert_eq!(off.pipes, 0);
+        assert_eq!(on.total() - off.total(), 2 * (64 << 20));
+        assert!(!off.to_string().contains("pipes"), "{off}");
     }
 
     #[test]
