@@ -1544,13 +1544,11 @@ impl Forwarder {
             return;
         }
         let p = &mut c.flow_mut(dir).pipe;
-        if fill {
-            p.ready(true);
-            if p.unpipe_due() {
-                // Cancelled by `on_recv`, or ready anyway: either way the pipe is empty and
-                // buffers take over; their receive reports any error of the socket.
-                return self.unpipe(slot, dir);
-            }
+        p.ready(fill);
+        if fill && p.unpipe_due() {
+            // Cancelled by `on_recv`, or ready anyway: either way the pipe is empty and
+            // buffers take over; their receive reports any error of the socket.
+            return self.unpipe(slot, dir);
         }
         if res < 0 {
             let reason = if fill {
@@ -1562,9 +1560,6 @@ impl Forwarder {
             return;
         }
         // Readiness includes an error or a hang-up: the splice that follows reports it.
-        if !fill {
-            c.flow_mut(dir).pipe.ready(false);
-        }
         if fill {
             self.fill_pipe(slot, dir);
         } else {
@@ -1579,12 +1574,17 @@ impl Forwarder {
         let p = &mut self.conns[slot as usize].flow_mut(dir).pipe;
         let pipe = p.take_pipe();
         p.unpiped();
+        self.close_pipe(pipe);
+        self.arm_recv(slot, dir);
+    }
+
+    /// Closes a pipe a direction gave up (taken with `PipeFlow::take_pipe`), if it had one.
+    fn close_pipe(&mut self, pipe: Option<(RawFd, RawFd)>) {
         if let Some((r, w)) = pipe {
             self.pipes -= 1;
             self.close_fd(r);
             self.close_fd(w);
         }
-        self.arm_recv(slot, dir);
     }
 
     /// Carries a piped direction's FIN across once the pipe has emptied behind it.
@@ -1594,11 +1594,8 @@ impl Forwarder {
         let f = self.conns[slot as usize].flow_mut(dir);
         if f.pipe.finished() && !f.eof {
             f.eof = true;
-            if let Some((r, w)) = f.pipe.take_pipe() {
-                self.pipes -= 1;
-                self.close_fd(r);
-                self.close_fd(w);
-            }
+            let pipe = f.pipe.take_pipe();
+            self.close_pipe(pipe);
             self.pump(slot, dir);
         }
     }
@@ -1701,10 +1698,8 @@ impl Forwarder {
         c.client = -1;
         c.backend = -1;
         self.release_source(listener, held);
-        for (r, w) in pipes.into_iter().flatten() {
-            self.pipes -= 1;
-            self.close_fd(r);
-            self.close_fd(w);
+        for pipe in pipes {
+            self.close_pipe(pipe);
         }
         self.close_fd(client);
         self.close_fd(backend);

@@ -131,12 +131,12 @@ impl PipeFlow {
     /// Whether a piped direction should go back to buffers now: a new exchange began, and
     /// nothing is in or on its way through its pipe.
     pub fn unpipe_due(&self) -> bool {
-        self.mode == Mode::Piped
-            && self.turned
-            && self.held == 0
-            && !self.filling
-            && !self.draining
-            && !self.source_done
+        self.idle() && self.turned && !self.source_done
+    }
+
+    /// Piped, with nothing in the pipe and no splice or poll out on it.
+    fn idle(&self) -> bool {
+        self.mode == Mode::Piped && self.held == 0 && !self.filling && !self.draining
     }
 
     /// Back on buffers (the caller closes the pipe, taken first with [`Self::take_pipe`]).
@@ -244,11 +244,7 @@ impl PipeFlow {
 
     /// The source's FIN came and everything before it left: the FIN may be carried across.
     pub fn finished(&self) -> bool {
-        self.mode == Mode::Piped
-            && self.source_done
-            && self.held == 0
-            && !self.filling
-            && !self.draining
+        self.idle() && self.source_done
     }
 
     /// While piped, whether bytes are still in the pipe or on their way out of it.
