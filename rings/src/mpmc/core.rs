@@ -167,14 +167,28 @@ impl QueueCore {
     }
 
     /// Claims the oldest ready slot of a ring for handle `me`, in place. `None`: nothing ready.
-    pub(crate) fn claim_slot(&self, dead: bool, me: u32) -> Result<Option<Claimed>, Error> {
+    /// `streaming`: the caller's last claim found a record, so this one likely will too.
+    pub(crate) fn claim_slot(
+        &self,
+        dead: bool,
+        me: u32,
+        streaming: bool,
+    ) -> Result<Option<Claimed>, Error> {
         let g = *self.ring(dead);
         let shm = &self.shm;
         let deq = word(shm, g.deq);
         let mut pos = deq.load(Ordering::Relaxed);
         for _ in 0..g.step_limit() {
             let lap = g.lap(pos);
-            let st = word(shm, g.slot(pos));
+            let off = g.slot(pos);
+            if streaming {
+                // The payload's last line starts coming now: the compare-and-swap below is a
+                // full barrier, and the loads after it would otherwise wait for it in turn. Not
+                // while polling an empty ring: that would pull the line from a producer
+                // still writing it.
+                shm.prefetch(off + g.stride - 8);
+            }
+            let st = word(shm, off);
             let mine = stamp(lap, CLAIMED, me);
             // Claim first, look after: a ready slot is taken in one exclusive fetch of its line,
             // where a load then a compare-and-swap would fetch it shared and then upgrade it,
@@ -252,7 +266,7 @@ impl QueueCore {
     /// copy into their claim buffer instead.
     #[cfg(loom)]
     pub(crate) fn pop(&self, me: u32, out: &mut Vec<u8>) -> Result<Option<u32>, Error> {
-        let Some(c) = self.claim_slot(false, me)? else {
+        let Some(c) = self.claim_slot(false, me, false)? else {
             return Ok(None);
         };
         let meta = self.read_meta(false, c.pos);

@@ -356,6 +356,8 @@ struct Reader {
     /// A copy, in this process's own memory, of the record in the claim buffer: what a
     /// [`Claim`] dereferences to.
     record: Vec<u8>,
+    /// The last claim found a record.
+    streaming: bool,
 }
 
 impl Reader {
@@ -364,6 +366,7 @@ impl Reader {
             handle: Handle::attach(queue, role)?,
             dead: role == ROLE_DEAD_LETTERS,
             record: Vec::new(),
+            streaming: false,
         })
     }
 
@@ -400,12 +403,14 @@ impl Reader {
                 return Ok(true);
             }
         }
-        let Some(c) = core.claim_slot(self.dead, self.handle.id)? else {
+        let Some(c) = core.claim_slot(self.dead, self.handle.id, self.streaming)? else {
+            self.streaming = false;
             if !self.dead {
                 self.handle.reap_if_due_after_poll()?;
             }
             return Ok(false);
         };
+        self.streaming = true;
         if STOP == stop::AFTER_CLAIM {
             return Ok(true);
         }
