@@ -1,8 +1,11 @@
-//! The monitor thread: one `poll` loop over every backend's active check, plus a short tick for
-//! passive ejection, cool-downs, drains and slow-start ramps.
+//! The monitor thread: one `poll` loop over every backend's active check. It sleeps until the
+//! nearest deadline (a check, a probe's timeout, the end of a cool-down), or until it is woken:
+//! by a forwarder whose streak reached `eject.failures`, by an operator's drain or weight, or by
+//! its stop. Only a slow-start ramp makes it wake on a short tick.
 
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -12,14 +15,19 @@ use tracing::{debug, info, warn};
 
 use super::probe::{NotStarted, Probe, Step};
 use crate::config::{CheckKind, HealthConfig, PoolConfig};
+use crate::eventfd::EventFd;
 use crate::pool::{Pool, Status};
 
-/// Longest the loop sleeps: how soon streaks, drains and ramps are acted on.
+/// The step of a slow-start ramp; also the longest sleep where a pool has no eventfd to be
+/// woken through. Otherwise the loop sleeps until a deadline or a wake-up, however long: each
+/// wake-up of an idle thread costs CPU (bench/results/20261130-225000-674324a-idle-threads.txt).
 const TICK: Duration = Duration::from_millis(50);
 
 /// The running monitor. Dropping it stops the thread.
 pub struct Monitor {
     stop: Arc<AtomicBool>,
+    /// Written once when `stop` is set, so that the loop stops at once.
+    wake: Option<Arc<EventFd>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -58,9 +66,14 @@ impl Monitor {
         }
         let pools: Vec<Arc<Pool>> = pools.to_vec();
         let settings: Vec<HealthConfig> = configs.iter().map(|c| c.health.clone()).collect();
+        for (pool, s) in pools.iter().zip(&settings) {
+            pool.health.signals.watch(s.eject_failures);
+        }
         let stop = Arc::new(AtomicBool::new(false));
+        let wake = EventFd::new().ok().map(Arc::new);
         let thread = {
             let stop = stop.clone();
+            let wake = wake.clone();
             std::thread::Builder::new()
                 .name("levee-health".into())
                 .spawn(move || {
@@ -71,22 +84,26 @@ impl Monitor {
                         poll_errors: 0,
                         local_errors: 0,
                     }
-                    .run(&stop);
+                    .run(&stop, wake.as_deref());
                 })?
         };
         Ok(Self {
             stop,
+            wake,
             thread: Some(thread),
         })
     }
 
-    /// Stops the thread and waits for it (at most one tick).
+    /// Stops the thread and waits for it.
     pub fn stop(mut self) {
         self.halt();
     }
 
     fn halt(&mut self) {
         self.stop.store(true, Ordering::Release);
+        if let Some(w) = &self.wake {
+            w.signal();
+        }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -157,9 +174,17 @@ struct Loop {
 }
 
 impl Loop {
-    fn run(mut self, stop: &AtomicBool) {
+    fn run(mut self, stop: &AtomicBool, stop_fd: Option<&EventFd>) {
         let mut fds: Vec<libc::pollfd> = Vec::with_capacity(self.tracked.len());
         let mut owners: Vec<usize> = Vec::with_capacity(self.tracked.len());
+        // Without an eventfd for the stop or for some pool's signals, nothing would wake the
+        // loop for them: it looks on the short tick, as it did before it could be woken.
+        let wakeable = stop_fd.is_some()
+            && self
+                .pools
+                .iter()
+                .all(|p| p.health.signals.wake_fd().is_some());
+        let longest = (!wakeable).then_some(TICK);
         while !stop.load(Ordering::Acquire) {
             let now = Instant::now();
             self.passive(now);
@@ -167,7 +192,8 @@ impl Loop {
                 self.checks(t, now);
                 self.apply(t, now);
             }
-            let mut wake = now + TICK;
+            let mut wake: Option<Instant> = longest.map(|t| now + t);
+            let mut due = |at: Instant| wake = Some(wake.map_or(at, |w| w.min(at)));
             fds.clear();
             owners.clear();
             for (i, t) in self.tracked.iter().enumerate() {
@@ -178,18 +204,39 @@ impl Loop {
                         revents: 0,
                     });
                     owners.push(i);
-                    wake = wake.min(p.deadline);
+                    due(p.deadline);
                 } else if t.check.is_some() {
-                    wake = wake.min(t.next_check);
+                    due(t.next_check);
+                }
+                for at in [t.ejected_until, t.offences_expire].into_iter().flatten() {
+                    due(at);
+                }
+                if t.ramp_from.is_some() {
+                    due(now + TICK);
                 }
             }
+            // The wake-ups go last: their readiness is cleared, never handed to a probe.
+            let probes = fds.len();
+            let wakes = self
+                .pools
+                .iter()
+                .filter_map(|p| p.health.signals.wake_fd())
+                .chain(stop_fd.map(AsRawFd::as_raw_fd));
+            for fd in wakes {
+                fds.push(libc::pollfd {
+                    fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                });
+            }
             // Rounded up: poll counts whole milliseconds, and a deadline less than one away
-            // rounded down to 0 would spin the loop until it arrives.
-            let timeout = wake
-                .saturating_duration_since(now)
-                .as_micros()
-                .div_ceil(1000)
-                .min(TICK.as_millis()) as i32;
+            // rounded down to 0 would spin the loop until it arrives. None: until woken.
+            let timeout = wake.map_or(-1, |at| {
+                at.saturating_duration_since(now)
+                    .as_micros()
+                    .div_ceil(1000)
+                    .min(i32::MAX as u128) as i32
+            });
             // SAFETY: `fds` holds `fds.len()` initialised pollfds for the duration of the call.
             let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
             if ready < 0 {
@@ -208,7 +255,13 @@ impl Loop {
             if ready == 0 {
                 continue;
             }
-            for (fd, &t) in fds.iter().zip(&owners) {
+            if fds[probes..].iter().any(|fd| fd.revents != 0) {
+                // Cleared before the next look, so a wake-up after it polls readable again.
+                for p in &self.pools {
+                    p.health.signals.woken();
+                }
+            }
+            for (fd, &t) in fds[..probes].iter().zip(&owners) {
                 if fd.revents != 0 {
                     self.on_ready(t, fd.revents);
                 }

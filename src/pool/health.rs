@@ -162,16 +162,18 @@ impl PoolHealth {
         }
     }
 
-    /// Drains backend `i` (no new connections) or ends its drain; the monitor applies it within
-    /// one tick.
+    /// Drains backend `i` (no new connections) or ends its drain; the monitor, woken, applies
+    /// it at once.
     pub fn set_drain(&self, i: usize, drain: bool) {
         self.backends[i].drain.store(drain, Ordering::Relaxed);
+        self.signals.wake();
     }
 
-    /// Sets backend `i`'s weight; the monitor applies it within one tick (ramped, if the
+    /// Sets backend `i`'s weight; the monitor, woken, applies it at once (ramped, if the
     /// backend is in slow start).
     pub fn set_weight(&self, i: usize, weight: u32) {
         self.backends[i].weight.store(weight, Ordering::Relaxed);
+        self.signals.wake();
     }
 
     pub fn weight(&self, i: usize) -> u32 {
@@ -219,6 +221,31 @@ impl PoolHealth {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_operators_drain_or_weight_wakes_the_monitor() {
+        use crate::config::{BackendConfig, PoolConfig};
+        let addr = "127.0.0.1:9".parse().expect("an address");
+        let cfg = PoolConfig::new("p", vec![BackendConfig::new("a", addr)]);
+        let health = PoolHealth::new(&cfg);
+        let fd = health.signals.wake_fd().expect("an eventfd");
+        let signalled = || {
+            let mut p = libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd, a zero timeout.
+            unsafe { libc::poll(&mut p, 1, 0) == 1 }
+        };
+        assert!(!signalled());
+        health.set_drain(0, true);
+        assert!(signalled() && health.drained(0));
+        health.signals.woken();
+        assert!(!signalled());
+        health.set_weight(0, 7);
+        assert!(signalled() && health.weight(0) == 7);
+    }
 
     #[test]
     fn the_status_names_list_every_status_in_order() {
