@@ -369,6 +369,8 @@ impl Live {
             Apply::PoolBound => {
                 let p = pool()?;
                 self.pools[p].load.set_bound(cfg.pools[p].bound);
+                // A bound may make the pool able to overflow: the supervisor starts workers.
+                self.pools[p].queue.nudge();
             }
             Apply::BackendWeight => {
                 let (p, b, cfg) = backend()?;
@@ -377,6 +379,7 @@ impl Live {
             Apply::BackendMaxConns => {
                 let (p, b, cfg) = backend()?;
                 self.pools[p].load.set_max_conns(b, cfg.max_conns);
+                self.pools[p].queue.nudge();
             }
             Apply::BackendState => {
                 let (p, b, cfg) = backend()?;

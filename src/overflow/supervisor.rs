@@ -6,9 +6,15 @@
 //! - measures how fast each pool's queue drains, for admission by predicted wait.
 //!
 //! It never touches a connection's data path and nothing waits for it.
+//!
+//! It looks every [`TICK`] while a queue is busy or a worker waits to be restarted. Otherwise it
+//! sleeps up to [`IDLE_TICK`] and is woken early by what needs it: the first connection queued
+//! (through the pool's [`crate::pool::QueueStats`]), an operator's cap, bound or worker count,
+//! a supervised worker's exit (its pidfd), and its own stop.
 
 use std::collections::VecDeque;
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command};
@@ -24,10 +30,14 @@ use tracing::{info, warn};
 use super::park::{self, CloseWhy, Park};
 use super::shared::Shared;
 use super::ticket::Ticket;
+use crate::eventfd::EventFd;
 use crate::pool::{Left, Pool};
 
-/// How often the supervisor looks around.
+/// How often the supervisor looks around while a queue is busy.
 const TICK: Duration = Duration::from_millis(50);
+/// How long it sleeps at most while nothing is queued: what bounds noticing what sends no
+/// wake-up (a worker it did not start dying, say).
+const IDLE_TICK: Duration = Duration::from_secs(1);
 /// The drain rate is measured over this window of recent ticks...
 const RATE_WINDOW_TICKS: usize = 40;
 /// ...and published once the queue has been busy this long (so the first ticks of a burst,
@@ -48,16 +58,34 @@ pub struct Tier {
 }
 
 /// Asks the supervisor to change the number of workers (`levee ctl -w overflow.workers=N`).
-#[derive(Debug, Default)]
-pub struct WorkerTarget(AtomicU32);
+#[derive(Debug)]
+pub struct WorkerTarget {
+    count: AtomicU32,
+    /// Wakes the supervisor: a new count, or its stop. `None`: it never sleeps long.
+    wake: Option<EventFd>,
+}
 
 impl WorkerTarget {
+    fn new(n: u32) -> Self {
+        Self {
+            count: AtomicU32::new(n),
+            wake: EventFd::new().ok(),
+        }
+    }
+
     pub fn set(&self, n: u32) {
-        self.0.store(n, Ordering::Relaxed);
+        self.count.store(n, Ordering::Relaxed);
+        self.wake();
     }
 
     pub fn get(&self) -> u32 {
-        self.0.load(Ordering::Relaxed)
+        self.count.load(Ordering::Relaxed)
+    }
+
+    fn wake(&self) {
+        if let Some(w) = &self.wake {
+            w.signal();
+        }
     }
 }
 
@@ -85,6 +113,8 @@ pub struct Supervisor {
 
 struct Slot {
     child: Option<Child>,
+    /// The child's pidfd, readable once it exits: what wakes a sleeping supervisor for it.
+    pidfd: Option<OwnedFd>,
     started: Instant,
     backoff: Duration,
     restart_at: Option<Instant>,
@@ -98,8 +128,7 @@ impl Supervisor {
         command: Option<WorkerCommand>,
     ) -> io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
-        let target = Arc::new(WorkerTarget::default());
-        target.set(workers);
+        let target = Arc::new(WorkerTarget::new(workers));
         let slots = Arc::new(Mutex::new(Vec::new()));
         let dead_letters = tier
             .shared
@@ -138,9 +167,14 @@ impl Supervisor {
                         slots,
                     };
                     while !stop.load(Ordering::Acquire) {
-                        sup.turn();
+                        // Read before the turn looks at the queues: `doze` compares.
+                        let seen: Vec<u64> = sup.pools.iter().map(|p| p.queue.queued()).collect();
+                        let busy = sup.turn();
                         turns.fetch_add(1, Ordering::Release);
-                        std::thread::sleep(TICK);
+                        if stop.load(Ordering::Acquire) {
+                            break;
+                        }
+                        sup.sleep(!busy && sup.doze(&seen));
                     }
                 })?
         };
@@ -204,6 +238,7 @@ impl Supervisor {
 
     fn halt(&mut self) {
         self.stop.store(true, Ordering::Release);
+        self.target.wake();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -252,7 +287,9 @@ struct Loop {
 }
 
 impl Loop {
-    fn turn(&mut self) {
+    /// One look around. `true`: something wants the next look soon (a busy queue, a dead
+    /// letter to look at again, a worker to restart).
+    fn turn(&mut self) -> bool {
         match self.tier.holder.reap() {
             Ok(0) => {}
             Ok(n) => info!(
@@ -272,13 +309,82 @@ impl Loop {
                 _ => {}
             }
         }
-        self.dead_letters();
-        self.measure();
-        self.supervise();
+        let deferred = self.dead_letters();
+        let busy = self.measure();
+        let restarting = self.supervise();
+        deferred || busy || restarting
     }
 
-    /// Closes the clients whose tickets went to the dead-letter ring.
-    fn dead_letters(&mut self) {
+    /// Whether it may sleep until woken (or [`IDLE_TICK`]): every pool agrees to wake it for
+    /// the next connection queued, none having had one queued since it read `seen`.
+    fn doze(&self, seen: &[u64]) -> bool {
+        for (i, (pool, &n)) in self.pools.iter().zip(seen).enumerate() {
+            if !pool.queue.doze(n) {
+                for p in &self.pools[..i] {
+                    p.queue.woken();
+                }
+                return false;
+            }
+        }
+        self.target.wake.is_some()
+    }
+
+    /// Sleeps [`TICK`], or while `dozing` until woken or [`IDLE_TICK`]; a stop, a new worker
+    /// count or a supervised worker's exit ends either early.
+    fn sleep(&mut self, dozing: bool) {
+        let mut fds: Vec<libc::pollfd> = Vec::new();
+        let mut watch = |fd: RawFd| {
+            fds.push(libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            });
+        };
+        if let Some(w) = &self.target.wake {
+            watch(w.as_raw_fd());
+        }
+        if dozing {
+            for p in &self.pools {
+                if let Some(fd) = p.queue.wake_fd() {
+                    watch(fd);
+                }
+            }
+        }
+        {
+            let slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+            for fd in slots.iter().filter_map(|s| s.pidfd.as_ref()) {
+                watch(fd.as_raw_fd());
+            }
+        }
+        let timeout = if dozing { IDLE_TICK } else { TICK };
+        // SAFETY: `fds` holds `fds.len()` initialised pollfds for the duration of the call; the
+        // descriptors stay open (only this thread closes a pidfd, and the eventfds live as long
+        // as the pools and the target this loop holds).
+        let ready = unsafe {
+            libc::poll(
+                fds.as_mut_ptr(),
+                fds.len() as libc::nfds_t,
+                timeout.as_millis() as libc::c_int,
+            )
+        };
+        if ready < 0 {
+            // Interrupted or out of memory: a plain sleep keeps the loop from spinning.
+            std::thread::sleep(TICK);
+        }
+        if let Some(w) = &self.target.wake {
+            w.clear();
+        }
+        if dozing {
+            for p in &self.pools {
+                p.queue.woken();
+            }
+        }
+    }
+
+    /// Closes the clients whose tickets went to the dead-letter ring. `true`: one is left to
+    /// look at again next turn.
+    fn dead_letters(&mut self) -> bool {
+        let mut deferred = false;
         let load = &self.tier.shared.load;
         let dead = |w: u8| !load.is_attached(u32::from(w)).unwrap_or(true);
         for (pool, reader) in self.dead_letters.iter_mut().enumerate() {
@@ -315,6 +421,7 @@ impl Loop {
                             && g == generation
                             && !dead(worker)
                         {
+                            deferred = true;
                             break;
                         }
                         let closed =
@@ -332,11 +439,14 @@ impl Loop {
                 claim.ack();
             }
         }
+        deferred
     }
 
     /// Measures each pool's drain rate over the recent window while its queue is busy; an idle
-    /// queue has no rate (0), so the first connections of the next burst are queued.
-    fn measure(&mut self) {
+    /// queue has no rate (0), so the first connections of the next burst are queued. `true`:
+    /// some queue is busy.
+    fn measure(&mut self) -> bool {
+        let mut busy = false;
         for (i, (pool, rate)) in self.pools.iter().zip(self.rates.iter_mut()).enumerate() {
             let served = pool.queue.left(Left::Served);
             let delta = served.saturating_sub(rate.last_served);
@@ -355,6 +465,7 @@ impl Loop {
                 pool.queue.set_drain_rate(0.0);
                 continue;
             }
+            busy = true;
             let since = *rate.busy_since.get_or_insert_with(Instant::now);
             rate.window.push_back(delta);
             if rate.window.len() > RATE_WINDOW_TICKS {
@@ -366,6 +477,7 @@ impl Loop {
                 pool.queue.set_drain_rate(total as f64 / seconds);
             }
         }
+        busy
     }
 
     /// Whether any queueing pool can overflow at all: a backend with a cap, or a bound.
@@ -379,10 +491,11 @@ impl Loop {
             })
     }
 
-    /// Keeps `target` workers running, from the first moment a pool can overflow.
-    fn supervise(&mut self) {
+    /// Keeps `target` workers running, from the first moment a pool can overflow. `true`: a
+    /// worker waits to be restarted.
+    fn supervise(&mut self) -> bool {
         let Some(command) = self.command.as_ref() else {
-            return;
+            return false;
         };
         let target = self.target.get() as usize;
         let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
@@ -391,13 +504,14 @@ impl Loop {
         if slots.is_empty() && target > 0 {
             drop(slots);
             if !self.could_overflow() {
-                return;
+                return false;
             }
             slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
         }
         while slots.len() < target {
             slots.push(Slot {
                 child: None,
+                pidfd: None,
                 started: Instant::now(),
                 backoff: RESTART_FIRST,
                 restart_at: Some(Instant::now()),
@@ -437,10 +551,15 @@ impl Loop {
                             "a worker exited; restarting it"
                         );
                         s.child = None;
+                        s.pidfd = None;
                         s.restart_at = Some(Instant::now() + s.backoff);
                         s.backoff = (s.backoff * 2).min(RESTART_MAX);
                     }
-                    Err(e) => warn!(worker = i, error = %e, "cannot check on a worker"),
+                    Err(e) => {
+                        warn!(worker = i, error = %e, "cannot check on a worker");
+                        // Its pidfd may stay readable: looked at every tick instead.
+                        s.pidfd = None;
+                    }
                 }
             }
             if s.child.is_none() && s.restart_at.is_some_and(|t| Instant::now() >= t) {
@@ -459,6 +578,7 @@ impl Loop {
                 match cmd.spawn() {
                     Ok(child) => {
                         info!(worker = i, pid = child.id(), "started a worker");
+                        s.pidfd = pidfd_of(&child);
                         s.child = Some(child);
                         s.started = Instant::now();
                         s.restart_at = None;
@@ -471,5 +591,16 @@ impl Loop {
                 }
             }
         }
+        slots.iter().any(|s| s.restart_at.is_some())
     }
+}
+
+/// A pidfd for a child not yet reaped (so its pid is still its own). `None` where the kernel
+/// has none: the supervisor then notices its exit at the next tick.
+fn pidfd_of(child: &Child) -> Option<OwnedFd> {
+    let pid = libc::pid_t::try_from(child.id()).ok()?;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    // SAFETY: a fresh descriptor that nothing else owns.
+    (raw >= 0).then(|| unsafe { OwnedFd::from_raw_fd(raw as RawFd) })
 }

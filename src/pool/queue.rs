@@ -2,9 +2,15 @@
 //! long they waited, how fast the queue drains. Forwarders count what happens to the
 //! connections they park; `levee run`'s supervisor measures the drain rate; `levee ctl` reads it
 //! all. The queue itself (the ring of tickets) is the overflow tier's.
+//!
+//! While nothing is queued anywhere the supervisor sleeps long; the first connection queued
+//! then wakes it through an eventfd (see [`QueueStats::doze`]).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
+
+use crate::eventfd::EventFd;
 
 use crate::stats::histogram::{Distribution, Measure};
 
@@ -89,6 +95,10 @@ pub struct QueueStats {
     /// monotonic ms), or 0 when it has none.
     oldest_ms: Box<[AtomicU64]>,
     wait_us: Mutex<Distribution>,
+    /// The supervisor sleeps long and wants waking by the next connection queued.
+    dozing: AtomicBool,
+    /// Signalled to wake it. `None` (no eventfd could be made): it never dozes.
+    wake: Option<EventFd>,
 }
 
 impl QueueStats {
@@ -100,11 +110,56 @@ impl QueueStats {
             drain_rate_milli: AtomicU64::new(0),
             oldest_ms: (0..forwarders).map(|_| AtomicU64::new(0)).collect(),
             wait_us: Mutex::new(new_wait_histogram()),
+            dozing: AtomicBool::new(false),
+            wake: EventFd::new().ok(),
         }
     }
 
     pub fn count_queued(&self) {
-        self.queued.fetch_add(1, Ordering::Relaxed);
+        // SeqCst, as the load of `dozing` after it and the supervisor's store of `dozing` then
+        // load of `queued` in `doze`: of the two, at least one sees the other's write, so a
+        // connection queued as the supervisor dozes off either stops it or wakes it.
+        self.queued.fetch_add(1, Ordering::SeqCst);
+        self.nudge();
+    }
+
+    /// Wakes the supervisor if it dozes: a connection was queued, or an operator changed what
+    /// can overflow (a cap or a bound). One eventfd write per doze, whoever comes first.
+    pub fn nudge(&self) {
+        if self.dozing.load(Ordering::SeqCst)
+            && self.dozing.swap(false, Ordering::SeqCst)
+            && let Some(w) = &self.wake
+        {
+            w.signal();
+        }
+    }
+
+    /// The supervisor's side, before a long sleep: `true` if it may doze, that is no
+    /// connection was queued since it read `queued() == seen` (before it last looked at the
+    /// queue); from now on the next one wakes it through [`Self::wake_fd`].
+    pub fn doze(&self, seen: u64) -> bool {
+        if self.wake.is_none() {
+            return false;
+        }
+        self.dozing.store(true, Ordering::SeqCst);
+        if self.queued.load(Ordering::SeqCst) == seen {
+            return true;
+        }
+        self.dozing.store(false, Ordering::SeqCst);
+        false
+    }
+
+    /// The descriptor a dozing supervisor polls.
+    pub fn wake_fd(&self) -> Option<RawFd> {
+        self.wake.as_ref().map(AsRawFd::as_raw_fd)
+    }
+
+    /// The supervisor is awake again: no more wake-ups until it dozes anew.
+    pub fn woken(&self) {
+        self.dozing.store(false, Ordering::SeqCst);
+        if let Some(w) = &self.wake {
+            w.clear();
+        }
     }
 
     pub fn count_left(&self, how: Left) {
@@ -116,7 +171,8 @@ impl QueueStats {
     }
 
     pub fn queued(&self) -> u64 {
-        self.queued.load(Ordering::Relaxed)
+        // SeqCst: the supervisor's `seen` for `doze`.
+        self.queued.load(Ordering::SeqCst)
     }
 
     pub fn left(&self, how: Left) -> u64 {
@@ -184,6 +240,41 @@ pub fn new_wait_histogram() -> Distribution {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Whether the supervisor's wake-up descriptor is readable now.
+    fn readable(q: &QueueStats) -> bool {
+        let mut fd = libc::pollfd {
+            fd: q.wake_fd().expect("an eventfd"),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd; a zero timeout never blocks.
+        unsafe { libc::poll(&raw mut fd, 1, 0) == 1 }
+    }
+
+    #[test]
+    fn the_first_connection_queued_wakes_a_dozing_supervisor_once() {
+        let q = QueueStats::new(1);
+        let seen = q.queued();
+        q.count_queued();
+        assert!(
+            !q.doze(seen),
+            "one was queued since it looked: it must look again"
+        );
+        assert!(!readable(&q), "an awake supervisor is not signalled");
+        let seen = q.queued();
+        assert!(q.doze(seen));
+        assert!(!readable(&q));
+        q.count_queued();
+        assert!(readable(&q), "the first one queued wakes it");
+        q.woken();
+        assert!(!readable(&q), "cleared once awake");
+        q.count_queued();
+        assert!(!readable(&q), "no more wake-ups until it dozes again");
+        assert!(q.doze(q.queued()));
+        q.nudge();
+        assert!(readable(&q), "an operator's change wakes it too");
+    }
 
     #[test]
     fn waits_recorded_while_a_reader_holds_the_histogram_are_not_lost() {
