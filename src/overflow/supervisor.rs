@@ -318,6 +318,10 @@ impl Loop {
     /// Whether it may sleep until woken (or [`IDLE_TICK`]): every pool agrees to wake it for
     /// the next connection queued, none having had one queued since it read `seen`.
     fn doze(&self, seen: &[u64]) -> bool {
+        // Without its own eventfd a stop could not wake it: it keeps the tick.
+        if self.target.wake.is_none() {
+            return false;
+        }
         for (i, (pool, &n)) in self.pools.iter().zip(seen).enumerate() {
             if !pool.queue.doze(n) {
                 for p in &self.pools[..i] {
@@ -326,7 +330,7 @@ impl Loop {
                 return false;
             }
         }
-        self.target.wake.is_some()
+        true
     }
 
     /// Sleeps [`TICK`], or while `dozing` until woken or [`IDLE_TICK`]; a stop, a new worker
