@@ -387,9 +387,11 @@ impl Reader {
     /// [`Self::fill`], stopped at `STOP` (one of [`stop`]): with [`stop::AFTER_CLAIM`] it
     /// returns with a slot CLAIMED by this handle and nothing copied out.
     fn fill_to<const STOP: u8>(&mut self) -> Result<bool> {
-        let core = self.handle.core.clone();
+        // The mapping's address only: borrowing the core (not cloning it, layout and all, on
+        // every claim) leaves `record` free to fill.
+        let shm = self.handle.core.shm;
         let entry = self.handle.entry();
-        let claim = word(&core.shm, entry + E_CLAIM);
+        let claim = word(&shm, entry + E_CLAIM);
         if claim.load(Ordering::Relaxed) != CLAIM_NONE {
             if STOP == stop::AFTER_CLAIM {
                 // The hook must leave a fresh slot claimed, not hand back the held record.
@@ -403,6 +405,7 @@ impl Reader {
                 return Ok(true);
             }
         }
+        let core = &self.handle.core;
         let Some(c) = core.claim_slot(self.dead, self.handle.id, self.streaming)? else {
             self.streaming = false;
             if !self.dead {
