@@ -430,10 +430,38 @@ pub fn levee() -> std::process::Command {
 }
 
 /// A fresh directory of this test process's own under the system's temporary directory.
+///
+/// Directories outlive the tests that use them (their paths are handed around freely); the
+/// first call in each test process instead removes those left by test processes that have
+/// exited, so runs do not pile up copies of the binary and sockets in /tmp.
 pub fn temp_dir(name: &str) -> std::path::PathBuf {
+    static SWEEP: std::sync::Once = std::sync::Once::new();
+    SWEEP.call_once(sweep_dead_temp_dirs);
     let dir = std::env::temp_dir().join(format!("levee-test-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     dir
+}
+
+/// Removes `levee-test-PID-*` directories whose process is gone. Best effort: what cannot be
+/// read or removed stays.
+fn sweep_dead_temp_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("levee-test-"))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// The scheduling policy (field 41 of `/proc/PID/task/TID/stat`) of each of `pid`'s threads
