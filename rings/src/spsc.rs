@@ -451,7 +451,9 @@ fn published_end(shm: &Shm, capacity: u64, head: u64, tail: u64) -> Result<u64, 
             Header::End => return Ok(at),
             Header::Data(found) => found.total,
             Header::Pad(skip) => skip,
-            corrupt => return corrupt.into_result().map(|_| at),
+            corrupt @ (Header::Overrun { .. } | Header::Bad { .. }) => {
+                return corrupt.into_result().map(|_| at);
+            }
         };
         if step > tail.wrapping_sub(at) {
             return Err(corrupt_overrun(
@@ -506,7 +508,9 @@ impl ConsumerCore {
                     self.publish();
                     return Ok(None);
                 }
-                corrupt => return corrupt.into_result().map(|_| None),
+                corrupt @ (Header::Overrun { .. } | Header::Bad { .. }) => {
+                    return corrupt.into_result().map(|_| None);
+                }
             }
         }
         Err(Error::corrupt("SPSC padding followed by padding"))

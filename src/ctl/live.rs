@@ -370,7 +370,7 @@ impl Live {
                 let p = pool()?;
                 self.pools[p].load.set_bound(cfg.pools[p].bound);
                 // A bound may make the pool able to overflow: the supervisor starts workers.
-                self.pools[p].queue.nudge();
+                self.wake_supervisor();
             }
             Apply::BackendWeight => {
                 let (p, b, cfg) = backend()?;
@@ -379,7 +379,7 @@ impl Live {
             Apply::BackendMaxConns => {
                 let (p, b, cfg) = backend()?;
                 self.pools[p].load.set_max_conns(b, cfg.max_conns);
-                self.pools[p].queue.nudge();
+                self.wake_supervisor();
             }
             Apply::BackendState => {
                 let (p, b, cfg) = backend()?;
@@ -389,6 +389,15 @@ impl Live {
             }
         }
         Ok(())
+    }
+
+    /// Has the overflow supervisor look at once (it may be asleep for up to a second): a cap or
+    /// a bound may have made a pool able to overflow. Through the target's eventfd, which it
+    /// polls whether it dozes or not, so a change made while it is between looks is not lost.
+    fn wake_supervisor(&self) {
+        if let Some(target) = self.overflow.as_ref().and_then(|o| o.workers.as_ref()) {
+            target.wake();
+        }
     }
 
     /// The live counters as `stats.*` keys.

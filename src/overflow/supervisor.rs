@@ -82,7 +82,8 @@ impl WorkerTarget {
         self.count.load(Ordering::Relaxed)
     }
 
-    fn wake(&self) {
+    /// Has the supervisor look at once, asleep or not.
+    pub fn wake(&self) {
         if let Some(w) = &self.wake {
             w.signal();
         }
@@ -115,6 +116,8 @@ struct Slot {
     child: Option<Child>,
     /// The child's pidfd, readable once it exits: what wakes a sleeping supervisor for it.
     pidfd: Option<OwnedFd>,
+    /// Its pidfd polled readable: the child exited, and the next look should reap it.
+    exited: bool,
     started: Instant,
     backoff: Duration,
     restart_at: Option<Instant>,
@@ -336,28 +339,31 @@ impl Loop {
     /// Sleeps [`TICK`], or while `dozing` until woken or [`IDLE_TICK`]; a stop, a new worker
     /// count or a supervised worker's exit ends either early.
     fn sleep(&mut self, dozing: bool) {
-        let mut fds: Vec<libc::pollfd> = Vec::new();
-        let mut watch = |fd: RawFd| {
-            fds.push(libc::pollfd {
-                fd,
-                events: libc::POLLIN,
-                revents: 0,
-            });
+        let watch = |fd: RawFd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
         };
+        let mut fds: Vec<libc::pollfd> = Vec::new();
         if let Some(w) = &self.target.wake {
-            watch(w.as_raw_fd());
+            fds.push(watch(w.as_raw_fd()));
         }
         if dozing {
             for p in &self.pools {
                 if let Some(fd) = p.queue.wake_fd() {
-                    watch(fd);
+                    fds.push(watch(fd));
                 }
             }
         }
+        let first_pidfd = fds.len();
+        let mut polled = Vec::new();
         {
             let slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
-            for fd in slots.iter().filter_map(|s| s.pidfd.as_ref()) {
-                watch(fd.as_raw_fd());
+            for (i, s) in slots.iter().enumerate() {
+                if let Some(fd) = s.pidfd.as_ref() {
+                    fds.push(watch(fd.as_raw_fd()));
+                    polled.push(i);
+                }
             }
         }
         let timeout = if dozing { IDLE_TICK } else { TICK };
@@ -374,6 +380,15 @@ impl Loop {
         if ready < 0 {
             // Interrupted or out of memory: a plain sleep keeps the loop from spinning.
             std::thread::sleep(TICK);
+        } else if ready > 0 {
+            let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+            for (fd, &i) in fds[first_pidfd..].iter().zip(&polled) {
+                if fd.revents != 0
+                    && let Some(s) = slots.get_mut(i)
+                {
+                    s.exited = true;
+                }
+            }
         }
         if let Some(w) = &self.target.wake {
             w.clear();
@@ -516,6 +531,7 @@ impl Loop {
             slots.push(Slot {
                 child: None,
                 pidfd: None,
+                exited: false,
                 started: Instant::now(),
                 backoff: RESTART_FIRST,
                 restart_at: Some(Instant::now()),
@@ -541,7 +557,14 @@ impl Loop {
         for (i, s) in slots.iter_mut().enumerate() {
             if let Some(c) = s.child.as_mut() {
                 match c.try_wait() {
-                    Ok(None) => continue,
+                    Ok(None) => {
+                        // Readable yet not reapable (a debugger traces it, say): polling the
+                        // pidfd again would return at once forever, so it is left to the tick.
+                        if std::mem::take(&mut s.exited) {
+                            s.pidfd = None;
+                        }
+                        continue;
+                    }
                     Ok(Some(status)) => {
                         let ran = s.started.elapsed();
                         if ran >= RESTART_RESET {
@@ -556,6 +579,7 @@ impl Loop {
                         );
                         s.child = None;
                         s.pidfd = None;
+                        s.exited = false;
                         s.restart_at = Some(Instant::now() + s.backoff);
                         s.backoff = (s.backoff * 2).min(RESTART_MAX);
                     }
@@ -563,6 +587,7 @@ impl Loop {
                         warn!(worker = i, error = %e, "cannot check on a worker");
                         // Its pidfd may stay readable: looked at every tick instead.
                         s.pidfd = None;
+                        s.exited = false;
                     }
                 }
             }
@@ -595,12 +620,16 @@ impl Loop {
                 }
             }
         }
-        slots.iter().any(|s| s.restart_at.is_some())
+        // A worker waiting to restart, or one whose exit no pidfd would report: looked at every
+        // tick.
+        slots
+            .iter()
+            .any(|s| s.restart_at.is_some() || (s.child.is_some() && s.pidfd.is_none()))
     }
 }
 
 /// A pidfd for a child not yet reaped (so its pid is still its own). `None` where the kernel
-/// has none: the supervisor then notices its exit at the next tick.
+/// has none: the supervisor then keeps its 50 ms tick while the child runs.
 fn pidfd_of(child: &Child) -> Option<OwnedFd> {
     let pid = libc::pid_t::try_from(child.id()).ok()?;
     // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.

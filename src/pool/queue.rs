@@ -123,8 +123,8 @@ impl QueueStats {
         self.nudge();
     }
 
-    /// Wakes the supervisor if it dozes: a connection was queued, or an operator changed what
-    /// can overflow (a cap or a bound). One eventfd write per doze, whoever comes first.
+    /// Wakes the supervisor if it dozes: a connection was queued. One eventfd write per doze,
+    /// whoever comes first.
     pub fn nudge(&self) {
         if self.dozing.load(Ordering::SeqCst)
             && self.dozing.swap(false, Ordering::SeqCst)
