@@ -29,19 +29,25 @@ pub struct ProcessHandle {
     pidfd: OwnedFd,
 }
 
+/// A pidfd for `pid`: a descriptor that names that process until it is reaped, and polls
+/// readable once it exits.
+pub(crate) fn pidfd_open(pid: libc::pid_t) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw as RawFd) })
+}
+
 impl ProcessHandle {
     /// Opens a pidfd for `pid` and checks that the process it names started at `start_ticks`:
     /// opened first and checked after, so the pidfd is known to name that very process.
     pub fn open(pid: u32, start_ticks: u64) -> io::Result<ProcessHandle> {
         let pid_t = libc::pid_t::try_from(pid)
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "pid out of range"))?;
-        // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
-        let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid_t, 0) };
-        if raw < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: a fresh descriptor that nothing else owns.
-        let pidfd = unsafe { OwnedFd::from_raw_fd(raw as RawFd) };
+        let pidfd = pidfd_open(pid_t)?;
         match start_ticks_of(pid) {
             Ok(t) if t == start_ticks => Ok(ProcessHandle {
                 pid,

@@ -14,7 +14,7 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command};
@@ -632,8 +632,5 @@ impl Loop {
 /// has none: the supervisor then keeps its 50 ms tick while the child runs.
 fn pidfd_of(child: &Child) -> Option<OwnedFd> {
     let pid = libc::pid_t::try_from(child.id()).ok()?;
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
-    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    // SAFETY: a fresh descriptor that nothing else owns.
-    (raw >= 0).then(|| unsafe { OwnedFd::from_raw_fd(raw as RawFd) })
+    super::handoff::pidfd_open(pid).ok()
 }

@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use crate::eventfd::EventFd;
-
 use crate::stats::histogram::{Distribution, Measure};
 
 /// How one queued connection left the queue; each is counted once.
@@ -120,12 +119,7 @@ impl QueueStats {
         // load of `queued` in `doze`: of the two, at least one sees the other's write, so a
         // connection queued as the supervisor dozes off either stops it or wakes it.
         self.queued.fetch_add(1, Ordering::SeqCst);
-        self.nudge();
-    }
-
-    /// Wakes the supervisor if it dozes: a connection was queued. One eventfd write per doze,
-    /// whoever comes first.
-    pub fn nudge(&self) {
+        // One eventfd write per doze, whichever forwarder comes first.
         if self.dozing.load(Ordering::SeqCst)
             && self.dozing.swap(false, Ordering::SeqCst)
             && let Some(w) = &self.wake
@@ -272,8 +266,11 @@ mod tests {
         q.count_queued();
         assert!(!readable(&q), "no more wake-ups until it dozes again");
         assert!(q.doze(q.queued()));
-        q.nudge();
-        assert!(readable(&q), "an operator's change wakes it too");
+        q.count_queued();
+        assert!(
+            readable(&q),
+            "dozing again, the next one queued wakes it again"
+        );
     }
 
     #[test]
